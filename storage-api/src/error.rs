@@ -1,0 +1,122 @@
+//! The unified error type of every backend.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the storage layer.
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// Boxed error of an underlying engine, kept as the `source` of [`StorageError::Engine`].
+pub type EngineError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Every failure a [`Backend`](crate::Backend) can report.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The backend was closed with [`Backend::close`](crate::Backend::close); no further call succeeds.
+    #[error("backend is closed")]
+    Closed,
+    /// An operating-system I/O error, with what was being done.
+    #[error("I/O error while {context}")]
+    Io {
+        /// What the backend was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The storage engine itself reported an error.
+    #[error("{engine} engine error while {context}")]
+    Engine {
+        /// Engine name (`"sled"`, `"redb"`, `"rocksdb"`, `"memory"`).
+        engine: &'static str,
+        /// What the backend was doing.
+        context: String,
+        /// The engine's error.
+        #[source]
+        source: EngineError,
+    },
+    /// A snapshot could not be restored; existing data was left untouched.
+    #[error("invalid snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
+    /// Stored data failed a consistency check.
+    #[error("data corruption: {0}")]
+    Corruption(String),
+    /// A caller passed an argument the backend cannot accept.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The data directory belongs to another engine (or another program).
+    #[error("{path} holds a {found} store, not a {expected} store")]
+    WrongEngine {
+        /// The directory.
+        path: PathBuf,
+        /// The engine that was asked to open it.
+        expected: &'static str,
+        /// What the directory's marker names.
+        found: String,
+    },
+    /// The configured path cannot hold a store (it is a file, or cannot be created).
+    #[error("cannot use {path} as a data directory: {reason}")]
+    InvalidPath {
+        /// The path from the configuration.
+        path: PathBuf,
+        /// Why it is unusable.
+        reason: String,
+    },
+    /// The engine was asked for by name but its cargo feature is not compiled into this build.
+    #[error("the {0} backend is not enabled in this build (enable the `{0}` cargo feature)")]
+    NotEnabled(&'static str),
+}
+
+impl StorageError {
+    /// Wraps an I/O error with context.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StorageError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Wraps an engine error with context.
+    pub fn engine(
+        engine: &'static str,
+        context: impl Into<String>,
+        source: impl Into<EngineError>,
+    ) -> Self {
+        StorageError::Engine {
+            engine,
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Why a snapshot image was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The input does not start with the rusd snapshot magic bytes.
+    #[error("not a rusd snapshot (bad magic bytes)")]
+    BadMagic,
+    /// The snapshot was written in a format version this build cannot read.
+    #[error("unsupported snapshot format version {found} (this build reads version {supported})")]
+    UnsupportedVersion {
+        /// Version found in the header.
+        found: u32,
+        /// Version this build reads.
+        supported: u32,
+    },
+    /// The input ended before the trailer.
+    #[error("snapshot is truncated")]
+    Truncated,
+    /// The trailer checksum does not match the content.
+    #[error("snapshot checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    ChecksumMismatch {
+        /// Checksum stored in the trailer.
+        stored: u32,
+        /// Checksum of the bytes read.
+        computed: u32,
+    },
+    /// The structure is invalid (unknown tree, bad record tag, keys out of order, trailing bytes...).
+    #[error("malformed snapshot: {0}")]
+    Malformed(String),
+}
