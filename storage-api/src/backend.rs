@@ -74,7 +74,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Pairs of `tree` with keys in `[start, end)` in ascending key order.
     /// An empty `end` means no upper bound; `end <= start` yields nothing;
     /// `limit == 0` means unlimited.
-    fn scan(&self, tree: Tree, start: &[u8], end: &[u8], limit: usize) -> StorageResult<Vec<KvPair>>;
+    fn scan(
+        &self,
+        tree: Tree,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> StorageResult<Vec<KvPair>>;
 
     /// Pairs of `tree` whose key starts with `prefix`, ascending; `limit == 0` means unlimited.
     /// The empty prefix selects the whole tree; prefixes ending in `0xff` are exact.

@@ -62,7 +62,12 @@ impl WriteBatch {
     }
 
     /// Appends a put.
-    pub fn put(&mut self, tree: Tree, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Self {
+    pub fn put(
+        &mut self,
+        tree: Tree,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> &mut Self {
         self.ops.push(WriteOp::Put {
             tree,
             key: key.into(),

@@ -109,7 +109,9 @@ mod tests {
         prepare_data_dir(&p, "sled").unwrap();
         prepare_data_dir(&p, "sled").unwrap();
         match prepare_data_dir(&p, "redb") {
-            Err(StorageError::WrongEngine { found, expected, .. }) => {
+            Err(StorageError::WrongEngine {
+                found, expected, ..
+            }) => {
                 assert_eq!(found, "sled");
                 assert_eq!(expected, "redb");
             }

@@ -124,7 +124,8 @@ impl MemoryBackend {
             let file = out
                 .into_inner()
                 .map_err(|e| StorageError::io("writing image", e.into_error()))?;
-            file.sync_all().map_err(|e| StorageError::io("syncing image", e))?;
+            file.sync_all()
+                .map_err(|e| StorageError::io("syncing image", e))?;
             fs::rename(&tmp, image).map_err(|e| StorageError::io("renaming image", e))?;
             if let Some(dir) = image.parent() {
                 fs::File::open(dir)
@@ -158,7 +159,9 @@ impl Backend for MemoryBackend {
         if let Some(interval) = interval {
             let weak: Weak<MemoryBackend> = Arc::downgrade(&backend);
             let task = PeriodicTask::spawn("rusd-memory-flush", interval, move || {
-                let Some(b) = weak.upgrade() else { return false };
+                let Some(b) = weak.upgrade() else {
+                    return false;
+                };
                 match b.persist() {
                     Ok(()) => true,
                     Err(StorageError::Closed) => false,
@@ -208,7 +211,13 @@ impl Backend for MemoryBackend {
         })
     }
 
-    fn scan(&self, tree: Tree, start: &[u8], end: &[u8], limit: usize) -> StorageResult<Vec<KvPair>> {
+    fn scan(
+        &self,
+        tree: Tree,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> StorageResult<Vec<KvPair>> {
         self.with_trees(|t| {
             if range_is_empty(start, end) {
                 return Vec::new();

@@ -211,7 +211,9 @@ impl Tee<'_> {
 fn read_len(tee: &mut Tee<'_>, what: &str) -> StorageResult<u32> {
     let len = tee.u32()?;
     if len > MAX_FIELD_LEN {
-        return Err(SnapshotError::Malformed(format!("{what} length {len} exceeds the limit")).into());
+        return Err(
+            SnapshotError::Malformed(format!("{what} length {len} exceeds the limit")).into(),
+        );
     }
     Ok(len)
 }
@@ -265,7 +267,9 @@ impl ValidatedSnapshot {
         }
         let flags = tee.u32()?;
         if flags != 0 {
-            return Err(SnapshotError::Malformed(format!("unknown header flags {flags:#x}")).into());
+            return Err(
+                SnapshotError::Malformed(format!("unknown header flags {flags:#x}")).into(),
+            );
         }
         let mut count = 0u64;
         let mut last: Option<(u8, Vec<u8>)> = None;
@@ -274,7 +278,9 @@ impl ValidatedSnapshot {
                 TAG_RECORD => {
                     let id = tee.u8()?;
                     if Tree::from_id(id).is_none() {
-                        return Err(SnapshotError::Malformed(format!("unknown tree id {id}")).into());
+                        return Err(
+                            SnapshotError::Malformed(format!("unknown tree id {id}")).into()
+                        );
                     }
                     let klen = read_len(&mut tee, "key")?;
                     let mut key = vec![0u8; klen as usize];
@@ -308,16 +314,24 @@ impl ValidatedSnapshot {
                         .into());
                     }
                     if !tee.at_eof()? {
-                        return Err(SnapshotError::Malformed("trailing bytes after the trailer".into()).into());
+                        return Err(SnapshotError::Malformed(
+                            "trailing bytes after the trailer".into(),
+                        )
+                        .into());
                     }
                     break;
                 }
                 tag => {
-                    return Err(SnapshotError::Malformed(format!("unknown record tag {tag:#04x}")).into())
+                    return Err(
+                        SnapshotError::Malformed(format!("unknown record tag {tag:#04x}")).into(),
+                    )
                 }
             }
         }
-        let bytes = tee.spool.stream_position().map_err(|e| StorageError::io("spooling snapshot", e))?;
+        let bytes = tee
+            .spool
+            .stream_position()
+            .map_err(|e| StorageError::io("spooling snapshot", e))?;
         Ok(ValidatedSnapshot {
             spool: tee.spool,
             entries: count,
@@ -427,9 +441,21 @@ mod tests {
         assert_eq!(
             entries,
             vec![
-                SnapshotEntry { tree: Tree::Kv, key: b"a".to_vec(), value: b"1".to_vec() },
-                SnapshotEntry { tree: Tree::Kv, key: b"b".to_vec(), value: vec![] },
-                SnapshotEntry { tree: Tree::Meta, key: vec![], value: b"m".to_vec() },
+                SnapshotEntry {
+                    tree: Tree::Kv,
+                    key: b"a".to_vec(),
+                    value: b"1".to_vec()
+                },
+                SnapshotEntry {
+                    tree: Tree::Kv,
+                    key: b"b".to_vec(),
+                    value: vec![]
+                },
+                SnapshotEntry {
+                    tree: Tree::Meta,
+                    key: vec![],
+                    value: b"m".to_vec()
+                },
             ]
         );
     }
@@ -445,10 +471,19 @@ mod tests {
         }
         let mut v2 = data.clone();
         v2[11] = 2;
-        assert_eq!(err(&v2), SnapshotError::UnsupportedVersion { found: 2, supported: 1 });
+        assert_eq!(
+            err(&v2),
+            SnapshotError::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            }
+        );
         let mut flipped = data.clone();
         flipped[27] ^= 0x01; // the first value byte: 16 header + tag, tree, klen(4), key, vlen(4)
-        assert!(matches!(err(&flipped), SnapshotError::ChecksumMismatch { .. }));
+        assert!(matches!(
+            err(&flipped),
+            SnapshotError::ChecksumMismatch { .. }
+        ));
         let mut trailing = data.clone();
         trailing.push(0);
         assert!(matches!(err(&trailing), SnapshotError::Malformed(_)));
