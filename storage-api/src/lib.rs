@@ -20,6 +20,7 @@ mod batch;
 mod config;
 pub mod dir;
 mod error;
+pub mod fault;
 pub mod flusher;
 pub mod keys;
 mod memory;

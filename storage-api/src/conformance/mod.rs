@@ -26,10 +26,16 @@ pub use fixture::Fixture;
 /// ```ignore
 /// storage_api::conformance_tests!(backend_redb::RedbBackend);
 /// ```
+///
+/// To stamp the suite twice in one file, name the module:
+/// `storage_api::conformance_tests!(faulty: FaultyBackend<MemoryBackend>);`.
 #[macro_export]
 macro_rules! conformance_tests {
     ($backend:ty) => {
-        $crate::conformance_tests!(@cases $backend;
+        $crate::conformance_tests!(conformance: $backend);
+    };
+    ($module:ident : $backend:ty) => {
+        $crate::conformance_tests!(@cases $module $backend;
             put_get_roundtrip,
             get_missing_is_none,
             overwrite_replaces_value,
@@ -71,9 +77,9 @@ macro_rules! conformance_tests {
             model_random_operations_with_reopen,
         );
     };
-    (@cases $backend:ty; $($case:ident),* $(,)?) => {
+    (@cases $module:ident $backend:ty; $($case:ident),* $(,)?) => {
         /// The shared storage-api conformance suite for this backend.
-        mod conformance {
+        mod $module {
             $(
                 #[test]
                 fn $case() {

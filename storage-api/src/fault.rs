@@ -1,0 +1,282 @@
+//! [`FaultyBackend`]: a [`Backend`] decorator that makes chosen calls fail, for testing
+//! that the layers above (MVCC store, server) never expose a half-applied operation.
+//!
+//! A [`FaultPlan`] arms one or more faults; each fault names an operation class
+//! ([`FaultOp`]), which call of that class fails (the n-th from now, counting from 1), and
+//! how ([`FaultKind`]):
+//! * [`FaultKind::Before`]: the call returns an error and has no effect;
+//! * [`FaultKind::After`]: the call takes effect, then returns an error (a lost
+//!   acknowledgement, e.g. an fsync error after the write reached the engine).
+//!
+//! ```
+//! use storage_api::{Backend, MemoryBackend, Tree};
+//! use storage_api::fault::{FaultyBackend, FaultKind, FaultOp};
+//!
+//! let db = FaultyBackend::wrap(MemoryBackend::volatile());
+//! db.plan().fail_nth(FaultOp::Write, 2, FaultKind::Before);
+//! db.put(Tree::Kv, b"a", b"1").unwrap();
+//! assert!(db.put(Tree::Kv, b"b", b"2").is_err());
+//! assert_eq!(db.get(Tree::Kv, b"b").unwrap(), None);
+//! db.put(Tree::Kv, b"b", b"2").unwrap();
+//! ```
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::backend::{Backend, KvPair};
+use crate::batch::WriteBatch;
+use crate::config::{BackendConfig, BackendKind};
+use crate::error::{StorageError, StorageResult};
+use crate::snapshot::ValidatedSnapshot;
+use crate::tree::Tree;
+
+/// Operation classes a fault can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultOp {
+    /// `put`, `delete`, `batch_put`, `batch_delete`, `write`.
+    Write,
+    /// `get`, `scan`, `scan_prefix`.
+    Read,
+    /// `flush`.
+    Flush,
+    /// `snapshot_to` / `snapshot`.
+    Snapshot,
+    /// `restore_validated` (after validation of the input).
+    Restore,
+    /// `compact` and `defragment`.
+    Maintenance,
+}
+
+/// How an armed fault fails its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Fail without effect.
+    Before,
+    /// Apply, then report failure.
+    After,
+}
+
+#[derive(Debug, Clone)]
+struct Armed {
+    op: FaultOp,
+    remaining: u64,
+    kind: FaultKind,
+}
+
+/// The faults armed on a [`FaultyBackend`]; shared, so tests can arm faults at any time.
+#[derive(Debug, Default)]
+pub struct FaultPlan {
+    armed: Mutex<Vec<Armed>>,
+    injected: Mutex<u64>,
+}
+
+impl FaultPlan {
+    /// Arms a fault: the `n`-th call (from now, 1-based) of class `op` fails as `kind`.
+    /// `n == 0` is treated as 1.
+    pub fn fail_nth(&self, op: FaultOp, n: u64, kind: FaultKind) -> &Self {
+        self.armed.lock().push(Armed {
+            op,
+            remaining: n.max(1),
+            kind,
+        });
+        self
+    }
+
+    /// Disarms every fault that has not fired yet.
+    pub fn clear(&self) {
+        self.armed.lock().clear();
+    }
+
+    /// Number of faults that have fired.
+    pub fn injected(&self) -> u64 {
+        *self.injected.lock()
+    }
+
+    /// Number of faults armed and not yet fired.
+    pub fn pending(&self) -> usize {
+        self.armed.lock().len()
+    }
+
+    /// Counts one call of `op`; returns the kind of fault to inject, if one fires.
+    fn tick(&self, op: FaultOp) -> Option<FaultKind> {
+        let mut armed = self.armed.lock();
+        let mut fired = None;
+        armed.retain_mut(|a| {
+            if a.op != op {
+                return true;
+            }
+            a.remaining -= 1;
+            if a.remaining == 0 && fired.is_none() {
+                fired = Some(a.kind);
+                false
+            } else {
+                a.remaining > 0
+            }
+        });
+        if fired.is_some() {
+            *self.injected.lock() += 1;
+        }
+        fired
+    }
+}
+
+/// The error every injected fault returns.
+pub fn injected_error(op: FaultOp) -> StorageError {
+    StorageError::io(
+        format!("injected fault in {op:?}"),
+        std::io::Error::other("injected fault"),
+    )
+}
+
+/// A backend that forwards every call to `B` except the ones its [`FaultPlan`] fails.
+#[derive(Debug)]
+pub struct FaultyBackend<B: Backend> {
+    inner: Arc<B>,
+    plan: FaultPlan,
+}
+
+impl<B: Backend> FaultyBackend<B> {
+    /// Wraps an open backend with an empty plan.
+    pub fn wrap(inner: Arc<B>) -> Arc<Self> {
+        Arc::new(FaultyBackend {
+            inner,
+            plan: FaultPlan::default(),
+        })
+    }
+
+    /// The fault plan.
+    pub fn plan(&self) -> &FaultPlan {
+        &self.plan
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &Arc<B> {
+        &self.inner
+    }
+
+    fn run<T>(&self, op: FaultOp, f: impl FnOnce() -> StorageResult<T>) -> StorageResult<T> {
+        match self.plan.tick(op) {
+            None => f(),
+            Some(FaultKind::Before) => Err(injected_error(op)),
+            Some(FaultKind::After) => {
+                f()?;
+                Err(injected_error(op))
+            }
+        }
+    }
+}
+
+impl<B: Backend> Backend for FaultyBackend<B> {
+    const KIND: BackendKind = B::KIND;
+
+    fn new(config: BackendConfig) -> StorageResult<Arc<Self>> {
+        Ok(Self::wrap(B::new(config)?))
+    }
+
+    fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> StorageResult<()> {
+        self.run(FaultOp::Write, || self.inner.put(tree, key, value))
+    }
+
+    fn get(&self, tree: Tree, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
+        self.run(FaultOp::Read, || self.inner.get(tree, key))
+    }
+
+    fn delete(&self, tree: Tree, key: &[u8]) -> StorageResult<()> {
+        self.run(FaultOp::Write, || self.inner.delete(tree, key))
+    }
+
+    fn batch_put(&self, tree: Tree, pairs: &[KvPair]) -> StorageResult<()> {
+        self.run(FaultOp::Write, || self.inner.batch_put(tree, pairs))
+    }
+
+    fn batch_delete(&self, tree: Tree, keys: &[Vec<u8>]) -> StorageResult<()> {
+        self.run(FaultOp::Write, || self.inner.batch_delete(tree, keys))
+    }
+
+    fn write(&self, batch: &WriteBatch) -> StorageResult<()> {
+        self.run(FaultOp::Write, || self.inner.write(batch))
+    }
+
+    fn scan(
+        &self,
+        tree: Tree,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> StorageResult<Vec<KvPair>> {
+        self.run(FaultOp::Read, || self.inner.scan(tree, start, end, limit))
+    }
+
+    fn scan_prefix(&self, tree: Tree, prefix: &[u8], limit: usize) -> StorageResult<Vec<KvPair>> {
+        self.run(FaultOp::Read, || {
+            self.inner.scan_prefix(tree, prefix, limit)
+        })
+    }
+
+    fn snapshot_to(&self, writer: &mut dyn Write) -> StorageResult<u64> {
+        self.run(FaultOp::Snapshot, || self.inner.snapshot_to(writer))
+    }
+
+    fn restore_from(&self, reader: &mut dyn Read) -> StorageResult<()> {
+        let snapshot = ValidatedSnapshot::read_from(reader)?;
+        self.restore_validated(snapshot)
+    }
+
+    fn restore_validated(&self, snapshot: ValidatedSnapshot) -> StorageResult<()> {
+        self.run(FaultOp::Restore, || self.inner.restore_validated(snapshot))
+    }
+
+    fn compact(&self, revision: i64) -> StorageResult<()> {
+        self.run(FaultOp::Maintenance, || self.inner.compact(revision))
+    }
+
+    fn size(&self) -> StorageResult<u64> {
+        self.inner.size()
+    }
+
+    fn defragment(&self) -> StorageResult<()> {
+        self.run(FaultOp::Maintenance, || self.inner.defragment())
+    }
+
+    fn flush(&self) -> StorageResult<()> {
+        self.run(FaultOp::Flush, || self.inner.flush())
+    }
+
+    fn close(&self) -> StorageResult<()> {
+        self.inner.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryBackend;
+
+    #[test]
+    fn before_fails_without_effect_and_after_applies() {
+        let db = FaultyBackend::wrap(MemoryBackend::volatile());
+        db.plan()
+            .fail_nth(FaultOp::Write, 1, FaultKind::Before)
+            .fail_nth(FaultOp::Write, 2, FaultKind::After);
+        assert!(db.put(Tree::Kv, b"a", b"1").is_err());
+        assert_eq!(db.get(Tree::Kv, b"a").unwrap(), None);
+        assert!(db.put(Tree::Kv, b"b", b"2").is_err());
+        assert_eq!(db.get(Tree::Kv, b"b").unwrap(), Some(b"2".to_vec()));
+        db.put(Tree::Kv, b"c", b"3").unwrap();
+        assert_eq!(db.plan().injected(), 2);
+        assert_eq!(db.plan().pending(), 0);
+    }
+
+    #[test]
+    fn counts_only_the_targeted_class() {
+        let db = FaultyBackend::wrap(MemoryBackend::volatile());
+        db.plan().fail_nth(FaultOp::Flush, 2, FaultKind::Before);
+        db.put(Tree::Kv, b"a", b"1").unwrap();
+        db.flush().unwrap();
+        db.get(Tree::Kv, b"a").unwrap();
+        assert!(db.flush().is_err());
+        db.flush().unwrap();
+    }
+}
