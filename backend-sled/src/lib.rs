@@ -469,6 +469,12 @@ impl Inner {
 ///   4096 records / 8 MiB) whatever the snapshot size, and it is atomic even across a crash.
 ///   It blocks every other call while it runs.
 /// * [`size`](Backend::size) is the apparent size of every file below `config.path`.
+///
+/// # Opening
+/// sled locks its log file exclusively, so a directory can be open in only one
+/// `SledBackend` at a time. `new` retries for up to 5 s while the lock is held (sled's I/O
+/// threads release it shortly after the previous handle was closed or dropped), then fails
+/// with [`StorageError::Io`].
 pub struct SledBackend {
     config: BackendConfig,
     /// `None` once closed. Taken exclusively by `close`, `restore_validated` and
@@ -579,14 +585,18 @@ impl SledBackend {
             let _ = fs::remove_dir_all(&dir);
             return result;
         }
-        let old = state.replace(fresh);
-        if let Some(old) = old {
+        if let Some(old) = state.replace(fresh) {
             let old_dir = old.dir.clone();
             drop(old);
+            // If the directory fsync after the rename failed, the switch may not be durable
+            // yet: keep the old generation so that a crash cannot leave `SLED_CURRENT`
+            // naming a deleted directory. The next open removes whichever is not live.
+            result?;
             if let Err(e) = fs::remove_dir_all(&old_dir) {
                 tracing::warn!(error = %e, path = %old_dir.display(),
                     "sled backend: cannot remove the previous generation; it will be removed on next open");
             }
+            return Ok(());
         }
         result
     }
