@@ -65,6 +65,9 @@ pub enum MvccError {
     /// Stored data failed a consistency check (undecodable row, index/backend mismatch...).
     #[error("mvcc data corruption: {0}")]
     Corruption(String),
+    /// A background task failed (panicked or was cancelled).
+    #[error("background task failed: {0}")]
+    Background(String),
     /// The storage backend failed.
     #[error("storage error")]
     Storage(#[from] StorageError),

@@ -1,0 +1,114 @@
+//! Compaction: dropping the history below a revision (etcd `kvstore_compaction.go`).
+//!
+//! [`MvccStore::compact`] checks etcd's preconditions, persists the `scheduledCompactRev`
+//! marker, moves the compaction revision and compacts the in-memory index (all under the write
+//! lock, so it is quick), then deletes the unneeded rows of the `kv` tree in batches of
+//! [`StoreConfig::compaction_batch_limit`](crate::StoreConfig) rows with a pause between
+//! batches, holding no lock that readers or writers need. The final batch writes
+//! `finishedCompactRev`. A crash in between leaves `scheduled > finished`, and reopening the
+//! store finishes the job.
+
+use std::collections::HashSet;
+
+use storage_api::{Backend, Tree, WriteBatch};
+
+use crate::error::{MvccError, MvccResult};
+use crate::revision::Revision;
+use crate::store::{
+    encode_i64, successor, MvccStore, META_FINISHED_COMPACT_REV, META_SCHEDULED_COMPACT_REV,
+};
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactionStats {
+    /// The compaction revision.
+    pub revision: i64,
+    /// Rows examined in the `kv` tree.
+    pub rows_scanned: u64,
+    /// Rows deleted from the `kv` tree.
+    pub rows_deleted: u64,
+    /// Backend batches committed.
+    pub batches: u64,
+}
+
+impl<B: Backend> MvccStore<B> {
+    /// Compacts the history at `revision`: afterwards reads below `revision` fail with
+    /// [`MvccError::Compacted`], reads at or above it are unchanged. Returns once the rows are
+    /// physically deleted.
+    ///
+    /// Errors (etcd): [`MvccError::Compacted`] when `revision <= compact_revision()`,
+    /// [`MvccError::FutureRevision`] when `revision > current_revision()`.
+    pub fn compact(&self, revision: i64) -> MvccResult<CompactionStats> {
+        let _c = self.compaction_lock.lock();
+        let available = {
+            let _w = self.write_lock.lock();
+            let revs = self.rev_pair();
+            if revision <= revs.compact {
+                return Err(MvccError::Compacted);
+            }
+            if revision > revs.current {
+                return Err(MvccError::FutureRevision);
+            }
+            let mut batch = WriteBatch::new();
+            batch.put(Tree::Meta, META_SCHEDULED_COMPACT_REV, encode_i64(revision));
+            self.backend.write(&batch)?;
+            self.revs.write().compact = revision;
+            self.index.compact(revision)
+        };
+        tracing::debug!(revision, keep = available.len(), "compaction scheduled");
+        self.physical_compaction(revision, &available)
+    }
+
+    /// Deletes every row with main revision `<= revision` that is not in `available`, in
+    /// batches, and records `finishedCompactRev` with the last batch. The caller holds the
+    /// compaction lock.
+    pub(crate) fn physical_compaction(
+        &self,
+        revision: i64,
+        available: &HashSet<Revision>,
+    ) -> MvccResult<CompactionStats> {
+        let limit = self.config.compaction_batch_limit.max(1);
+        let end = Revision::new(revision.saturating_add(1), 0).to_key(false);
+        let mut from = Revision::new(0, 0).to_key(false);
+        let mut stats = CompactionStats {
+            revision,
+            ..CompactionStats::default()
+        };
+        loop {
+            let rows = self.backend.scan(Tree::Kv, &from, &end, limit)?;
+            let last_batch = rows.len() < limit;
+            let mut batch = WriteBatch::new();
+            for (key, _) in &rows {
+                let (rev, _) = Revision::from_key(key)?;
+                if !available.contains(&rev) {
+                    batch.delete(Tree::Kv, key.clone());
+                    stats.rows_deleted += 1;
+                }
+            }
+            stats.rows_scanned += rows.len() as u64;
+            if last_batch {
+                batch.put(Tree::Meta, META_FINISHED_COMPACT_REV, encode_i64(revision));
+            }
+            self.backend.write(&batch)?;
+            stats.batches += 1;
+            if last_batch {
+                break;
+            }
+            if let Some((k, _)) = rows.last() {
+                from = successor(k);
+            }
+            if !self.config.compaction_sleep_interval.is_zero() {
+                std::thread::sleep(self.config.compaction_sleep_interval);
+            }
+        }
+        self.backend.compact(revision)?;
+        tracing::info!(
+            revision,
+            scanned = stats.rows_scanned,
+            deleted = stats.rows_deleted,
+            batches = stats.batches,
+            "compaction finished"
+        );
+        Ok(stats)
+    }
+}

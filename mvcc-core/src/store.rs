@@ -1,0 +1,690 @@
+//! [`MvccStore`]: etcd's MVCC key-value store over any [`Backend`].
+//!
+//! # Storage layout
+//! * `kv` tree: revision key ([`Revision::to_key`]) → encoded [`KeyValue`] ([`KeyValue::encode`]).
+//! * `meta` tree: [`META_CURRENT_REV`], [`META_SCHEDULED_COMPACT_REV`],
+//!   [`META_FINISHED_COMPACT_REV`] (8-byte big-endian `i64`), [`META_FORMAT`].
+//! * `lease` tree: lease id (8-byte big-endian) → encoded lease (see [`crate::lease`]).
+//!
+//! # Concurrency
+//! Writers (put, delete, write txns, lease revoke, the index step of a compaction) are
+//! serialised by one mutex and each commits exactly one [`Backend::write`]. The in-memory index
+//! keeps every revision, so a reader takes a consistent `(current, compact)` revision pair and
+//! reads the index at its revision without waiting for writers; backend reads happen outside
+//! every lock. A reader racing a compaction that removed rows below its revision gets
+//! [`MvccError::Compacted`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use storage_api::{Backend, Tree, WriteBatch};
+
+use crate::error::{MvccError, MvccResult};
+use crate::kv::KeyValue;
+use crate::lease::{Clock, LeaseTable, SystemClock};
+use crate::revision::Revision;
+use crate::tree_index::{KeyRange, TreeIndex};
+use crate::watch::{Event, WatchHub};
+
+/// Meta key of the current revision.
+pub const META_CURRENT_REV: &[u8] = b"currentRev";
+/// Meta key of the last scheduled compaction revision.
+pub const META_SCHEDULED_COMPACT_REV: &[u8] = b"scheduledCompactRev";
+/// Meta key of the last finished compaction revision.
+pub const META_FINISHED_COMPACT_REV: &[u8] = b"finishedCompactRev";
+/// Meta key of the storage format version of this crate.
+pub const META_FORMAT: &[u8] = b"mvccFormat";
+/// Storage format version written to [`META_FORMAT`].
+pub const FORMAT_VERSION: u8 = 1;
+
+/// etcd's default maximum number of operations in a transaction.
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+/// Default maximum key and value size: etcd's maximum request size (1.5 MiB).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// etcd's default number of rows deleted per compaction batch.
+pub const DEFAULT_COMPACTION_BATCH_LIMIT: usize = 1000;
+/// etcd's default pause between compaction batches.
+pub const DEFAULT_COMPACTION_SLEEP_INTERVAL: Duration = Duration::from_millis(10);
+/// Rows read per backend scan during recovery.
+pub(crate) const RESTORE_CHUNK: usize = 10_000;
+
+/// Limits and tunables of an [`MvccStore`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct StoreConfig {
+    /// Maximum key size in bytes.
+    pub max_key_size: usize,
+    /// Maximum value size in bytes.
+    pub max_value_size: usize,
+    /// Maximum number of compares or ops per branch of a transaction (etcd: 128).
+    pub max_txn_ops: usize,
+    /// Rows examined per compaction batch (etcd: 1000).
+    pub compaction_batch_limit: usize,
+    /// Pause between compaction batches (etcd: 10 ms).
+    pub compaction_sleep_interval: Duration,
+    /// The clock that drives lease expiry.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            max_key_size: DEFAULT_MAX_REQUEST_BYTES,
+            max_value_size: DEFAULT_MAX_REQUEST_BYTES,
+            max_txn_ops: DEFAULT_MAX_TXN_OPS,
+            compaction_batch_limit: DEFAULT_COMPACTION_BATCH_LIMIT,
+            compaction_sleep_interval: DEFAULT_COMPACTION_SLEEP_INTERVAL,
+            clock: Arc::new(SystemClock::new()),
+        }
+    }
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("max_key_size", &self.max_key_size)
+            .field("max_value_size", &self.max_value_size)
+            .field("max_txn_ops", &self.max_txn_ops)
+            .field("compaction_batch_limit", &self.compaction_batch_limit)
+            .field("compaction_sleep_interval", &self.compaction_sleep_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreConfig {
+    /// Sets the maximum key size.
+    pub fn with_max_key_size(mut self, n: usize) -> Self {
+        self.max_key_size = n;
+        self
+    }
+    /// Sets the maximum value size.
+    pub fn with_max_value_size(mut self, n: usize) -> Self {
+        self.max_value_size = n;
+        self
+    }
+    /// Sets the maximum number of operations per transaction branch.
+    pub fn with_max_txn_ops(mut self, n: usize) -> Self {
+        self.max_txn_ops = n;
+        self
+    }
+    /// Sets the compaction batch size (at least 1).
+    pub fn with_compaction_batch_limit(mut self, n: usize) -> Self {
+        self.compaction_batch_limit = n.max(1);
+        self
+    }
+    /// Sets the pause between compaction batches.
+    pub fn with_compaction_sleep_interval(mut self, d: Duration) -> Self {
+        self.compaction_sleep_interval = d;
+        self
+    }
+    /// Sets the lease clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+/// The result of a range read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeResult {
+    /// The key-values, in key order, at most `limit` of them (none when `count_only`).
+    pub kvs: Vec<KeyValue>,
+    /// True when `limit > 0` and more keys than `limit` are in the range.
+    pub more: bool,
+    /// Number of keys in the range at the read revision, regardless of `limit`.
+    pub count: i64,
+    /// The store's current revision when the read was served (not the requested one).
+    pub revision: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Revs {
+    pub(crate) current: i64,
+    pub(crate) compact: i64,
+}
+
+/// One change recorded by a write transaction.
+#[derive(Debug, Clone)]
+pub(crate) struct Change {
+    pub(crate) kv: KeyValue,
+    pub(crate) tombstone: bool,
+}
+
+/// etcd's MVCC store over the backend `B`. See the [module docs](self).
+pub struct MvccStore<B: Backend> {
+    pub(crate) backend: Arc<B>,
+    pub(crate) config: StoreConfig,
+    pub(crate) index: TreeIndex,
+    pub(crate) revs: RwLock<Revs>,
+    pub(crate) write_lock: Mutex<()>,
+    pub(crate) compaction_lock: Mutex<()>,
+    pub(crate) leases: Mutex<LeaseTable>,
+    pub(crate) hub: Arc<WatchHub>,
+}
+
+impl<B: Backend> fmt::Debug for MvccStore<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let revs = *self.revs.read();
+        f.debug_struct("MvccStore")
+            .field("backend", &B::KIND)
+            .field("current_revision", &revs.current)
+            .field("compact_revision", &revs.compact)
+            .field("keys", &self.index.len())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn encode_i64(v: i64) -> Vec<u8> {
+    v.to_be_bytes().to_vec()
+}
+
+pub(crate) fn decode_i64(data: &[u8], what: &str) -> MvccResult<i64> {
+    let bytes: [u8; 8] = data
+        .try_into()
+        .map_err(|_| MvccError::Corruption(format!("{what} is not 8 bytes")))?;
+    Ok(i64::from_be_bytes(bytes))
+}
+
+/// The key right after `key` in byte order.
+pub(crate) fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    next
+}
+
+impl<B: Backend> MvccStore<B> {
+    /// Opens the store on `backend` with the default [`StoreConfig`], recovering its state.
+    pub fn new(backend: Arc<B>) -> MvccResult<Self> {
+        Self::with_config(backend, StoreConfig::default())
+    }
+
+    /// Opens the store on `backend` and recovers it: rebuilds the key index from the `kv` tree,
+    /// restores the current revision (never lower than before), the compaction revision, the
+    /// leases and their attachments, and finishes an interrupted compaction.
+    pub fn with_config(backend: Arc<B>, config: StoreConfig) -> MvccResult<Self> {
+        let store = MvccStore {
+            backend,
+            config,
+            index: TreeIndex::new(),
+            revs: RwLock::new(Revs {
+                current: 1,
+                compact: -1,
+            }),
+            write_lock: Mutex::new(()),
+            compaction_lock: Mutex::new(()),
+            leases: Mutex::new(LeaseTable::default()),
+            hub: Arc::new(WatchHub::default()),
+        };
+        store.recover()?;
+        Ok(store)
+    }
+
+    fn meta_i64(&self, key: &[u8]) -> MvccResult<Option<i64>> {
+        match self.backend.get(Tree::Meta, key)? {
+            Some(v) => Ok(Some(decode_i64(&v, &String::from_utf8_lossy(key))?)),
+            None => Ok(None),
+        }
+    }
+
+    fn recover(&self) -> MvccResult<()> {
+        if let Some(format) = self.backend.get(Tree::Meta, META_FORMAT)? {
+            if format.as_slice() != [FORMAT_VERSION] {
+                return Err(MvccError::Corruption(format!(
+                    "unsupported mvcc storage format {format:?}"
+                )));
+            }
+        }
+        let finished = self.meta_i64(META_FINISHED_COMPACT_REV)?;
+        let scheduled = self.meta_i64(META_SCHEDULED_COMPACT_REV)?;
+        let stored_current = self.meta_i64(META_CURRENT_REV)?;
+
+        // Rebuild the index from every row, in revision order.
+        let mut last_main = 0i64;
+        let mut key_lease: HashMap<Vec<u8>, i64> = HashMap::new();
+        let mut start = Revision::new(1, 0).to_key(false);
+        let mut rows = 0usize;
+        loop {
+            let chunk = self.backend.scan(Tree::Kv, &start, &[], RESTORE_CHUNK)?;
+            let Some((last_key, _)) = chunk.last() else {
+                break;
+            };
+            start = successor(last_key);
+            let done = chunk.len() < RESTORE_CHUNK;
+            for (rkey, rvalue) in &chunk {
+                let (rev, tombstone) = Revision::from_key(rkey)?;
+                let kv = KeyValue::decode(rvalue)?;
+                self.index
+                    .restore_row(&kv.key, rev, tombstone, kv.create_revision, kv.version)?;
+                if tombstone || kv.lease == 0 {
+                    key_lease.remove(&kv.key);
+                } else {
+                    key_lease.insert(kv.key.clone(), kv.lease);
+                }
+                last_main = last_main.max(rev.main);
+                rows += 1;
+            }
+            if done {
+                break;
+            }
+        }
+
+        let compact = finished.unwrap_or(-1);
+        let mut current = last_main.max(1).max(compact);
+        if let Some(s) = scheduled {
+            current = current.max(s);
+        }
+        if let Some(c) = stored_current {
+            current = current.max(c);
+        }
+        *self.revs.write() = Revs { current, compact };
+
+        // Leases and their attachments.
+        {
+            let now = self.config.clock.now();
+            let mut table = self.leases.lock();
+            table.load(self.backend.as_ref(), now)?;
+            for (key, lease) in key_lease {
+                table.attach(&key, lease);
+            }
+        }
+        if self.backend.get(Tree::Meta, META_FORMAT)?.is_none() {
+            self.backend
+                .put(Tree::Meta, META_FORMAT, &[FORMAT_VERSION])?;
+        }
+        tracing::debug!(
+            backend = %B::KIND,
+            rows,
+            current,
+            compact,
+            keys = self.index.len(),
+            "mvcc store recovered"
+        );
+
+        // Resume an interrupted compaction.
+        if let Some(s) = scheduled {
+            if s > compact {
+                tracing::info!(revision = s, "resuming interrupted compaction");
+                let _c = self.compaction_lock.lock();
+                let available = {
+                    let _w = self.write_lock.lock();
+                    self.revs.write().compact = s;
+                    self.index.compact(s)
+                };
+                self.physical_compaction(s, &available)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The backend the store runs on.
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// The current revision (1 for an empty store).
+    pub fn current_revision(&self) -> i64 {
+        self.revs.read().current
+    }
+
+    /// The compaction revision (-1 before the first compaction).
+    pub fn compact_revision(&self) -> i64 {
+        self.revs.read().compact
+    }
+
+    pub(crate) fn rev_pair(&self) -> Revs {
+        *self.revs.read()
+    }
+
+    /// Number of keys the index tracks (live keys and deleted keys with retained history).
+    pub fn index_len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Number of revisions the index retains for `key`.
+    pub fn count_revisions(&self, key: &[u8]) -> usize {
+        self.index.count_revisions(key)
+    }
+
+    /// Makes every acknowledged write durable (delegates to [`Backend::flush`]).
+    pub fn flush(&self) -> MvccResult<()> {
+        self.backend.flush()?;
+        Ok(())
+    }
+
+    pub(crate) fn check_key(&self, key: &[u8]) -> MvccResult<()> {
+        if key.is_empty() {
+            return Err(MvccError::EmptyKey);
+        }
+        if key.len() > self.config.max_key_size {
+            return Err(MvccError::KeyTooLarge {
+                size: key.len(),
+                max: self.config.max_key_size,
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_value(&self, value: &[u8]) -> MvccResult<()> {
+        if value.len() > self.config.max_value_size {
+            return Err(MvccError::ValueTooLarge {
+                size: value.len(),
+                max: self.config.max_value_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads the row of revision `rev` (a put) for a read at `at`.
+    pub(crate) fn load_kv(&self, rev: Revision, at: i64) -> MvccResult<KeyValue> {
+        match self.backend.get(Tree::Kv, &rev.to_key(false))? {
+            Some(v) => KeyValue::decode(&v),
+            None if at < self.compact_revision() => Err(MvccError::Compacted),
+            None => Err(MvccError::Corruption(format!(
+                "range failed to find revision pair {rev}"
+            ))),
+        }
+    }
+
+    /// Reads `range` at revision `at` from the index and backend.
+    pub(crate) fn read_at(
+        &self,
+        range: &KeyRange,
+        at: i64,
+        limit: i64,
+        count_only: bool,
+    ) -> MvccResult<(Vec<KeyValue>, usize)> {
+        let lim = if count_only || limit <= 0 {
+            0
+        } else {
+            usize::try_from(limit).unwrap_or(usize::MAX)
+        };
+        let (revs, count) = self.index.range(range, at, lim);
+        if count_only {
+            return Ok((Vec::new(), count));
+        }
+        let mut kvs = Vec::with_capacity(revs.len());
+        for (_, rev) in revs {
+            kvs.push(self.load_kv(rev, at)?);
+        }
+        Ok((kvs, count))
+    }
+
+    /// Reads the keys in `[key, end)` (etcd convention: empty `end` = the single `key`,
+    /// `end == [0]` = every key `>= key`) at `revision` (`<= 0` = current).
+    ///
+    /// At most `limit` key-values are returned (`<= 0` = unlimited); `count` is the total number
+    /// of keys in the range. Errors: [`MvccError::EmptyKey`], [`MvccError::FutureRevision`] when
+    /// `revision` is above the current revision, [`MvccError::Compacted`] when below the
+    /// compaction revision.
+    pub fn range(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        revision: i64,
+        limit: i64,
+        count_only: bool,
+    ) -> MvccResult<RangeResult> {
+        if key.is_empty() {
+            return Err(MvccError::EmptyKey);
+        }
+        let revs = self.rev_pair();
+        if revision > revs.current {
+            return Err(MvccError::FutureRevision);
+        }
+        let at = if revision <= 0 {
+            revs.current
+        } else {
+            revision
+        };
+        if at < revs.compact {
+            return Err(MvccError::Compacted);
+        }
+        let range = KeyRange::new(key, end);
+        let (kvs, count) = self.read_at(&range, at, limit, count_only)?;
+        if at < self.compact_revision() {
+            return Err(MvccError::Compacted);
+        }
+        Ok(RangeResult {
+            more: !count_only && limit > 0 && count as i64 > limit,
+            kvs,
+            count: count as i64,
+            revision: revs.current,
+        })
+    }
+
+    /// Puts `key = value` with `lease` (0 = none) in a new revision; returns the revision and the
+    /// new key-value. Fails with [`MvccError::LeaseNotFound`] for an unknown lease, and on empty or
+    /// oversized keys and values; nothing is written on failure.
+    pub fn put(&self, key: &[u8], value: &[u8], lease: i64) -> MvccResult<(i64, KeyValue)> {
+        self.check_key(key)?;
+        self.check_value(value)?;
+        let _w = self.write_lock.lock();
+        if lease != 0 && !self.leases.lock().contains(lease) {
+            return Err(MvccError::LeaseNotFound(lease));
+        }
+        let mut ctx = self.begin_write();
+        let kv = ctx.put(key, value, lease);
+        let rev = self.commit(ctx, WriteBatch::new())?;
+        Ok((rev, kv))
+    }
+
+    /// Deletes the keys of `[key, end)` (etcd convention, see [`range`](Self::range)) in one
+    /// revision; returns the revision and the deleted key-values as they were. When nothing
+    /// matched, nothing is written and the current revision is returned.
+    pub fn delete_range(&self, key: &[u8], end: &[u8]) -> MvccResult<(i64, Vec<KeyValue>)> {
+        if key.is_empty() {
+            return Err(MvccError::EmptyKey);
+        }
+        let _w = self.write_lock.lock();
+        let mut ctx = self.begin_write();
+        let deleted = ctx.delete_range(&KeyRange::new(key, end))?;
+        let rev = self.commit(ctx, WriteBatch::new())?;
+        Ok((rev, deleted))
+    }
+
+    /// Starts a write transaction; the caller holds the write lock.
+    pub(crate) fn begin_write(&self) -> WriteCtx<'_, B> {
+        WriteCtx {
+            store: self,
+            begin_rev: self.current_revision(),
+            changes: Vec::new(),
+            overlay: BTreeMap::new(),
+        }
+    }
+
+    /// Commits a write transaction in one backend write (its changes, the new current revision
+    /// and `extra` operations); then updates the index, lease attachments and current revision,
+    /// and notifies watchers. Returns the transaction's revision (unchanged without changes).
+    /// The caller holds the write lock.
+    pub(crate) fn commit(&self, ctx: WriteCtx<'_, B>, extra: WriteBatch) -> MvccResult<i64> {
+        let WriteCtx {
+            begin_rev, changes, ..
+        } = ctx;
+        if changes.is_empty() {
+            if !extra.is_empty() {
+                self.backend.write(&extra)?;
+            }
+            return Ok(begin_rev);
+        }
+        let rev = begin_rev + 1;
+        let mut batch = WriteBatch::with_capacity(changes.len() + extra.len() + 1);
+        let mut index_changes = Vec::with_capacity(changes.len());
+        for (sub, change) in changes.iter().enumerate() {
+            let r = Revision::new(rev, sub as i64);
+            batch.put(Tree::Kv, r.to_key(change.tombstone), change.kv.encode());
+            index_changes.push((change.kv.key.clone(), r, change.tombstone));
+        }
+        batch.put(Tree::Meta, META_CURRENT_REV, encode_i64(rev));
+        for op in extra.into_ops() {
+            match op {
+                storage_api::WriteOp::Put { tree, key, value } => batch.put(tree, key, value),
+                storage_api::WriteOp::Delete { tree, key } => batch.delete(tree, key),
+            };
+        }
+        self.backend.write(&batch)?;
+        self.index.apply(&index_changes)?;
+        {
+            let mut leases = self.leases.lock();
+            for c in &changes {
+                if c.tombstone || c.kv.lease == 0 {
+                    leases.detach(&c.kv.key);
+                } else {
+                    leases.attach(&c.kv.key, c.kv.lease);
+                }
+            }
+        }
+        self.revs.write().current = rev;
+        let events: Vec<Event> = changes.into_iter().map(Event::from_change).collect();
+        self.hub.notify(rev, &events);
+        Ok(rev)
+    }
+}
+
+/// An open write transaction: changes are buffered and become visible at commit.
+pub(crate) struct WriteCtx<'a, B: Backend> {
+    pub(crate) store: &'a MvccStore<B>,
+    pub(crate) begin_rev: i64,
+    pub(crate) changes: Vec<Change>,
+    /// The state after this transaction's changes of every key it changed (`None` = deleted).
+    pub(crate) overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+}
+
+enum Slot {
+    Stored(Revision),
+    Pending(KeyValue),
+}
+
+impl<B: Backend> WriteCtx<'_, B> {
+    /// The revision of this transaction's changes.
+    pub(crate) fn rev(&self) -> i64 {
+        self.begin_rev + 1
+    }
+
+    /// The revision a read inside the transaction reports (`begin + 1` once it changed something).
+    pub(crate) fn view_rev(&self) -> i64 {
+        if self.changes.is_empty() {
+            self.begin_rev
+        } else {
+            self.begin_rev + 1
+        }
+    }
+
+    /// `(create_revision, version)` of `key` as this transaction sees it (`(0, 0)` if absent).
+    fn existing(&self, key: &[u8]) -> (i64, i64) {
+        match self.overlay.get(key) {
+            Some(Some(kv)) => (kv.create_revision, kv.version),
+            Some(None) => (0, 0),
+            None => match self.store.index.get(key, self.begin_rev) {
+                Ok((_, created, ver)) => (created.main, ver),
+                Err(_) => (0, 0),
+            },
+        }
+    }
+
+    /// Records a put (the caller validated key, value and lease).
+    pub(crate) fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> KeyValue {
+        let rev = self.rev();
+        let (created, version) = self.existing(key);
+        let kv = KeyValue {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            create_revision: if version == 0 { rev } else { created },
+            mod_revision: rev,
+            version: version + 1,
+            lease,
+        };
+        self.changes.push(Change {
+            kv: kv.clone(),
+            tombstone: false,
+        });
+        self.overlay.insert(key.to_vec(), Some(kv.clone()));
+        kv
+    }
+
+    /// The keys of `range` this transaction sees, in key order: all of them and their count.
+    fn view_slots(&self, range: &KeyRange, limit: usize) -> (Vec<(Vec<u8>, Slot)>, usize) {
+        let touched = self.overlay.keys().any(|k| range.contains(k));
+        if !touched {
+            let (revs, count) = self.store.index.range(range, self.begin_rev, limit);
+            let slots = revs
+                .into_iter()
+                .map(|(k, r)| (k, Slot::Stored(r)))
+                .collect();
+            return (slots, count);
+        }
+        let (revs, _) = self.store.index.range(range, self.begin_rev, 0);
+        let mut merged: BTreeMap<Vec<u8>, Slot> = revs
+            .into_iter()
+            .map(|(k, r)| (k, Slot::Stored(r)))
+            .collect();
+        for (k, v) in self.overlay.iter().filter(|(k, _)| range.contains(k)) {
+            match v {
+                Some(kv) => {
+                    merged.insert(k.clone(), Slot::Pending(kv.clone()));
+                }
+                None => {
+                    merged.remove(k);
+                }
+            }
+        }
+        let count = merged.len();
+        let take = if limit == 0 { count } else { limit };
+        (merged.into_iter().take(take).collect(), count)
+    }
+
+    fn resolve(&self, slot: Slot) -> MvccResult<KeyValue> {
+        match slot {
+            Slot::Pending(kv) => Ok(kv),
+            Slot::Stored(rev) => self.store.load_kv(rev, self.begin_rev),
+        }
+    }
+
+    /// Reads `range` as this transaction sees it (its own earlier changes included).
+    pub(crate) fn read(
+        &self,
+        range: &KeyRange,
+        limit: i64,
+        count_only: bool,
+    ) -> MvccResult<(Vec<KeyValue>, usize)> {
+        let lim = if count_only || limit <= 0 {
+            0
+        } else {
+            usize::try_from(limit).unwrap_or(usize::MAX)
+        };
+        let (slots, count) = self.view_slots(range, lim);
+        if count_only {
+            return Ok((Vec::new(), count));
+        }
+        let mut kvs = Vec::with_capacity(slots.len());
+        for (_, slot) in slots {
+            kvs.push(self.resolve(slot)?);
+        }
+        Ok((kvs, count))
+    }
+
+    /// Tombstones every key of `range` this transaction sees; returns their previous values.
+    pub(crate) fn delete_range(&mut self, range: &KeyRange) -> MvccResult<Vec<KeyValue>> {
+        let (slots, _) = self.view_slots(range, 0);
+        let rev = self.rev();
+        let mut deleted = Vec::with_capacity(slots.len());
+        for (key, slot) in slots {
+            let prev = self.resolve(slot)?;
+            self.changes.push(Change {
+                kv: KeyValue::tombstone(key.clone(), rev),
+                tombstone: true,
+            });
+            self.overlay.insert(key, None);
+            deleted.push(prev);
+        }
+        Ok(deleted)
+    }
+}

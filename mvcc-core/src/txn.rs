@@ -1,0 +1,572 @@
+//! Transactions: compares, operations, nested transactions (etcd `txn.go`).
+//!
+//! [`MvccStore::txn`] validates the whole request first (operation counts, empty keys, sizes,
+//! duplicate put keys, then — on the branch path chosen by the compares — range revisions and
+//! leases) and only then executes it. All compares, including those of nested transactions on
+//! the chosen path, are evaluated against the state before the transaction. The changes of the
+//! transaction share one revision (none if nothing changed) and are committed in one atomic
+//! backend write.
+
+use std::collections::HashSet;
+
+use storage_api::{Backend, WriteBatch};
+
+use crate::error::{MvccError, MvccResult};
+use crate::kv::KeyValue;
+use crate::store::{MvccStore, RangeResult, WriteCtx};
+use crate::tree_index::KeyRange;
+
+/// How a compare relates the key's field to the given operand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CompareOp {
+    /// `field == operand`
+    Equal,
+    /// `field != operand`
+    NotEqual,
+    /// `field > operand`
+    Greater,
+    /// `field < operand`
+    Less,
+}
+
+/// The field a compare reads, with its operand.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CompareTarget {
+    /// The key's version (0 when absent).
+    Version(i64),
+    /// The key's create revision (0 when absent).
+    Create(i64),
+    /// The key's mod revision (0 when absent).
+    Mod(i64),
+    /// The key's value, compared byte-wise (a compare on an absent key is false).
+    Value(Vec<u8>),
+    /// The key's lease (0 when absent or none).
+    Lease(i64),
+}
+
+/// One condition of a transaction, over the key `key` or the range `[key, range_end)` (etcd
+/// convention: empty `range_end` = the single key, `[0]` = every key `>= key`). Over a range it
+/// holds when every existing key satisfies it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Compare {
+    /// The key (must not be empty).
+    pub key: Vec<u8>,
+    /// The range end (see the type docs).
+    pub range_end: Vec<u8>,
+    /// The relation.
+    pub op: CompareOp,
+    /// The field and operand.
+    pub target: CompareTarget,
+}
+
+impl Compare {
+    /// A compare on the single key `key`.
+    pub fn new(key: impl Into<Vec<u8>>, op: CompareOp, target: CompareTarget) -> Self {
+        Compare {
+            key: key.into(),
+            range_end: Vec::new(),
+            op,
+            target,
+        }
+    }
+
+    /// `version(key) op v`.
+    pub fn version(key: impl Into<Vec<u8>>, op: CompareOp, v: i64) -> Self {
+        Self::new(key, op, CompareTarget::Version(v))
+    }
+
+    /// `create_revision(key) op v`.
+    pub fn create(key: impl Into<Vec<u8>>, op: CompareOp, v: i64) -> Self {
+        Self::new(key, op, CompareTarget::Create(v))
+    }
+
+    /// `mod_revision(key) op v`.
+    pub fn modified(key: impl Into<Vec<u8>>, op: CompareOp, v: i64) -> Self {
+        Self::new(key, op, CompareTarget::Mod(v))
+    }
+
+    /// `value(key) op v`.
+    pub fn value(key: impl Into<Vec<u8>>, op: CompareOp, v: impl Into<Vec<u8>>) -> Self {
+        Self::new(key, op, CompareTarget::Value(v.into()))
+    }
+
+    /// `lease(key) op v`.
+    pub fn lease(key: impl Into<Vec<u8>>, op: CompareOp, v: i64) -> Self {
+        Self::new(key, op, CompareTarget::Lease(v))
+    }
+
+    /// Makes the compare cover `[key, end)`.
+    pub fn with_range_end(mut self, end: impl Into<Vec<u8>>) -> Self {
+        self.range_end = end.into();
+        self
+    }
+
+    fn holds_for(&self, kv: &KeyValue) -> bool {
+        use std::cmp::Ordering;
+        let ord: Ordering = match &self.target {
+            CompareTarget::Version(v) => kv.version.cmp(v),
+            CompareTarget::Create(v) => kv.create_revision.cmp(v),
+            CompareTarget::Mod(v) => kv.mod_revision.cmp(v),
+            CompareTarget::Lease(v) => kv.lease.cmp(v),
+            CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
+        };
+        match self.op {
+            CompareOp::Equal => ord == Ordering::Equal,
+            CompareOp::NotEqual => ord != Ordering::Equal,
+            CompareOp::Greater => ord == Ordering::Greater,
+            CompareOp::Less => ord == Ordering::Less,
+        }
+    }
+}
+
+/// A range read inside a transaction (see [`MvccStore::range`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct RangeRequest {
+    /// First key (must not be empty).
+    pub key: Vec<u8>,
+    /// Range end (etcd convention).
+    pub range_end: Vec<u8>,
+    /// Revision to read at (`<= 0` = the transaction's view).
+    pub revision: i64,
+    /// Maximum number of key-values (`<= 0` = unlimited).
+    pub limit: i64,
+    /// Return only the count.
+    pub count_only: bool,
+}
+
+/// A transaction: if every compare holds, run `success`, else `failure`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TxnRequest {
+    /// The conditions (all must hold; none = true).
+    pub compare: Vec<Compare>,
+    /// Operations run when the conditions hold.
+    pub success: Vec<TxnOp>,
+    /// Operations run otherwise.
+    pub failure: Vec<TxnOp>,
+}
+
+/// One operation of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TxnOp {
+    /// A range read; sees the earlier writes of the transaction.
+    Range(RangeRequest),
+    /// A put.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+        /// The lease (0 = none); must exist.
+        lease: i64,
+    },
+    /// A range deletion (etcd range convention).
+    DeleteRange {
+        /// First key.
+        key: Vec<u8>,
+        /// Range end.
+        range_end: Vec<u8>,
+    },
+    /// A nested transaction; its compares are evaluated against the state before the outer
+    /// transaction.
+    Txn(TxnRequest),
+}
+
+impl TxnOp {
+    /// A put op.
+    pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, lease: i64) -> Self {
+        TxnOp::Put {
+            key: key.into(),
+            value: value.into(),
+            lease,
+        }
+    }
+
+    /// A delete-range op.
+    pub fn delete(key: impl Into<Vec<u8>>, range_end: impl Into<Vec<u8>>) -> Self {
+        TxnOp::DeleteRange {
+            key: key.into(),
+            range_end: range_end.into(),
+        }
+    }
+
+    /// A range op at the transaction's view, unlimited.
+    pub fn range(key: impl Into<Vec<u8>>, range_end: impl Into<Vec<u8>>) -> Self {
+        TxnOp::Range(RangeRequest {
+            key: key.into(),
+            range_end: range_end.into(),
+            ..RangeRequest::default()
+        })
+    }
+
+    /// A nested transaction op.
+    pub fn txn(compare: Vec<Compare>, success: Vec<TxnOp>, failure: Vec<TxnOp>) -> Self {
+        TxnOp::Txn(TxnRequest {
+            compare,
+            success,
+            failure,
+        })
+    }
+}
+
+/// The result of one transaction operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOpResponse {
+    /// Result of a range (its `revision` is the transaction's view revision).
+    Range(RangeResult),
+    /// The key-value written by a put.
+    Put(KeyValue),
+    /// The key-values deleted by a delete-range, as they were.
+    DeleteRange(Vec<KeyValue>),
+    /// Result of a nested transaction.
+    Txn(TxnResult),
+}
+
+/// The result of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnResult {
+    /// True when the compares held (the success branch ran).
+    pub succeeded: bool,
+    /// The store revision after the transaction (its own revision when it changed something).
+    /// Nested results carry the same value.
+    pub revision: i64,
+    /// One response per executed operation, in order.
+    pub responses: Vec<TxnOpResponse>,
+}
+
+/// The branch decisions of a transaction and of the nested transactions on its chosen branch.
+#[derive(Debug)]
+struct Path {
+    succeeded: bool,
+    nested: Vec<Path>,
+}
+
+/// A delete interval of `check_intervals`: `(key, range_end)` with raw etcd semantics.
+type Interval = (Vec<u8>, Vec<u8>);
+
+fn interval_contains(iv: &Interval, k: &[u8]) -> bool {
+    if iv.1.is_empty() {
+        iv.0.as_slice() == k
+    } else {
+        iv.0.as_slice() <= k && k < iv.1.as_slice()
+    }
+}
+
+/// etcd `checkIntervals`: within a branch (recursing into nested transactions), a put key may
+/// not repeat another put key or fall into a delete interval. Puts in the two branches of one
+/// nested transaction may repeat each other.
+fn check_intervals(ops: &[TxnOp]) -> MvccResult<(HashSet<Vec<u8>>, Vec<Interval>)> {
+    let mut dels: Vec<Interval> = ops
+        .iter()
+        .filter_map(|op| match op {
+            TxnOp::DeleteRange { key, range_end } => Some((key.clone(), range_end.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut puts: HashSet<Vec<u8>> = HashSet::new();
+    let hits = |dels: &[Interval], k: &[u8]| dels.iter().any(|iv| interval_contains(iv, k));
+    for op in ops {
+        let TxnOp::Txn(t) = op else { continue };
+        let (puts_then, dels_then) = check_intervals(&t.success)?;
+        let (puts_else, dels_else) = check_intervals(&t.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || hits(&dels, k) {
+                return Err(MvccError::DuplicateKey);
+            }
+            puts.insert(k.clone());
+        }
+        for k in &puts_else {
+            if puts.contains(k) && !puts_then.contains(k) {
+                return Err(MvccError::DuplicateKey);
+            }
+            if hits(&dels, k) {
+                return Err(MvccError::DuplicateKey);
+            }
+            puts.insert(k.clone());
+        }
+        dels.extend(dels_then);
+        dels.extend(dels_else);
+    }
+    for op in ops {
+        let TxnOp::Put { key, .. } = op else { continue };
+        if puts.contains(key) || hits(&dels, key) {
+            return Err(MvccError::DuplicateKey);
+        }
+        puts.insert(key.clone());
+    }
+    Ok((puts, dels))
+}
+
+fn is_read_only(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(req.failure.iter())
+        .all(|op| matches!(op, TxnOp::Range(_)))
+}
+
+fn fill_revision(result: &mut TxnResult, revision: i64) {
+    result.revision = revision;
+    for r in &mut result.responses {
+        if let TxnOpResponse::Txn(inner) = r {
+            fill_revision(inner, revision);
+        }
+    }
+}
+
+impl<B: Backend> MvccStore<B> {
+    /// Runs a transaction: if every compare holds, `success`, else `failure`.
+    /// See [`txn_request`](Self::txn_request).
+    pub fn txn(
+        &self,
+        compares: &[Compare],
+        success: &[TxnOp],
+        failure: &[TxnOp],
+    ) -> MvccResult<TxnResult> {
+        self.txn_request(&TxnRequest {
+            compare: compares.to_vec(),
+            success: success.to_vec(),
+            failure: failure.to_vec(),
+        })
+    }
+
+    /// Runs a transaction request atomically in at most one revision.
+    ///
+    /// Rejected before any effect with: [`MvccError::TooManyOps`] (more than
+    /// `max_txn_ops` compares or ops in a branch, nested included), [`MvccError::EmptyKey`],
+    /// [`MvccError::KeyTooLarge`] / [`MvccError::ValueTooLarge`], [`MvccError::DuplicateKey`],
+    /// and on the chosen path [`MvccError::FutureRevision`] / [`MvccError::Compacted`] for a
+    /// range revision and [`MvccError::LeaseNotFound`] for a put lease.
+    pub fn txn_request(&self, req: &TxnRequest) -> MvccResult<TxnResult> {
+        self.check_txn_request(req)?;
+        check_intervals(&req.success)?;
+        check_intervals(&req.failure)?;
+        let read_only = is_read_only(req);
+        let _w = if read_only {
+            None
+        } else {
+            Some(self.write_lock.lock())
+        };
+        let mut ctx = self.begin_write();
+        let path = self.compare_to_path(&ctx, req)?;
+        self.check_path(&ctx, req, &path)?;
+        let mut min_read = ctx.begin_rev;
+        let mut result = self.exec_txn(&mut ctx, req, &path, &mut min_read)?;
+        let revision = if read_only {
+            ctx.begin_rev
+        } else {
+            self.commit(ctx, WriteBatch::new())?
+        };
+        if min_read < self.compact_revision() {
+            return Err(MvccError::Compacted);
+        }
+        fill_revision(&mut result, revision);
+        Ok(result)
+    }
+
+    fn check_txn_request(&self, req: &TxnRequest) -> MvccResult<()> {
+        let max = self.config.max_txn_ops;
+        if req
+            .compare
+            .len()
+            .max(req.success.len())
+            .max(req.failure.len())
+            > max
+        {
+            return Err(MvccError::TooManyOps { max });
+        }
+        for c in &req.compare {
+            self.check_key(&c.key)?;
+        }
+        for op in req.success.iter().chain(req.failure.iter()) {
+            match op {
+                TxnOp::Range(r) => self.check_key(&r.key)?,
+                TxnOp::Put { key, value, .. } => {
+                    self.check_key(key)?;
+                    self.check_value(value)?;
+                }
+                TxnOp::DeleteRange { key, .. } => self.check_key(key)?,
+                TxnOp::Txn(t) => self.check_txn_request(t)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn compare_holds(&self, ctx: &WriteCtx<'_, B>, c: &Compare) -> MvccResult<bool> {
+        let range = KeyRange::new(&c.key, &c.range_end);
+        let entries = self.index.range_full(&range, ctx.begin_rev);
+        if entries.is_empty() {
+            if matches!(c.target, CompareTarget::Value(_)) {
+                return Ok(false);
+            }
+            return Ok(c.holds_for(&KeyValue::default()));
+        }
+        let needs_row = matches!(c.target, CompareTarget::Value(_) | CompareTarget::Lease(_));
+        for (key, modified, created, version) in entries {
+            let kv = if needs_row {
+                self.load_kv(modified, ctx.begin_rev)?
+            } else {
+                KeyValue {
+                    key,
+                    value: Vec::new(),
+                    create_revision: created.main,
+                    mod_revision: modified.main,
+                    version,
+                    lease: 0,
+                }
+            };
+            if !c.holds_for(&kv) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn compare_to_path(&self, ctx: &WriteCtx<'_, B>, req: &TxnRequest) -> MvccResult<Path> {
+        let mut succeeded = true;
+        for c in &req.compare {
+            if !self.compare_holds(ctx, c)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut nested = Vec::new();
+        for op in ops {
+            if let TxnOp::Txn(t) = op {
+                nested.push(self.compare_to_path(ctx, t)?);
+            }
+        }
+        Ok(Path { succeeded, nested })
+    }
+
+    fn check_path(&self, ctx: &WriteCtx<'_, B>, req: &TxnRequest, path: &Path) -> MvccResult<()> {
+        let ops = if path.succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let compact = self.compact_revision();
+        let mut nested = path.nested.iter();
+        for op in ops {
+            match op {
+                TxnOp::Range(r) => {
+                    if r.revision == 0 {
+                        continue;
+                    }
+                    if r.revision > ctx.begin_rev {
+                        return Err(MvccError::FutureRevision);
+                    }
+                    if r.revision < compact {
+                        return Err(MvccError::Compacted);
+                    }
+                }
+                TxnOp::Put { lease, .. } => {
+                    if *lease != 0 && !self.leases.lock().contains(*lease) {
+                        return Err(MvccError::LeaseNotFound(*lease));
+                    }
+                }
+                TxnOp::DeleteRange { .. } => {}
+                TxnOp::Txn(t) => {
+                    let p = nested
+                        .next()
+                        .ok_or_else(|| MvccError::Corruption("txn path mismatch".into()))?;
+                    self.check_path(ctx, t, p)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn exec_txn(
+        &self,
+        ctx: &mut WriteCtx<'_, B>,
+        req: &TxnRequest,
+        path: &Path,
+        min_read: &mut i64,
+    ) -> MvccResult<TxnResult> {
+        let ops = if path.succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut nested = path.nested.iter();
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let resp = match op {
+                TxnOp::Range(r) => {
+                    let range = KeyRange::new(&r.key, &r.range_end);
+                    let (kvs, count) = if r.revision <= 0 {
+                        ctx.read(&range, r.limit, r.count_only)?
+                    } else {
+                        *min_read = (*min_read).min(r.revision);
+                        self.read_at(&range, r.revision, r.limit, r.count_only)?
+                    };
+                    TxnOpResponse::Range(RangeResult {
+                        more: !r.count_only && r.limit > 0 && count as i64 > r.limit,
+                        kvs,
+                        count: count as i64,
+                        revision: ctx.view_rev(),
+                    })
+                }
+                TxnOp::Put { key, value, lease } => TxnOpResponse::Put(ctx.put(key, value, *lease)),
+                TxnOp::DeleteRange { key, range_end } => {
+                    TxnOpResponse::DeleteRange(ctx.delete_range(&KeyRange::new(key, range_end))?)
+                }
+                TxnOp::Txn(t) => {
+                    let p = nested
+                        .next()
+                        .ok_or_else(|| MvccError::Corruption("txn path mismatch".into()))?;
+                    TxnOpResponse::Txn(self.exec_txn(ctx, t, p, min_read)?)
+                }
+            };
+            responses.push(resp);
+        }
+        Ok(TxnResult {
+            succeeded: path.succeeded,
+            revision: 0,
+            responses,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_intervals_matches_etcd() {
+        let put = |k: &str| TxnOp::put(k, "v", 0);
+        let del = |k: &str, e: &str| TxnOp::delete(k, e);
+        // Duplicate put.
+        assert!(matches!(
+            check_intervals(&[put("a"), put("a")]),
+            Err(MvccError::DuplicateKey)
+        ));
+        // Put inside a delete range, either order.
+        assert!(check_intervals(&[del("a", "c"), put("b")]).is_err());
+        assert!(check_intervals(&[put("b"), del("a", "c")]).is_err());
+        assert!(check_intervals(&[put("c"), del("a", "c")]).is_ok());
+        // Single-key delete and put of the same key.
+        assert!(check_intervals(&[del("a", ""), put("a")]).is_err());
+        // Overlapping deletes are fine.
+        assert!(check_intervals(&[del("a", "c"), del("b", "d")]).is_ok());
+        // The from-key end [0] is a raw interval [key, "\0"): it contains nothing.
+        assert!(check_intervals(&[del("a", "\0"), put("b")]).is_ok());
+        // Same put in nested then and else is fine; in nested then and outer is not.
+        let nested = TxnOp::txn(vec![], vec![put("a")], vec![put("a")]);
+        assert!(check_intervals(std::slice::from_ref(&nested)).is_ok());
+        assert!(check_intervals(&[nested.clone(), put("a")]).is_err());
+        // Nested put under an outer delete.
+        assert!(check_intervals(&[del("a", "b"), nested.clone()]).is_err());
+        // Outer put under a nested delete.
+        let nested_del = TxnOp::txn(vec![], vec![del("a", "z")], vec![]);
+        assert!(check_intervals(&[nested_del, put("k")]).is_err());
+        // Two nested txns putting the same key.
+        let n1 = TxnOp::txn(vec![], vec![put("x")], vec![]);
+        let n2 = TxnOp::txn(vec![], vec![], vec![put("x")]);
+        assert!(check_intervals(&[n1, n2]).is_err());
+    }
+}
