@@ -408,6 +408,9 @@ impl<B: Backend> MvccStore<B> {
                 buffer,
             } = std::mem::replace(&mut w.state, WatcherState::Synced)
             {
+                // A writer may notify a revision the replay already covered after this point
+                // (it became current before registration but its notification is late).
+                w.min_rev = w.min_rev.max(replayed_to + 1);
                 for (rev, events) in buffer {
                     if rev > replayed_to {
                         let _ = w.tx.send(WatchResponse {
