@@ -292,7 +292,8 @@ mod tests {
         // etcd key_index_test.go TestKeyIndexGet (after compact(4)).
         let mut ki = test_key_index();
         ki.compact(4, &mut HashSet::new());
-        let cases: Vec<(i64, Option<(Revision, Revision, i64)>)> = vec![
+        type Want = Option<(Revision, Revision, i64)>;
+        let cases: Vec<(i64, Want)> = vec![
             (17, None),
             (16, None),
             (15, Some((Revision::new(14, 1), r(14), 2))),

@@ -54,7 +54,7 @@ impl KeyRange {
     }
 
     /// The range as `BTreeMap` bounds (`None` when empty).
-    fn bounds(&self) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
+    fn bounds(&self) -> Option<KeyBounds<'_>> {
         match self {
             KeyRange::Single(k) => Some((Bound::Included(k), Bound::Included(k))),
             KeyRange::From(k) => Some((Bound::Included(k), Bound::Unbounded)),
@@ -63,6 +63,9 @@ impl KeyRange {
         }
     }
 }
+
+/// A pair of `BTreeMap` range bounds over byte keys.
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 
 /// The index over every key: key → [`KeyIndex`], ordered by key bytes. Behind a `RwLock` that
 /// every operation holds only for its own duration.

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam::channel::{self, Receiver, Sender};
 use parking_lot::Mutex;
 use storage_api::{Backend, Tree};
 
@@ -192,18 +192,12 @@ impl Watcher {
 
     /// The next response if one is ready.
     pub fn try_recv(&self) -> Option<WatchResponse> {
-        match self.rx.try_recv() {
-            Ok(r) => Some(r),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        self.rx.try_recv().ok()
     }
 
     /// Waits at most `timeout` for the next response.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<WatchResponse> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(r) => Some(r),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        self.rx.recv_timeout(timeout).ok()
     }
 
     /// The underlying channel (for `select!`).

@@ -36,7 +36,7 @@ fn compares_on_missing_key<B: Backend>() {
         (Compare::value("k", Less, "x"), false),
     ];
     for (c, want) in cases {
-        let r = s.txn(&[c.clone()], &[], &[]).unwrap();
+        let r = s.txn(std::slice::from_ref(&c), &[], &[]).unwrap();
         assert_eq!(r.succeeded, want, "{c:?}");
         assert_eq!(r.revision, 1);
     }
@@ -67,7 +67,7 @@ fn compares_on_existing_key<B: Backend>() {
     ];
     for (c, want) in cases {
         assert_eq!(
-            s.txn(&[c.clone()], &[], &[]).unwrap().succeeded,
+            s.txn(std::slice::from_ref(&c), &[], &[]).unwrap().succeeded,
             want,
             "{c:?}"
         );
@@ -104,7 +104,7 @@ fn compares_over_ranges<B: Backend>() {
     ];
     for (c, want) in cases {
         assert_eq!(
-            s.txn(&[c.clone()], &[], &[]).unwrap().succeeded,
+            s.txn(std::slice::from_ref(&c), &[], &[]).unwrap().succeeded,
             want,
             "{c:?}"
         );
