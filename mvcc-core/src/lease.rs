@@ -210,9 +210,9 @@ impl<B: Backend> MvccStore<B> {
         }
         self.backend
             .put(Tree::Lease, &id.to_be_bytes(), &encode_lease(ttl))?;
+        let ticket = self.group.written();
         let now = self.config.clock.now();
-        let mut table = self.leases.lock();
-        table.leases.insert(
+        self.leases.lock().leases.insert(
             id,
             LeaseEntry {
                 ttl,
@@ -220,6 +220,8 @@ impl<B: Backend> MvccStore<B> {
                 keys: BTreeSet::new(),
             },
         );
+        drop(_w);
+        self.wait_durable(ticket)?;
         Ok(LeaseInfo {
             id,
             ttl,
@@ -246,6 +248,9 @@ impl<B: Backend> MvccStore<B> {
         extra.delete(Tree::Lease, id.to_be_bytes().to_vec());
         let rev = self.commit(ctx, extra)?;
         self.leases.lock().leases.remove(&id);
+        let ticket = self.ticket();
+        drop(_w);
+        self.wait_durable(ticket)?;
         Ok(rev)
     }
 

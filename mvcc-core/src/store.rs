@@ -23,6 +23,7 @@ use parking_lot::{Mutex, RwLock};
 use storage_api::{Backend, Tree, WriteBatch};
 
 use crate::error::{MvccError, MvccResult};
+use crate::group_commit::{CommitMode, GroupCommit};
 use crate::kv::KeyValue;
 use crate::lease::{Clock, LeaseTable, SystemClock};
 use crate::revision::Revision;
@@ -67,6 +68,8 @@ pub struct StoreConfig {
     pub compaction_sleep_interval: Duration,
     /// The clock that drives lease expiry.
     pub clock: Arc<dyn Clock>,
+    /// When mutations are acknowledged relative to durability.
+    pub commit_mode: CommitMode,
 }
 
 impl Default for StoreConfig {
@@ -78,6 +81,7 @@ impl Default for StoreConfig {
             compaction_batch_limit: DEFAULT_COMPACTION_BATCH_LIMIT,
             compaction_sleep_interval: DEFAULT_COMPACTION_SLEEP_INTERVAL,
             clock: Arc::new(SystemClock::new()),
+            commit_mode: CommitMode::Backend,
         }
     }
 }
@@ -90,6 +94,7 @@ impl fmt::Debug for StoreConfig {
             .field("max_txn_ops", &self.max_txn_ops)
             .field("compaction_batch_limit", &self.compaction_batch_limit)
             .field("compaction_sleep_interval", &self.compaction_sleep_interval)
+            .field("commit_mode", &self.commit_mode)
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +123,11 @@ impl StoreConfig {
     /// Sets the pause between compaction batches.
     pub fn with_compaction_sleep_interval(mut self, d: Duration) -> Self {
         self.compaction_sleep_interval = d;
+        self
+    }
+    /// Sets the commit mode.
+    pub fn with_commit_mode(mut self, mode: CommitMode) -> Self {
+        self.commit_mode = mode;
         self
     }
     /// Sets the lease clock.
@@ -163,6 +173,7 @@ pub struct MvccStore<B: Backend> {
     pub(crate) compaction_lock: Mutex<()>,
     pub(crate) leases: Mutex<LeaseTable>,
     pub(crate) hub: Arc<WatchHub>,
+    pub(crate) group: GroupCommit,
 }
 
 impl<B: Backend> fmt::Debug for MvccStore<B> {
@@ -218,6 +229,7 @@ impl<B: Backend> MvccStore<B> {
             compaction_lock: Mutex::new(()),
             leases: Mutex::new(LeaseTable::default()),
             hub: Arc::new(WatchHub::default()),
+            group: GroupCommit::default(),
         };
         store.recover()?;
         Ok(store)
@@ -360,6 +372,25 @@ impl<B: Backend> MvccStore<B> {
         Ok(())
     }
 
+    /// `(backend writes, group-commit flushes)` issued since the store was opened.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        self.group.stats()
+    }
+
+    /// The durability ticket of the writes issued so far (call under the write lock).
+    pub(crate) fn ticket(&self) -> u64 {
+        self.group.stats().0
+    }
+
+    /// In [`CommitMode::GroupSync`], waits until the writes up to `ticket` are durable.
+    /// A failure means the write is applied but its durability is unknown.
+    pub(crate) fn wait_durable(&self, ticket: u64) -> MvccResult<()> {
+        if self.config.commit_mode == CommitMode::GroupSync && ticket > 0 {
+            self.group.wait_durable(self.backend.as_ref(), ticket)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn check_key(&self, key: &[u8]) -> MvccResult<()> {
         if key.is_empty() {
             return Err(MvccError::EmptyKey);
@@ -474,6 +505,9 @@ impl<B: Backend> MvccStore<B> {
         let mut ctx = self.begin_write();
         let kv = ctx.put(key, value, lease);
         let rev = self.commit(ctx, WriteBatch::new())?;
+        let ticket = self.ticket();
+        drop(_w);
+        self.wait_durable(ticket)?;
         Ok((rev, kv))
     }
 
@@ -488,6 +522,9 @@ impl<B: Backend> MvccStore<B> {
         let mut ctx = self.begin_write();
         let deleted = ctx.delete_range(&KeyRange::new(key, end))?;
         let rev = self.commit(ctx, WriteBatch::new())?;
+        let ticket = self.ticket();
+        drop(_w);
+        self.wait_durable(ticket)?;
         Ok((rev, deleted))
     }
 
@@ -512,6 +549,7 @@ impl<B: Backend> MvccStore<B> {
         if changes.is_empty() {
             if !extra.is_empty() {
                 self.backend.write(&extra)?;
+                self.group.written();
             }
             return Ok(begin_rev);
         }
@@ -531,6 +569,7 @@ impl<B: Backend> MvccStore<B> {
             };
         }
         self.backend.write(&batch)?;
+        self.group.written();
         self.index.apply(&index_changes)?;
         {
             let mut leases = self.leases.lock();

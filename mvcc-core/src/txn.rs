@@ -353,7 +353,14 @@ impl<B: Backend> MvccStore<B> {
         let revision = if read_only {
             ctx.begin_rev
         } else {
-            self.commit(ctx, WriteBatch::new())?
+            let changed = !ctx.changes.is_empty();
+            let rev = self.commit(ctx, WriteBatch::new())?;
+            if changed {
+                let ticket = self.ticket();
+                drop(_w);
+                self.wait_durable(ticket)?;
+            }
+            rev
         };
         if min_read < self.compact_revision() {
             return Err(MvccError::Compacted);
