@@ -1,0 +1,203 @@
+//! The same workload through `mvcc_core::MvccStore`, so every MVCC figure can be set
+//! next to its raw `Backend` figure.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mvcc_core::{CommitMode, Compare, CompareOp, MvccError, MvccStore, StoreConfig, TxnOp};
+use storage_api::{Backend, BackendConfig, Durability, StorageResult};
+
+use crate::measure::{reset_peak_rss, Latencies, PhaseResult};
+use crate::workload::{key, shuffled, value, Profile};
+
+type Open<'a, B> = &'a dyn Fn(BackendConfig) -> StorageResult<Arc<B>>;
+
+fn phase<F: FnOnce(&mut Latencies) -> Result<u64, MvccError>>(
+    name: &str,
+    expected: usize,
+    out: &mut Vec<PhaseResult>,
+    f: F,
+) -> Result<(), MvccError> {
+    reset_peak_rss();
+    let mut lat = Latencies::with_capacity(expected);
+    let start = Instant::now();
+    let ops = f(&mut lat)?;
+    out.push(PhaseResult::new(name, ops, start.elapsed(), &mut lat));
+    Ok(())
+}
+
+fn threads<B: Backend>(
+    store: &Arc<MvccStore<B>>,
+    n: usize,
+    per_thread: impl Fn(&MvccStore<B>, usize, &mut Latencies) -> Result<(), MvccError> + Sync,
+) -> Result<Latencies, MvccError> {
+    let results: Vec<Result<Latencies, MvccError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|t| {
+                let store = store.clone();
+                let f = &per_thread;
+                s.spawn(move || {
+                    let mut l = Latencies::default();
+                    f(&store, t, &mut l)?;
+                    Ok(l)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Ok(Latencies::default())))
+            .collect()
+    });
+    let mut all = Latencies::default();
+    for r in results {
+        all.merge(r?);
+    }
+    Ok(all)
+}
+
+/// Runs the MVCC phases; phase names match the raw ones where the operation is the same.
+pub fn run_mvcc<B: Backend>(
+    open: Open<'_, B>,
+    dir: &Path,
+    cache_mb: u64,
+    durability: Durability,
+    profile: Profile,
+    on_phase: &mut dyn FnMut(&str),
+) -> Result<Vec<PhaseResult>, MvccError> {
+    let cfg = |sub: &str, d: Durability| {
+        BackendConfig::new(dir.join(sub))
+            .with_cache_size_mb(cache_mb)
+            .with_durability(d)
+    };
+    let store = Arc::new(MvccStore::new(open(cfg("mvcc", durability))?)?);
+    let mut phases = Vec::new();
+    let n = profile.keys;
+    let order = shuffled(n, 1);
+    let values: Vec<Vec<u8>> = (0..64).map(|i| value(i, profile.value_size)).collect();
+
+    on_phase("mvcc put");
+    phase("put", n, &mut phases, |lat| {
+        for &i in &order {
+            lat.time(|| store.put(&key(i), &values[i % 64], 0))?;
+        }
+        Ok(n as u64)
+    })?;
+
+    let reads = shuffled(n, 2);
+    let probes: Vec<usize> = (0..profile.reads).map(|j| reads[j % n]).collect();
+    on_phase("mvcc get");
+    phase("get", probes.len(), &mut phases, |lat| {
+        for &i in &probes {
+            lat.time(|| store.range(&key(i), &[], 0, 0, false))?;
+        }
+        Ok(probes.len() as u64)
+    })?;
+    on_phase("mvcc get (2 threads)");
+    phase("get (2 threads)", probes.len(), &mut phases, |lat| {
+        let half = probes.len().div_ceil(2);
+        let l = threads(&store, 2, |s, t, l| {
+            for &i in probes.iter().skip(t * half).take(half) {
+                l.time(|| s.range(&key(i), &[], 0, 0, false))?;
+            }
+            Ok(())
+        })?;
+        lat.merge(l);
+        Ok(probes.len() as u64)
+    })?;
+    let range_ops = (profile.reads / 10).max(1);
+    on_phase("mvcc range (10)");
+    phase("range (10 keys)", range_ops, &mut phases, |lat| {
+        for &i in probes.iter().take(range_ops) {
+            lat.time(|| store.range(&key(i), &[0], 0, 10, false))?;
+        }
+        Ok(range_ops as u64)
+    })?;
+    let scan_ops = (profile.reads / 100).max(1);
+    on_phase("mvcc scan (100)");
+    phase("scan (100 keys)", scan_ops, &mut phases, |lat| {
+        for &i in probes.iter().take(scan_ops) {
+            lat.time(|| store.range(&key(i), &[0], 0, 100, false))?;
+        }
+        Ok(scan_ops as u64)
+    })?;
+    let txn_ops = (n / 10).max(1);
+    on_phase("mvcc txn");
+    phase("txn (compare + put)", txn_ops, &mut phases, |lat| {
+        for &i in order.iter().take(txn_ops) {
+            let k = key(i);
+            lat.time(|| {
+                store.txn(
+                    &[Compare::version(k.clone(), CompareOp::Greater, 0)],
+                    &[TxnOp::put(k.clone(), values[(i + 1) % 64].clone(), 0)],
+                    &[],
+                )
+            })?;
+        }
+        Ok(txn_ops as u64)
+    })?;
+    let deletes = shuffled(n, 3);
+    let del_n = n / 2;
+    on_phase("mvcc delete");
+    phase("delete", del_n, &mut phases, |lat| {
+        for &i in deletes.iter().take(del_n) {
+            lat.time(|| store.delete_range(&key(i), &[]))?;
+        }
+        Ok(del_n as u64)
+    })?;
+    on_phase("mvcc compaction");
+    let mut rows = 0u64;
+    phase("compaction (rows)", 1, &mut phases, |lat| {
+        let rev = store.current_revision();
+        let stats = lat.time(|| store.compact(rev))?;
+        rows = stats.rows_deleted;
+        Ok(1)
+    })?;
+    if let Some(p) = phases.last_mut() {
+        p.ops = rows;
+        p.ops_per_sec = rows as f64 / p.seconds;
+    }
+    store.flush()?;
+    store.backend().close()?;
+    drop(store);
+
+    // Ack = durable through group commit: a buffered backend, every mutation waits for a
+    // shared flush.
+    let durable_backend = open(cfg(
+        "mvcc-durable",
+        Durability::Buffered {
+            interval: Duration::from_secs(1),
+        },
+    ))?;
+    let durable = Arc::new(MvccStore::with_config(
+        durable_backend,
+        StoreConfig::default().with_commit_mode(CommitMode::GroupSync),
+    )?);
+    on_phase("mvcc durable put (1 writer)");
+    phase(
+        "durable put (1 writer)",
+        profile.durable_single,
+        &mut phases,
+        |lat| {
+            for i in 0..profile.durable_single {
+                lat.time(|| durable.put(&key(i), &values[i % 64], 0))?;
+            }
+            Ok(profile.durable_single as u64)
+        },
+    )?;
+    on_phase("mvcc durable put (64 writers)");
+    let total = 64 * profile.durable_each;
+    phase("durable put (64 writers)", total, &mut phases, |lat| {
+        let l = threads(&durable, 64, |s, w, l| {
+            for j in 0..profile.durable_each {
+                let i = 1_000_000_000 + w * profile.durable_each + j;
+                l.time(|| s.put(&key(i), &values[j % 64], 0))?;
+            }
+            Ok(())
+        })?;
+        lat.merge(l);
+        Ok(total as u64)
+    })?;
+    durable.backend().close()?;
+    Ok(phases)
+}
