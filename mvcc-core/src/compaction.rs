@@ -1,8 +1,8 @@
 //! Compaction: dropping the history below a revision (etcd `kvstore_compaction.go`).
 //!
 //! [`MvccStore::compact`] checks etcd's preconditions, persists the `scheduledCompactRev`
-//! marker, moves the compaction revision and compacts the in-memory index (all under the write
-//! lock, so it is quick), then deletes the unneeded rows of the `kv` tree in batches of
+//! marker and moves the compaction revision (under the write lock, so it is quick), compacts the
+//! in-memory index in chunks of keys, then deletes the unneeded rows of the `kv` tree in batches of
 //! [`StoreConfig::compaction_batch_limit`](crate::StoreConfig) rows with a pause between
 //! batches, holding no lock that readers or writers need. The final batch writes
 //! `finishedCompactRev`. A crash in between leaves `scheduled > finished`, and reopening the
@@ -40,7 +40,7 @@ impl<B: Backend> MvccStore<B> {
     /// [`MvccError::FutureRevision`] when `revision > current_revision()`.
     pub fn compact(&self, revision: i64) -> MvccResult<CompactionStats> {
         let _c = self.compaction_lock.lock();
-        let available = {
+        {
             let _w = self.write_lock.lock();
             let revs = self.rev_pair();
             if revision <= revs.compact {
@@ -53,8 +53,9 @@ impl<B: Backend> MvccStore<B> {
             batch.put(Tree::Meta, META_SCHEDULED_COMPACT_REV, encode_i64(revision));
             self.backend.write(&batch)?;
             self.revs.write().compact = revision;
-            self.index.compact(revision)
-        };
+        }
+        // Outside the write lock: the index is compacted key by key in chunks.
+        let available = self.index.compact(revision);
         tracing::debug!(revision, keep = available.len(), "compaction scheduled");
         self.physical_compaction(revision, &available)
     }

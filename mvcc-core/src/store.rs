@@ -321,11 +321,8 @@ impl<B: Backend> MvccStore<B> {
             if s > compact {
                 tracing::info!(revision = s, "resuming interrupted compaction");
                 let _c = self.compaction_lock.lock();
-                let available = {
-                    let _w = self.write_lock.lock();
-                    self.revs.write().compact = s;
-                    self.index.compact(s)
-                };
+                self.revs.write().compact = s;
+                let available = self.index.compact(s);
                 self.physical_compaction(s, &available)?;
             }
         }

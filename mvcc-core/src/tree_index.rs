@@ -64,6 +64,9 @@ impl KeyRange {
     }
 }
 
+/// Keys compacted per acquisition of the index write lock.
+pub const COMPACT_CHUNK: usize = 10_000;
+
 /// A pair of `BTreeMap` range bounds over byte keys.
 type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 
@@ -204,13 +207,29 @@ impl TreeIndex {
 
     /// Compacts every key at `rev` (see [`KeyIndex::compact`]), removes keys left empty, and
     /// returns the revisions to keep.
+    ///
+    /// Keys are processed in chunks of [`COMPACT_CHUNK`] under the write lock, so readers and
+    /// writers interleave with a long compaction. This is safe concurrently with writes: they
+    /// only add revisions above the current revision, which compaction at `rev` never touches,
+    /// and each key is compacted (and removed when empty) atomically.
     pub fn compact(&self, rev: i64) -> HashSet<Revision> {
         let mut available = HashSet::new();
-        let mut tree = self.tree.write();
-        tree.retain(|_, ki| {
-            ki.compact(rev, &mut available);
-            !ki.is_empty()
-        });
+        let keys: Vec<Vec<u8>> = self.tree.read().keys().cloned().collect();
+        for chunk in keys.chunks(COMPACT_CHUNK) {
+            let mut tree = self.tree.write();
+            for key in chunk {
+                let empty = match tree.get_mut(key.as_slice()) {
+                    Some(ki) => {
+                        ki.compact(rev, &mut available);
+                        ki.is_empty()
+                    }
+                    None => false,
+                };
+                if empty {
+                    tree.remove(key.as_slice());
+                }
+            }
+        }
         available
     }
 
