@@ -20,7 +20,7 @@ enum Op {
     Put(usize, u8, i64),
     Delete(usize, End),
     Range(usize, End, i64, i64),
-    Txn(usize, i64, Vec<(bool, usize, u8)>, Vec<(bool, usize, u8)>),
+    Txn(usize, i64, Vec<(u8, usize, u8)>, Vec<(u8, usize, u8)>),
     Compact(i64),
     Grant(i64),
     Revoke(i64),
@@ -49,7 +49,12 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         Just(End::FromKey),
         (0..KEYS.len()).prop_map(End::To)
     ];
-    let write = (any::<bool>(), 0..KEYS.len(), 0u8..4);
+    // (0 = put, 1 = single-key delete, 2 = from-key delete, key, value)
+    let write = (
+        prop_oneof![3 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
+        0..KEYS.len(),
+        0u8..4,
+    );
     prop_oneof![
         6 => (key.clone(), 0u8..4, prop_oneof![4 => Just(0i64), 1 => 1i64..3]).prop_map(|(k, v, l)| Op::Put(k, v, l)),
         2 => (key.clone(), end.clone()).prop_map(|(k, e)| Op::Delete(k, e)),
@@ -71,14 +76,12 @@ fn value(v: u8) -> Vec<u8> {
     }
 }
 
-fn txn_ops(ws: &[(bool, usize, u8)]) -> Vec<TxnOp> {
+fn txn_ops(ws: &[(u8, usize, u8)]) -> Vec<TxnOp> {
     ws.iter()
-        .map(|&(is_put, k, v)| {
-            if is_put {
-                TxnOp::put(KEYS[k], value(v), 0)
-            } else {
-                TxnOp::delete(KEYS[k], "")
-            }
+        .map(|&(kind, k, v)| match kind {
+            0 => TxnOp::put(KEYS[k], value(v), 0),
+            1 => TxnOp::delete(KEYS[k], ""),
+            _ => TxnOp::delete(KEYS[k], "\0"),
         })
         .collect()
 }
@@ -208,8 +211,10 @@ impl Model {
                 // Duplicate-key check (single-key deletes and puts).
                 for side in [succ, fail] {
                     let mut p = BTreeSet::new();
-                    let d: BTreeSet<usize> = side.iter().filter(|w| !w.0).map(|w| w.1).collect();
-                    for w in side.iter().filter(|w| w.0) {
+                    // A from-key delete is the raw interval [k, "\0"): it conflicts with nothing.
+                    let d: BTreeSet<usize> =
+                        side.iter().filter(|w| w.0 == 1).map(|w| w.1).collect();
+                    for w in side.iter().filter(|w| w.0 == 0) {
                         if !p.insert(w.1) || d.contains(&w.1) {
                             return Outcome::Err(err(MvccError::DuplicateKey));
                         }
@@ -218,16 +223,19 @@ impl Model {
                 let mut s = self.cur().clone();
                 let mut changed = false;
                 let mut responses = Vec::new();
-                for &(is_put, k, v) in ws {
-                    if is_put {
+                for &(kind, k, v) in ws {
+                    if kind == 0 {
                         let kv = Self::put_into(&mut s, next, KEYS[k].as_bytes(), &value(v), 0);
                         changed = true;
                         responses.push(TxnOpResponse::Put(kv));
                     } else {
-                        let d = Self::delete_from(
-                            &mut s,
-                            &KeyRange::Single(KEYS[k].as_bytes().to_vec()),
-                        );
+                        let key = KEYS[k].as_bytes().to_vec();
+                        let range = if kind == 1 {
+                            KeyRange::Single(key)
+                        } else {
+                            KeyRange::From(key)
+                        };
+                        let d = Self::delete_from(&mut s, &range);
                         changed |= !d.is_empty();
                         responses.push(TxnOpResponse::DeleteRange(d));
                     }
@@ -416,8 +424,22 @@ proptest! {
         let want: Vec<Result<Vec<KeyValue>, String>> = (1..=model.rev())
             .map(|r| model.range(b"\0", b"\0", r, 0).map(|r| r.kvs))
             .collect();
+        let start = model.compact.max(1);
+        let events = engines[0].store().watch_events(start).unwrap();
+        let leases: Vec<_> = model
+            .leases
+            .iter()
+            .map(|id| engines[0].store().lease_time_to_live(*id).unwrap().keys)
+            .collect();
         for e in &engines {
             prop_assert_eq!(e.history(), want.clone(), "history on {} (reopen={})", e.kind, e.reopen);
+            prop_assert_eq!(e.store().watch_events(start).unwrap(), events.clone(), "events on {}", e.kind);
+            let got: Vec<_> = model
+                .leases
+                .iter()
+                .map(|id| e.store().lease_time_to_live(*id).unwrap().keys)
+                .collect();
+            prop_assert_eq!(got, leases.clone(), "lease attachments on {}", e.kind);
             e.store().backend().close().unwrap();
         }
     }
