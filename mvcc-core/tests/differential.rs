@@ -51,7 +51,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     ];
     // (0 = put, 1 = single-key delete, 2 = from-key delete, key, value)
     let write = (
-        prop_oneof![3 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
+        prop_oneof![3 => Just(0u8), 1 => Just(1u8), 2 => Just(2u8)],
         0..KEYS.len(),
         0u8..4,
     );
@@ -61,7 +61,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         3 => (key.clone(), end, -1i64..4, -1i64..3).prop_map(|(k, e, back, lim)| Op::Range(k, e, back, lim)),
         2 => (key, 0i64..3, proptest::collection::vec(write.clone(), 0..3), proptest::collection::vec(write, 0..3))
             .prop_map(|(k, v, s, f)| Op::Txn(k, v, s, f)),
-        1 => (0i64..4).prop_map(Op::Compact),
+        1 => prop_oneof![2 => Just(0i64), 1 => 1i64..4].prop_map(Op::Compact),
         1 => (1i64..3).prop_map(Op::Grant),
         1 => (1i64..3).prop_map(Op::Revoke),
         1 => Just(Op::Reopen),
@@ -401,46 +401,88 @@ impl Engine {
     }
 }
 
+/// Runs `ops` on the model and on every compiled engine (with and without reopening) and
+/// checks that every result, the full history, the events and the lease attachments agree.
+fn check(ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut model = Model::new();
+    let mut engines: Vec<Engine> = compiled_backends()
+        .into_iter()
+        .flat_map(|k| [Engine::new(k, false), Engine::new(k, true)])
+        .collect();
+    for (i, op) in ops.iter().enumerate() {
+        let want = model.apply(op);
+        for e in &mut engines {
+            let got = e.apply(op);
+            prop_assert_eq!(
+                &got,
+                &want,
+                "op #{} {:?} on {} (reopen={})",
+                i,
+                op,
+                e.kind,
+                e.reopen
+            );
+        }
+    }
+    let want: Vec<Result<Vec<KeyValue>, String>> = (1..=model.rev())
+        .map(|r| model.range(b"\0", b"\0", r, 0).map(|r| r.kvs))
+        .collect();
+    let start = model.compact.max(1);
+    let events = engines[0].store().watch_events(start).unwrap();
+    let leases: Vec<_> = model
+        .leases
+        .iter()
+        .map(|id| engines[0].store().lease_time_to_live(*id).unwrap().keys)
+        .collect();
+    for e in &engines {
+        prop_assert_eq!(
+            e.history(),
+            want.clone(),
+            "history on {} (reopen={})",
+            e.kind,
+            e.reopen
+        );
+        prop_assert_eq!(
+            e.store().watch_events(start).unwrap(),
+            events.clone(),
+            "events on {}",
+            e.kind
+        );
+        let got: Vec<_> = model
+            .leases
+            .iter()
+            .map(|id| e.store().lease_time_to_live(*id).unwrap().keys)
+            .collect();
+        prop_assert_eq!(got, leases.clone(), "lease attachments on {}", e.kind);
+        e.store().backend().close().unwrap();
+    }
+    Ok(())
+}
+
+#[test]
+fn delete_and_recreate_inside_the_compaction_revision() {
+    // etcd issue #22376 through the API: a from-key delete and a put of an existing key in one
+    // txn, then compact at exactly that revision.
+    let ops = [
+        Op::Put(3, 1, 0),
+        Op::Txn(0, 9, vec![], vec![(2, 3, 0), (0, 3, 2)]),
+        Op::Compact(0),
+        Op::Range(3, End::Single, 0, 0),
+        Op::Reopen,
+        Op::Range(0, End::FromKey, 0, 0),
+    ];
+    check(&ops).unwrap();
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    // PROPTEST_CASES overrides the default of 64 cases (each runs every engine twice).
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn engines_agree_with_each_other_and_the_model(ops in proptest::collection::vec(op_strategy(), 1..40)) {
-        let mut model = Model::new();
-        let mut engines: Vec<Engine> = compiled_backends()
-            .into_iter()
-            .flat_map(|k| [Engine::new(k, false), Engine::new(k, true)])
-            .collect();
-        for (i, op) in ops.iter().enumerate() {
-            let want = model.apply(op);
-            for e in &mut engines {
-                let got = e.apply(op);
-                prop_assert_eq!(
-                    &got, &want,
-                    "op #{} {:?} on {} (reopen={})", i, op, e.kind, e.reopen
-                );
-            }
-        }
-        let want: Vec<Result<Vec<KeyValue>, String>> = (1..=model.rev())
-            .map(|r| model.range(b"\0", b"\0", r, 0).map(|r| r.kvs))
-            .collect();
-        let start = model.compact.max(1);
-        let events = engines[0].store().watch_events(start).unwrap();
-        let leases: Vec<_> = model
-            .leases
-            .iter()
-            .map(|id| engines[0].store().lease_time_to_live(*id).unwrap().keys)
-            .collect();
-        for e in &engines {
-            prop_assert_eq!(e.history(), want.clone(), "history on {} (reopen={})", e.kind, e.reopen);
-            prop_assert_eq!(e.store().watch_events(start).unwrap(), events.clone(), "events on {}", e.kind);
-            let got: Vec<_> = model
-                .leases
-                .iter()
-                .map(|id| e.store().lease_time_to_live(*id).unwrap().keys)
-                .collect();
-            prop_assert_eq!(got, leases.clone(), "lease attachments on {}", e.kind);
-            e.store().backend().close().unwrap();
-        }
+        check(&ops)?;
     }
 }
