@@ -49,6 +49,8 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 pub const DEFAULT_COMPACTION_BATCH_LIMIT: usize = 1000;
 /// etcd's default pause between compaction batches.
 pub const DEFAULT_COMPACTION_SLEEP_INTERVAL: Duration = Duration::from_millis(10);
+/// Times a read of the current revision is retried when a compaction overtook it.
+pub(crate) const MAX_READ_RETRIES: usize = 64;
 /// Rows read per backend scan during recovery.
 pub(crate) const RESTORE_CHUNK: usize = 10_000;
 
@@ -464,29 +466,43 @@ impl<B: Backend> MvccStore<B> {
         if key.is_empty() {
             return Err(MvccError::EmptyKey);
         }
-        let revs = self.rev_pair();
-        if revision > revs.current {
-            return Err(MvccError::FutureRevision);
-        }
-        let at = if revision <= 0 {
-            revs.current
-        } else {
-            revision
-        };
-        if at < revs.compact {
-            return Err(MvccError::Compacted);
-        }
         let range = KeyRange::new(key, end);
-        let (kvs, count) = self.read_at(&range, at, limit, count_only)?;
-        if at < self.compact_revision() {
-            return Err(MvccError::Compacted);
+        let mut attempts = 0;
+        loop {
+            let revs = self.rev_pair();
+            if revision > revs.current {
+                return Err(MvccError::FutureRevision);
+            }
+            let at = if revision <= 0 {
+                revs.current
+            } else {
+                revision
+            };
+            if at < revs.compact {
+                return Err(MvccError::Compacted);
+            }
+            let read = self.read_at(&range, at, limit, count_only);
+            let compacted_meanwhile = at < self.compact_revision();
+            match read {
+                // A read of the current revision raced a compaction above it: read again at the
+                // new current revision.
+                Ok(_) | Err(MvccError::Compacted)
+                    if compacted_meanwhile && revision <= 0 && attempts < MAX_READ_RETRIES =>
+                {
+                    attempts += 1;
+                }
+                Ok(_) if compacted_meanwhile => return Err(MvccError::Compacted),
+                Ok((kvs, count)) => {
+                    return Ok(RangeResult {
+                        more: !count_only && limit > 0 && count as i64 > limit,
+                        kvs,
+                        count: count as i64,
+                        revision: revs.current,
+                    })
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(RangeResult {
-            more: !count_only && limit > 0 && count as i64 > limit,
-            kvs,
-            count: count as i64,
-            revision: revs.current,
-        })
     }
 
     /// Puts `key = value` with `lease` (0 = none) in a new revision; returns the revision and the

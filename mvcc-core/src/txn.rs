@@ -340,6 +340,26 @@ impl<B: Backend> MvccStore<B> {
         check_intervals(&req.success)?;
         check_intervals(&req.failure)?;
         let read_only = is_read_only(req);
+        let mut attempts = 0;
+        loop {
+            let begin = self.current_revision();
+            match self.txn_attempt(req, read_only) {
+                // A read-only txn raced a compaction above its revision: run it again at the new
+                // current revision (a write txn holds the write lock, which compaction needs to
+                // move the compaction revision, so it cannot be overtaken).
+                Err(MvccError::Compacted)
+                    if read_only
+                        && self.compact_revision() > begin
+                        && attempts < crate::store::MAX_READ_RETRIES =>
+                {
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn txn_attempt(&self, req: &TxnRequest, read_only: bool) -> MvccResult<TxnResult> {
         let _w = if read_only {
             None
         } else {
@@ -350,6 +370,11 @@ impl<B: Backend> MvccStore<B> {
         self.check_path(&ctx, req, &path)?;
         let mut min_read = ctx.begin_rev;
         let mut result = self.exec_txn(&mut ctx, req, &path, &mut min_read)?;
+        // A read below a compaction that overtook it may be incomplete (checked before the
+        // commit, so a committed write is never reported as failed).
+        if min_read < self.compact_revision() {
+            return Err(MvccError::Compacted);
+        }
         let revision = if read_only {
             ctx.begin_rev
         } else {
@@ -362,9 +387,6 @@ impl<B: Backend> MvccStore<B> {
             }
             rev
         };
-        if min_read < self.compact_revision() {
-            return Err(MvccError::Compacted);
-        }
         fill_revision(&mut result, revision);
         Ok(result)
     }
