@@ -1,0 +1,387 @@
+//! Server configuration and the parsers of etcd-style flag values (URLs, Go durations,
+//! auto-compaction retention).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mvcc_core::CompactionMode;
+use storage_api::{BackendKind, Durability, DEFAULT_CACHE_SIZE_MB, DEFAULT_FLUSH_INTERVAL};
+
+use crate::error::ServerError;
+
+/// etcd's default `--max-txn-ops`.
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+/// etcd's default `--max-request-bytes` (1.5 MiB).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// etcd's default backend quota (2 GiB), used when `--quota-backend-bytes` is 0.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// Extra bytes gRPC accepts on top of `max_request_bytes` (etcd's `grpcOverheadBytes`).
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// etcd's default interval of progress notifications to watchers that asked for them.
+pub const DEFAULT_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
+/// The version this server reports (the etcd API version it implements).
+pub const ETCD_VERSION: &str = "3.5.0";
+/// etcd's minimum lease TTL with the default election timeout (a shorter TTL is raised to it).
+pub const MIN_LEASE_TTL: i64 = 2;
+/// etcd's maximum lease TTL.
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// Everything `rusd` needs to start. Build one with [`ServerConfig::new`] and the `with_*`
+/// setters, or from the command line (see the `rusd` binary).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Member name (etcd `--name`).
+    pub name: String,
+    /// Data directory; the engine's files live in `<data_dir>/member`.
+    pub data_dir: PathBuf,
+    /// URLs to serve gRPC on (`http://host:port`; port 0 picks a free port).
+    pub listen_client_urls: Vec<String>,
+    /// URLs advertised to clients (MemberList); defaults to the listen URLs.
+    pub advertise_client_urls: Vec<String>,
+    /// URLs to serve `/metrics` and `/health` on (none = not served).
+    pub listen_metrics_urls: Vec<String>,
+    /// The storage engine.
+    pub backend: BackendKind,
+    /// The engine's cache budget in MiB.
+    pub cache_size_mb: u64,
+    /// When acknowledged writes become durable.
+    pub durability: Durability,
+    /// Automatic compaction (`None` = disabled).
+    pub auto_compaction: Option<CompactionMode>,
+    /// Backend quota in bytes (`None` = no quota).
+    pub quota_backend_bytes: Option<u64>,
+    /// Maximum number of operations per transaction branch.
+    pub max_txn_ops: usize,
+    /// Maximum size of a client request in bytes.
+    pub max_request_bytes: usize,
+    /// Interval of progress notifications to watchers created with `progress_notify`.
+    pub progress_notify_interval: Duration,
+    /// How often expired leases are revoked.
+    pub lease_check_interval: Duration,
+    /// How long a graceful shutdown waits for open streams before closing the store anyway.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    /// etcd's defaults: name `default`, data dir `default.rusd`, client URL
+    /// `http://127.0.0.1:2379`, the first compiled engine of sled, redb, memory, buffered
+    /// durability, no auto-compaction, 2 GiB quota, 128 txn ops, 1.5 MiB requests.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            name: "default".into(),
+            data_dir: data_dir.into(),
+            listen_client_urls: vec!["http://127.0.0.1:2379".into()],
+            advertise_client_urls: Vec::new(),
+            listen_metrics_urls: Vec::new(),
+            backend: mvcc_core::engine::DEFAULT_KIND,
+            cache_size_mb: DEFAULT_CACHE_SIZE_MB,
+            durability: Durability::Buffered {
+                interval: DEFAULT_FLUSH_INTERVAL,
+            },
+            auto_compaction: None,
+            quota_backend_bytes: Some(DEFAULT_QUOTA_BYTES),
+            max_txn_ops: DEFAULT_MAX_TXN_OPS,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            progress_notify_interval: DEFAULT_PROGRESS_NOTIFY_INTERVAL,
+            lease_check_interval: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// Sets the member name.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+    /// Sets the client listen URLs.
+    pub fn with_listen_client_urls(mut self, urls: Vec<String>) -> Self {
+        self.listen_client_urls = urls;
+        self
+    }
+    /// Sets the advertised client URLs.
+    pub fn with_advertise_client_urls(mut self, urls: Vec<String>) -> Self {
+        self.advertise_client_urls = urls;
+        self
+    }
+    /// Sets the metrics listen URLs.
+    pub fn with_listen_metrics_urls(mut self, urls: Vec<String>) -> Self {
+        self.listen_metrics_urls = urls;
+        self
+    }
+    /// Sets the engine.
+    pub fn with_backend(mut self, kind: BackendKind) -> Self {
+        self.backend = kind;
+        self
+    }
+    /// Sets the cache budget in MiB.
+    pub fn with_cache_size_mb(mut self, mb: u64) -> Self {
+        self.cache_size_mb = mb;
+        self
+    }
+    /// Sets the durability.
+    pub fn with_durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+    /// Sets automatic compaction.
+    pub fn with_auto_compaction(mut self, mode: Option<CompactionMode>) -> Self {
+        self.auto_compaction = mode;
+        self
+    }
+    /// Sets the quota (`None` = unlimited).
+    pub fn with_quota_backend_bytes(mut self, quota: Option<u64>) -> Self {
+        self.quota_backend_bytes = quota;
+        self
+    }
+    /// Sets the maximum operations per transaction branch.
+    pub fn with_max_txn_ops(mut self, n: usize) -> Self {
+        self.max_txn_ops = n;
+        self
+    }
+    /// Sets the maximum request size.
+    pub fn with_max_request_bytes(mut self, n: usize) -> Self {
+        self.max_request_bytes = n;
+        self
+    }
+    /// Sets the progress-notify interval.
+    pub fn with_progress_notify_interval(mut self, d: Duration) -> Self {
+        self.progress_notify_interval = d;
+        self
+    }
+}
+
+/// Parses an etcd client URL (`http://host:port`, or a bare `host:port`) into socket addresses.
+/// `https` is rejected: rusd serves plain-text gRPC only.
+pub fn parse_url(url: &str) -> Result<Vec<SocketAddr>, ServerError> {
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.starts_with("https://") || url.starts_with("unix") {
+        return Err(ServerError::Config(format!(
+            "{url}: only http:// URLs are supported (no TLS, no unix sockets)"
+        )));
+    } else if url.contains("://") {
+        return Err(ServerError::Config(format!(
+            "{url}: unsupported URL scheme"
+        )));
+    } else {
+        url
+    };
+    let hostport = rest.trim_end_matches('/');
+    let addrs: Vec<SocketAddr> = hostport
+        .to_socket_addrs()
+        .map_err(|e| ServerError::Config(format!("{url}: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(ServerError::Config(format!(
+            "{url}: resolves to no address"
+        )));
+    }
+    Ok(addrs)
+}
+
+/// Parses a comma-separated URL list.
+pub fn split_urls(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Parses a Go duration (`300ms`, `1.5h`, `2h45m`, `10s`).
+pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("{s}: missing unit in duration"))?;
+        if num_len == 0 {
+            return Err(format!("{s}: invalid duration"));
+        }
+        let n: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("{s}: invalid duration"))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let secs = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            u => return Err(format!("{s}: unknown unit {u:?} in duration")),
+        };
+        total += n * secs;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(total).map_err(|e| format!("{s}: {e}"))
+}
+
+/// Parses etcd's `--auto-compaction-mode` and `--auto-compaction-retention`: retention `0`
+/// disables; `periodic` takes a Go duration or a number of hours; `revision` a revision count.
+pub fn parse_auto_compaction(
+    mode: &str,
+    retention: &str,
+) -> Result<Option<CompactionMode>, ServerError> {
+    let retention = retention.trim();
+    if retention.is_empty() || retention == "0" {
+        return Ok(None);
+    }
+    match mode {
+        "periodic" => {
+            let d = match retention.parse::<u64>() {
+                Ok(hours) => Duration::from_secs(hours.saturating_mul(3600)),
+                Err(_) => parse_go_duration(retention).map_err(ServerError::Config)?,
+            };
+            if d.is_zero() {
+                Ok(None)
+            } else {
+                Ok(Some(CompactionMode::Periodic(d)))
+            }
+        }
+        "revision" => {
+            let n: i64 = retention.parse().map_err(|_| {
+                ServerError::Config(format!(
+                    "--auto-compaction-retention {retention:?}: expected a revision count"
+                ))
+            })?;
+            if n < 0 {
+                return Err(ServerError::Config(
+                    "--auto-compaction-retention must not be negative".into(),
+                ));
+            }
+            Ok((n > 0).then_some(CompactionMode::Revision(n)))
+        }
+        other => Err(ServerError::Config(format!(
+            "--auto-compaction-mode {other:?}: expected periodic or revision"
+        ))),
+    }
+}
+
+/// Parses `--durability`: `sync`, `buffered`, or `buffered:<go duration>`.
+pub fn parse_durability(s: &str) -> Result<Durability, ServerError> {
+    match s {
+        "sync" => Ok(Durability::Sync),
+        "buffered" => Ok(Durability::Buffered {
+            interval: DEFAULT_FLUSH_INTERVAL,
+        }),
+        other => match other.strip_prefix("buffered:") {
+            Some(d) => Ok(Durability::Buffered {
+                interval: parse_go_duration(d).map_err(ServerError::Config)?,
+            }),
+            None => Err(ServerError::Config(format!(
+                "--durability {other:?}: expected sync, buffered or buffered:<duration>"
+            ))),
+        },
+    }
+}
+
+/// Parses `--backend`, rejecting engines not compiled into this build with a clear message.
+pub fn parse_backend(s: &str) -> Result<BackendKind, ServerError> {
+    let kind: BackendKind = s
+        .parse()
+        .map_err(|e: storage_api::StorageError| ServerError::Config(e.to_string()))?;
+    if !mvcc_core::is_compiled(kind) {
+        let compiled: Vec<&str> = mvcc_core::compiled_backends()
+            .iter()
+            .map(|k| k.name())
+            .collect();
+        return Err(ServerError::Config(format!(
+            "--backend {kind}: the {kind} engine is not compiled into this rusd build \
+             (rebuild with `--features {kind}`); compiled engines: {}",
+            compiled.join(", ")
+        )));
+    }
+    Ok(kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(
+            parse_go_duration("300ms").unwrap(),
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            parse_go_duration("1h30m").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_go_duration("1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert!(parse_go_duration("5").is_err());
+        assert!(parse_go_duration("5x").is_err());
+    }
+
+    #[test]
+    fn auto_compaction() {
+        assert_eq!(parse_auto_compaction("periodic", "0").unwrap(), None);
+        assert_eq!(
+            parse_auto_compaction("periodic", "1").unwrap(),
+            Some(CompactionMode::Periodic(Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            parse_auto_compaction("periodic", "10m").unwrap(),
+            Some(CompactionMode::Periodic(Duration::from_secs(600)))
+        );
+        assert_eq!(
+            parse_auto_compaction("revision", "1000").unwrap(),
+            Some(CompactionMode::Revision(1000))
+        );
+        assert!(parse_auto_compaction("revision", "1h").is_err());
+        assert!(parse_auto_compaction("weekly", "1").is_err());
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("http://127.0.0.1:2379").unwrap(),
+            vec!["127.0.0.1:2379".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(parse_url("https://127.0.0.1:2379").is_err());
+        assert_eq!(
+            split_urls("http://a:1, http://b:2"),
+            vec!["http://a:1", "http://b:2"]
+        );
+    }
+
+    #[test]
+    fn backends() {
+        assert_eq!(parse_backend("memory").unwrap(), BackendKind::Memory);
+        let err = parse_backend("nosuch").unwrap_err().to_string();
+        assert!(err.contains("unknown backend"), "{err}");
+        if !mvcc_core::is_compiled(BackendKind::Rocksdb) {
+            let err = parse_backend("rocksdb").unwrap_err().to_string();
+            assert!(err.contains("not compiled into this rusd build"), "{err}");
+        }
+    }
+
+    #[test]
+    fn durability() {
+        assert_eq!(parse_durability("sync").unwrap(), Durability::Sync);
+        assert_eq!(
+            parse_durability("buffered:50ms").unwrap(),
+            Durability::Buffered {
+                interval: Duration::from_millis(50)
+            }
+        );
+        assert!(parse_durability("never").is_err());
+    }
+}

@@ -1,0 +1,243 @@
+//! The `Lease` service and the background task that revokes expired leases.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mvcc_core::MvccError;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::{MAX_LEASE_TTL, MIN_LEASE_TTL};
+use crate::error::{mvcc_status, rpc};
+use crate::pb::etcdserverpb::{
+    lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
+    LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
+    LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use crate::state::{blocking, State};
+
+/// Approximate bytes a lease adds to the database.
+const LEASE_COST: usize = 64;
+
+/// The `Lease` service.
+#[derive(Debug, Clone)]
+pub struct LeaseService {
+    state: Arc<State>,
+}
+
+impl LeaseService {
+    /// A service over `state`.
+    pub fn new(state: Arc<State>) -> Self {
+        LeaseService { state }
+    }
+}
+
+fn do_grant(state: &State, r: LeaseGrantRequest) -> Result<LeaseGrantResponse, Status> {
+    state.check_size(r.encoded_len())?;
+    state.check_quota(LEASE_COST)?;
+    if r.ttl > MAX_LEASE_TTL {
+        return Err(rpc::lease_ttl_too_large());
+    }
+    let ttl = r.ttl.max(MIN_LEASE_TTL);
+    let info = if r.id == 0 {
+        loop {
+            match state.store.lease_grant(state.next_lease_id(), ttl) {
+                Err(MvccError::LeaseExists(_)) => continue,
+                other => break other,
+            }
+        }
+    } else {
+        state.store.lease_grant(r.id, ttl)
+    }
+    .map_err(mvcc_status)?;
+    Ok(LeaseGrantResponse {
+        header: state.header_now(),
+        id: info.id,
+        ttl: info.ttl,
+        error: String::new(),
+    })
+}
+
+fn do_time_to_live(
+    state: &State,
+    r: &LeaseTimeToLiveRequest,
+) -> Result<LeaseTimeToLiveResponse, Status> {
+    match state.store.lease_time_to_live(r.id) {
+        Ok(info) => Ok(LeaseTimeToLiveResponse {
+            header: state.header_now(),
+            id: info.id,
+            ttl: info.remaining_ttl,
+            granted_ttl: info.ttl,
+            keys: if r.keys { info.keys } else { Vec::new() },
+        }),
+        // etcd answers an unknown lease with TTL -1.
+        Err(MvccError::LeaseNotFound(_)) => Ok(LeaseTimeToLiveResponse {
+            header: state.header_now(),
+            id: r.id,
+            ttl: -1,
+            granted_ttl: 0,
+            keys: Vec::new(),
+        }),
+        Err(e) => Err(mvcc_status(e)),
+    }
+}
+
+/// Revokes expired leases every `interval` until `shutdown` turns true.
+pub async fn expiry_loop(
+    state: Arc<State>,
+    interval: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        let store = state.store.clone();
+        if store.expired_leases().is_empty() {
+            continue;
+        }
+        match tokio::task::spawn_blocking(move || store.expire_leases()).await {
+            Ok(Ok(ids)) => {
+                state
+                    .metrics
+                    .leases_expired
+                    .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                tracing::debug!(?ids, "leases expired");
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "lease expiry failed"),
+            Err(e) => tracing::warn!(error = %e, "lease expiry task failed"),
+        }
+    }
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let st = self.state.clone();
+        let r = request.into_inner();
+        let res = blocking(move || do_grant(&st, r)).await;
+        self.state
+            .metrics
+            .observe("etcdserverpb.Lease", "LeaseGrant", &res);
+        res.map(Response::new)
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let st = self.state.clone();
+        let id = request.into_inner().id;
+        let res = blocking(move || {
+            let rev = st.store.lease_revoke(id).map_err(mvcc_status)?;
+            Ok(LeaseRevokeResponse {
+                header: st.header(rev),
+            })
+        })
+        .await;
+        self.state
+            .metrics
+            .observe("etcdserverpb.Lease", "LeaseRevoke", &res);
+        res.map(Response::new)
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let mut input = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let state = self.state.clone();
+        let mut shutdown = state.shutdown.clone();
+        state
+            .metrics
+            .keepalive_streams
+            .fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    n = input.next() => n,
+                    _ = shutdown.changed() => None,
+                };
+                let req = match next {
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "keep-alive stream failed");
+                        break;
+                    }
+                    None => break,
+                };
+                let ttl = match state.store.lease_keep_alive(req.id) {
+                    Ok(ttl) => ttl,
+                    // etcd answers an unknown or expired lease with TTL 0.
+                    Err(MvccError::LeaseNotFound(_)) => 0,
+                    Err(e) => {
+                        let _ = tx.send(Err(mvcc_status(e))).await;
+                        break;
+                    }
+                };
+                let resp = LeaseKeepAliveResponse {
+                    header: state.header_now(),
+                    id: req.id,
+                    ttl,
+                };
+                if tx.send(Ok(resp)).await.is_err() {
+                    break;
+                }
+            }
+            state
+                .metrics
+                .keepalive_streams
+                .fetch_sub(1, Ordering::Relaxed);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let res = do_time_to_live(&self.state, &request.into_inner());
+        self.state
+            .metrics
+            .observe("etcdserverpb.Lease", "LeaseTimeToLive", &res);
+        res.map(Response::new)
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let leases = self
+            .state
+            .store
+            .leases()
+            .into_iter()
+            .map(|id| LeaseStatus { id })
+            .collect();
+        let res = Ok(LeaseLeasesResponse {
+            header: self.state.header_now(),
+            leases,
+        });
+        self.state
+            .metrics
+            .observe("etcdserverpb.Lease", "LeaseLeases", &res);
+        res.map(Response::new)
+    }
+}

@@ -1,0 +1,40 @@
+//! # rusd-server
+//!
+//! `rusd`: an etcd v3 server (the v3.5 gRPC protocol: `etcdserverpb`, `mvccpb`) over
+//! [`mvcc_core`], single member, with the storage engine (memory, sled, redb, RocksDB) chosen
+//! at start-up. Unmodified etcd clients and `etcdctl` work against it.
+//!
+//! * [`start`] opens the store, binds the listeners and serves; [`RunningServer::shutdown`]
+//!   stops accepting, ends open streams, flushes and closes the store.
+//! * Services: [`kv::KvService`], [`watch::WatchService`], [`lease::LeaseService`],
+//!   [`maintenance::MaintenanceService`], [`maintenance::ClusterService`],
+//!   [`maintenance::AuthService`] (authentication is never enabled).
+//! * [`http`]: `/health` and Prometheus-style `/metrics` on the metrics URLs.
+//! * Errors carry etcd's gRPC codes and exact messages ([`error::rpc`]).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), rusd_server::ServerError> {
+//! let config = rusd_server::ServerConfig::new("/tmp/rusd-data")
+//!     .with_listen_client_urls(vec!["http://127.0.0.1:0".into()]);
+//! let server = rusd_server::start(config).await?;
+//! println!("serving on {}", server.client_url());
+//! server.shutdown().await
+//! # }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod pb;
+pub mod server;
+pub mod state;
+pub mod watch;
+
+pub use config::ServerConfig;
+pub use error::ServerError;
+pub use server::{start, RunningServer, ShutdownHandle};

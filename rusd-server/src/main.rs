@@ -1,0 +1,175 @@
+//! `rusd`: an etcd v3 compatible server over mvcc-core. See `rusd --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use rusd_server::config::{
+    parse_auto_compaction, parse_backend, parse_durability, split_urls, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_TXN_OPS, DEFAULT_QUOTA_BYTES,
+};
+use rusd_server::{ServerConfig, ServerError};
+
+/// rusd: an etcd v3 API server (single member) over a pluggable storage engine.
+#[derive(Debug, Parser)]
+#[command(name = "rusd", version, about)]
+struct Cli {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Path to the data directory (default: `<name>.rusd`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Comma-separated URLs to listen on for client traffic.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    listen_client_urls: String,
+    /// Comma-separated client URLs to advertise (default: the listen URLs).
+    #[arg(long, default_value = "")]
+    advertise_client_urls: String,
+    /// Comma-separated URLs to serve /metrics and /health on.
+    #[arg(long, default_value = "")]
+    listen_metrics_urls: String,
+    /// Interpret --auto-compaction-retention as a duration (`periodic`) or a revision count
+    /// (`revision`).
+    #[arg(long, default_value = "periodic")]
+    auto_compaction_mode: String,
+    /// Auto compaction retention: a Go duration or hours (periodic), or revisions (revision).
+    /// 0 disables auto compaction.
+    #[arg(long, default_value = "0")]
+    auto_compaction_retention: String,
+    /// Raise the NOSPACE alarm when the backend exceeds this many bytes (0 = 2 GiB default,
+    /// negative = no quota).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    quota_backend_bytes: i64,
+    /// Maximum number of operations per branch of a transaction.
+    #[arg(long, default_value_t = DEFAULT_MAX_TXN_OPS)]
+    max_txn_ops: usize,
+    /// Maximum client request size in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
+    /// Storage engine: memory, sled, redb or rocksdb (only engines compiled into this build).
+    #[arg(long, default_value = mvcc_core::engine::DEFAULT_KIND.name())]
+    backend: String,
+    /// Cache budget of the storage engine in MiB.
+    #[arg(long, default_value_t = storage_api::DEFAULT_CACHE_SIZE_MB)]
+    cache_size_mb: u64,
+    /// When writes become durable: `sync` (before the response) or `buffered` (within
+    /// 100 ms; `buffered:<duration>` sets the interval).
+    #[arg(long, default_value = "buffered")]
+    durability: String,
+    /// Interval of progress notifications to watchers that ask for them (Go duration).
+    #[arg(long, default_value = "10m")]
+    experimental_watch_progress_notify_interval: String,
+    /// Log filter (RUST_LOG syntax), e.g. `info` or `rusd_server=debug`.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn config_from(cli: Cli) -> Result<ServerConfig, ServerError> {
+    let backend = parse_backend(&cli.backend)?;
+    let durability = parse_durability(&cli.durability)?;
+    let auto = parse_auto_compaction(&cli.auto_compaction_mode, &cli.auto_compaction_retention)?;
+    let quota = match cli.quota_backend_bytes {
+        q if q < 0 => None,
+        0 => Some(DEFAULT_QUOTA_BYTES),
+        q => Some(q as u64),
+    };
+    let progress =
+        rusd_server::config::parse_go_duration(&cli.experimental_watch_progress_notify_interval)
+            .map_err(ServerError::Config)?;
+    if progress.is_zero() {
+        return Err(ServerError::Config(
+            "--experimental-watch-progress-notify-interval must be > 0".into(),
+        ));
+    }
+    let listen = split_urls(&cli.listen_client_urls);
+    for u in listen
+        .iter()
+        .chain(split_urls(&cli.listen_metrics_urls).iter())
+    {
+        rusd_server::config::parse_url(u)?;
+    }
+    let data_dir = cli
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from(format!("{}.rusd", cli.name)));
+    Ok(ServerConfig::new(data_dir)
+        .with_name(cli.name)
+        .with_listen_client_urls(listen)
+        .with_advertise_client_urls(split_urls(&cli.advertise_client_urls))
+        .with_listen_metrics_urls(split_urls(&cli.listen_metrics_urls))
+        .with_backend(backend)
+        .with_cache_size_mb(cli.cache_size_mb)
+        .with_durability(durability)
+        .with_auto_compaction(auto)
+        .with_quota_backend_bytes(quota)
+        .with_max_txn_ops(cli.max_txn_ops)
+        .with_max_request_bytes(cli.max_request_bytes)
+        .with_progress_notify_interval(progress))
+}
+
+async fn wait_for_signal() -> std::io::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => Ok("SIGTERM"),
+            _ = int.recv() => Ok("SIGINT"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await?;
+        Ok("interrupt")
+    }
+}
+
+async fn run(config: ServerConfig) -> Result<(), ServerError> {
+    let server = rusd_server::start(config).await?;
+    let handle = server.shutdown_handle();
+    tokio::spawn(async move {
+        match wait_for_signal().await {
+            Ok(sig) => tracing::info!(signal = sig, "received signal; shutting down"),
+            Err(e) => tracing::error!(error = %e, "cannot wait for signals; shutting down"),
+        }
+        handle.shutdown();
+    });
+    server.wait().await
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = match config_from(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rusd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rusd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rusd: {}", rusd_server::error::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

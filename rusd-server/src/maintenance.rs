@@ -1,0 +1,497 @@
+//! The `Maintenance`, `Cluster` and `Auth` services.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use storage_api::Backend;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Code, Request, Response, Status};
+
+use crate::config::ETCD_VERSION;
+use crate::error::{error_chain, mvcc_status, rpc};
+use crate::pb::etcdserverpb::*;
+use crate::state::{blocking, State};
+
+/// Bytes per snapshot chunk (etcd sends 32 KiB chunks).
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
+
+/// The `Maintenance` service.
+#[derive(Debug, Clone)]
+pub struct MaintenanceService {
+    state: Arc<State>,
+}
+
+impl MaintenanceService {
+    /// A service over `state`.
+    pub fn new(state: Arc<State>) -> Self {
+        MaintenanceService { state }
+    }
+}
+
+/// A CRC-32 over the key-values visible at `revision` (0 = current): every key, value,
+/// create/mod revision, version and lease, in key order. Returns `(hash, revision)`.
+pub fn hash_kv(state: &State, revision: i64) -> Result<(u32, i64), Status> {
+    let store = &state.store;
+    let res = store
+        .range(&[0], &[0], revision, 0, false)
+        .map_err(mvcc_status)?;
+    let rev = if revision > 0 { revision } else { res.revision };
+    let mut h = crc32fast::Hasher::new();
+    for kv in &res.kvs {
+        h.update(&(kv.key.len() as u64).to_be_bytes());
+        h.update(&kv.key);
+        h.update(&(kv.value.len() as u64).to_be_bytes());
+        h.update(&kv.value);
+        for n in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
+            h.update(&n.to_be_bytes());
+        }
+    }
+    Ok((h.finalize(), rev))
+}
+
+fn status_response(state: &State) -> StatusResponse {
+    let size = state.refresh_db_size() as i64;
+    let rev = state.store.current_revision();
+    let index = u64::try_from(rev).unwrap_or(0);
+    let errors = state
+        .alarm_list()
+        .into_iter()
+        .map(|a| {
+            let name = AlarmType::try_from(a.alarm)
+                .map(|t| t.as_str_name().to_string())
+                .unwrap_or_else(|_| a.alarm.to_string());
+            format!("memberID:{} alarm:{} ", a.member_id, name)
+        })
+        .collect();
+    StatusResponse {
+        header: state.header(rev),
+        version: ETCD_VERSION.into(),
+        db_size: size,
+        leader: state.member_id,
+        raft_index: index,
+        raft_term: crate::state::RAFT_TERM,
+        raft_applied_index: index,
+        errors,
+        db_size_in_use: size,
+        is_learner: false,
+        storage_version: String::new(),
+        db_size_quota: state
+            .quota
+            .map_or(0, |q| i64::try_from(q).unwrap_or(i64::MAX)),
+        downgrade_info: None,
+    }
+}
+
+fn alarm(state: &State, r: &AlarmRequest) -> Result<AlarmResponse, Status> {
+    use alarm_request::AlarmAction;
+    let action = AlarmAction::try_from(r.action).map_err(|_| {
+        Status::invalid_argument(format!("rusd: unknown alarm action {}", r.action))
+    })?;
+    let mut alarms = Vec::new();
+    match action {
+        AlarmAction::Get => {
+            alarms = state
+                .alarm_list()
+                .into_iter()
+                .filter(|a| r.alarm == AlarmType::None as i32 || a.alarm == r.alarm)
+                .collect();
+        }
+        AlarmAction::Activate => {
+            if r.alarm != AlarmType::None as i32
+                && state.alarms.lock().insert((r.member_id, r.alarm))
+            {
+                alarms.push(AlarmMember {
+                    member_id: r.member_id,
+                    alarm: r.alarm,
+                });
+            }
+        }
+        AlarmAction::Deactivate => {
+            if state.alarms.lock().remove(&(r.member_id, r.alarm)) {
+                alarms.push(AlarmMember {
+                    member_id: r.member_id,
+                    alarm: r.alarm,
+                });
+            }
+        }
+    }
+    Ok(AlarmResponse {
+        header: state.header_now(),
+        alarms,
+    })
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+fn stream_snapshot(state: &State, tx: &mpsc::Sender<Result<SnapshotResponse, Status>>) {
+    let io_err = |what: &str, e: std::io::Error| {
+        Status::new(Code::Internal, format!("rusd: snapshot: {what}: {e}"))
+    };
+    let result = (|| -> Result<(), Status> {
+        let mut file = tempfile::tempfile().map_err(|e| io_err("creating a temporary file", e))?;
+        let total = state
+            .store
+            .backend()
+            .snapshot_to(&mut file)
+            .map_err(|e| Status::new(Code::Internal, error_chain(&e)))?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| io_err("rewinding", e))?;
+        let header = state.header_now();
+        let mut sent = 0u64;
+        let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+        loop {
+            let n = file.read(&mut buf).map_err(|e| io_err("reading", e))?;
+            if n == 0 {
+                break;
+            }
+            sent += n as u64;
+            let resp = SnapshotResponse {
+                header,
+                remaining_bytes: total.saturating_sub(sent),
+                blob: buf[..n].to_vec(),
+                version: ETCD_VERSION.into(),
+            };
+            if tx.blocking_send(Ok(resp)).is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = tx.blocking_send(Err(e));
+    }
+}
+
+#[tonic::async_trait]
+impl maintenance_server::Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
+        let res = alarm(&self.state, request.get_ref());
+        self.state
+            .metrics
+            .observe("etcdserverpb.Maintenance", "Alarm", &res);
+        res.map(Response::new)
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let st = self.state.clone();
+        let res = blocking(move || Ok(status_response(&st))).await;
+        self.state
+            .metrics
+            .observe("etcdserverpb.Maintenance", "Status", &res);
+        res.map(Response::new)
+    }
+
+    async fn defragment(
+        &self,
+        _request: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        let st = self.state.clone();
+        let res = blocking(move || {
+            st.store
+                .backend()
+                .defragment()
+                .map_err(|e| Status::new(Code::Internal, error_chain(&e)))?;
+            st.refresh_db_size();
+            Ok(DefragmentResponse {
+                header: st.header_now(),
+            })
+        })
+        .await;
+        self.state
+            .metrics
+            .observe("etcdserverpb.Maintenance", "Defragment", &res);
+        res.map(Response::new)
+    }
+
+    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let st = self.state.clone();
+        let res = blocking(move || {
+            let (hash, rev) = hash_kv(&st, 0)?;
+            Ok(HashResponse {
+                header: st.header(rev),
+                hash,
+            })
+        })
+        .await;
+        self.state
+            .metrics
+            .observe("etcdserverpb.Maintenance", "Hash", &res);
+        res.map(Response::new)
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let st = self.state.clone();
+        let revision = request.into_inner().revision;
+        let res = blocking(move || {
+            let (hash, rev) = hash_kv(&st, revision)?;
+            Ok(HashKvResponse {
+                header: st.header_now(),
+                hash,
+                compact_revision: st.store.compact_revision().max(0),
+                hash_revision: rev,
+            })
+        })
+        .await;
+        self.state
+            .metrics
+            .observe("etcdserverpb.Maintenance", "HashKV", &res);
+        res.map(Response::new)
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _request: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let st = self.state.clone();
+        tokio::task::spawn_blocking(move || stream_snapshot(&st, &tx));
+        let res: Result<(), Status> = Ok(());
+        self.state
+            .metrics
+            .observe("etcdserverpb.Maintenance", "Snapshot", &res);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        if request.get_ref().target_id != self.state.member_id {
+            return Err(Status::new(
+                Code::FailedPrecondition,
+                "etcdserver: bad leader transferee",
+            ));
+        }
+        Ok(Response::new(MoveLeaderResponse {
+            header: self.state.header_now(),
+        }))
+    }
+
+    async fn downgrade(
+        &self,
+        _request: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(rpc::unsupported("downgrade"))
+    }
+}
+
+/// The `Cluster` service of a single-member cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterService {
+    state: Arc<State>,
+}
+
+impl ClusterService {
+    /// A service over `state`.
+    pub fn new(state: Arc<State>) -> Self {
+        ClusterService { state }
+    }
+
+    fn members(&self) -> Vec<Member> {
+        vec![Member {
+            id: self.state.member_id,
+            name: self.state.name.clone(),
+            peer_ur_ls: Vec::new(),
+            client_ur_ls: self.state.client_urls.clone(),
+            is_learner: false,
+        }]
+    }
+}
+
+#[tonic::async_trait]
+impl cluster_server::Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        _request: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        Err(rpc::unsupported("membership change"))
+    }
+
+    async fn member_remove(
+        &self,
+        _request: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        Err(rpc::unsupported("membership change"))
+    }
+
+    async fn member_update(
+        &self,
+        _request: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        Err(rpc::unsupported("membership change"))
+    }
+
+    async fn member_list(
+        &self,
+        _request: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        let res = Ok(MemberListResponse {
+            header: self.state.header_now(),
+            members: self.members(),
+        });
+        self.state
+            .metrics
+            .observe("etcdserverpb.Cluster", "MemberList", &res);
+        res.map(Response::new)
+    }
+
+    async fn member_promote(
+        &self,
+        _request: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        Err(rpc::unsupported("membership change"))
+    }
+}
+
+/// The `Auth` service: authentication is never enabled on rusd.
+#[derive(Debug, Clone)]
+pub struct AuthService {
+    state: Arc<State>,
+}
+
+impl AuthService {
+    /// A service over `state`.
+    pub fn new(state: Arc<State>) -> Self {
+        AuthService { state }
+    }
+}
+
+#[tonic::async_trait]
+impl auth_server::Auth for AuthService {
+    async fn auth_status(
+        &self,
+        _request: Request<AuthStatusRequest>,
+    ) -> Result<Response<AuthStatusResponse>, Status> {
+        Ok(Response::new(AuthStatusResponse {
+            header: self.state.header_now(),
+            enabled: false,
+            auth_revision: 0,
+        }))
+    }
+
+    async fn authenticate(
+        &self,
+        _request: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
+        Err(rpc::auth_not_enabled())
+    }
+
+    async fn auth_enable(
+        &self,
+        _request: Request<AuthEnableRequest>,
+    ) -> Result<Response<AuthEnableResponse>, Status> {
+        Err(rpc::unsupported("auth"))
+    }
+
+    async fn auth_disable(
+        &self,
+        _request: Request<AuthDisableRequest>,
+    ) -> Result<Response<AuthDisableResponse>, Status> {
+        Err(rpc::unsupported("auth"))
+    }
+
+    async fn user_add(
+        &self,
+        _request: Request<AuthUserAddRequest>,
+    ) -> Result<Response<AuthUserAddResponse>, Status> {
+        Err(rpc::unsupported("auth"))
+    }
+
+    async fn user_get(
+        &self,
+        _request: Request<AuthUserGetRequest>,
+    ) -> Result<Response<AuthUserGetResponse>, Status> {
+        Err(rpc::unsupported("auth"))
+    }
+
+    async fn user_list(
+        &self,
+        _request: Request<AuthUserListRequest>,
+    ) -> Result<Response<AuthUserListResponse>, Status> {
+        Err(rpc::unsupported("auth"))
+    }
+
+    async fn user_delete(
+        &self,
+        _request: Request<AuthUserDeleteRequest>,
+    ) -> Result<Response<AuthUserDeleteResponse>, Status> {
+        Err(rpc::unsupported("auth"))
+    }
+
+    async fn user_change_password(
+        &self,
+        _request: Request<AuthUserChangePasswordRequest>,
+    ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
+        Err(rpc::unsupported("auth"))
+    }
+
+    async fn user_grant_role(
+        &self,
+        _request: Request<AuthUserGrantRoleRequest>,
+    ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
+        Err(rpc::unsupported("auth"))
+    }
+
+    async fn user_revoke_role(
+        &self,
+        _request: Request<AuthUserRevokeRoleRequest>,
+    ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
+        Err(rpc::unsupported("auth"))
+    }
+
+    async fn role_add(
+        &self,
+        _request: Request<AuthRoleAddRequest>,
+    ) -> Result<Response<AuthRoleAddResponse>, Status> {
+        Err(rpc::unsupported("auth"))
+    }
+
+    async fn role_get(
+        &self,
+        _request: Request<AuthRoleGetRequest>,
+    ) -> Result<Response<AuthRoleGetResponse>, Status> {
+        Err(rpc::unsupported("auth"))
+    }
+
+    async fn role_list(
+        &self,
+        _request: Request<AuthRoleListRequest>,
+    ) -> Result<Response<AuthRoleListResponse>, Status> {
+        Err(rpc::unsupported("auth"))
+    }
+
+    async fn role_delete(
+        &self,
+        _request: Request<AuthRoleDeleteRequest>,
+    ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
+        Err(rpc::unsupported("auth"))
+    }
+
+    async fn role_grant_permission(
+        &self,
+        _request: Request<AuthRoleGrantPermissionRequest>,
+    ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
+        Err(rpc::unsupported("auth"))
+    }
+
+    async fn role_revoke_permission(
+        &self,
+        _request: Request<AuthRoleRevokePermissionRequest>,
+    ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
+        Err(rpc::unsupported("auth"))
+    }
+}

@@ -1,0 +1,321 @@
+//! Starting and stopping a server: [`start`] and [`RunningServer`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mvcc_core::engine::AnyBackend;
+use mvcc_core::{Compactor, MvccStore, StoreConfig};
+use storage_api::{Backend, BackendConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::config::{self, ServerConfig, GRPC_OVERHEAD_BYTES};
+use crate::error::ServerError;
+use crate::kv::KvService;
+use crate::lease::LeaseService;
+use crate::maintenance::{AuthService, ClusterService, MaintenanceService};
+use crate::pb::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use crate::state::{State, Store};
+use crate::watch::WatchService;
+
+/// How often the cached backend size (quota checks, metrics) is refreshed.
+const SIZE_REFRESH: Duration = Duration::from_secs(1);
+
+/// A started server. Stop it with [`shutdown`](Self::shutdown).
+#[derive(Debug)]
+pub struct RunningServer {
+    client_addrs: Vec<SocketAddr>,
+    metrics_addrs: Vec<SocketAddr>,
+    shutdown_tx: watch::Sender<bool>,
+    main: JoinHandle<Result<(), ServerError>>,
+    state: Arc<State>,
+}
+
+impl RunningServer {
+    /// The bound client (gRPC) addresses, in the order of the listen URLs.
+    pub fn client_addrs(&self) -> &[SocketAddr] {
+        &self.client_addrs
+    }
+
+    /// The first client URL (`http://ip:port`).
+    pub fn client_url(&self) -> String {
+        self.client_addrs
+            .first()
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default()
+    }
+
+    /// The bound metrics addresses.
+    pub fn metrics_addrs(&self) -> &[SocketAddr] {
+        &self.metrics_addrs
+    }
+
+    /// The member id reported in headers.
+    pub fn member_id(&self) -> u64 {
+        self.state.member_id
+    }
+
+    /// The cluster id reported in headers.
+    pub fn cluster_id(&self) -> u64 {
+        self.state.cluster_id
+    }
+
+    /// The store (for embedding and tests).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.state.store
+    }
+
+    /// Stops accepting, ends open streams, waits for in-flight requests (at most the configured
+    /// grace period), then flushes and closes the store.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.shutdown_tx.send(true);
+        self.wait().await
+    }
+
+    /// Waits until the server stopped (after [`shutdown`](Self::shutdown) from elsewhere, or a
+    /// fatal transport error).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.main
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))?
+    }
+
+    /// A handle that asks the server to stop when signalled.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown_tx.clone())
+    }
+}
+
+/// Asks a [`RunningServer`] to stop.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(watch::Sender<bool>);
+
+impl ShutdownHandle {
+    /// Requests a graceful shutdown.
+    pub fn shutdown(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+async fn bind_all(urls: &[String]) -> Result<Vec<TcpListener>, ServerError> {
+    let mut out = Vec::new();
+    for url in urls {
+        for addr in config::parse_url(url)? {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            out.push(l);
+        }
+    }
+    Ok(out)
+}
+
+/// Opens the store, binds the listeners and starts serving.
+pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
+    if !mvcc_core::is_compiled(cfg.backend) {
+        return Err(config::parse_backend(cfg.backend.name())
+            .err()
+            .unwrap_or_else(|| {
+                ServerError::Config(format!("the {} engine is not compiled in", cfg.backend))
+            }));
+    }
+    if cfg.listen_client_urls.is_empty() {
+        return Err(ServerError::Config(
+            "--listen-client-urls must name at least one URL".into(),
+        ));
+    }
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+        ServerError::Config(format!(
+            "cannot create data dir {}: {e}",
+            cfg.data_dir.display()
+        ))
+    })?;
+    let listeners = bind_all(&cfg.listen_client_urls).await?;
+    let metrics_listeners = bind_all(&cfg.listen_metrics_urls).await?;
+    let client_addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<_, _>>()
+        .map_err(|e| ServerError::Config(format!("listener address: {e}")))?;
+    let metrics_addrs: Vec<SocketAddr> = metrics_listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<_, _>>()
+        .map_err(|e| ServerError::Config(format!("listener address: {e}")))?;
+
+    let backend_cfg = BackendConfig::new(cfg.data_dir.join("member"))
+        .with_cache_size_mb(cfg.cache_size_mb)
+        .with_durability(cfg.durability);
+    let kind = cfg.backend;
+    let max_req = cfg.max_request_bytes;
+    let store: Store = tokio::task::spawn_blocking(move || -> Result<Store, ServerError> {
+        let backend = AnyBackend::open(kind, backend_cfg)?;
+        let store_cfg = StoreConfig::default()
+            .with_max_txn_ops(usize::MAX)
+            .with_max_key_size(max_req.max(1))
+            .with_max_value_size(max_req.max(1));
+        Ok(MvccStore::with_config(backend, store_cfg)?)
+    })
+    .await
+    .map_err(|e| ServerError::Task(e.to_string()))??;
+    let store = Arc::new(store);
+
+    let advertise = if cfg.advertise_client_urls.is_empty() {
+        client_addrs.iter().map(|a| format!("http://{a}")).collect()
+    } else {
+        cfg.advertise_client_urls.clone()
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = Arc::new(State::new(
+        store.clone(),
+        cfg.name.clone(),
+        advertise,
+        cfg.max_txn_ops,
+        cfg.max_request_bytes,
+        cfg.quota_backend_bytes,
+        cfg.progress_notify_interval,
+        shutdown_rx.clone(),
+    ));
+
+    // Background tasks.
+    tokio::spawn(crate::lease::expiry_loop(
+        state.clone(),
+        cfg.lease_check_interval,
+        shutdown_rx.clone(),
+    ));
+    {
+        let st = state.clone();
+        let mut sd = shutdown_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(SIZE_REFRESH) => {}
+                    _ = sd.changed() => break,
+                }
+                let s = st.clone();
+                let _ = tokio::task::spawn_blocking(move || s.refresh_db_size()).await;
+            }
+        });
+    }
+    let compactor = cfg.auto_compaction.map(|mode| {
+        let c = Compactor::new(store.clone(), mode);
+        c.run();
+        c
+    });
+    for l in metrics_listeners {
+        tokio::spawn(crate::http::serve(l, state.clone(), shutdown_rx.clone()));
+    }
+
+    // gRPC.
+    let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<TcpStream>>(128);
+    for l in listeners {
+        let tx = conn_tx.clone();
+        let mut sd = shutdown_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    a = l.accept() => a,
+                    _ = sd.changed() => break,
+                };
+                let item = accepted.map(|(s, _)| {
+                    let _ = s.set_nodelay(true);
+                    s
+                });
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(conn_tx);
+    let limit = cfg.max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES);
+    let router = tonic::transport::Server::builder()
+        .add_service(KvServer::new(KvService::new(state.clone())).max_decoding_message_size(limit))
+        .add_service(
+            WatchServer::new(WatchService::new(state.clone())).max_decoding_message_size(limit),
+        )
+        .add_service(
+            LeaseServer::new(LeaseService::new(state.clone())).max_decoding_message_size(limit),
+        )
+        .add_service(
+            MaintenanceServer::new(MaintenanceService::new(state.clone()))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(ClusterServer::new(ClusterService::new(state.clone())))
+        .add_service(AuthServer::new(AuthService::new(state.clone())));
+    let mut sd = shutdown_rx.clone();
+    let serve = tokio::spawn(router.serve_with_incoming_shutdown(
+        ReceiverStream::new(conn_rx),
+        async move {
+            let _ = sd.wait_for(|v| *v).await;
+        },
+    ));
+    tracing::info!(
+        name = %cfg.name,
+        engine = %kind,
+        data_dir = %cfg.data_dir.display(),
+        client = ?client_addrs,
+        metrics = ?metrics_addrs,
+        member_id = format!("{:x}", state.member_id),
+        revision = store.current_revision(),
+        "ready to serve client requests"
+    );
+
+    let grace = cfg.shutdown_grace;
+    let mut sd = shutdown_rx;
+    let main_store = store.clone();
+    let main = tokio::spawn(async move {
+        let mut serve = serve;
+        let served = tokio::select! {
+            r = &mut serve => Some(r),
+            _ = sd.wait_for(|v| *v) => None,
+        };
+        let result = match served {
+            Some(r) => r
+                .map_err(|e| ServerError::Task(e.to_string()))?
+                .map_err(ServerError::from),
+            None => match tokio::time::timeout(grace, &mut serve).await {
+                Ok(r) => r
+                    .map_err(|e| ServerError::Task(e.to_string()))?
+                    .map_err(ServerError::from),
+                Err(_) => {
+                    tracing::warn!(
+                        ?grace,
+                        "open requests did not finish in time; closing anyway"
+                    );
+                    serve.abort();
+                    Ok(())
+                }
+            },
+        };
+        if let Some(c) = compactor {
+            c.stop();
+        }
+        let closed = tokio::task::spawn_blocking(move || -> Result<(), ServerError> {
+            main_store.flush()?;
+            main_store.backend().close()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| ServerError::Task(e.to_string()))?;
+        tracing::info!("store flushed and closed");
+        result.and(closed)
+    });
+
+    Ok(RunningServer {
+        client_addrs,
+        metrics_addrs,
+        shutdown_tx,
+        main,
+        state,
+    })
+}

@@ -1,0 +1,259 @@
+//! The state shared by every gRPC service of one server.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mvcc_core::engine::AnyBackend;
+use mvcc_core::{KeyValue, MvccStore};
+use parking_lot::Mutex;
+use storage_api::Backend;
+use tonic::{Code, Status};
+
+use crate::error::rpc;
+use crate::pb::etcdserverpb::{AlarmMember, AlarmType, ResponseHeader};
+use crate::pb::mvccpb;
+
+/// The store type of the server: an MVCC store over the engine chosen at start-up.
+pub type Store = MvccStore<AnyBackend>;
+
+/// Raft term reported in every header (a fresh single-member etcd is at term 2).
+pub const RAFT_TERM: u64 = 2;
+
+/// Counters exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// `(grpc_service, grpc_method, grpc_code)` → handled count.
+    pub handled: Mutex<BTreeMap<(&'static str, &'static str, String), u64>>,
+    /// Open watch streams.
+    pub watch_streams: AtomicU64,
+    /// Live watchers.
+    pub watchers: AtomicU64,
+    /// Lease keep-alive streams.
+    pub keepalive_streams: AtomicU64,
+    /// Leases revoked by expiry.
+    pub leases_expired: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts one finished RPC.
+    pub fn observe<T>(&self, service: &'static str, method: &'static str, r: &Result<T, Status>) {
+        let code = match r {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        };
+        *self
+            .handled
+            .lock()
+            .entry((service, method, format!("{code:?}")))
+            .or_insert(0) += 1;
+    }
+}
+
+/// State shared by the services.
+#[derive(Debug)]
+pub struct State {
+    /// The store.
+    pub store: Arc<Store>,
+    /// Cluster id reported in headers.
+    pub cluster_id: u64,
+    /// Member id reported in headers (and as leader).
+    pub member_id: u64,
+    /// Member name.
+    pub name: String,
+    /// Advertised client URLs.
+    pub client_urls: Vec<String>,
+    /// Maximum operations per txn branch.
+    pub max_txn_ops: usize,
+    /// Maximum request size.
+    pub max_request_bytes: usize,
+    /// Backend quota (`None` = unlimited).
+    pub quota: Option<u64>,
+    /// Active alarms: `(member id, alarm type)`.
+    pub alarms: Mutex<BTreeSet<(u64, i32)>>,
+    /// Last measured backend size in bytes.
+    pub db_size: AtomicU64,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Progress-notify interval for watchers.
+    pub progress_notify_interval: Duration,
+    /// Set to true when the server shuts down: streams end.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    lease_seq: AtomicU64,
+}
+
+/// A 64-bit FNV-1a hash (stable member/cluster ids).
+pub fn fnv64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.iter().chain(std::iter::once(&0xffu8)) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h.max(1)
+}
+
+impl State {
+    /// Builds the state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<Store>,
+        name: String,
+        client_urls: Vec<String>,
+        max_txn_ops: usize,
+        max_request_bytes: usize,
+        quota: Option<u64>,
+        progress_notify_interval: Duration,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> State {
+        let urls = client_urls.join(",");
+        let member_id = fnv64(&[b"rusd-member", name.as_bytes(), urls.as_bytes()]);
+        let cluster_id = fnv64(&[b"rusd-cluster", &member_id.to_be_bytes()]);
+        let size = store.backend().size().unwrap_or(0);
+        State {
+            store,
+            cluster_id,
+            member_id,
+            name,
+            client_urls,
+            max_txn_ops,
+            max_request_bytes,
+            quota,
+            alarms: Mutex::new(BTreeSet::new()),
+            db_size: AtomicU64::new(size),
+            metrics: Metrics::default(),
+            progress_notify_interval,
+            shutdown,
+            lease_seq: AtomicU64::new(0),
+        }
+    }
+
+    /// A response header at `revision`.
+    pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: RAFT_TERM,
+        })
+    }
+
+    /// A response header at the current revision.
+    pub fn header_now(&self) -> Option<ResponseHeader> {
+        self.header(self.store.current_revision())
+    }
+
+    /// Rejects a request whose encoding exceeds `max_request_bytes`.
+    pub fn check_size(&self, encoded_len: usize) -> Result<(), Status> {
+        if encoded_len > self.max_request_bytes {
+            return Err(rpc::request_too_large());
+        }
+        Ok(())
+    }
+
+    /// True when alarm `kind` is active.
+    pub fn has_alarm(&self, kind: AlarmType) -> bool {
+        self.alarms.lock().iter().any(|(_, a)| *a == kind as i32)
+    }
+
+    /// The active alarms.
+    pub fn alarm_list(&self) -> Vec<AlarmMember> {
+        self.alarms
+            .lock()
+            .iter()
+            .map(|(m, a)| AlarmMember {
+                member_id: *m,
+                alarm: *a,
+            })
+            .collect()
+    }
+
+    /// etcd's quota check for a request that may grow the database by about `cost` bytes:
+    /// rejected with `database space exceeded` while the NOSPACE alarm is active, and raises it
+    /// when `size + cost` reaches the quota.
+    pub fn check_quota(&self, cost: usize) -> Result<(), Status> {
+        let Some(quota) = self.quota else {
+            return Ok(());
+        };
+        if self.has_alarm(AlarmType::Nospace) {
+            return Err(rpc::no_space());
+        }
+        let size = self.db_size.load(Ordering::Relaxed);
+        if size.saturating_add(cost as u64) >= quota {
+            tracing::warn!(
+                size,
+                cost,
+                quota,
+                "backend quota exceeded: raising NOSPACE alarm"
+            );
+            self.alarms
+                .lock()
+                .insert((self.member_id, AlarmType::Nospace as i32));
+            return Err(rpc::no_space());
+        }
+        Ok(())
+    }
+
+    /// Measures the backend size now and caches it.
+    pub fn refresh_db_size(&self) -> u64 {
+        match self.store.backend().size() {
+            Ok(s) => {
+                self.db_size.store(s, Ordering::Relaxed);
+                s
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot measure backend size");
+                self.db_size.load(Ordering::Relaxed)
+            }
+        }
+    }
+
+    /// A fresh lease id in etcd's style (member prefix, time-based suffix), never 0 and never
+    /// negative.
+    pub fn next_lease_id(&self) -> i64 {
+        let seq = self.lease_seq.fetch_add(1, Ordering::Relaxed);
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let prefix = (self.member_id & 0xffff) << 48;
+        let suffix = ((millis & 0xff_ffff_ffff) << 8).wrapping_add(seq) & 0xffff_ffff_ffff;
+        let id = (prefix | suffix) & (i64::MAX as u64);
+        (id as i64).max(1)
+    }
+
+    /// Waits until every write that became current before this call has notified its
+    /// watchers (a no-op write transaction takes and releases the store's write lock).
+    pub fn write_barrier(&self) -> Result<(), Status> {
+        // [0x02, 0x01) is an empty range: nothing is deleted, no revision is created.
+        self.store
+            .delete_range(&[0x02], &[0x01])
+            .map(|_| ())
+            .map_err(crate::error::mvcc_status)
+    }
+}
+
+/// Converts a store key-value to the protocol's.
+pub fn to_pb_kv(kv: KeyValue) -> mvccpb::KeyValue {
+    mvccpb::KeyValue {
+        key: kv.key,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+        value: kv.value,
+        lease: kv.lease,
+    }
+}
+
+/// Runs blocking store work on tokio's blocking pool.
+pub async fn blocking<T, F>(f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Status> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("rusd: request task failed: {e}")))?
+}
