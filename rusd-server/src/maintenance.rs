@@ -126,22 +126,112 @@ fn alarm(state: &State, r: &AlarmRequest) -> Result<AlarmResponse, Status> {
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
+/// The framing of a snapshot stream.
+///
+/// etcdctl's `snapshot save` accepts a stream only when its length is 32 bytes more than a
+/// multiple of 512 (an etcd snapshot is a bbolt file followed by its SHA-256). rusd streams the
+/// portable snapshot of the engine ([`storage_api::snapshot`]) framed as
+/// `snapshot | zeros | snapshot length (u64 BE) | SHA-256 of everything before`, where the
+/// zeros make the part before the hash a multiple of 512 bytes. [`unframe`](frame::unframe)
+/// checks the hash and returns the portable snapshot.
+pub mod frame {
+    use sha2::{Digest, Sha256};
+
+    /// The alignment etcdctl expects before the hash.
+    pub const ALIGN: u64 = 512;
+    /// Length of the trailing hash.
+    pub const HASH_LEN: usize = 32;
+
+    /// Bytes of padding (zeros, then the 8-byte length) after a snapshot of `len` bytes.
+    pub fn padding_len(len: u64) -> u64 {
+        (len + 8).div_ceil(ALIGN) * ALIGN - len
+    }
+
+    /// The padding after a snapshot of `len` bytes.
+    pub fn padding(len: u64) -> Vec<u8> {
+        let mut pad = vec![0u8; padding_len(len) as usize];
+        let n = pad.len();
+        pad[n - 8..].copy_from_slice(&len.to_be_bytes());
+        pad
+    }
+
+    /// Checks a framed snapshot and returns the portable snapshot inside; `None` when the
+    /// length, hash or padding is wrong.
+    pub fn unframe(data: &[u8]) -> Option<&[u8]> {
+        if data.len() < HASH_LEN + 8 || (data.len() - HASH_LEN) as u64 % ALIGN != 0 {
+            return None;
+        }
+        let (body, hash) = data.split_at(data.len() - HASH_LEN);
+        if Sha256::digest(body).as_slice() != hash {
+            return None;
+        }
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&body[body.len() - 8..]);
+        let len = usize::try_from(u64::from_be_bytes(len)).ok()?;
+        if len > body.len() - 8 || body[len..body.len() - 8].iter().any(|b| *b != 0) {
+            return None;
+        }
+        Some(&body[..len])
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn round_trip() {
+            for len in [0u64, 1, 100, 503, 504, 505, 512, 1000, 4096] {
+                let snap: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
+                let mut framed = snap.clone();
+                framed.extend(padding(len));
+                assert_eq!(framed.len() as u64 % ALIGN, 0);
+                let h = Sha256::digest(&framed);
+                framed.extend_from_slice(&h);
+                assert_eq!(framed.len() as u64 % ALIGN, HASH_LEN as u64);
+                assert_eq!(unframe(&framed), Some(snap.as_slice()));
+                let mut bad = framed.clone();
+                bad[0] ^= 1;
+                assert_eq!(unframe(&bad), None);
+            }
+        }
+    }
+}
+
 fn stream_snapshot(state: &State, tx: &mpsc::Sender<Result<SnapshotResponse, Status>>) {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
     let io_err = |what: &str, e: std::io::Error| {
         Status::new(Code::Internal, format!("rusd: snapshot: {what}: {e}"))
     };
     let result = (|| -> Result<(), Status> {
         let mut file = tempfile::tempfile().map_err(|e| io_err("creating a temporary file", e))?;
-        let total = state
+        let len = state
             .store
             .backend()
             .snapshot_to(&mut file)
             .map_err(|e| Status::new(Code::Internal, error_chain(&e)))?;
+        file.write_all(&frame::padding(len))
+            .map_err(|e| io_err("writing", e))?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| io_err("rewinding", e))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+        loop {
+            let n = file.read(&mut buf).map_err(|e| io_err("reading", e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        file.write_all(&hasher.finalize())
+            .map_err(|e| io_err("writing", e))?;
+        let total = file
+            .seek(SeekFrom::End(0))
+            .map_err(|e| io_err("measuring", e))?;
         file.seek(SeekFrom::Start(0))
             .map_err(|e| io_err("rewinding", e))?;
         let header = state.header_now();
         let mut sent = 0u64;
-        let mut buf = vec![0u8; SNAPSHOT_CHUNK];
         loop {
             let n = file.read(&mut buf).map_err(|e| io_err("reading", e))?;
             if n == 0 {
