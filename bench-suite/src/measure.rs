@@ -61,6 +61,34 @@ impl Latencies {
     }
 }
 
+/// Runs `f(thread_index, latencies)` on `n` scoped threads and merges their latencies.
+/// The first error is returned; a panic in a thread is propagated.
+pub fn on_threads<E: Send>(
+    n: usize,
+    f: impl Fn(usize, &mut Latencies) -> Result<(), E> + Sync,
+) -> Result<Latencies, E> {
+    let results: Vec<Result<Latencies, E>> = std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = (0..n)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut l = Latencies::default();
+                    f(t, &mut l).map(|()| l)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut all = Latencies::default();
+    for r in results {
+        all.merge(r?);
+    }
+    Ok(all)
+}
+
 /// The result of one measured phase.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PhaseResult {

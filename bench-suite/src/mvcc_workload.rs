@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mvcc_core::{CommitMode, Compare, CompareOp, MvccError, MvccStore, StoreConfig, TxnOp};
 use storage_api::{Backend, BackendConfig, Durability, StorageResult};
 
-use crate::measure::{reset_peak_rss, Latencies, PhaseResult};
+use crate::measure::{on_threads, reset_peak_rss, Latencies, PhaseResult};
 use crate::workload::{key, shuffled, value, Profile};
 
 type Open<'a, B> = &'a dyn Fn(BackendConfig) -> StorageResult<Arc<B>>;
@@ -27,42 +27,15 @@ fn phase<F: FnOnce(&mut Latencies) -> Result<u64, MvccError>>(
     Ok(())
 }
 
-fn threads<B: Backend>(
-    store: &Arc<MvccStore<B>>,
-    n: usize,
-    per_thread: impl Fn(&MvccStore<B>, usize, &mut Latencies) -> Result<(), MvccError> + Sync,
-) -> Result<Latencies, MvccError> {
-    let results: Vec<Result<Latencies, MvccError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .map(|t| {
-                let store = store.clone();
-                let f = &per_thread;
-                s.spawn(move || {
-                    let mut l = Latencies::default();
-                    f(&store, t, &mut l)?;
-                    Ok(l)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Ok(Latencies::default())))
-            .collect()
-    });
-    let mut all = Latencies::default();
-    for r in results {
-        all.merge(r?);
-    }
-    Ok(all)
-}
-
 /// Runs the MVCC phases; phase names match the raw ones where the operation is the same.
+/// `durable_phases` is false for a volatile store.
 pub fn run_mvcc<B: Backend>(
     open: Open<'_, B>,
     dir: &Path,
     cache_mb: u64,
     durability: Durability,
     profile: Profile,
+    durable_phases: bool,
     on_phase: &mut dyn FnMut(&str),
 ) -> Result<Vec<PhaseResult>, MvccError> {
     let cfg = |sub: &str, d: Durability| {
@@ -96,13 +69,12 @@ pub fn run_mvcc<B: Backend>(
     on_phase("mvcc get (2 threads)");
     phase("get (2 threads)", probes.len(), &mut phases, |lat| {
         let half = probes.len().div_ceil(2);
-        let l = threads(&store, 2, |s, t, l| {
+        lat.merge(on_threads(2, |t, l| -> Result<(), MvccError> {
             for &i in probes.iter().skip(t * half).take(half) {
-                l.time(|| s.range(&key(i), &[], 0, 0, false))?;
+                l.time(|| store.range(&key(i), &[], 0, 0, false))?;
             }
             Ok(())
-        })?;
-        lat.merge(l);
+        })?);
         Ok(probes.len() as u64)
     })?;
     // An explicit interval of 10 (100) keys: etcd's `count` is the size of the whole
@@ -162,6 +134,9 @@ pub fn run_mvcc<B: Backend>(
     store.flush()?;
     store.backend().close()?;
     drop(store);
+    if !durable_phases {
+        return Ok(phases);
+    }
 
     // Ack = durable through group commit: a buffered backend, every mutation waits for a
     // shared flush.
@@ -190,14 +165,13 @@ pub fn run_mvcc<B: Backend>(
     on_phase("mvcc durable put (64 writers)");
     let total = 64 * profile.durable_each;
     phase("durable put (64 writers)", total, &mut phases, |lat| {
-        let l = threads(&durable, 64, |s, w, l| {
+        lat.merge(on_threads(64, |w, l| -> Result<(), MvccError> {
             for j in 0..profile.durable_each {
                 let i = 1_000_000_000 + w * profile.durable_each + j;
-                l.time(|| s.put(&key(i), &values[j % 64], 0))?;
+                l.time(|| durable.put(&key(i), &values[j % 64], 0))?;
             }
             Ok(())
-        })?;
-        lat.merge(l);
+        })?);
         Ok(total as u64)
     })?;
     durable.backend().close()?;

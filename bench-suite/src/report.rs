@@ -113,7 +113,7 @@ pub fn markdown(reports: &[EngineReport], baseline: &[PhaseResult]) -> String {
     };
     let _ = writeln!(
         out,
-        "Profile `{}`: {} keys of 16 bytes, {}-byte values; every engine: cache {} MiB, durability {} (durable rows: sync); fsyncs/s of this disk: {:.0}.\n",
+        "Profile `{}`: {} keys of 16 bytes, {}-byte values; every engine: cache {} MiB, durability {} (durable rows: ack = durable; the memory engine runs volatile, so it has none); fsyncs/s of this disk: {:.0}.\n",
         first.profile, first.keys, first.value_size, first.cache_mb, first.durability, first.fsyncs_per_sec
     );
     let mut header = String::from("| operation |");

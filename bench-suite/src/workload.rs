@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use storage_api::{Backend, BackendConfig, Durability, StorageResult, Tree, WriteBatch};
 
-use crate::measure::{reset_peak_rss, Latencies, PhaseResult};
+use crate::measure::{on_threads, reset_peak_rss, Latencies, PhaseResult};
 
 /// Seed of every random choice, so every engine sees the same operations.
 pub const SEED: u64 = 0x5eed_e7cd;
@@ -118,12 +118,14 @@ fn phase<F: FnOnce(&mut Latencies) -> StorageResult<u64>>(
 /// Runs the raw workload on a backend opened by `open` under `dir`.
 ///
 /// `on_phase` is called with each phase name before it starts (progress reporting).
+/// `durable_phases` is false for a volatile store, where "durable" has no meaning.
 pub fn run_raw<B: Backend>(
     open: &dyn Fn(BackendConfig) -> StorageResult<Arc<B>>,
     dir: &Path,
     cache_mb: u64,
     durability: Durability,
     profile: Profile,
+    durable_phases: bool,
     on_phase: &mut dyn FnMut(&str),
 ) -> StorageResult<RawReport> {
     let cfg = |sub: &str, d: Durability| {
@@ -173,32 +175,13 @@ pub fn run_raw<B: Backend>(
 
     on_phase("get (2 threads)");
     phase("get (2 threads)", probes.len(), &mut phases, |lat| {
-        let halves: Vec<Vec<usize>> = probes
-            .chunks(probes.len().div_ceil(2).max(1))
-            .map(|c| c.to_vec())
-            .collect();
-        let results: Vec<StorageResult<Latencies>> = std::thread::scope(|s| {
-            let handles: Vec<_> = halves
-                .iter()
-                .map(|half| {
-                    let db = db.clone();
-                    s.spawn(move || {
-                        let mut l = Latencies::with_capacity(half.len());
-                        for &i in half {
-                            l.time(|| db.get(Tree::Kv, &key(i)))?;
-                        }
-                        Ok(l)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Ok(Latencies::default())))
-                .collect()
-        });
-        for r in results {
-            lat.merge(r?);
-        }
+        let half = probes.len().div_ceil(2);
+        lat.merge(on_threads(2, |t, l| -> StorageResult<()> {
+            for &i in probes.iter().skip(t * half).take(half) {
+                l.time(|| db.get(Tree::Kv, &key(i)))?;
+            }
+            Ok(())
+        })?);
         Ok(probes.len() as u64)
     })?;
 
@@ -260,48 +243,34 @@ pub fn run_raw<B: Backend>(
     let after_defragment = db.size()?;
     db.close()?;
 
-    on_phase("durable put (1 writer)");
-    let durable = open(cfg("durable", Durability::Sync))?;
-    phase(
-        "durable put (1 writer)",
-        profile.durable_single,
-        &mut phases,
-        |lat| {
-            for i in 0..profile.durable_single {
-                lat.time(|| durable.put(Tree::Kv, &key(i), &values[i % 64]))?;
-            }
-            Ok(profile.durable_single as u64)
-        },
-    )?;
-    on_phase("durable put (64 writers)");
-    let total = 64 * profile.durable_each;
-    phase("durable put (64 writers)", total, &mut phases, |lat| {
-        let results: Vec<StorageResult<Latencies>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..64)
-                .map(|w| {
-                    let db = durable.clone();
-                    let values = &values;
-                    s.spawn(move || {
-                        let mut l = Latencies::with_capacity(profile.durable_each);
-                        for j in 0..profile.durable_each {
-                            let i = 1_000_000_000 + w * profile.durable_each + j;
-                            l.time(|| db.put(Tree::Kv, &key(i), &values[j % 64]))?;
-                        }
-                        Ok(l)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Ok(Latencies::default())))
-                .collect()
-        });
-        for r in results {
-            lat.merge(r?);
-        }
-        Ok(total as u64)
-    })?;
-    durable.close()?;
+    if durable_phases {
+        on_phase("durable put (1 writer)");
+        let durable = open(cfg("durable", Durability::Sync))?;
+        phase(
+            "durable put (1 writer)",
+            profile.durable_single,
+            &mut phases,
+            |lat| {
+                for i in 0..profile.durable_single {
+                    lat.time(|| durable.put(Tree::Kv, &key(i), &values[i % 64]))?;
+                }
+                Ok(profile.durable_single as u64)
+            },
+        )?;
+        on_phase("durable put (64 writers)");
+        let total = 64 * profile.durable_each;
+        phase("durable put (64 writers)", total, &mut phases, |lat| {
+            lat.merge(on_threads(64, |w, l| -> StorageResult<()> {
+                for j in 0..profile.durable_each {
+                    let i = 1_000_000_000 + w * profile.durable_each + j;
+                    l.time(|| durable.put(Tree::Kv, &key(i), &values[j % 64]))?;
+                }
+                Ok(())
+            })?);
+            Ok(total as u64)
+        })?;
+        durable.close()?;
+    }
 
     Ok(RawReport {
         phases,
