@@ -207,7 +207,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         });
     }
     let compactor = cfg.auto_compaction.map(|mode| {
-        let c = Compactor::new(store.clone(), mode);
+        let mut c = Compactor::new(store.clone(), mode);
+        if let Some(d) = cfg.auto_compaction_check_interval {
+            c = c.with_check_interval(d);
+        }
         c.run();
         c
     });
