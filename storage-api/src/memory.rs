@@ -1,17 +1,4 @@
 //! [`MemoryBackend`]: the in-memory reference implementation of [`Backend`].
-//!
-//! It is the executable specification of the trait: every other engine must behave like
-//! it in the [conformance suite](crate::conformance). It is also a real, fast backend for
-//! tests and for stores that fit in memory.
-//!
-//! # Persistence
-//! With an empty `config.path` the store is purely volatile. With a path, the content is
-//! loaded from `<path>/memory.snapshot` on open and written back (as a portable snapshot,
-//! atomically: temporary file, fsync, rename, directory fsync):
-//! * with [`Durability::Sync`], after every write (cost proportional to the store size:
-//!   meant for small stores and tests);
-//! * with [`Durability::Buffered`], by a background thread at most every `interval` when
-//!   something changed, and at every [`flush`](Backend::flush) and [`close`](Backend::close).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -38,7 +25,20 @@ pub const MEMORY_IMAGE_FILE: &str = "memory.snapshot";
 
 type Trees = [BTreeMap<Vec<u8>, Vec<u8>>; 5];
 
-/// The in-memory reference backend. See the [module docs](self).
+/// The in-memory reference implementation of [`Backend`].
+///
+/// It is the executable specification of the trait: every other engine must behave like
+/// it in the [conformance suite](crate::conformance). It is also a real, fast backend for
+/// tests and for stores that fit in memory.
+///
+/// # Persistence
+/// With an empty `config.path` the store is purely volatile. With a path, the content is
+/// loaded from `<path>/memory.snapshot` on open and written back (as a portable snapshot,
+/// atomically: temporary file, fsync, rename, directory fsync):
+/// * with [`Durability::Sync`], after every write (cost proportional to the store size:
+///   meant for small stores and tests);
+/// * with [`Durability::Buffered`], by a background thread at most every `interval` when
+///   something changed, and at every [`flush`](Backend::flush) and [`close`](Backend::close).
 #[derive(Debug)]
 pub struct MemoryBackend {
     config: BackendConfig,

@@ -1,4 +1,4 @@
-//! The conformance suite: the behavioural contract of [`Backend`], run by every engine.
+//! The conformance suite: the behavioural contract of [`Backend`](crate::Backend), run by every engine.
 //!
 //! Each case is a generic function `fn case<B: Backend>()` that panics on a violation.
 //! A backend crate stamps the whole suite into its tests with one line, in
