@@ -49,7 +49,11 @@ fn memory_damaged_image() {
         Err(StorageError::Corruption(msg)) => assert!(msg.contains("damaged"), "{msg}"),
         other => panic!("expected Corruption, got {other:?}"),
     }
-    assert_eq!(std::fs::read(&image).unwrap(), bytes, "image left untouched");
+    assert_eq!(
+        std::fs::read(&image).unwrap(),
+        bytes,
+        "image left untouched"
+    );
 }
 
 /// A volatile store (empty path) is not a bad path.
