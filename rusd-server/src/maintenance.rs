@@ -158,7 +158,7 @@ pub mod frame {
     /// Checks a framed snapshot and returns the portable snapshot inside; `None` when the
     /// length, hash or padding is wrong.
     pub fn unframe(data: &[u8]) -> Option<&[u8]> {
-        if data.len() < HASH_LEN + 8 || (data.len() - HASH_LEN) as u64 % ALIGN != 0 {
+        if data.len() < HASH_LEN + 8 || !((data.len() - HASH_LEN) as u64).is_multiple_of(ALIGN) {
             return None;
         }
         let (body, hash) = data.split_at(data.len() - HASH_LEN);

@@ -12,6 +12,9 @@ use rusd_server::maintenance::frame;
 use storage_api::snapshot::ValidatedSnapshot;
 use tonic::Code;
 
+/// (key, value, mod revision, version, lease)
+type Row = (Vec<u8>, Vec<u8>, i64, i64, i64);
+
 async fn workload(c: &mut etcd_client::Client) {
     for i in 0..20 {
         c.put(format!("k{:02}", i % 8), format!("v{i}"), None)
@@ -217,7 +220,7 @@ async fn restart_on_same_data_dir_on_every_engine() {
             .await
             .unwrap();
         assert_eq!(r.header().unwrap().revision(), 6, "{kind}");
-        let kvs: Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)> = r
+        let kvs: Vec<Row> = r
             .kvs()
             .iter()
             .map(|kv| {
