@@ -554,7 +554,8 @@ fn base_seed() -> u64 {
 
 /// What one child run printed.
 struct ChildRun {
-    ready: (i64, i64),
+    /// `(current, compact)` the child recovered, if it got that far.
+    ready: Option<(i64, i64)>,
     acked: Vec<(Op, String)>,
     pending: Option<Op>,
     done: bool,
@@ -622,9 +623,10 @@ fn run_child(
     let (rx, reader) = spawn_reader(child.stdout.take().unwrap());
     let mut lines = Vec::new();
     let stderr_text = || std::fs::read_to_string(log).unwrap_or_default();
-    // Wait for READY (the child recovers the store first).
+    // Wait for READY (the child recovers the store first), except when the kill targets the
+    // startup (recovery, e.g. resuming an interrupted compaction).
     let ready_deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    while target != Some("startup") {
         let left = ready_deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(l) => {
@@ -679,7 +681,7 @@ fn run_child(
     );
 
     let mut run = ChildRun {
-        ready: (0, 0),
+        ready: None,
         acked: Vec::new(),
         pending: None,
         done,
@@ -690,7 +692,7 @@ fn run_child(
         };
         if let Some(r) = rest.strip_prefix("READY ") {
             let (a, b) = r.split_once(' ').unwrap();
-            run.ready = (a.parse().unwrap(), b.parse().unwrap());
+            run.ready = Some((a.parse().unwrap(), b.parse().unwrap()));
         } else if let Some(op) = rest.strip_prefix("BEGIN ") {
             assert!(run.pending.is_none(), "two operations in flight");
             run.pending = Some(Op::parse(op));
@@ -776,6 +778,7 @@ fn verify(store: &MvccStore<AnyBackend>, m: &Model, rng: &mut Rng, ctx: &str) {
 #[derive(Default, Debug)]
 struct Stats {
     acked: usize,
+    startup_kills: usize,
     killed_in: BTreeMap<&'static str, (usize, usize)>,
     done: usize,
 }
@@ -798,25 +801,32 @@ fn crash_cycles(kind: BackendKind) {
         } else {
             Mode::Group
         };
-        let target = match rng.range(0, 8) {
+        let target = match rng.range(0, 9) {
             0 => Some("compact"),
             1 => Some("restore"),
             2 => Some("defrag"),
             3 => Some("txn"),
+            4 => Some("startup"),
             _ => None,
         };
         let delay = Duration::from_millis(match target {
+            Some("startup") => rng.range(0, 60),
             Some(_) => 1500,
             None => rng.range(5, 300),
         });
+        if target == Some("startup") {
+            stats.startup_kills += 1;
+        }
         let child_seed = rng.next();
         let ctx = format!("{kind} cycle {cycle} ({}, seed {seed})", mode.name());
         let run = run_child(&dir, &log, kind, mode, child_seed, cycle, target, delay);
-        assert_eq!(
-            run.ready,
-            (model.current, model.compact),
-            "{ctx}: child recovered another revision"
-        );
+        if let Some(ready) = run.ready {
+            assert_eq!(
+                ready,
+                (model.current, model.compact),
+                "{ctx}: child recovered another revision"
+            );
+        }
         for (i, (op, ack)) in run.acked.iter().enumerate() {
             let want = op.apply(&mut model);
             assert_eq!(ack, &want, "{ctx}: acknowledgement of op {i} {op:?}");
@@ -866,13 +876,14 @@ fn crash_cycles(kind: BackendKind) {
     }
     eprintln!(
         "crash_recovery[{kind}]: {cycles} cycles in {:.1?}, {} acknowledged ops, final revision \
-         {} (compacted at {}), runs that finished unkilled: {}, killed in (op: kills, applied): \
-         {:?}",
+         {} (compacted at {}), runs that finished unkilled: {}, kills aimed at startup: {}, killed in (op: kills, \
+         applied): {:?}",
         started.elapsed(),
         stats.acked,
         model.current,
         model.compact,
         stats.done,
+        stats.startup_kills,
         stats.killed_in
     );
     assert!(stats.acked > 0, "no operation was ever acknowledged");
