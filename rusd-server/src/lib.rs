@@ -26,6 +26,7 @@
 
 pub mod config;
 pub mod error;
+pub mod h2fix;
 pub mod http;
 pub mod kv;
 pub mod lease;

@@ -14,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::{self, ServerConfig, GRPC_OVERHEAD_BYTES};
 use crate::error::ServerError;
+use crate::h2fix::AuthorityFix;
 use crate::kv::KvService;
 use crate::lease::LeaseService;
 use crate::maintenance::{AuthService, ClusterService, MaintenanceService};
@@ -219,7 +220,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     }
 
     // gRPC.
-    let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<TcpStream>>(128);
+    let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<AuthorityFix<TcpStream>>>(128);
     for l in listeners {
         let tx = conn_tx.clone();
         let mut sd = shutdown_rx.clone();
@@ -231,7 +232,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                 };
                 let item = accepted.map(|(s, _)| {
                     let _ = s.set_nodelay(true);
-                    s
+                    AuthorityFix::new(s)
                 });
                 if tx.send(item).await.is_err() {
                     break;

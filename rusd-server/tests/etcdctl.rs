@@ -69,14 +69,13 @@ async fn etcdctl_against_every_engine() {
         let server = common::start(kind, dir.path(), |c| c).await;
         let port = server.client_addrs()[0].port();
         let member = format!("{:x}", server.member_id());
+        // etcdctl 3.4 dials `endpoint status`/`defrag`/`hashkv` with the endpoint (scheme
+        // included) as the HTTP/2 authority: both endpoint forms are exercised.
         let ctl = Ctl {
-            endpoint: format!("127.0.0.1:{port}"),
-        };
-        // etcdctl 3.4 dials `endpoint status`/`defrag`/`hashkv` with the endpoint as the HTTP/2
-        // authority; with a scheme (http://...) that authority is invalid, so the other
-        // commands are also run once with the http:// form.
-        let http = Ctl {
             endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let http = Ctl {
+            endpoint: format!("127.0.0.1:{port}"),
         };
         let ctl = &ctl;
 
@@ -203,7 +202,7 @@ async fn etcdctl_against_every_engine() {
                 assert!(ctl.ok(&["endpoint", "hashkv"]).starts_with(&format!("{}, ", ctl.endpoint)));
                 assert_eq!(
                     ctl.ok(&["member", "list"]),
-                    format!("{member}, started, m1, , http://{}, false\n", ctl.endpoint)
+                    format!("{member}, started, m1, , {}, false\n", ctl.endpoint)
                 );
                 assert_eq!(ctl.ok(&["alarm", "list"]), "");
 
@@ -220,6 +219,13 @@ async fn etcdctl_against_every_engine() {
                     format!("Finished defragmenting etcd member[{}]\n", ctl.endpoint)
                 );
                 assert_eq!(ctl.ok(&["get", "foo2", "--print-value-only"]), "bar2\n");
+                // The scheme-less endpoint form of the per-endpoint maintenance commands.
+                let out = http.ok(&["endpoint", "status", "-w", "table"]);
+                assert!(out.contains(&format!("| {} | {member} |   3.5.0 |", http.endpoint)), "{out}");
+                assert_eq!(
+                    http.ok(&["defrag"]),
+                    format!("Finished defragmenting etcd member[{}]\n", http.endpoint)
+                );
             }
         })
         .await
