@@ -15,7 +15,8 @@ use storage_api::{Backend, Tree, WriteBatch};
 use crate::error::{MvccError, MvccResult};
 use crate::revision::Revision;
 use crate::store::{
-    encode_i64, successor, MvccStore, META_FINISHED_COMPACT_REV, META_SCHEDULED_COMPACT_REV,
+    encode_i64, successor, MvccStore, META_CURRENT_REV, META_FINISHED_COMPACT_REV,
+    META_SCHEDULED_COMPACT_REV,
 };
 
 /// What a compaction did.
@@ -51,6 +52,9 @@ impl<B: Backend> MvccStore<B> {
             }
             let mut batch = WriteBatch::new();
             batch.put(Tree::Meta, META_SCHEDULED_COMPACT_REV, encode_i64(revision));
+            // The current revision is not persisted with every write (see `commit`); record
+            // it before rows disappear.
+            batch.put(Tree::Meta, META_CURRENT_REV, encode_i64(revs.current));
             self.backend.write(&batch)?;
             self.revs.write().compact = revision;
         }

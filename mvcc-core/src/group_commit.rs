@@ -5,6 +5,8 @@
 //! flushes: while one flush runs, the writes that complete meanwhile wait for the next one, and
 //! that single next flush covers all of them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use parking_lot::{Condvar, Mutex};
 use storage_api::Backend;
 
@@ -26,8 +28,6 @@ pub enum CommitMode {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Number of backend writes issued.
-    written: u64,
     /// Every write with a ticket `<= durable` is durable.
     durable: u64,
     flushing: bool,
@@ -37,6 +37,8 @@ struct State {
 /// Coordinates shared flushes. See the [module docs](self).
 #[derive(Debug, Default)]
 pub(crate) struct GroupCommit {
+    /// Number of backend writes issued (a write's ticket is the value after its increment).
+    written: AtomicU64,
     state: Mutex<State>,
     cv: Condvar,
 }
@@ -44,9 +46,12 @@ pub(crate) struct GroupCommit {
 impl GroupCommit {
     /// Records a completed backend write; returns its ticket. Called under the write lock.
     pub(crate) fn written(&self) -> u64 {
-        let mut s = self.state.lock();
-        s.written += 1;
-        s.written
+        self.written.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The ticket of the last completed write.
+    pub(crate) fn last_ticket(&self) -> u64 {
+        self.written.load(Ordering::SeqCst)
     }
 
     /// Waits until the write with `ticket` is durable, flushing if no flush covering it runs.
@@ -61,7 +66,7 @@ impl GroupCommit {
                 continue;
             }
             s.flushing = true;
-            let target = s.written;
+            let target = self.written.load(Ordering::SeqCst);
             drop(s);
             let result = backend.flush();
             s = self.state.lock();
@@ -77,7 +82,7 @@ impl GroupCommit {
 
     /// `(writes, flushes)` issued so far.
     pub(crate) fn stats(&self) -> (u64, u64) {
-        let s = self.state.lock();
-        (s.written, s.flushes)
+        let flushes = self.state.lock().flushes;
+        (self.written.load(Ordering::SeqCst), flushes)
     }
 }

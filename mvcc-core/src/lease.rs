@@ -157,6 +157,9 @@ impl LeaseTable {
 
     /// Detaches `key` from its lease, if any.
     pub(crate) fn detach(&mut self, key: &[u8]) {
+        if self.key_lease.is_empty() {
+            return;
+        }
         if let Some(old) = self.key_lease.remove(key) {
             if let Some(entry) = self.leases.get_mut(&old) {
                 entry.keys.remove(key);

@@ -378,7 +378,7 @@ impl<B: Backend> MvccStore<B> {
 
     /// The durability ticket of the writes issued so far (call under the write lock).
     pub(crate) fn ticket(&self) -> u64 {
-        self.group.stats().0
+        self.group.last_ticket()
     }
 
     /// In [`CommitMode::GroupSync`], waits until the writes up to `ticket` are durable.
@@ -551,10 +551,17 @@ impl<B: Backend> MvccStore<B> {
         }
     }
 
-    /// Commits a write transaction in one backend write (its changes, the new current revision
-    /// and `extra` operations); then updates the index, lease attachments and current revision,
-    /// and notifies watchers. Returns the transaction's revision (unchanged without changes).
-    /// The caller holds the write lock.
+    /// Commits a write transaction in one backend write (its changes and `extra` operations);
+    /// then updates the index, lease attachments and current revision, and notifies watchers.
+    /// Returns the transaction's revision (unchanged without changes). The caller holds the
+    /// write lock.
+    ///
+    /// Like etcd, the current revision is not persisted with every write: recovery takes the
+    /// highest main revision of the `kv` tree, raised to the scheduled and finished compaction
+    /// revisions (persisted before any row is removed). Only compaction removes rows, and the
+    /// only rows it can remove at the top of the history are tombstones (etcd issue #17780), so
+    /// as a second guard a commit that writes a tombstone also records [`META_CURRENT_REV`];
+    /// a put-only commit stays a single-tree write.
     pub(crate) fn commit(&self, ctx: WriteCtx<'_, B>, extra: WriteBatch) -> MvccResult<i64> {
         let WriteCtx {
             begin_rev, changes, ..
@@ -568,13 +575,15 @@ impl<B: Backend> MvccStore<B> {
         }
         let rev = begin_rev + 1;
         let mut batch = WriteBatch::with_capacity(changes.len() + extra.len() + 1);
-        let mut index_changes = Vec::with_capacity(changes.len());
+        let mut any_tombstone = false;
         for (sub, change) in changes.iter().enumerate() {
             let r = Revision::new(rev, sub as i64);
             batch.put(Tree::Kv, r.to_key(change.tombstone), change.kv.encode());
-            index_changes.push((change.kv.key.clone(), r, change.tombstone));
+            any_tombstone |= change.tombstone;
         }
-        batch.put(Tree::Meta, META_CURRENT_REV, encode_i64(rev));
+        if any_tombstone {
+            batch.put(Tree::Meta, META_CURRENT_REV, encode_i64(rev));
+        }
         for op in extra.into_ops() {
             match op {
                 storage_api::WriteOp::Put { tree, key, value } => batch.put(tree, key, value),
@@ -582,8 +591,16 @@ impl<B: Backend> MvccStore<B> {
             };
         }
         self.backend.write(&batch)?;
+        drop(batch);
         self.group.written();
-        self.index.apply(&index_changes)?;
+        self.index
+            .apply_changes(changes.iter().enumerate().map(|(sub, c)| {
+                (
+                    c.kv.key.as_slice(),
+                    Revision::new(rev, sub as i64),
+                    c.tombstone,
+                )
+            }))?;
         {
             let mut leases = self.leases.lock();
             for c in &changes {
@@ -595,24 +612,31 @@ impl<B: Backend> MvccStore<B> {
             }
         }
         self.revs.write().current = rev;
-        let events: Vec<Event> = changes.into_iter().map(Event::from_change).collect();
-        self.hub.notify(rev, &events);
+        self.hub.notify_with(rev, || {
+            changes.into_iter().map(Event::from_change).collect()
+        });
         Ok(rev)
     }
 }
+
+/// Number of changes up to which a write transaction finds a key's pending change by a linear
+/// scan instead of an ordered map.
+const SMALL_TXN: usize = 8;
 
 /// An open write transaction: changes are buffered and become visible at commit.
 pub(crate) struct WriteCtx<'a, B: Backend> {
     pub(crate) store: &'a MvccStore<B>,
     pub(crate) begin_rev: i64,
     pub(crate) changes: Vec<Change>,
-    /// The state after this transaction's changes of every key it changed (`None` = deleted).
-    pub(crate) overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    /// Key → index in `changes` of its latest change; maintained only once the transaction has
+    /// more than [`SMALL_TXN`] changes (below that a linear scan is cheaper).
+    overlay: BTreeMap<Vec<u8>, usize>,
 }
 
 enum Slot {
     Stored(Revision),
-    Pending(KeyValue),
+    /// Index of the pending change in `changes`.
+    Pending(usize),
 }
 
 impl<B: Backend> WriteCtx<'_, B> {
@@ -630,11 +654,34 @@ impl<B: Backend> WriteCtx<'_, B> {
         }
     }
 
+    /// The latest pending change of `key`, if any.
+    fn pending(&self, key: &[u8]) -> Option<&Change> {
+        if self.changes.len() <= SMALL_TXN {
+            self.changes.iter().rev().find(|c| c.kv.key == key)
+        } else {
+            self.overlay.get(key).map(|&i| &self.changes[i])
+        }
+    }
+
+    /// Records a change, keeping the overlay up to date.
+    fn record(&mut self, change: Change) {
+        self.changes.push(change);
+        let n = self.changes.len();
+        if n == SMALL_TXN + 1 {
+            for (i, c) in self.changes.iter().enumerate() {
+                self.overlay.insert(c.kv.key.clone(), i);
+            }
+        } else if n > SMALL_TXN + 1 {
+            self.overlay
+                .insert(self.changes[n - 1].kv.key.clone(), n - 1);
+        }
+    }
+
     /// `(create_revision, version)` of `key` as this transaction sees it (`(0, 0)` if absent).
     fn existing(&self, key: &[u8]) -> (i64, i64) {
-        match self.overlay.get(key) {
-            Some(Some(kv)) => (kv.create_revision, kv.version),
-            Some(None) => (0, 0),
+        match self.pending(key) {
+            Some(c) if c.tombstone => (0, 0),
+            Some(c) => (c.kv.create_revision, c.kv.version),
             None => match self.store.index.get(key, self.begin_rev) {
                 Ok((_, created, ver)) => (created.main, ver),
                 Err(_) => (0, 0),
@@ -654,17 +701,16 @@ impl<B: Backend> WriteCtx<'_, B> {
             version: version + 1,
             lease,
         };
-        self.changes.push(Change {
+        self.record(Change {
             kv: kv.clone(),
             tombstone: false,
         });
-        self.overlay.insert(key.to_vec(), Some(kv.clone()));
         kv
     }
 
     /// The keys of `range` this transaction sees, in key order: all of them and their count.
     fn view_slots(&self, range: &KeyRange, limit: usize) -> (Vec<(Vec<u8>, Slot)>, usize) {
-        let touched = self.overlay.keys().any(|k| range.contains(k));
+        let touched = self.changes.iter().any(|c| range.contains(&c.kv.key));
         if !touched {
             let (revs, count) = self.store.index.range(range, self.begin_rev, limit);
             let slots = revs
@@ -678,14 +724,15 @@ impl<B: Backend> WriteCtx<'_, B> {
             .into_iter()
             .map(|(k, r)| (k, Slot::Stored(r)))
             .collect();
-        for (k, v) in self.overlay.iter().filter(|(k, _)| range.contains(k)) {
-            match v {
-                Some(kv) => {
-                    merged.insert(k.clone(), Slot::Pending(kv.clone()));
-                }
-                None => {
-                    merged.remove(k);
-                }
+        // In change order, so the latest change of a key wins.
+        for (i, c) in self.changes.iter().enumerate() {
+            if !range.contains(&c.kv.key) {
+                continue;
+            }
+            if c.tombstone {
+                merged.remove(c.kv.key.as_slice());
+            } else {
+                merged.insert(c.kv.key.clone(), Slot::Pending(i));
             }
         }
         let count = merged.len();
@@ -695,7 +742,7 @@ impl<B: Backend> WriteCtx<'_, B> {
 
     fn resolve(&self, slot: Slot) -> MvccResult<KeyValue> {
         match slot {
-            Slot::Pending(kv) => Ok(kv),
+            Slot::Pending(i) => Ok(self.changes[i].kv.clone()),
             Slot::Stored(rev) => self.store.load_kv(rev, self.begin_rev),
         }
     }
@@ -730,11 +777,10 @@ impl<B: Backend> WriteCtx<'_, B> {
         let mut deleted = Vec::with_capacity(slots.len());
         for (key, slot) in slots {
             let prev = self.resolve(slot)?;
-            self.changes.push(Change {
-                kv: KeyValue::tombstone(key.clone(), rev),
+            self.record(Change {
+                kv: KeyValue::tombstone(key, rev),
                 tombstone: true,
             });
-            self.overlay.insert(key, None);
             deleted.push(prev);
         }
         Ok(deleted)

@@ -124,14 +124,22 @@ impl TreeIndex {
 
     /// Applies a list of changes (`(key, revision, is_tombstone)`) under one lock acquisition.
     pub fn apply(&self, changes: &[(Vec<u8>, Revision, bool)]) -> MvccResult<()> {
+        self.apply_changes(changes.iter().map(|(k, r, t)| (k.as_slice(), *r, *t)))
+    }
+
+    /// [`apply`](Self::apply) over borrowed keys.
+    pub(crate) fn apply_changes<'k>(
+        &self,
+        changes: impl IntoIterator<Item = (&'k [u8], Revision, bool)>,
+    ) -> MvccResult<()> {
         let mut tree = self.tree.write();
         for (key, rev, tombstone) in changes {
-            if *tombstone {
-                tree.get_mut(key.as_slice())
+            if tombstone {
+                tree.get_mut(key)
                     .ok_or(MvccError::RevisionNotFound)?
-                    .tombstone(*rev)?;
+                    .tombstone(rev)?;
             } else {
-                Self::put_locked(&mut tree, key, *rev)?;
+                Self::put_locked(&mut tree, key, rev)?;
             }
         }
         Ok(())

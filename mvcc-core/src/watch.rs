@@ -128,9 +128,18 @@ fn filter(range: &KeyRange, events: &[Event]) -> Vec<Event> {
 
 impl WatchHub {
     /// Delivers the events of revision `rev` to every interested watcher. Called by the single
-    /// writer after the revision became current, so calls arrive in revision order.
-    pub(crate) fn notify(&self, rev: i64, events: &[Event]) {
+    /// writer after the revision became current, so calls arrive in revision order. The events
+    /// are built only when a watcher is registered.
+    pub(crate) fn notify_with(&self, rev: i64, events: impl FnOnce() -> Vec<Event>) {
         let mut inner = self.inner.lock();
+        if inner.watchers.is_empty() {
+            return;
+        }
+        let events = events();
+        Self::notify_locked(&mut inner, rev, &events);
+    }
+
+    fn notify_locked(inner: &mut HubInner, rev: i64, events: &[Event]) {
         let mut gone = Vec::new();
         for (id, w) in inner.watchers.iter_mut() {
             if rev < w.min_rev {
