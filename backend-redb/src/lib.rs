@@ -485,6 +485,10 @@ impl Backend for RedbBackend {
     /// `Database::close`). Waits for in-flight calls to finish. Every later call returns
     /// [`StorageError::Closed`]. The store is closed even when the final flush fails; that
     /// error is returned.
+    fn is_closed(&self) -> bool {
+        self.shared.db.read().is_none()
+    }
+
     fn close(&self) -> StorageResult<()> {
         self.shared.with_db(|_| Ok(()))?;
         self.stop_flusher();

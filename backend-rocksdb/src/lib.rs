@@ -495,6 +495,10 @@ impl Backend for RocksdbBackend {
 
     /// Stops the flusher, fsyncs the WAL, cancels RocksDB's background jobs (waiting for
     /// running ones) and closes the database, releasing its lock file.
+    fn is_closed(&self) -> bool {
+        self.shared.state.read().is_none()
+    }
+
     fn close(&self) -> StorageResult<()> {
         self.with_inner(|_| Ok(()))?;
         self.stop_flusher();

@@ -739,6 +739,10 @@ impl Backend for SledBackend {
         })
     }
 
+    fn is_closed(&self) -> bool {
+        self.state.read().is_none()
+    }
+
     fn close(&self) -> StorageResult<()> {
         let mut state = self.state.write();
         let inner = state.take().ok_or(StorageError::Closed)?;

@@ -213,6 +213,10 @@ impl Backend for AnyBackend {
     fn close(&self) -> StorageResult<()> {
         dispatch!(self, b => b.close())
     }
+
+    fn is_closed(&self) -> bool {
+        dispatch!(self, b => b.is_closed())
+    }
 }
 
 #[cfg(test)]

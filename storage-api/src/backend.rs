@@ -143,4 +143,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Flushes and releases the engine. Every later call, including a second `close`,
     /// returns [`StorageError::Closed`](crate::StorageError::Closed).
     fn close(&self) -> StorageResult<()>;
+
+    /// True once [`close`](Backend::close) has been called. Cheap (no I/O), so layers above
+    /// can refuse work they would otherwise answer from memory.
+    fn is_closed(&self) -> bool;
 }

@@ -247,6 +247,10 @@ impl<B: Backend> Backend for FaultyBackend<B> {
     fn close(&self) -> StorageResult<()> {
         self.inner.close()
     }
+
+    fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
 }
 
 #[cfg(test)]

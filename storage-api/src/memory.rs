@@ -284,6 +284,10 @@ impl Backend for MemoryBackend {
         self.persist()
     }
 
+    fn is_closed(&self) -> bool {
+        self.state.read().is_none()
+    }
+
     fn close(&self) -> StorageResult<()> {
         self.with_trees(|_| ())?;
         if let Some(mut task) = self.flusher.lock().take() {

@@ -492,8 +492,10 @@ pub fn operations_after_close_fail<B: Backend>() {
     let f = Fixture::<B>::new();
     f.db().put(Tree::Kv, b"k", b"v").unwrap();
     let snap = f.db().snapshot().unwrap();
+    assert!(!f.db().is_closed(), "is_closed() is true on an open store");
     f.db().close().unwrap();
     let db = f.db();
+    assert!(db.is_closed(), "is_closed() is false after close");
     assert_closed("put", db.put(Tree::Kv, b"k", b"v"));
     assert_closed("get", db.get(Tree::Kv, b"k"));
     assert_closed("delete", db.delete(Tree::Kv, b"k"));
