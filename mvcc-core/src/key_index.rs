@@ -42,8 +42,7 @@ impl Generation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyIndex {
     key: Vec<u8>,
-    modified: Revision,
-    generations: Vec<Generation>,
+    history: History,
 }
 
 impl KeyIndex {
@@ -51,8 +50,15 @@ impl KeyIndex {
     pub fn new(key: impl Into<Vec<u8>>) -> Self {
         KeyIndex {
             key: key.into(),
-            modified: Revision::default(),
-            generations: vec![Generation::default()],
+            history: History::new(),
+        }
+    }
+
+    /// An index for `key` with the given history.
+    pub(crate) fn from_history(key: &[u8], history: History) -> Self {
+        KeyIndex {
+            key: key.to_vec(),
+            history,
         }
     }
 
@@ -63,35 +69,138 @@ impl KeyIndex {
 
     /// The newest revision recorded (put or tombstone).
     pub fn modified(&self) -> Revision {
-        self.modified
+        self.history.modified
     }
 
     /// The generations, oldest first.
     pub fn generations(&self) -> &[Generation] {
-        &self.generations
+        &self.history.generations
     }
 
     /// True when the index holds no revision at all.
     pub fn is_empty(&self) -> bool {
-        self.generations.len() == 1 && self.generations[0].is_empty()
+        self.history.is_empty()
     }
 
     /// True when the key currently exists (its open generation holds a revision).
     pub fn is_live(&self) -> bool {
-        self.generations.last().is_some_and(|g| !g.is_empty())
+        self.history.is_live()
     }
 
     /// Number of revisions retained for the key (tombstones included).
     pub fn revision_count(&self) -> usize {
-        self.generations.iter().map(|g| g.revs.len()).sum()
+        self.history.revision_count()
     }
 
     /// Records a put at `rev`, which must be greater than every recorded revision.
     pub fn put(&mut self, rev: Revision) -> MvccResult<()> {
+        self.history.put(&self.key, rev)
+    }
+
+    /// Restores a generation whose oldest retained revision is `modified` (recovery): the
+    /// version and creation revision come from the stored key-value.
+    pub fn restore(&mut self, created: Revision, modified: Revision, ver: i64) {
+        self.history.restore(created, modified, ver);
+    }
+
+    /// Restores a key whose oldest retained row is a tombstone (recovery after compaction): a
+    /// closed generation holding only the tombstone, then an empty open generation.
+    pub fn restore_tombstone(&mut self, rev: Revision) {
+        self.history.restore_tombstone(rev);
+    }
+
+    /// Records a deletion at `rev`: appends the tombstone to the open generation and opens a
+    /// new empty one. Fails with [`MvccError::RevisionNotFound`] when the key is not live.
+    pub fn tombstone(&mut self, rev: Revision) -> MvccResult<()> {
+        self.history.tombstone(&self.key, rev)
+    }
+
+    /// The state of the key at `at_rev`: `(modified, created, version)` of the visible revision.
+    /// Fails with [`MvccError::RevisionNotFound`] when the key does not exist at `at_rev`.
+    pub fn get(&self, at_rev: i64) -> MvccResult<(Revision, Revision, i64)> {
+        self.history.get(at_rev)
+    }
+
+    /// The revisions with `main >= rev`, ascending, keeping only the highest sub revision of
+    /// each main revision (what an observer of whole transactions sees).
+    pub fn since(&self, rev: i64) -> Vec<Revision> {
+        self.history.since(rev)
+    }
+
+    /// Compacts the history at `at_rev`: for every generation alive at `at_rev` or ending at or
+    /// after it, keeps the newest revision with `main <= at_rev` (adding it to `available`) and
+    /// drops the older ones; drops every generation whose tombstone is below `at_rev`.
+    ///
+    /// A tombstone at exactly `at_rev` is kept, and so is a generation re-created inside
+    /// `at_rev` after such a tombstone (etcd issue #22376).
+    pub fn compact(&mut self, at_rev: i64, available: &mut HashSet<Revision>) {
+        self.history.compact(at_rev, available);
+    }
+
+    /// Adds to `available` the revisions a compaction at `at_rev` would keep, except tombstones
+    /// (etcd `keep`, used for hashing); does not change the index.
+    pub fn keep(&self, at_rev: i64, available: &mut HashSet<Revision>) {
+        self.history.keep(at_rev, available);
+    }
+}
+
+/// The history of a key without the key itself: what [`KeyIndex`] and the tree index store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct History {
+    modified: Revision,
+    generations: Vec<Generation>,
+}
+
+impl History {
+    /// An empty history (one empty generation).
+    pub(crate) fn new() -> Self {
+        History {
+            modified: Revision::default(),
+            generations: vec![Generation::default()],
+        }
+    }
+
+    /// The history of a key put once, at `rev`, in its only generation (room for one more
+    /// revision, as the history is usually created when a second one arrives).
+    pub(crate) fn single(rev: Revision) -> Self {
+        let mut revs = Vec::with_capacity(2);
+        revs.push(rev);
+        History {
+            modified: rev,
+            generations: vec![Generation {
+                ver: 1,
+                created: rev,
+                revs,
+            }],
+        }
+    }
+
+    /// The single revision when the history is one live generation created by its only
+    /// revision (the shape of [`History::single`]).
+    pub(crate) fn as_single(&self) -> Option<Revision> {
+        match self.generations.as_slice() {
+            [g] if g.ver == 1 && g.revs.len() == 1 && g.created == g.revs[0] => Some(g.created),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.generations.len() == 1 && self.generations[0].is_empty()
+    }
+
+    pub(crate) fn is_live(&self) -> bool {
+        self.generations.last().is_some_and(|g| !g.is_empty())
+    }
+
+    pub(crate) fn revision_count(&self) -> usize {
+        self.generations.iter().map(|g| g.revs.len()).sum()
+    }
+
+    pub(crate) fn put(&mut self, key: &[u8], rev: Revision) -> MvccResult<()> {
         if !rev.greater_than(&self.modified) {
             return Err(MvccError::Corruption(format!(
                 "put of {:?} at revision {rev} not greater than the last modification {}",
-                String::from_utf8_lossy(&self.key),
+                String::from_utf8_lossy(key),
                 self.modified
             )));
         }
@@ -109,9 +218,7 @@ impl KeyIndex {
         Ok(())
     }
 
-    /// Restores a generation whose oldest retained revision is `modified` (recovery): the
-    /// version and creation revision come from the stored key-value.
-    pub fn restore(&mut self, created: Revision, modified: Revision, ver: i64) {
+    pub(crate) fn restore(&mut self, created: Revision, modified: Revision, ver: i64) {
         if self.is_empty() {
             self.generations.clear();
         }
@@ -123,20 +230,16 @@ impl KeyIndex {
         });
     }
 
-    /// Restores a key whose oldest retained row is a tombstone (recovery after compaction): a
-    /// closed generation holding only the tombstone, then an empty open generation.
-    pub fn restore_tombstone(&mut self, rev: Revision) {
+    pub(crate) fn restore_tombstone(&mut self, rev: Revision) {
         self.restore(Revision::default(), rev, 1);
         self.generations.push(Generation::default());
     }
 
-    /// Records a deletion at `rev`: appends the tombstone to the open generation and opens a
-    /// new empty one. Fails with [`MvccError::RevisionNotFound`] when the key is not live.
-    pub fn tombstone(&mut self, rev: Revision) -> MvccResult<()> {
+    pub(crate) fn tombstone(&mut self, key: &[u8], rev: Revision) -> MvccResult<()> {
         if !self.is_live() {
             return Err(MvccError::RevisionNotFound);
         }
-        self.put(rev)?;
+        self.put(key, rev)?;
         self.generations.push(Generation::default());
         Ok(())
     }
@@ -159,9 +262,7 @@ impl KeyIndex {
         None
     }
 
-    /// The state of the key at `at_rev`: `(modified, created, version)` of the visible revision.
-    /// Fails with [`MvccError::RevisionNotFound`] when the key does not exist at `at_rev`.
-    pub fn get(&self, at_rev: i64) -> MvccResult<(Revision, Revision, i64)> {
+    pub(crate) fn get(&self, at_rev: i64) -> MvccResult<(Revision, Revision, i64)> {
         let g = self
             .find_generation(at_rev)
             .ok_or(MvccError::RevisionNotFound)?;
@@ -172,9 +273,7 @@ impl KeyIndex {
         Ok((g.revs[n], g.created, g.ver - after))
     }
 
-    /// The revisions with `main >= rev`, ascending, keeping only the highest sub revision of
-    /// each main revision (what an observer of whole transactions sees).
-    pub fn since(&self, rev: i64) -> Vec<Revision> {
+    pub(crate) fn since(&self, rev: i64) -> Vec<Revision> {
         let since = Revision::new(rev, 0);
         let mut gi = self.generations.len().saturating_sub(1);
         while gi > 0 {
@@ -213,13 +312,7 @@ impl KeyIndex {
         gi
     }
 
-    /// Compacts the history at `at_rev`: for every generation alive at `at_rev` or ending at or
-    /// after it, keeps the newest revision with `main <= at_rev` (adding it to `available`) and
-    /// drops the older ones; drops every generation whose tombstone is below `at_rev`.
-    ///
-    /// A tombstone at exactly `at_rev` is kept, and so is a generation re-created inside
-    /// `at_rev` after such a tombstone (etcd issue #22376).
-    pub fn compact(&mut self, at_rev: i64, available: &mut HashSet<Revision>) {
+    pub(crate) fn compact(&mut self, at_rev: i64, available: &mut HashSet<Revision>) {
         if self.is_empty() {
             return;
         }
@@ -236,9 +329,7 @@ impl KeyIndex {
         }
     }
 
-    /// Adds to `available` the revisions a compaction at `at_rev` would keep, except tombstones
-    /// (etcd `keep`, used for hashing); does not change the index.
-    pub fn keep(&self, at_rev: i64, available: &mut HashSet<Revision>) {
+    pub(crate) fn keep(&self, at_rev: i64, available: &mut HashSet<Revision>) {
         if self.is_empty() {
             return;
         }

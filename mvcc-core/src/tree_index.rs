@@ -1,13 +1,15 @@
 //! [`TreeIndex`]: the in-memory index over every key (etcd `treeIndex`), and [`KeyRange`], the
 //! decoded form of etcd's `(key, range_end)` wire convention.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashSet};
+use std::fmt;
 use std::ops::Bound;
 
 use parking_lot::RwLock;
 
 use crate::error::{MvccError, MvccResult};
-use crate::key_index::KeyIndex;
+use crate::key_index::{History, KeyIndex};
 use crate::revision::Revision;
 
 /// A set of keys in etcd's wire convention.
@@ -70,11 +72,194 @@ pub const COMPACT_CHUNK: usize = 10_000;
 /// A pair of `BTreeMap` range bounds over byte keys.
 type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 
-/// The index over every key: key → [`KeyIndex`], ordered by key bytes. Behind a `RwLock` that
-/// every operation holds only for its own duration.
+/// Longest key stored inline in the index (no heap allocation, no pointer to follow while
+/// searching).
+const INLINE_KEY: usize = 22;
+
+/// A key of the index: short keys inline, longer ones in an exact-size heap slice.
+#[derive(Clone)]
+enum IndexKey {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
+
+impl IndexKey {
+    fn new(key: &[u8]) -> Self {
+        if key.len() <= INLINE_KEY {
+            let mut bytes = [0u8; INLINE_KEY];
+            bytes[..key.len()].copy_from_slice(key);
+            IndexKey::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            IndexKey::Heap(key.into())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            IndexKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            IndexKey::Heap(b) => b,
+        }
+    }
+}
+
+impl Borrow<[u8]> for IndexKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for IndexKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for IndexKey {}
+
+impl PartialOrd for IndexKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for IndexKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl fmt::Debug for IndexKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_slice()))
+    }
+}
+
+/// The history of one key in the index. Most keys are written once and never deleted; they
+/// take the inline form, with no allocation.
+#[derive(Debug, Clone)]
+enum Entry {
+    /// One live generation created by its only revision `(main, sub)` (version 1).
+    Single { main: i64, sub: u32 },
+    /// Any other history.
+    Full(Box<History>),
+}
+
+impl Entry {
+    /// The inline form of a history holding only `rev`, if `rev.sub` fits.
+    fn single(rev: Revision) -> Option<Entry> {
+        u32::try_from(rev.sub).ok().map(|sub| Entry::Single {
+            main: rev.main,
+            sub,
+        })
+    }
+
+    /// The entry of a key first put at `rev`.
+    fn put_new(rev: Revision) -> Entry {
+        Entry::single(rev).unwrap_or_else(|| Entry::Full(Box::new(History::single(rev))))
+    }
+
+    /// The entry holding `history`, inline when it has the single-revision shape.
+    fn from_history(history: History) -> Entry {
+        match history.as_single().and_then(Entry::single) {
+            Some(e) => e,
+            None => Entry::Full(Box::new(history)),
+        }
+    }
+
+    /// Runs `f` on the full form of the history (converting an inline entry).
+    fn with_full<T>(&mut self, f: impl FnOnce(&mut History) -> T) -> T {
+        if let Entry::Full(h) = self {
+            return f(h);
+        }
+        let mut h = Box::new(self.to_history());
+        let out = f(&mut h);
+        *self = Entry::Full(h);
+        out
+    }
+
+    fn to_history(&self) -> History {
+        match self {
+            Entry::Single { main, sub } => History::single(Revision::new(*main, i64::from(*sub))),
+            Entry::Full(h) => (**h).clone(),
+        }
+    }
+
+    fn get(&self, at_rev: i64) -> MvccResult<(Revision, Revision, i64)> {
+        match self {
+            Entry::Single { main, sub } if *main <= at_rev => {
+                let r = Revision::new(*main, i64::from(*sub));
+                Ok((r, r, 1))
+            }
+            Entry::Single { .. } => Err(MvccError::RevisionNotFound),
+            Entry::Full(h) => h.get(at_rev),
+        }
+    }
+
+    fn put(&mut self, key: &[u8], rev: Revision) -> MvccResult<()> {
+        if let Entry::Single { main, sub } = *self {
+            if !rev.greater_than(&Revision::new(main, i64::from(sub))) {
+                // Let the full form report the error without converting.
+                return History::single(Revision::new(main, i64::from(sub))).put(key, rev);
+            }
+        }
+        self.with_full(|h| h.put(key, rev))
+    }
+
+    fn tombstone(&mut self, key: &[u8], rev: Revision) -> MvccResult<()> {
+        self.with_full(|h| h.tombstone(key, rev))
+    }
+
+    fn compact(&mut self, at_rev: i64, available: &mut HashSet<Revision>) {
+        match self {
+            Entry::Single { main, sub } => {
+                if *main <= at_rev {
+                    available.insert(Revision::new(*main, i64::from(*sub)));
+                }
+            }
+            Entry::Full(h) => {
+                h.compact(at_rev, available);
+                if let Some(e) = h.as_single().and_then(Entry::single) {
+                    *self = e;
+                }
+            }
+        }
+    }
+
+    fn keep(&self, at_rev: i64, available: &mut HashSet<Revision>) {
+        match self {
+            Entry::Single { main, sub } => {
+                if *main <= at_rev {
+                    available.insert(Revision::new(*main, i64::from(*sub)));
+                }
+            }
+            Entry::Full(h) => h.keep(at_rev, available),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Entry::Single { .. } => false,
+            Entry::Full(h) => h.is_empty(),
+        }
+    }
+
+    fn revision_count(&self) -> usize {
+        match self {
+            Entry::Single { .. } => 1,
+            Entry::Full(h) => h.revision_count(),
+        }
+    }
+}
+
+/// The index over every key: key → history (a [`KeyIndex`] without a copy of the key),
+/// ordered by key bytes. Behind a `RwLock` that every operation holds only for its own
+/// duration.
 #[derive(Debug, Default)]
 pub struct TreeIndex {
-    tree: RwLock<BTreeMap<Vec<u8>, KeyIndex>>,
+    tree: RwLock<BTreeMap<IndexKey, Entry>>,
 }
 
 impl TreeIndex {
@@ -99,16 +284,14 @@ impl TreeIndex {
     }
 
     fn put_locked(
-        tree: &mut BTreeMap<Vec<u8>, KeyIndex>,
+        tree: &mut BTreeMap<IndexKey, Entry>,
         key: &[u8],
         rev: Revision,
     ) -> MvccResult<()> {
         match tree.get_mut(key) {
-            Some(ki) => ki.put(rev),
+            Some(e) => e.put(key, rev),
             None => {
-                let mut ki = KeyIndex::new(key);
-                ki.put(rev)?;
-                tree.insert(key.to_vec(), ki);
+                tree.insert(IndexKey::new(key), Entry::put_new(rev));
                 Ok(())
             }
         }
@@ -119,7 +302,7 @@ impl TreeIndex {
         let mut tree = self.tree.write();
         tree.get_mut(key)
             .ok_or(MvccError::RevisionNotFound)?
-            .tombstone(rev)
+            .tombstone(key, rev)
     }
 
     /// Applies a list of changes (`(key, revision, is_tombstone)`) under one lock acquisition.
@@ -137,7 +320,7 @@ impl TreeIndex {
             if tombstone {
                 tree.get_mut(key)
                     .ok_or(MvccError::RevisionNotFound)?
-                    .tombstone(rev)?;
+                    .tombstone(key, rev)?;
             } else {
                 Self::put_locked(&mut tree, key, rev)?;
             }
@@ -158,16 +341,16 @@ impl TreeIndex {
     ) -> MvccResult<()> {
         let mut tree = self.tree.write();
         match tree.get_mut(key) {
-            Some(ki) if tombstone => ki.tombstone(rev),
-            Some(ki) => ki.put(rev),
+            Some(e) if tombstone => e.tombstone(key, rev),
+            Some(e) => e.put(key, rev),
             None => {
-                let mut ki = KeyIndex::new(key);
+                let mut h = History::new();
                 if tombstone {
-                    ki.restore_tombstone(rev);
+                    h.restore_tombstone(rev);
                 } else {
-                    ki.restore(Revision::new(created, 0), rev, version);
+                    h.restore(Revision::new(created, 0), rev, version);
                 }
-                tree.insert(key.to_vec(), ki);
+                tree.insert(IndexKey::new(key), Entry::from_history(h));
                 Ok(())
             }
         }
@@ -187,10 +370,10 @@ impl TreeIndex {
         let tree = self.tree.read();
         let mut out = Vec::new();
         let mut count = 0;
-        for (key, ki) in tree.range::<[u8], _>(bounds) {
-            if let Ok((rev, _, _)) = ki.get(at_rev) {
+        for (key, e) in tree.range::<[u8], _>(bounds) {
+            if let Ok((rev, _, _)) = e.get(at_rev) {
                 if limit == 0 || out.len() < limit {
-                    out.push((key.clone(), rev));
+                    out.push((key.as_slice().to_vec(), rev));
                 }
                 count += 1;
             }
@@ -209,7 +392,11 @@ impl TreeIndex {
         };
         let tree = self.tree.read();
         tree.range::<[u8], _>(bounds)
-            .filter_map(|(key, ki)| ki.get(at_rev).ok().map(|(m, c, v)| (key.clone(), m, c, v)))
+            .filter_map(|(key, e)| {
+                e.get(at_rev)
+                    .ok()
+                    .map(|(m, c, v)| (key.as_slice().to_vec(), m, c, v))
+            })
             .collect()
     }
 
@@ -222,14 +409,14 @@ impl TreeIndex {
     /// and each key is compacted (and removed when empty) atomically.
     pub fn compact(&self, rev: i64) -> HashSet<Revision> {
         let mut available = HashSet::new();
-        let keys: Vec<Vec<u8>> = self.tree.read().keys().cloned().collect();
+        let keys: Vec<IndexKey> = self.tree.read().keys().cloned().collect();
         for chunk in keys.chunks(COMPACT_CHUNK) {
             let mut tree = self.tree.write();
             for key in chunk {
                 let empty = match tree.get_mut(key.as_slice()) {
-                    Some(ki) => {
-                        ki.compact(rev, &mut available);
-                        ki.is_empty()
+                    Some(e) => {
+                        e.compact(rev, &mut available);
+                        e.is_empty()
                     }
                     None => false,
                 };
@@ -245,18 +432,15 @@ impl TreeIndex {
     pub fn keep(&self, rev: i64) -> HashSet<Revision> {
         let mut available = HashSet::new();
         let tree = self.tree.read();
-        for ki in tree.values() {
-            ki.keep(rev, &mut available);
+        for e in tree.values() {
+            e.keep(rev, &mut available);
         }
         available
     }
 
     /// Number of revisions retained for `key` (0 if unknown).
     pub fn count_revisions(&self, key: &[u8]) -> usize {
-        self.tree
-            .read()
-            .get(key)
-            .map_or(0, KeyIndex::revision_count)
+        self.tree.read().get(key).map_or(0, Entry::revision_count)
     }
 
     /// Number of keys in the index (live or with retained history).
@@ -271,7 +455,10 @@ impl TreeIndex {
 
     /// A copy of the index entry of `key`.
     pub fn key_index(&self, key: &[u8]) -> Option<KeyIndex> {
-        self.tree.read().get(key).cloned()
+        self.tree
+            .read()
+            .get(key)
+            .map(|e| KeyIndex::from_history(key, e.to_history()))
     }
 }
 
@@ -370,6 +557,57 @@ mod tests {
         assert_eq!(ti.len(), 2);
         assert_eq!(ti.get(b"foo", 7).unwrap(), (r(7), r(7), 1));
         assert_eq!(ti.get(b"foo2", 7).unwrap(), (r(4), r(3), 2));
+    }
+
+    #[test]
+    fn compact_entries_match_key_index() {
+        // Every shape change of an index entry (inline single revision <-> full history)
+        // behaves like a plain KeyIndex.
+        let long = vec![b'k'; 40];
+        for key in [b"k".to_vec(), long] {
+            let ti = TreeIndex::new();
+            let mut ki = KeyIndex::new(key.clone());
+            let check = |ti: &TreeIndex, ki: &KeyIndex, max: i64| {
+                for at in 0..=max {
+                    assert_eq!(ti.get(&key, at).ok(), ki.get(at).ok(), "at {at}");
+                }
+                assert_eq!(ti.count_revisions(&key), ki.revision_count());
+                if !ki.is_empty() {
+                    assert_eq!(ti.key_index(&key).as_ref(), Some(ki));
+                }
+            };
+            ti.put(&key, r(2)).unwrap();
+            ki.put(r(2)).unwrap();
+            check(&ti, &ki, 3);
+            assert!(ti.put(&key, r(2)).is_err());
+            assert!(ki.put(r(2)).is_err());
+            check(&ti, &ki, 3);
+            ti.put(&key, Revision::new(3, 1)).unwrap();
+            ki.put(Revision::new(3, 1)).unwrap();
+            ti.tombstone(&key, r(4)).unwrap();
+            ki.tombstone(r(4)).unwrap();
+            ti.put(&key, r(5)).unwrap();
+            ki.put(r(5)).unwrap();
+            check(&ti, &ki, 6);
+            assert_eq!(ti.keep(5), {
+                let mut a = HashSet::new();
+                ki.keep(5, &mut a);
+                a
+            });
+            // Compacting at 5 leaves a single live revision: back to the inline form.
+            let mut avail = HashSet::new();
+            ki.compact(5, &mut avail);
+            assert_eq!(ti.compact(5), avail);
+            check(&ti, &ki, 6);
+            assert_eq!(ki.generations().len(), 1);
+            ti.put(&key, r(7)).unwrap();
+            ki.put(r(7)).unwrap();
+            check(&ti, &ki, 8);
+            // A huge sub revision never fits the inline form.
+            let big = Revision::new(9, i64::from(u32::MAX) + 1);
+            ti.put(b"big", big).unwrap();
+            assert_eq!(ti.get(b"big", 9).unwrap(), (big, big, 1));
+        }
     }
 
     #[test]
