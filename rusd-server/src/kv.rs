@@ -517,19 +517,22 @@ pub(crate) async fn do_compact(
         }
     }
     let job = tokio::task::spawn_blocking(move || store.compact(rev));
+    let joined =
+        |r: Result<mvcc_core::MvccResult<mvcc_core::CompactionStats>, tokio::task::JoinError>| {
+            r.map_err(|e| Status::internal(format!("rusd: compaction task failed: {e}")))?
+                .map(|_| ())
+                .map_err(mvcc_status)
+        };
     if c.physical {
-        job.await
-            .map_err(|e| Status::internal(format!("rusd: compaction task failed: {e}")))?
-            .map_err(mvcc_status)?;
+        joined(job.await)?;
     } else {
-        tokio::spawn(async move {
-            match job.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(revision = rev, error = %e, "compaction failed"),
-                Err(e) => tracing::warn!(revision = rev, error = %e, "compaction task failed"),
-            }
-        });
+        // Return once the compaction revision moved (reads below it fail from now on); the
+        // physical deletion goes on in the background.
         while state.store.compact_revision() < rev {
+            if job.is_finished() {
+                joined(job.await)?;
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
