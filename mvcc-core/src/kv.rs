@@ -46,8 +46,23 @@ impl KeyValue {
         out
     }
 
+    /// Decodes a row it owns, reusing its buffer for the value.
+    pub(crate) fn decode_owned(mut data: Vec<u8>) -> MvccResult<KeyValue> {
+        let (mut kv, value_at) = Self::decode_header(&data)?;
+        data.drain(..value_at);
+        kv.value = data;
+        Ok(kv)
+    }
+
     /// Decodes a row; [`MvccError::Corruption`] on an unknown version or a truncated row.
     pub fn decode(data: &[u8]) -> MvccResult<KeyValue> {
+        let (mut kv, value_at) = Self::decode_header(data)?;
+        kv.value = data[value_at..].to_vec();
+        Ok(kv)
+    }
+
+    /// Decodes everything but the value; returns the offset of the value.
+    fn decode_header(data: &[u8]) -> MvccResult<(KeyValue, usize)> {
         let corrupt = |why: &str| MvccError::Corruption(format!("bad kv row: {why}"));
         let (&version_byte, rest) = data.split_first().ok_or_else(|| corrupt("empty"))?;
         if version_byte != KV_FORMAT_VERSION {
@@ -68,14 +83,17 @@ impl KeyValue {
         if body.len() < key_len {
             return Err(corrupt("truncated key"));
         }
-        Ok(KeyValue {
-            create_revision: int(0),
-            mod_revision: int(1),
-            version: int(2),
-            lease: int(3),
-            key: body[..key_len].to_vec(),
-            value: body[key_len..].to_vec(),
-        })
+        Ok((
+            KeyValue {
+                create_revision: int(0),
+                mod_revision: int(1),
+                version: int(2),
+                lease: int(3),
+                key: body[..key_len].to_vec(),
+                value: Vec::new(),
+            },
+            HEADER_LEN + key_len,
+        ))
     }
 
     /// The tombstone row / deletion event of `key` deleted at `revision`.

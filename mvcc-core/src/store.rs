@@ -415,8 +415,8 @@ impl<B: Backend> MvccStore<B> {
 
     /// Reads the row of revision `rev` (a put) for a read at `at`.
     pub(crate) fn load_kv(&self, rev: Revision, at: i64) -> MvccResult<KeyValue> {
-        match self.backend.get(Tree::Kv, &rev.to_key(false))? {
-            Some(v) => KeyValue::decode(&v),
+        match self.backend.get(Tree::Kv, &rev.to_bytes())? {
+            Some(v) => KeyValue::decode_owned(v),
             None if at < self.compact_revision() => Err(MvccError::Compacted),
             None => Err(MvccError::Corruption(format!(
                 "range failed to find revision pair {rev}"
@@ -437,15 +437,33 @@ impl<B: Backend> MvccStore<B> {
         } else {
             usize::try_from(limit).unwrap_or(usize::MAX)
         };
-        let (revs, count) = self.index.range(range, at, lim);
+        if let KeyRange::Single(key) = range {
+            return self.read_key_at(key, at, count_only);
+        }
+        let (revs, count) = self.index.range_revisions(range, at, lim);
         if count_only {
             return Ok((Vec::new(), count));
         }
         let mut kvs = Vec::with_capacity(revs.len());
-        for (_, rev) in revs {
+        for rev in revs {
             kvs.push(self.load_kv(rev, at)?);
         }
         Ok((kvs, count))
+    }
+
+    /// [`read_at`](Self::read_at) of the single key `key`.
+    fn read_key_at(
+        &self,
+        key: &[u8],
+        at: i64,
+        count_only: bool,
+    ) -> MvccResult<(Vec<KeyValue>, usize)> {
+        match self.index.get(key, at) {
+            Ok(_) if count_only => Ok((Vec::new(), 1)),
+            Ok((rev, _, _)) => Ok((vec![self.load_kv(rev, at)?], 1)),
+            Err(MvccError::RevisionNotFound) => Ok((Vec::new(), 0)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads the keys in `[key, end)` (etcd convention: empty `end` = the single `key`,
@@ -466,7 +484,11 @@ impl<B: Backend> MvccStore<B> {
         if key.is_empty() {
             return Err(MvccError::EmptyKey);
         }
-        let range = KeyRange::new(key, end);
+        let range = if end.is_empty() {
+            None
+        } else {
+            Some(KeyRange::new(key, end))
+        };
         let mut attempts = 0;
         loop {
             let revs = self.rev_pair();
@@ -481,7 +503,10 @@ impl<B: Backend> MvccStore<B> {
             if at < revs.compact {
                 return Err(MvccError::Compacted);
             }
-            let read = self.read_at(&range, at, limit, count_only);
+            let read = match &range {
+                None => self.read_key_at(key, at, count_only),
+                Some(range) => self.read_at(range, at, limit, count_only),
+            };
             let compacted_meanwhile = at < self.compact_revision();
             match read {
                 // A read of the current revision raced a compaction above it: read again at the

@@ -381,6 +381,30 @@ impl TreeIndex {
         (out, count)
     }
 
+    /// Like [`range`](Self::range), without the keys.
+    pub(crate) fn range_revisions(
+        &self,
+        range: &KeyRange,
+        at_rev: i64,
+        limit: usize,
+    ) -> (Vec<Revision>, usize) {
+        let Some(bounds) = range.bounds() else {
+            return (Vec::new(), 0);
+        };
+        let tree = self.tree.read();
+        let mut out = Vec::new();
+        let mut count = 0;
+        for (_, e) in tree.range::<[u8], _>(bounds) {
+            if let Ok((rev, _, _)) = e.get(at_rev) {
+                if limit == 0 || out.len() < limit {
+                    out.push(rev);
+                }
+                count += 1;
+            }
+        }
+        (out, count)
+    }
+
     /// `(key, modified, created, version)` of every key of `range` existing at `at_rev`.
     pub fn range_full(
         &self,
