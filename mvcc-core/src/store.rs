@@ -541,10 +541,14 @@ impl<B: Backend> MvccStore<B> {
             return Err(MvccError::LeaseNotFound(lease));
         }
         let mut ctx = self.begin_write();
-        let kv = ctx.put(key, value, lease);
-        let rev = self.commit(ctx, WriteBatch::new())?;
+        ctx.record_put(key, value, lease);
+        let (rev, mut changes) = self.commit_changes(ctx, WriteBatch::new())?;
         let ticket = self.ticket();
         drop(_w);
+        let kv = changes
+            .pop()
+            .map(|c| c.kv)
+            .ok_or_else(|| MvccError::Corruption("put recorded no change".into()))?;
         self.wait_durable(ticket)?;
         Ok((rev, kv))
     }
@@ -588,6 +592,15 @@ impl<B: Backend> MvccStore<B> {
     /// as a second guard a commit that writes a tombstone also records [`META_CURRENT_REV`];
     /// a put-only commit stays a single-tree write.
     pub(crate) fn commit(&self, ctx: WriteCtx<'_, B>, extra: WriteBatch) -> MvccResult<i64> {
+        self.commit_changes(ctx, extra).map(|(rev, _)| rev)
+    }
+
+    /// [`commit`](Self::commit), giving back the committed changes.
+    pub(crate) fn commit_changes(
+        &self,
+        ctx: WriteCtx<'_, B>,
+        extra: WriteBatch,
+    ) -> MvccResult<(i64, Vec<Change>)> {
         let WriteCtx {
             begin_rev, changes, ..
         } = ctx;
@@ -596,27 +609,17 @@ impl<B: Backend> MvccStore<B> {
                 self.backend.write(&extra)?;
                 self.group.written();
             }
-            return Ok(begin_rev);
+            return Ok((begin_rev, changes));
         }
         let rev = begin_rev + 1;
-        let mut batch = WriteBatch::with_capacity(changes.len() + extra.len() + 1);
-        let mut any_tombstone = false;
-        for (sub, change) in changes.iter().enumerate() {
-            let r = Revision::new(rev, sub as i64);
-            batch.put(Tree::Kv, r.to_key(change.tombstone), change.kv.encode());
-            any_tombstone |= change.tombstone;
+        match changes.as_slice() {
+            // One put: a plain single-row write, no batch.
+            [c] if !c.tombstone && extra.is_empty() => {
+                let key = Revision::new(rev, 0).to_bytes();
+                self.backend.put(Tree::Kv, &key, &c.kv.encode())?;
+            }
+            _ => self.write_changes(rev, &changes, extra)?,
         }
-        if any_tombstone {
-            batch.put(Tree::Meta, META_CURRENT_REV, encode_i64(rev));
-        }
-        for op in extra.into_ops() {
-            match op {
-                storage_api::WriteOp::Put { tree, key, value } => batch.put(tree, key, value),
-                storage_api::WriteOp::Delete { tree, key } => batch.delete(tree, key),
-            };
-        }
-        self.backend.write(&batch)?;
-        drop(batch);
         self.group.written();
         self.index
             .apply_changes(changes.iter().enumerate().map(|(sub, c)| {
@@ -638,9 +641,31 @@ impl<B: Backend> MvccStore<B> {
         }
         self.revs.write().current = rev;
         self.hub.notify_with(rev, || {
-            changes.into_iter().map(Event::from_change).collect()
+            changes.iter().cloned().map(Event::from_change).collect()
         });
-        Ok(rev)
+        Ok((rev, changes))
+    }
+
+    /// Writes the rows of `changes` at `rev` and `extra` in one backend batch.
+    fn write_changes(&self, rev: i64, changes: &[Change], extra: WriteBatch) -> MvccResult<()> {
+        let mut batch = WriteBatch::with_capacity(changes.len() + extra.len() + 1);
+        let mut any_tombstone = false;
+        for (sub, change) in changes.iter().enumerate() {
+            let r = Revision::new(rev, sub as i64);
+            batch.put(Tree::Kv, r.to_key(change.tombstone), change.kv.encode());
+            any_tombstone |= change.tombstone;
+        }
+        if any_tombstone {
+            batch.put(Tree::Meta, META_CURRENT_REV, encode_i64(rev));
+        }
+        for op in extra.into_ops() {
+            match op {
+                storage_api::WriteOp::Put { tree, key, value } => batch.put(tree, key, value),
+                storage_api::WriteOp::Delete { tree, key } => batch.delete(tree, key),
+            };
+        }
+        self.backend.write(&batch)?;
+        Ok(())
     }
 }
 
@@ -714,8 +739,17 @@ impl<B: Backend> WriteCtx<'_, B> {
         }
     }
 
-    /// Records a put (the caller validated key, value and lease).
+    /// Records a put (the caller validated key, value and lease); returns the new key-value.
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> KeyValue {
+        self.record_put(key, value, lease);
+        self.changes
+            .last()
+            .map(|c| c.kv.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records a put (the caller validated key, value and lease).
+    pub(crate) fn record_put(&mut self, key: &[u8], value: &[u8], lease: i64) {
         let rev = self.rev();
         let (created, version) = self.existing(key);
         let kv = KeyValue {
@@ -727,10 +761,9 @@ impl<B: Backend> WriteCtx<'_, B> {
             lease,
         };
         self.record(Change {
-            kv: kv.clone(),
+            kv,
             tombstone: false,
         });
-        kv
     }
 
     /// The keys of `range` this transaction sees, in key order: all of them and their count.
