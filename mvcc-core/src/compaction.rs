@@ -56,7 +56,7 @@ impl<B: Backend> MvccStore<B> {
             // it before rows disappear.
             batch.put(Tree::Meta, META_CURRENT_REV, encode_i64(revs.current));
             self.backend.write(&batch)?;
-            self.revs.write().compact = revision;
+            self.revs.set_compact(revision);
         }
         // Outside the write lock: the index is compacted key by key in chunks.
         let available = self.index.compact(revision);

@@ -16,10 +16,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use storage_api::{Backend, Tree, WriteBatch};
 
 use crate::error::{MvccError, MvccResult};
@@ -158,6 +159,50 @@ pub(crate) struct Revs {
     pub(crate) compact: i64,
 }
 
+/// The current and compaction revisions, readable without a lock.
+///
+/// Both only grow and `compact <= current` always holds; writers (holding the store's write
+/// lock) publish a new current revision after the index holds its changes. [`RevCell::load`]
+/// reads the compaction revision first, so the pair it returns satisfies `compact <= current`;
+/// a compaction that moves past a reader's revision afterwards is detected by the reader's
+/// check after reading (as with a locked pair).
+#[derive(Debug)]
+pub(crate) struct RevCell {
+    current: AtomicI64,
+    compact: AtomicI64,
+}
+
+impl RevCell {
+    fn new(revs: Revs) -> Self {
+        RevCell {
+            current: AtomicI64::new(revs.current),
+            compact: AtomicI64::new(revs.compact),
+        }
+    }
+
+    pub(crate) fn load(&self) -> Revs {
+        let compact = self.compact.load(Ordering::Acquire);
+        let current = self.current.load(Ordering::Acquire);
+        Revs { current, compact }
+    }
+
+    pub(crate) fn current(&self) -> i64 {
+        self.current.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn compact(&self) -> i64 {
+        self.compact.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_current(&self, rev: i64) {
+        self.current.store(rev, Ordering::Release);
+    }
+
+    pub(crate) fn set_compact(&self, rev: i64) {
+        self.compact.store(rev, Ordering::Release);
+    }
+}
+
 /// One change recorded by a write transaction.
 #[derive(Debug, Clone)]
 pub(crate) struct Change {
@@ -170,7 +215,7 @@ pub struct MvccStore<B: Backend> {
     pub(crate) backend: Arc<B>,
     pub(crate) config: StoreConfig,
     pub(crate) index: TreeIndex,
-    pub(crate) revs: RwLock<Revs>,
+    pub(crate) revs: RevCell,
     pub(crate) write_lock: Mutex<()>,
     pub(crate) compaction_lock: Mutex<()>,
     pub(crate) leases: Mutex<LeaseTable>,
@@ -180,7 +225,7 @@ pub struct MvccStore<B: Backend> {
 
 impl<B: Backend> fmt::Debug for MvccStore<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let revs = *self.revs.read();
+        let revs = self.revs.load();
         f.debug_struct("MvccStore")
             .field("backend", &B::KIND)
             .field("current_revision", &revs.current)
@@ -223,7 +268,7 @@ impl<B: Backend> MvccStore<B> {
             backend,
             config,
             index: TreeIndex::new(),
-            revs: RwLock::new(Revs {
+            revs: RevCell::new(Revs {
                 current: 1,
                 compact: -1,
             }),
@@ -294,7 +339,9 @@ impl<B: Backend> MvccStore<B> {
         if let Some(c) = stored_current {
             current = current.max(c);
         }
-        *self.revs.write() = Revs { current, compact };
+        // Current revision first: `compact <= current` holds at every step.
+        self.revs.set_current(current);
+        self.revs.set_compact(compact);
 
         // Leases and their attachments.
         {
@@ -323,7 +370,7 @@ impl<B: Backend> MvccStore<B> {
             if s > compact {
                 tracing::info!(revision = s, "resuming interrupted compaction");
                 let _c = self.compaction_lock.lock();
-                self.revs.write().compact = s;
+                self.revs.set_compact(s);
                 let available = self.index.compact(s);
                 self.physical_compaction(s, &available)?;
             }
@@ -343,16 +390,16 @@ impl<B: Backend> MvccStore<B> {
 
     /// The current revision (1 for an empty store).
     pub fn current_revision(&self) -> i64 {
-        self.revs.read().current
+        self.revs.current()
     }
 
     /// The compaction revision (-1 before the first compaction).
     pub fn compact_revision(&self) -> i64 {
-        self.revs.read().compact
+        self.revs.compact()
     }
 
     pub(crate) fn rev_pair(&self) -> Revs {
-        *self.revs.read()
+        self.revs.load()
     }
 
     /// Number of keys the index tracks (live keys and deleted keys with retained history).
@@ -639,7 +686,7 @@ impl<B: Backend> MvccStore<B> {
                 }
             }
         }
-        self.revs.write().current = rev;
+        self.revs.set_current(rev);
         self.hub.notify_with(rev, || {
             changes.iter().cloned().map(Event::from_change).collect()
         });
@@ -769,6 +816,12 @@ impl<B: Backend> WriteCtx<'_, B> {
     /// The keys of `range` this transaction sees, in key order: all of them and their count.
     fn view_slots(&self, range: &KeyRange, limit: usize) -> (Vec<(Vec<u8>, Slot)>, usize) {
         let touched = self.changes.iter().any(|c| range.contains(&c.kv.key));
+        if let (false, KeyRange::Single(key)) = (touched, range) {
+            return match self.store.index.get(key, self.begin_rev) {
+                Ok((rev, _, _)) => (vec![(key.clone(), Slot::Stored(rev))], 1),
+                Err(_) => (Vec::new(), 0),
+            };
+        }
         if !touched {
             let (revs, count) = self.store.index.range(range, self.begin_rev, limit);
             let slots = revs
