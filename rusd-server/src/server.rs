@@ -176,7 +176,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         cfg.advertise_client_urls.clone()
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let state = Arc::new(State::new(
+    let mut state = State::new(
         store.clone(),
         cfg.name.clone(),
         advertise,
@@ -185,7 +185,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         cfg.quota_backend_bytes,
         cfg.progress_notify_interval,
         shutdown_rx.clone(),
-    ));
+    );
+    state.inline_writes = matches!(cfg.durability, storage_api::Durability::Buffered { .. });
+    let state = Arc::new(state);
 
     // Background tasks.
     tokio::spawn(crate::lease::expiry_loop(

@@ -70,6 +70,9 @@ pub struct State {
     pub max_request_bytes: usize,
     /// Backend quota (`None` = unlimited).
     pub quota: Option<u64>,
+    /// True when writes return before they are durable (buffered durability): short enough to
+    /// run on the async workers instead of the blocking pool.
+    pub inline_writes: bool,
     /// Active alarms: `(member id, alarm type)`.
     pub alarms: Mutex<BTreeSet<(u64, i32)>>,
     /// Last measured backend size in bytes.
@@ -121,6 +124,7 @@ impl State {
             max_txn_ops,
             max_request_bytes,
             quota,
+            inline_writes: false,
             alarms: Mutex::new(BTreeSet::new()),
             db_size: AtomicU64::new(size),
             metrics: Metrics::default(),
@@ -244,6 +248,19 @@ pub fn to_pb_kv(kv: KeyValue) -> mvccpb::KeyValue {
         version: kv.version,
         value: kv.value,
         lease: kv.lease,
+    }
+}
+
+/// Runs store work: inline when `inline` (cheap work), else on tokio's blocking pool.
+pub async fn maybe_blocking<T, F>(inline: bool, f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Status> + Send + 'static,
+{
+    if inline {
+        f()
+    } else {
+        blocking(f).await
     }
 }
 
