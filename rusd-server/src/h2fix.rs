@@ -440,6 +440,34 @@ mod tests {
         assert_eq!(out, input);
     }
 
+    #[tokio::test]
+    async fn random_header_blocks_never_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..3000 {
+            let len = (rnd() % 64) as usize;
+            let payload: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+            let flags =
+                (rnd() as u8) & (FLAG_END_HEADERS | FLAG_PADDED | FLAG_PRIORITY | FLAG_END_STREAM);
+            let ty = if rnd() % 4 == 0 {
+                TYPE_CONTINUATION
+            } else {
+                TYPE_HEADERS
+            };
+            let mut input = PREFACE.to_vec();
+            input.extend(frame(ty, flags, 1, &payload));
+            let mut fixed = AuthorityFix::new(&input[..]);
+            let mut out = Vec::new();
+            // Either a clean result or an error; never a panic.
+            let _ = fixed.read_to_end(&mut out).await;
+        }
+    }
+
     #[test]
     fn hpack_integers() {
         let mut v = Vec::new();
