@@ -3,7 +3,10 @@
 //! # Storage layout
 //! * `kv` tree: revision key ([`Revision::to_key`]) → encoded [`KeyValue`] ([`KeyValue::encode`]).
 //! * `meta` tree: [`META_CURRENT_REV`], [`META_SCHEDULED_COMPACT_REV`],
-//!   [`META_FINISHED_COMPACT_REV`] (8-byte big-endian `i64`), [`META_FORMAT`].
+//!   [`META_FINISHED_COMPACT_REV`] (8-byte big-endian `i64`), [`META_FORMAT`]. As in etcd the
+//!   current revision is recovered from the `kv` tree and the compaction revisions;
+//!   [`META_CURRENT_REV`] is only a guard, written with commits that contain a tombstone and
+//!   when a compaction is scheduled, so a put-only commit writes the `kv` tree alone.
 //! * `lease` tree: lease id (8-byte big-endian) → encoded lease (see [`crate::lease`]).
 //!
 //! # Concurrency
@@ -31,7 +34,7 @@ use crate::revision::Revision;
 use crate::tree_index::{KeyRange, TreeIndex};
 use crate::watch::{Event, WatchHub};
 
-/// Meta key of the current revision.
+/// Meta key of the current revision (a recovery guard, see the [module docs](self)).
 pub const META_CURRENT_REV: &[u8] = b"currentRev";
 /// Meta key of the last scheduled compaction revision.
 pub const META_SCHEDULED_COMPACT_REV: &[u8] = b"scheduledCompactRev";
@@ -588,6 +591,7 @@ impl<B: Backend> MvccStore<B> {
             return Err(MvccError::LeaseNotFound(lease));
         }
         let mut ctx = self.begin_write();
+        ctx.changes.reserve_exact(1);
         ctx.record_put(key, value, lease);
         let (rev, mut changes) = self.commit_changes(ctx, WriteBatch::new())?;
         let ticket = self.ticket();
