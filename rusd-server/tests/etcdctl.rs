@@ -17,6 +17,16 @@ fn etcdctl_available() -> bool {
         .unwrap_or(false)
 }
 
+/// Kills the child (an `etcdctl watch`) when dropped, also when an assertion fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Ctl {
     endpoint: String,
 }
@@ -79,8 +89,10 @@ async fn etcdctl_against_every_engine() {
         };
         let ctl = &ctl;
 
-        tokio::task::spawn_blocking({
-            let ctl = Ctl { endpoint: ctl.endpoint.clone() };
+        let job = tokio::task::spawn_blocking({
+            let ctl = Ctl {
+                endpoint: ctl.endpoint.clone(),
+            };
             let member = member.clone();
             let cluster = server.cluster_id();
             let member_id = server.member_id();
@@ -91,10 +103,19 @@ async fn etcdctl_against_every_engine() {
                 assert_eq!(ctl.ok(&["put", "zoo", "z"]), "OK\n");
                 assert_eq!(ctl.ok(&["put", "foo", "baz"]), "OK\n"); // revision 5
                 assert_eq!(ctl.ok(&["get", "foo"]), "foo\nbaz\n");
-                assert_eq!(ctl.ok(&["get", "foo", "--prefix"]), "foo\nbaz\nfoo2\nbar2\n");
+                assert_eq!(
+                    ctl.ok(&["get", "foo", "--prefix"]),
+                    "foo\nbaz\nfoo2\nbar2\n"
+                );
                 assert_eq!(ctl.ok(&["get", "foo", "--rev=2"]), "foo\nbar\n");
-                assert_eq!(ctl.ok(&["get", "foo", "--prefix", "--limit=1"]), "foo\nbaz\n");
-                assert_eq!(ctl.ok(&["get", "", "--from-key", "--keys-only"]), "foo\n\nfoo2\n\nzoo\n\n");
+                assert_eq!(
+                    ctl.ok(&["get", "foo", "--prefix", "--limit=1"]),
+                    "foo\nbaz\n"
+                );
+                assert_eq!(
+                    ctl.ok(&["get", "", "--from-key", "--keys-only"]),
+                    "foo\n\nfoo2\n\nzoo\n\n"
+                );
                 assert_eq!(
                     ctl.ok(&["get", "", "--prefix", "--sort-by=MODIFY", "--order=DESCEND"]),
                     "foo\nbaz\nzoo\nz\nfoo2\nbar2\n"
@@ -118,25 +139,33 @@ async fn etcdctl_against_every_engine() {
                 );
                 assert_eq!(code, 0, "{err}");
                 assert_eq!(out, "SUCCESS\n\nOK\n\nfoo\nqux\n");
-                let (_, out, _) =
-                    ctl.run(&["txn"], Some("version(\"foo\") = \"1\"\n\nput foo x\n\nget foo2\n\n"));
+                let (_, out, _) = ctl.run(
+                    &["txn"],
+                    Some("version(\"foo\") = \"1\"\n\nput foo x\n\nget foo2\n\n"),
+                );
                 assert_eq!(out, "FAILURE\n\nfoo2\nbar2\n");
 
                 // watch: history from a revision, then a live event
-                let mut watch = ctl
-                    .cmd(&["watch", "foo", "--rev=5"])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap();
-                let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+                let mut watch = KillOnDrop(
+                    ctl.cmd(&["watch", "foo", "--rev=5"])
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .unwrap(),
+                );
+                let mut lines = BufReader::new(watch.0.stdout.take().unwrap()).lines();
                 let mut next = || lines.next().unwrap().unwrap();
-                assert_eq!((next(), next(), next()), ("PUT".into(), "foo".into(), "baz".into()));
-                assert_eq!((next(), next(), next()), ("PUT".into(), "foo".into(), "qux".into()));
+                assert_eq!(
+                    (next(), next(), next()),
+                    ("PUT".into(), "foo".into(), "baz".into())
+                );
+                assert_eq!(
+                    (next(), next(), next()),
+                    ("PUT".into(), "foo".into(), "qux".into())
+                );
                 assert_eq!(ctl.ok(&["del", "foo"]), "1\n");
                 assert_eq!((next(), next()), ("DELETE".into(), "foo".into()));
-                watch.kill().unwrap();
-                let _ = watch.wait();
+                drop(watch);
 
                 // lease grant / keep-alive / timetolive / revoke
                 let out = ctl.ok(&["lease", "grant", "60"]);
@@ -145,35 +174,61 @@ async fn etcdctl_against_every_engine() {
                     .and_then(|s| s.strip_suffix(" granted with TTL(60s)\n"))
                     .unwrap_or_else(|| panic!("{out}"))
                     .to_string();
-                assert_eq!(ctl.ok(&["put", "lk", "v", &format!("--lease={id}")]), "OK\n");
-                assert_eq!(ctl.ok(&["lease", "list"]), format!("found 1 leases\n{id}\n"));
+                assert_eq!(
+                    ctl.ok(&["put", "lk", "v", &format!("--lease={id}")]),
+                    "OK\n"
+                );
+                assert_eq!(
+                    ctl.ok(&["lease", "list"]),
+                    format!("found 1 leases\n{id}\n")
+                );
                 assert_eq!(
                     ctl.ok(&["lease", "keep-alive", "--once", &id]),
                     format!("lease {id} keepalived with TTL(60)\n")
                 );
                 let out = ctl.ok(&["lease", "timetolive", &id, "--keys"]);
                 assert!(
-                    out == format!("lease {id} granted with TTL(60s), remaining(60s), attached keys([lk])\n")
-                        || out == format!("lease {id} granted with TTL(60s), remaining(59s), attached keys([lk])\n"),
+                    out == format!(
+                        "lease {id} granted with TTL(60s), remaining(60s), attached keys([lk])\n"
+                    ) || out == format!(
+                        "lease {id} granted with TTL(60s), remaining(59s), attached keys([lk])\n"
+                    ),
                     "{out}"
                 );
-                assert_eq!(ctl.ok(&["lease", "revoke", &id]), format!("lease {id} revoked\n"));
-                assert_eq!(ctl.ok(&["lease", "timetolive", &id]), format!("lease {id} already expired\n"));
+                assert_eq!(
+                    ctl.ok(&["lease", "revoke", &id]),
+                    format!("lease {id} revoked\n")
+                );
+                assert_eq!(
+                    ctl.ok(&["lease", "timetolive", &id]),
+                    format!("lease {id} already expired\n")
+                );
                 assert_eq!(ctl.ok(&["get", "lk"]), "");
                 let (code, _, err) = ctl.run(&["put", "k", "v", "--lease=1234"], None);
                 assert_ne!(code, 0);
-                assert!(err.contains("Error: etcdserver: requested lease not found"), "{err}");
+                assert!(
+                    err.contains("Error: etcdserver: requested lease not found"),
+                    "{err}"
+                );
 
                 // compaction
                 let rev: i64 = {
                     let out = ctl.ok(&["get", "foo2", "-w", "json"]);
                     let i = out.find("\"revision\":").unwrap() + 11;
-                    out[i..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+                    out[i..]
+                        .split(|c: char| !c.is_ascii_digit())
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
                 };
                 assert_eq!(ctl.ok(&["compaction", "4"]), "compacted revision 4\n");
                 let (code, _, err) = ctl.run(&["get", "foo", "--rev=3"], None);
                 assert_ne!(code, 0);
-                assert!(err.contains("Error: etcdserver: mvcc: required revision has been compacted"), "{err}");
+                assert!(
+                    err.contains("Error: etcdserver: mvcc: required revision has been compacted"),
+                    "{err}"
+                );
                 assert_eq!(
                     ctl.ok(&["compaction", "--physical", &rev.to_string()]),
                     format!("compacted revision {rev}\n")
@@ -191,15 +246,23 @@ async fn etcdctl_against_every_engine() {
                     assert!(out.contains(&part), "{part} not in {out}");
                 }
                 let out = ctl.ok(&["endpoint", "status", "-w", "table"]);
-                assert!(out.contains(&format!("| {} | {member} |   3.5.0 |", ctl.endpoint)), "{out}");
+                assert!(
+                    out.contains(&format!("| {} | {member} |   3.5.0 |", ctl.endpoint)),
+                    "{out}"
+                );
                 let (code, out, err) = ctl.run(&["endpoint", "health"], None);
                 assert_eq!(code, 0, "{err}");
                 let health = format!("{out}{err}");
                 assert!(
-                    health.contains(&format!("{} is healthy: successfully committed proposal: took = ", ctl.endpoint)),
+                    health.contains(&format!(
+                        "{} is healthy: successfully committed proposal: took = ",
+                        ctl.endpoint
+                    )),
                     "{health}"
                 );
-                assert!(ctl.ok(&["endpoint", "hashkv"]).starts_with(&format!("{}, ", ctl.endpoint)));
+                assert!(ctl
+                    .ok(&["endpoint", "hashkv"])
+                    .starts_with(&format!("{}, ", ctl.endpoint)));
                 assert_eq!(
                     ctl.ok(&["member", "list"]),
                     format!("{member}, started, m1, , {}, false\n", ctl.endpoint)
@@ -210,7 +273,10 @@ async fn etcdctl_against_every_engine() {
                 let snap = tempfile::tempdir().unwrap();
                 let path = snap.path().join("snap.db");
                 let path = path.to_str().unwrap();
-                assert_eq!(ctl.ok(&["snapshot", "save", path]), format!("Snapshot saved at {path}\n"));
+                assert_eq!(
+                    ctl.ok(&["snapshot", "save", path]),
+                    format!("Snapshot saved at {path}\n")
+                );
                 let bytes = std::fs::read(path).unwrap();
                 assert_eq!(bytes.len() % 512, 32);
                 assert!(rusd_server::maintenance::frame::unframe(&bytes).is_some());
@@ -221,15 +287,20 @@ async fn etcdctl_against_every_engine() {
                 assert_eq!(ctl.ok(&["get", "foo2", "--print-value-only"]), "bar2\n");
                 // The scheme-less endpoint form of the per-endpoint maintenance commands.
                 let out = http.ok(&["endpoint", "status", "-w", "table"]);
-                assert!(out.contains(&format!("| {} | {member} |   3.5.0 |", http.endpoint)), "{out}");
+                assert!(
+                    out.contains(&format!("| {} | {member} |   3.5.0 |", http.endpoint)),
+                    "{out}"
+                );
                 assert_eq!(
                     http.ok(&["defrag"]),
                     format!("Finished defragmenting etcd member[{}]\n", http.endpoint)
                 );
             }
-        })
-        .await
-        .unwrap();
+        });
+        tokio::time::timeout(Duration::from_secs(300), job)
+            .await
+            .expect("etcdctl scenario finished in time")
+            .unwrap();
         let _ = ctl;
         tokio::time::sleep(Duration::from_millis(10)).await;
         server.shutdown().await.unwrap();
