@@ -901,3 +901,63 @@ impl<B: Backend> WriteCtx<'_, B> {
         Ok(deleted)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage_api::MemoryBackend;
+
+    fn meta_current(b: &MemoryBackend) -> Option<i64> {
+        b.get(Tree::Meta, META_CURRENT_REV)
+            .unwrap()
+            .map(|v| decode_i64(&v, "currentRev").unwrap())
+    }
+
+    #[test]
+    fn current_revision_is_recovered_without_a_per_write_meta_row() {
+        let b = MemoryBackend::volatile();
+        let s = MvccStore::new(b.clone()).unwrap();
+        s.put(b"a", b"1", 0).unwrap(); // 2
+        s.put(b"b", b"1", 0).unwrap(); // 3
+                                       // Put-only commits write the kv tree alone.
+        assert_eq!(meta_current(&b), None);
+        assert_eq!(MvccStore::new(b.clone()).unwrap().current_revision(), 3);
+
+        s.delete_range(b"a", b"").unwrap(); // 4: a tombstone records the guard
+        assert_eq!(meta_current(&b), Some(4));
+        s.put(b"c", b"1", 0).unwrap(); // 5
+        s.delete_range(b"c", b"").unwrap(); // 6
+                                            // Compacting everything: the newest row is the tombstone at 6.
+        s.compact(6).unwrap();
+        let r = MvccStore::new(b.clone()).unwrap();
+        assert_eq!((r.current_revision(), r.compact_revision()), (6, 6));
+        // A further write and a compaction past every tombstone.
+        r.put(b"b", b"2", 0).unwrap(); // 7
+        r.delete_range(b"b", b"").unwrap(); // 8
+        r.put(b"d", b"1", 0).unwrap(); // 9
+        r.delete_range(b"d", b"").unwrap(); // 10
+        r.compact(10).unwrap();
+        let again = MvccStore::new(b.clone()).unwrap();
+        assert_eq!(
+            (again.current_revision(), again.compact_revision()),
+            (10, 10)
+        );
+        assert_eq!(again.put(b"e", b"1", 0).unwrap().0, 11);
+    }
+
+    #[test]
+    fn revision_survives_compaction_without_the_guard_row() {
+        // etcd issue #17780 shape: the newest rows are tombstones, compacted at the newest one.
+        let b = MemoryBackend::volatile();
+        let s = MvccStore::new(b.clone()).unwrap();
+        s.put(b"a", b"1", 0).unwrap(); // 2
+        s.delete_range(b"a", b"").unwrap(); // 3
+        s.put(b"b", b"1", 0).unwrap(); // 4
+        s.delete_range(b"b", b"").unwrap(); // 5
+        s.compact(5).unwrap();
+        // Drop the guard rows to check the compaction revisions alone keep the revision.
+        b.delete(Tree::Meta, META_CURRENT_REV).unwrap();
+        let r = MvccStore::new(b.clone()).unwrap();
+        assert_eq!(r.current_revision(), 5);
+    }
+}
