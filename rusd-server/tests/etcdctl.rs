@@ -190,7 +190,8 @@ async fn etcdctl_against_every_engine() {
                 assert!(
                     out == format!(
                         "lease {id} granted with TTL(60s), remaining(60s), attached keys([lk])\n"
-                    ) || out == format!(
+                    ) || out
+                        == format!(
                         "lease {id} granted with TTL(60s), remaining(59s), attached keys([lk])\n"
                     ),
                     "{out}"

@@ -54,6 +54,21 @@ async fn status_members_hash_snapshot_defrag_on_every_engine() {
         );
         assert_eq!(me.client_urls(), &[server.client_url()]);
 
+        // Single member: no membership changes, no auth; leadership stays here.
+        let (code, _) = common::status(c.member_add(["http://127.0.0.1:1"], None).await);
+        assert_eq!(code, Code::Unimplemented);
+        let (code, _) = common::status(c.auth_enable().await);
+        assert_eq!(code, Code::Unimplemented);
+        c.move_leader(server.member_id()).await.unwrap();
+        let (code, msg) = common::status(c.move_leader(server.member_id() ^ 1).await);
+        assert_eq!(
+            (code, msg.as_str()),
+            (
+                Code::FailedPrecondition,
+                "etcdserver: bad leader transferee"
+            )
+        );
+
         // HashKV: identical history gives identical hashes on every engine.
         let h = c.hash_kv(0).await.unwrap();
         assert_eq!(h.hash_revision(), 22);
