@@ -245,6 +245,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     drop(conn_tx);
     let limit = cfg.max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES);
     let router = tonic::transport::Server::builder()
+        // etcd's default --max-concurrent-streams (a stream per watch or keep-alive).
+        .max_concurrent_streams(u32::MAX)
         .add_service(KvServer::new(KvService::new(state.clone())).max_decoding_message_size(limit))
         .add_service(
             WatchServer::new(WatchService::new(state.clone())).max_decoding_message_size(limit),

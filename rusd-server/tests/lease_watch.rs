@@ -321,6 +321,24 @@ async fn watch_on_every_engine() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_watch_streams_on_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(storage_api::BackendKind::Memory, dir.path(), |c| c).await;
+    let mut c = common::connect(&server).await;
+    let mut streams = Vec::new();
+    for i in 0..300 {
+        let mut w = c.watch(format!("m{i}"), None).await.unwrap();
+        assert!(next(&mut w).await.created());
+        streams.push(w);
+    }
+    c.put("m299", "v", None).await.unwrap();
+    let r = next(&mut streams[299]).await;
+    assert_eq!(r.events()[0].kv().unwrap().mod_revision(), 2);
+    drop(streams);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_progress_notify() {
     let dir = tempfile::tempdir().unwrap();
     let server = common::start(storage_api::BackendKind::Memory, dir.path(), |c| {
