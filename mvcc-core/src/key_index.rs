@@ -33,7 +33,7 @@ impl Generation {
     }
 
     /// Index of the newest revision with `main <= at_rev`, if any.
-    fn newest_at_or_below(&self, at_rev: i64) -> Option<usize> {
+    pub(crate) fn newest_at_or_below(&self, at_rev: i64) -> Option<usize> {
         self.revs.iter().rposition(|r| r.main <= at_rev)
     }
 }
@@ -172,6 +172,27 @@ impl History {
                 created: rev,
                 revs,
             }],
+        }
+    }
+
+    /// A history of the single live generation `g`, whose last revision is the newest
+    /// modification.
+    pub(crate) fn from_live(g: Generation) -> Self {
+        History {
+            modified: g.revs.last().copied().unwrap_or_default(),
+            generations: vec![g],
+        }
+    }
+
+    /// The only generation when the history is one live generation whose last revision is the
+    /// newest modification (the shape of [`History::from_live`]).
+    pub(crate) fn into_live(self) -> Result<Generation, History> {
+        match self.generations.as_slice() {
+            [g] if g.revs.last() == Some(&self.modified) => {
+                let mut gens = self.generations;
+                gens.pop().ok_or_else(History::new)
+            }
+            _ => Err(self),
         }
     }
 

@@ -9,7 +9,7 @@ use std::ops::Bound;
 use parking_lot::RwLock;
 
 use crate::error::{MvccError, MvccResult};
-use crate::key_index::{History, KeyIndex};
+use crate::key_index::{Generation, History, KeyIndex};
 use crate::revision::Revision;
 
 /// A set of keys in etcd's wire convention.
@@ -138,13 +138,24 @@ impl fmt::Debug for IndexKey {
 }
 
 /// The history of one key in the index. Most keys are written once and never deleted; they
-/// take the inline form, with no allocation.
+/// take the inline form, with no allocation. Keys with one live generation take the
+/// [`Entry::Live`] form.
 #[derive(Debug, Clone)]
 enum Entry {
     /// One live generation created by its only revision `(main, sub)` (version 1).
     Single { main: i64, sub: u32 },
+    /// One live generation (non-empty; its last revision is the newest modification).
+    Live(Box<Generation>),
     /// Any other history.
     Full(Box<History>),
+}
+
+/// Appends `rev`, growing the vector by half its size (not doubling) when full.
+fn push_rev(revs: &mut Vec<Revision>, rev: Revision) {
+    if revs.len() == revs.capacity() {
+        revs.reserve_exact((revs.len() / 2).max(2));
+    }
+    revs.push(rev);
 }
 
 impl Entry {
@@ -161,15 +172,18 @@ impl Entry {
         Entry::single(rev).unwrap_or_else(|| Entry::Full(Box::new(History::single(rev))))
     }
 
-    /// The entry holding `history`, inline when it has the single-revision shape.
+    /// The entry holding `history`, in its most compact form.
     fn from_history(history: History) -> Entry {
-        match history.as_single().and_then(Entry::single) {
-            Some(e) => e,
-            None => Entry::Full(Box::new(history)),
+        if let Some(e) = history.as_single().and_then(Entry::single) {
+            return e;
+        }
+        match history.into_live() {
+            Ok(g) => Entry::Live(Box::new(g)),
+            Err(h) => Entry::Full(Box::new(h)),
         }
     }
 
-    /// Runs `f` on the full form of the history (converting an inline entry).
+    /// Runs `f` on the full form of the history (converting a compact entry).
     fn with_full<T>(&mut self, f: impl FnOnce(&mut History) -> T) -> T {
         if let Entry::Full(h) = self {
             return f(h);
@@ -183,6 +197,7 @@ impl Entry {
     fn to_history(&self) -> History {
         match self {
             Entry::Single { main, sub } => History::single(Revision::new(*main, i64::from(*sub))),
+            Entry::Live(g) => History::from_live((**g).clone()),
             Entry::Full(h) => (**h).clone(),
         }
     }
@@ -194,18 +209,43 @@ impl Entry {
                 Ok((r, r, 1))
             }
             Entry::Single { .. } => Err(MvccError::RevisionNotFound),
+            Entry::Live(g) => {
+                // The only generation, alive from its first revision on.
+                let n = g
+                    .newest_at_or_below(at_rev)
+                    .ok_or(MvccError::RevisionNotFound)?;
+                let after = (g.revs.len() - n - 1) as i64;
+                Ok((g.revs[n], g.created, g.ver - after))
+            }
             Entry::Full(h) => h.get(at_rev),
         }
     }
 
     fn put(&mut self, key: &[u8], rev: Revision) -> MvccResult<()> {
-        if let Entry::Single { main, sub } = *self {
-            if !rev.greater_than(&Revision::new(main, i64::from(sub))) {
-                // Let the full form report the error without converting.
-                return History::single(Revision::new(main, i64::from(sub))).put(key, rev);
+        match self {
+            Entry::Single { main, sub } => {
+                let first = Revision::new(*main, i64::from(*sub));
+                if !rev.greater_than(&first) {
+                    // Let the full form report the error.
+                    return History::single(first).put(key, rev);
+                }
+                *self = Entry::Live(Box::new(Generation {
+                    ver: 2,
+                    created: first,
+                    revs: vec![first, rev],
+                }));
+                Ok(())
             }
+            Entry::Live(g) => {
+                if !g.revs.last().is_some_and(|last| rev.greater_than(last)) {
+                    return History::from_live((**g).clone()).put(key, rev);
+                }
+                push_rev(&mut g.revs, rev);
+                g.ver += 1;
+                Ok(())
+            }
+            Entry::Full(h) => h.put(key, rev),
         }
-        self.with_full(|h| h.put(key, rev))
     }
 
     fn tombstone(&mut self, key: &[u8], rev: Revision) -> MvccResult<()> {
@@ -219,11 +259,23 @@ impl Entry {
                     available.insert(Revision::new(*main, i64::from(*sub)));
                 }
             }
+            Entry::Live(g) => {
+                if let Some(n) = g.newest_at_or_below(at_rev) {
+                    available.insert(g.revs[n]);
+                    if n > 0 {
+                        g.revs.drain(..n);
+                        g.revs.shrink_to_fit();
+                        let single = g.revs.len() == 1 && g.ver == 1 && g.created == g.revs[0];
+                        if let (true, Some(e)) = (single, Entry::single(g.revs[0])) {
+                            *self = e;
+                        }
+                    }
+                }
+            }
             Entry::Full(h) => {
                 h.compact(at_rev, available);
-                if let Some(e) = h.as_single().and_then(Entry::single) {
-                    *self = e;
-                }
+                let h = std::mem::replace(&mut **h, History::new());
+                *self = Entry::from_history(h);
             }
         }
     }
@@ -235,13 +287,19 @@ impl Entry {
                     available.insert(Revision::new(*main, i64::from(*sub)));
                 }
             }
+            // The live generation is the last one: its newest revision is never a tombstone.
+            Entry::Live(g) => {
+                if let Some(n) = g.newest_at_or_below(at_rev) {
+                    available.insert(g.revs[n]);
+                }
+            }
             Entry::Full(h) => h.keep(at_rev, available),
         }
     }
 
     fn is_empty(&self) -> bool {
         match self {
-            Entry::Single { .. } => false,
+            Entry::Single { .. } | Entry::Live(_) => false,
             Entry::Full(h) => h.is_empty(),
         }
     }
@@ -249,6 +307,7 @@ impl Entry {
     fn revision_count(&self) -> usize {
         match self {
             Entry::Single { .. } => 1,
+            Entry::Live(g) => g.revs.len(),
             Entry::Full(h) => h.revision_count(),
         }
     }
@@ -627,6 +686,25 @@ mod tests {
             ti.put(&key, r(7)).unwrap();
             ki.put(r(7)).unwrap();
             check(&ti, &ki, 8);
+            // One live generation with several revisions, compacted in steps.
+            for rev in [8, 9, 10] {
+                ti.put(&key, r(rev)).unwrap();
+                ki.put(r(rev)).unwrap();
+            }
+            assert!(ti.put(&key, r(10)).is_err());
+            check(&ti, &ki, 11);
+            for c in [7, 9, 10] {
+                let mut kept = HashSet::new();
+                ki.keep(c, &mut kept);
+                assert_eq!(ti.keep(c), kept, "keep {c}");
+                let mut avail = HashSet::new();
+                ki.compact(c, &mut avail);
+                assert_eq!(ti.compact(c), avail, "compact {c}");
+                check(&ti, &ki, 11);
+            }
+            ti.tombstone(&key, r(11)).unwrap();
+            ki.tombstone(r(11)).unwrap();
+            check(&ti, &ki, 12);
             // A huge sub revision never fits the inline form.
             let big = Revision::new(9, i64::from(u32::MAX) + 1);
             ti.put(b"big", big).unwrap();
