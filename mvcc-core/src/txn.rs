@@ -233,6 +233,25 @@ pub struct TxnResult {
     pub responses: Vec<TxnOpResponse>,
 }
 
+/// A borrowed transaction request: what the execution path works on, so
+/// [`MvccStore::txn`] does not copy its arguments.
+#[derive(Debug, Clone, Copy)]
+struct TxnParts<'a> {
+    compare: &'a [Compare],
+    success: &'a [TxnOp],
+    failure: &'a [TxnOp],
+}
+
+impl<'a> From<&'a TxnRequest> for TxnParts<'a> {
+    fn from(req: &'a TxnRequest) -> Self {
+        TxnParts {
+            compare: &req.compare,
+            success: &req.success,
+            failure: &req.failure,
+        }
+    }
+}
+
 /// The branch decisions of a transaction and of the nested transactions on its chosen branch.
 #[derive(Debug)]
 struct Path {
@@ -296,7 +315,7 @@ fn check_intervals(ops: &[TxnOp]) -> MvccResult<(HashSet<Vec<u8>>, Vec<Interval>
     Ok((puts, dels))
 }
 
-fn is_read_only(req: &TxnRequest) -> bool {
+fn is_read_only(req: TxnParts<'_>) -> bool {
     req.success
         .iter()
         .chain(req.failure.iter())
@@ -321,10 +340,10 @@ impl<B: Backend> MvccStore<B> {
         success: &[TxnOp],
         failure: &[TxnOp],
     ) -> MvccResult<TxnResult> {
-        self.txn_request(&TxnRequest {
-            compare: compares.to_vec(),
-            success: success.to_vec(),
-            failure: failure.to_vec(),
+        self.run_txn(TxnParts {
+            compare: compares,
+            success,
+            failure,
         })
     }
 
@@ -336,9 +355,13 @@ impl<B: Backend> MvccStore<B> {
     /// and on the chosen path [`MvccError::FutureRevision`] / [`MvccError::Compacted`] for a
     /// range revision and [`MvccError::LeaseNotFound`] for a put lease.
     pub fn txn_request(&self, req: &TxnRequest) -> MvccResult<TxnResult> {
+        self.run_txn(req.into())
+    }
+
+    fn run_txn(&self, req: TxnParts<'_>) -> MvccResult<TxnResult> {
         self.check_txn_request(req)?;
-        check_intervals(&req.success)?;
-        check_intervals(&req.failure)?;
+        check_intervals(req.success)?;
+        check_intervals(req.failure)?;
         let read_only = is_read_only(req);
         let mut attempts = 0;
         loop {
@@ -359,7 +382,7 @@ impl<B: Backend> MvccStore<B> {
         }
     }
 
-    fn txn_attempt(&self, req: &TxnRequest, read_only: bool) -> MvccResult<TxnResult> {
+    fn txn_attempt(&self, req: TxnParts<'_>, read_only: bool) -> MvccResult<TxnResult> {
         let _w = if read_only {
             None
         } else {
@@ -391,7 +414,7 @@ impl<B: Backend> MvccStore<B> {
         Ok(result)
     }
 
-    fn check_txn_request(&self, req: &TxnRequest) -> MvccResult<()> {
+    fn check_txn_request(&self, req: TxnParts<'_>) -> MvccResult<()> {
         let max = self.config.max_txn_ops;
         if req
             .compare
@@ -402,7 +425,7 @@ impl<B: Backend> MvccStore<B> {
         {
             return Err(MvccError::TooManyOps { max });
         }
-        for c in &req.compare {
+        for c in req.compare {
             self.check_key(&c.key)?;
         }
         for op in req.success.iter().chain(req.failure.iter()) {
@@ -413,13 +436,16 @@ impl<B: Backend> MvccStore<B> {
                     self.check_value(value)?;
                 }
                 TxnOp::DeleteRange { key, .. } => self.check_key(key)?,
-                TxnOp::Txn(t) => self.check_txn_request(t)?,
+                TxnOp::Txn(t) => self.check_txn_request(t.into())?,
             }
         }
         Ok(())
     }
 
     fn compare_holds(&self, ctx: &WriteCtx<'_, B>, c: &Compare) -> MvccResult<bool> {
+        if c.range_end.is_empty() {
+            return self.compare_key_holds(ctx, c);
+        }
         let range = KeyRange::new(&c.key, &c.range_end);
         let entries = self.index.range_full(&range, ctx.begin_rev);
         if entries.is_empty() {
@@ -449,33 +475,51 @@ impl<B: Backend> MvccStore<B> {
         Ok(true)
     }
 
-    fn compare_to_path(&self, ctx: &WriteCtx<'_, B>, req: &TxnRequest) -> MvccResult<Path> {
+    /// [`compare_holds`](Self::compare_holds) for a compare on a single key.
+    fn compare_key_holds(&self, ctx: &WriteCtx<'_, B>, c: &Compare) -> MvccResult<bool> {
+        let Ok((modified, created, version)) = self.index.get(&c.key, ctx.begin_rev) else {
+            if matches!(c.target, CompareTarget::Value(_)) {
+                return Ok(false);
+            }
+            return Ok(c.holds_for(&KeyValue::default()));
+        };
+        let kv = if matches!(c.target, CompareTarget::Value(_) | CompareTarget::Lease(_)) {
+            self.load_kv(modified, ctx.begin_rev)?
+        } else {
+            // `holds_for` reads neither the key nor the value.
+            KeyValue {
+                create_revision: created.main,
+                mod_revision: modified.main,
+                version,
+                ..KeyValue::default()
+            }
+        };
+        Ok(c.holds_for(&kv))
+    }
+
+    fn compare_to_path(&self, ctx: &WriteCtx<'_, B>, req: TxnParts<'_>) -> MvccResult<Path> {
         let mut succeeded = true;
-        for c in &req.compare {
+        for c in req.compare {
             if !self.compare_holds(ctx, c)? {
                 succeeded = false;
                 break;
             }
         }
-        let ops = if succeeded {
-            &req.success
-        } else {
-            &req.failure
-        };
+        let ops = if succeeded { req.success } else { req.failure };
         let mut nested = Vec::new();
         for op in ops {
             if let TxnOp::Txn(t) = op {
-                nested.push(self.compare_to_path(ctx, t)?);
+                nested.push(self.compare_to_path(ctx, t.into())?);
             }
         }
         Ok(Path { succeeded, nested })
     }
 
-    fn check_path(&self, ctx: &WriteCtx<'_, B>, req: &TxnRequest, path: &Path) -> MvccResult<()> {
+    fn check_path(&self, ctx: &WriteCtx<'_, B>, req: TxnParts<'_>, path: &Path) -> MvccResult<()> {
         let ops = if path.succeeded {
-            &req.success
+            req.success
         } else {
-            &req.failure
+            req.failure
         };
         let compact = self.compact_revision();
         let mut nested = path.nested.iter();
@@ -502,7 +546,7 @@ impl<B: Backend> MvccStore<B> {
                     let p = nested
                         .next()
                         .ok_or_else(|| MvccError::Corruption("txn path mismatch".into()))?;
-                    self.check_path(ctx, t, p)?;
+                    self.check_path(ctx, t.into(), p)?;
                 }
             }
         }
@@ -512,14 +556,14 @@ impl<B: Backend> MvccStore<B> {
     fn exec_txn(
         &self,
         ctx: &mut WriteCtx<'_, B>,
-        req: &TxnRequest,
+        req: TxnParts<'_>,
         path: &Path,
         min_read: &mut i64,
     ) -> MvccResult<TxnResult> {
         let ops = if path.succeeded {
-            &req.success
+            req.success
         } else {
-            &req.failure
+            req.failure
         };
         let mut nested = path.nested.iter();
         let mut responses = Vec::with_capacity(ops.len());
@@ -548,7 +592,7 @@ impl<B: Backend> MvccStore<B> {
                     let p = nested
                         .next()
                         .ok_or_else(|| MvccError::Corruption("txn path mismatch".into()))?;
-                    TxnOpResponse::Txn(self.exec_txn(ctx, t, p, min_read)?)
+                    TxnOpResponse::Txn(self.exec_txn(ctx, t.into(), p, min_read)?)
                 }
             };
             responses.push(resp);
