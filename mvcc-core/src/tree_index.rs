@@ -2,7 +2,7 @@
 //! decoded form of etcd's `(key, range_end)` wire convention.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{btree_map, BTreeMap, HashSet};
 use std::fmt;
 use std::ops::Bound;
 
@@ -97,6 +97,12 @@ impl IndexKey {
         }
     }
 
+    /// The inline key equal to `key`, for a lookup that compares inline keys word by word;
+    /// `None` when `key` is too long to be inline.
+    fn probe(key: &[u8]) -> Option<IndexKey> {
+        (key.len() <= INLINE_KEY).then(|| IndexKey::new(key))
+    }
+
     fn as_slice(&self) -> &[u8] {
         match self {
             IndexKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
@@ -113,7 +119,7 @@ impl Borrow<[u8]> for IndexKey {
 
 impl PartialEq for IndexKey {
     fn eq(&self, other: &Self) -> bool {
-        self.as_slice() == other.as_slice()
+        self.cmp(other) == std::cmp::Ordering::Equal
     }
 }
 
@@ -125,9 +131,40 @@ impl PartialOrd for IndexKey {
     }
 }
 
+/// Byte-wise order of two zero-padded inline keys: as two big-endian words, then by length
+/// (equal padded bytes mean one key is the other plus trailing zero bytes). Same order as
+/// comparing the slices.
+fn inline_order(
+    a: &[u8; INLINE_KEY],
+    a_len: u8,
+    b: &[u8; INLINE_KEY],
+    b_len: u8,
+) -> std::cmp::Ordering {
+    let words = |x: &[u8; INLINE_KEY]| {
+        let mut hi = [0u8; 16];
+        hi.copy_from_slice(&x[..16]);
+        let mut lo = [0u8; 8];
+        lo[..INLINE_KEY - 16].copy_from_slice(&x[16..]);
+        (u128::from_be_bytes(hi), u64::from_be_bytes(lo))
+    };
+    words(a).cmp(&words(b)).then(a_len.cmp(&b_len))
+}
+
 impl Ord for IndexKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_slice().cmp(other.as_slice())
+        match (self, other) {
+            (
+                IndexKey::Inline {
+                    len: a_len,
+                    bytes: a,
+                },
+                IndexKey::Inline {
+                    len: b_len,
+                    bytes: b,
+                },
+            ) => inline_order(a, *a_len, b, *b_len),
+            _ => self.as_slice().cmp(other.as_slice()),
+        }
     }
 }
 
@@ -318,7 +355,25 @@ impl Entry {
 /// duration.
 #[derive(Debug, Default)]
 pub struct TreeIndex {
-    tree: RwLock<BTreeMap<IndexKey, Entry>>,
+    tree: RwLock<Tree>,
+}
+
+type Tree = BTreeMap<IndexKey, Entry>;
+
+/// The entry of `key`.
+fn lookup<'t>(tree: &'t Tree, key: &[u8]) -> Option<&'t Entry> {
+    match IndexKey::probe(key) {
+        Some(probe) => tree.get(&probe),
+        None => tree.get(key),
+    }
+}
+
+/// The entry of `key`, mutable.
+fn lookup_mut<'t>(tree: &'t mut Tree, key: &[u8]) -> Option<&'t mut Entry> {
+    match IndexKey::probe(key) {
+        Some(probe) => tree.get_mut(&probe),
+        None => tree.get_mut(key),
+    }
 }
 
 impl TreeIndex {
@@ -331,7 +386,7 @@ impl TreeIndex {
     /// the key does not exist at `at_rev`.
     pub fn get(&self, key: &[u8], at_rev: i64) -> MvccResult<(Revision, Revision, i64)> {
         let tree = self.tree.read();
-        tree.get(key)
+        lookup(&tree, key)
             .ok_or(MvccError::RevisionNotFound)?
             .get(at_rev)
     }
@@ -342,11 +397,17 @@ impl TreeIndex {
         Self::put_locked(&mut tree, key, rev)
     }
 
-    fn put_locked(
-        tree: &mut BTreeMap<IndexKey, Entry>,
-        key: &[u8],
-        rev: Revision,
-    ) -> MvccResult<()> {
+    fn put_locked(tree: &mut Tree, key: &[u8], rev: Revision) -> MvccResult<()> {
+        if let Some(probe) = IndexKey::probe(key) {
+            // One search for both cases.
+            return match tree.entry(probe) {
+                btree_map::Entry::Occupied(mut o) => o.get_mut().put(key, rev),
+                btree_map::Entry::Vacant(v) => {
+                    v.insert(Entry::put_new(rev));
+                    Ok(())
+                }
+            };
+        }
         match tree.get_mut(key) {
             Some(e) => e.put(key, rev),
             None => {
@@ -359,7 +420,7 @@ impl TreeIndex {
     /// Records a deletion of `key` at `rev`; [`MvccError::RevisionNotFound`] when it is not live.
     pub fn tombstone(&self, key: &[u8], rev: Revision) -> MvccResult<()> {
         let mut tree = self.tree.write();
-        tree.get_mut(key)
+        lookup_mut(&mut tree, key)
             .ok_or(MvccError::RevisionNotFound)?
             .tombstone(key, rev)
     }
@@ -377,7 +438,7 @@ impl TreeIndex {
         let mut tree = self.tree.write();
         for (key, rev, tombstone) in changes {
             if tombstone {
-                tree.get_mut(key)
+                lookup_mut(&mut tree, key)
                     .ok_or(MvccError::RevisionNotFound)?
                     .tombstone(key, rev)?;
             } else {
@@ -399,7 +460,7 @@ impl TreeIndex {
         version: i64,
     ) -> MvccResult<()> {
         let mut tree = self.tree.write();
-        match tree.get_mut(key) {
+        match lookup_mut(&mut tree, key) {
             Some(e) if tombstone => e.tombstone(key, rev),
             Some(e) => e.put(key, rev),
             None => {
@@ -496,7 +557,7 @@ impl TreeIndex {
         for chunk in keys.chunks(COMPACT_CHUNK) {
             let mut tree = self.tree.write();
             for key in chunk {
-                let empty = match tree.get_mut(key.as_slice()) {
+                let empty = match tree.get_mut(key) {
                     Some(e) => {
                         e.compact(rev, &mut available);
                         e.is_empty()
@@ -504,7 +565,7 @@ impl TreeIndex {
                     None => false,
                 };
                 if empty {
-                    tree.remove(key.as_slice());
+                    tree.remove(key);
                 }
             }
         }
@@ -523,7 +584,7 @@ impl TreeIndex {
 
     /// Number of revisions retained for `key` (0 if unknown).
     pub fn count_revisions(&self, key: &[u8]) -> usize {
-        self.tree.read().get(key).map_or(0, Entry::revision_count)
+        lookup(&self.tree.read(), key).map_or(0, Entry::revision_count)
     }
 
     /// Number of keys in the index (live or with retained history).
@@ -538,10 +599,7 @@ impl TreeIndex {
 
     /// A copy of the index entry of `key`.
     pub fn key_index(&self, key: &[u8]) -> Option<KeyIndex> {
-        self.tree
-            .read()
-            .get(key)
-            .map(|e| KeyIndex::from_history(key, e.to_history()))
+        lookup(&self.tree.read(), key).map(|e| KeyIndex::from_history(key, e.to_history()))
     }
 }
 
@@ -709,6 +767,40 @@ mod tests {
             let big = Revision::new(9, i64::from(u32::MAX) + 1);
             ti.put(b"big", big).unwrap();
             assert_eq!(ti.get(b"big", 9).unwrap(), (big, big, 1));
+        }
+    }
+
+    #[test]
+    fn index_key_order_is_byte_order() {
+        let mut keys: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0],
+            vec![0, 0],
+            b"a".to_vec(),
+            b"a\0".to_vec(),
+            b"a\0\0".to_vec(),
+            b"ab".to_vec(),
+            vec![0xff],
+            vec![0xff; 16],
+            vec![0xff; 17],
+            vec![0xff; 22],
+            vec![0xff; 23],
+        ];
+        for len in [15, 16, 17, 21, 22, 23, 30] {
+            for last in [0u8, 1, 0x7f, 0x80, 0xff] {
+                let mut k = vec![b'k'; len];
+                k[len - 1] = last;
+                keys.push(k.clone());
+                k.push(0);
+                keys.push(k);
+            }
+        }
+        for a in &keys {
+            for b in &keys {
+                let (ka, kb) = (IndexKey::new(a), IndexKey::new(b));
+                assert_eq!(ka.cmp(&kb), a.cmp(b), "{a:?} vs {b:?}");
+                assert_eq!(ka == kb, a == b);
+            }
         }
     }
 
