@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mvcc_core::engine::AnyBackend;
-use mvcc_core::{Compactor, MvccStore, StoreConfig};
+use mvcc_core::{CommitMode, Compactor, MvccStore, StoreConfig};
 use storage_api::{Backend, BackendConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -153,9 +153,21 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         .collect::<Result<_, _>>()
         .map_err(|e| ServerError::Config(format!("listener address: {e}")))?;
 
+    // `--durability sync` (ack = durable) runs the engine buffered and acknowledges each write
+    // only after a shared flush (group commit): concurrent clients share one fsync instead of
+    // paying one each, as etcd batches its WAL fsyncs.
+    let (engine_durability, commit_mode) = match cfg.durability {
+        storage_api::Durability::Sync => (
+            storage_api::Durability::Buffered {
+                interval: std::time::Duration::from_secs(1),
+            },
+            CommitMode::GroupSync,
+        ),
+        buffered => (buffered, CommitMode::Backend),
+    };
     let backend_cfg = BackendConfig::new(cfg.data_dir.join("member"))
         .with_cache_size_mb(cfg.cache_size_mb)
-        .with_durability(cfg.durability);
+        .with_durability(engine_durability);
     let kind = cfg.backend;
     let max_req = cfg.max_request_bytes;
     let store: Store = tokio::task::spawn_blocking(move || -> Result<Store, ServerError> {
@@ -163,7 +175,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         let store_cfg = StoreConfig::default()
             .with_max_txn_ops(usize::MAX)
             .with_max_key_size(max_req.max(1))
-            .with_max_value_size(max_req.max(1));
+            .with_max_value_size(max_req.max(1))
+            .with_commit_mode(commit_mode);
         Ok(MvccStore::with_config(backend, store_cfg)?)
     })
     .await
