@@ -37,6 +37,11 @@ impl<B: Backend> MvccStore<B> {
     /// [`MvccError::Compacted`], reads at or above it are unchanged. Returns once the rows are
     /// physically deleted.
     ///
+    /// In [`CommitMode::GroupSync`](crate::CommitMode::GroupSync) it returns `Ok` only once the
+    /// compaction is durable: the `scheduledCompactRev` marker is flushed before the first row is
+    /// deleted, and the deletions with `finishedCompactRev` before returning. A failed flush is
+    /// reported although the compaction is applied in memory (a reopen finishes it).
+    ///
     /// Errors (etcd): [`MvccError::Compacted`] when `revision <= compact_revision()`,
     /// [`MvccError::FutureRevision`] when `revision > current_revision()`.
     pub fn compact(&self, revision: i64) -> MvccResult<CompactionStats> {
@@ -56,12 +61,20 @@ impl<B: Backend> MvccStore<B> {
             // it before rows disappear.
             batch.put(Tree::Meta, META_CURRENT_REV, encode_i64(revs.current));
             self.backend.write(&batch)?;
+            self.group.written();
             self.revs.set_compact(revision);
         }
+        let scheduled = self.ticket();
         // Outside the write lock: the index is compacted key by key in chunks.
         let available = self.index.compact(revision);
         tracing::debug!(revision, keep = available.len(), "compaction scheduled");
-        self.physical_compaction(revision, &available)
+        // GroupSync: the marker and the current-revision guard are durable before any row is
+        // deleted, so a crash from here on recovers the compaction (and never a lower revision).
+        self.wait_durable(scheduled)?;
+        let stats = self.physical_compaction(revision, &available)?;
+        // GroupSync: acknowledged = durable, deletions and `finishedCompactRev` included.
+        self.wait_durable(self.ticket())?;
+        Ok(stats)
     }
 
     /// Deletes every row with main revision `<= revision` that is not in `available`, in
@@ -95,6 +108,7 @@ impl<B: Backend> MvccStore<B> {
                 batch.put(Tree::Meta, META_FINISHED_COMPACT_REV, encode_i64(revision));
             }
             self.backend.write(&batch)?;
+            self.group.written();
             stats.batches += 1;
             if last_batch {
                 break;

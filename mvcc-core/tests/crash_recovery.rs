@@ -31,11 +31,6 @@
 //! `RUSD_CRASH_CYCLES` sets the cycles per engine (default 50, the CI profile); the long run is
 //! `RUSD_CRASH_CYCLES=1000 cargo test --release -p mvcc-core --features redb --test crash_recovery`.
 //! `RUSD_CRASH_SEED` replays a run (the seed is printed on stderr).
-//!
-//! Known gap worked around here: `MvccStore::compact` does not wait for a flush in
-//! `CommitMode::GroupSync` (see `fault_injection.rs`,
-//! `group_sync_compaction_is_durable_when_acknowledged`), so the child flushes after a
-//! compaction in that mode before acknowledging it.
 #![cfg(unix)]
 
 #[path = "common/model.rs"]
@@ -496,10 +491,6 @@ fn child_run(dir: &Path, kind: BackendKind, mode: Mode, seed: u64, cycle: u64) {
             }
             Op::Compact { rev } => {
                 store.compact(*rev).unwrap();
-                if mode == Mode::Group {
-                    // Workaround: compact() does not wait for durability in GroupSync.
-                    store.flush().unwrap();
-                }
                 rev.to_string()
             }
             Op::Grant { id } => store.lease_grant(*id, LEASE_TTL).unwrap().id.to_string(),

@@ -383,11 +383,10 @@ fn operations_make_the_expected_calls() {
     );
 }
 
-/// `CommitMode::GroupSync` promises "ack = durable" for every mutation. `compact` writes the
-/// `scheduledCompactRev` marker and its delete batches but acknowledges without a flush, so an
-/// acknowledged compaction can be lost by a crash on a `Buffered` backend.
+/// `CommitMode::GroupSync` promises "ack = durable" for every mutation, compaction included:
+/// `compact` must flush its `scheduledCompactRev` marker and delete batches before it
+/// acknowledges, or an acknowledged compaction can be lost by a crash on a `Buffered` backend.
 #[test]
-#[ignore = "bug in mvcc-core/src/compaction.rs: compact() never calls wait_durable in GroupSync"]
 fn group_sync_compaction_is_durable_when_acknowledged() {
     let b = FaultyBackend::wrap(MemoryBackend::volatile());
     let s = MvccStore::with_config(
