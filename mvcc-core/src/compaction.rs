@@ -46,8 +46,9 @@ impl<B: Backend> MvccStore<B> {
     /// [`MvccError::FutureRevision`] when `revision > current_revision()`.
     pub fn compact(&self, revision: i64) -> MvccResult<CompactionStats> {
         let _c = self.compaction_lock.lock();
-        {
+        let lost_ack = {
             let _w = self.write_lock.lock();
+            self.check_writable()?;
             let revs = self.rev_pair();
             if revision <= revs.compact {
                 return Err(MvccError::Compacted);
@@ -60,14 +61,28 @@ impl<B: Backend> MvccStore<B> {
             // The current revision is not persisted with every write (see `commit`); record
             // it before rows disappear.
             batch.put(Tree::Meta, META_CURRENT_REV, encode_i64(revs.current));
-            self.backend.write(&batch)?;
+            let lost_ack = match self.backend.write(&batch) {
+                Ok(()) => None,
+                // Applied when the marker reads as written (see `MvccStore::settle`).
+                Err(e) => Some(self.settle(
+                    e.into(),
+                    Tree::Meta,
+                    META_SCHEDULED_COMPACT_REV,
+                    Some(&encode_i64(revision)),
+                )?),
+            };
             self.group.written();
             self.revs.set_compact(revision);
-        }
+            lost_ack
+        };
         let scheduled = self.ticket();
         // Outside the write lock: the index is compacted key by key in chunks.
         let available = self.index.compact(revision);
         tracing::debug!(revision, keep = available.len(), "compaction scheduled");
+        if let Some(e) = lost_ack {
+            // The marker is written: a reopen (or the next compaction) deletes the rows.
+            return Err(e);
+        }
         // GroupSync: the marker and the current-revision guard are durable before any row is
         // deleted, so a crash from here on recovers the compaction (and never a lower revision).
         self.wait_durable(scheduled)?;

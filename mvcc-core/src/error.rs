@@ -71,4 +71,10 @@ pub enum MvccError {
     /// The storage backend failed.
     #[error("storage error")]
     Storage(#[from] StorageError),
+    /// The store refuses mutations: a backend write reported an error and reading its outcome
+    /// back failed too, so the store cannot tell whether the backend holds the write. Its memory
+    /// may differ from the backend; open a new store over the backend (which recovers from it)
+    /// to resume writing. Reads keep being served.
+    #[error("mvcc store failed, reopen the store: {0}")]
+    Failed(String),
 }

@@ -198,6 +198,7 @@ impl<B: Backend> MvccStore<B> {
             )));
         }
         let _w = self.write_lock.lock();
+        self.check_writable()?;
         let id = if id == 0 {
             let table = self.leases.lock();
             table
@@ -211,8 +212,12 @@ impl<B: Backend> MvccStore<B> {
         if self.leases.lock().contains(id) {
             return Err(MvccError::LeaseExists(id));
         }
-        self.backend
-            .put(Tree::Lease, &id.to_be_bytes(), &encode_lease(ttl))?;
+        let row = encode_lease(ttl);
+        let lost_ack = match self.backend.put(Tree::Lease, &id.to_be_bytes(), &row) {
+            Ok(()) => None,
+            // Applied when the lease row reads as written (see `MvccStore::settle`).
+            Err(e) => Some(self.settle(e.into(), Tree::Lease, &id.to_be_bytes(), Some(&row))?),
+        };
         let ticket = self.group.written();
         let now = self.config.clock.now();
         self.leases.lock().leases.insert(
@@ -224,6 +229,9 @@ impl<B: Backend> MvccStore<B> {
             },
         );
         drop(_w);
+        if let Some(e) = lost_ack {
+            return Err(e);
+        }
         self.wait_durable(ticket)?;
         Ok(LeaseInfo {
             id,
@@ -249,8 +257,9 @@ impl<B: Backend> MvccStore<B> {
         }
         let mut extra = WriteBatch::new();
         extra.delete(Tree::Lease, id.to_be_bytes().to_vec());
-        let rev = self.commit(ctx, extra)?;
-        self.leases.lock().leases.remove(&id);
+        let rev = self.commit_then(ctx, extra, || {
+            self.leases.lock().leases.remove(&id);
+        })?;
         let ticket = self.ticket();
         drop(_w);
         self.wait_durable(ticket)?;

@@ -16,15 +16,27 @@
 //! reads the index at its revision without waiting for writers; backend reads happen outside
 //! every lock. A reader racing a compaction that removed rows below its revision gets
 //! [`MvccError::Compacted`].
+//!
+//! # Failed backend writes
+//! A backend write that reports an error may still have been applied (a lost
+//! acknowledgement). Every mutation (put, delete-range, write txn, lease grant, lease revoke and
+//! expiry, the compaction marker) then reads back one row the write wrote:
+//! * the row is there: the write was applied, so the store applies its in-memory effects (index,
+//!   current revision, watch events, leases, compaction revision) exactly as on success, and
+//!   still returns the error. The next write takes the next revision, never the lost one's;
+//! * the row is not there: nothing was applied, the store stays as before and returns the error;
+//! * the read fails too: the store cannot tell, marks itself failed and returns the error;
+//!   from then on every mutation fails with [`MvccError::Failed`] (reads are still served) until
+//!   a new store is opened over the backend, which recovers what the backend holds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use storage_api::{Backend, Tree, WriteBatch};
+use storage_api::{Backend, StorageError, Tree, WriteBatch};
 
 use crate::error::{MvccError, MvccResult};
 use crate::group_commit::{CommitMode, GroupCommit};
@@ -214,6 +226,11 @@ pub(crate) struct Change {
 }
 
 /// etcd's MVCC store over the backend `B`. See the [module docs](self).
+///
+/// A backend write that fails may have been applied all the same; the store then reads back
+/// what it wrote to find out, and when it cannot it marks itself failed and refuses every later
+/// mutation with [`MvccError::Failed`] until it is reopened (see
+/// [Failed backend writes](self#failed-backend-writes)).
 pub struct MvccStore<B: Backend> {
     pub(crate) backend: Arc<B>,
     pub(crate) config: StoreConfig,
@@ -224,6 +241,8 @@ pub struct MvccStore<B: Backend> {
     pub(crate) leases: Mutex<LeaseTable>,
     pub(crate) hub: Arc<WatchHub>,
     pub(crate) group: GroupCommit,
+    /// Set once the store cannot tell whether a failed backend write was applied.
+    pub(crate) failed: OnceLock<String>,
 }
 
 impl<B: Backend> fmt::Debug for MvccStore<B> {
@@ -247,6 +266,18 @@ pub(crate) fn decode_i64(data: &[u8], what: &str) -> MvccResult<i64> {
         .try_into()
         .map_err(|_| MvccError::Corruption(format!("{what} is not 8 bytes")))?;
     Ok(i64::from_be_bytes(bytes))
+}
+
+/// `err` and its sources as one line.
+fn error_line(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
+    }
+    line
 }
 
 /// The key right after `key` in byte order.
@@ -280,6 +311,7 @@ impl<B: Backend> MvccStore<B> {
             leases: Mutex::new(LeaseTable::default()),
             hub: Arc::new(WatchHub::default()),
             group: GroupCommit::default(),
+            failed: OnceLock::new(),
         };
         store.recover()?;
         Ok(store)
@@ -440,6 +472,52 @@ impl<B: Backend> MvccStore<B> {
         Ok(())
     }
 
+    /// Fails with [`MvccError::Failed`] once the store marked itself failed.
+    pub(crate) fn check_writable(&self) -> MvccResult<()> {
+        match self.failed.get() {
+            Some(reason) => Err(MvccError::Failed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Decides the outcome of a backend write that failed with `err`: reads back the row `key`
+    /// of `tree`, which reads as `expect` (`None`: absent) once the write is applied.
+    ///
+    /// Returns `Ok(err)` when the write was applied (the caller applies its in-memory effects,
+    /// then returns `err`) and `Err(err)` when it was not. When the read fails too the store
+    /// marks itself failed (unless the backend is closed) and `Err(err)` is returned.
+    pub(crate) fn settle(
+        &self,
+        err: MvccError,
+        tree: Tree,
+        key: &[u8],
+        expect: Option<&[u8]>,
+    ) -> MvccResult<MvccError> {
+        match self.backend.get(tree, key) {
+            Ok(row) if row.as_deref() == expect => {
+                tracing::warn!(
+                    error = %error_line(&err),
+                    "a backend write reported an error but was applied"
+                );
+                Ok(err)
+            }
+            Ok(_) => Err(err),
+            // A closed backend refuses every later call anyway, and a store over it has to be
+            // reopened: `Closed` stays the error the caller sees.
+            Err(StorageError::Closed) => Err(err),
+            Err(read) => {
+                let reason = format!(
+                    "a backend write failed ({}) and reading back its outcome failed ({})",
+                    error_line(&err),
+                    error_line(&read)
+                );
+                tracing::error!(%reason, "mvcc store marked failed; reopen it");
+                let _ = self.failed.set(reason);
+                Err(err)
+            }
+        }
+    }
+
     pub(crate) fn check_key(&self, key: &[u8]) -> MvccResult<()> {
         if key.is_empty() {
             return Err(MvccError::EmptyKey);
@@ -593,7 +671,7 @@ impl<B: Backend> MvccStore<B> {
         let mut ctx = self.begin_write();
         ctx.changes.reserve_exact(1);
         ctx.record_put(key, value, lease);
-        let (rev, mut changes) = self.commit_changes(ctx, WriteBatch::new())?;
+        let (rev, mut changes) = self.commit_changes(ctx, WriteBatch::new(), || ())?;
         let ticket = self.ticket();
         drop(_w);
         let kv = changes
@@ -642,35 +720,76 @@ impl<B: Backend> MvccStore<B> {
     /// only rows it can remove at the top of the history are tombstones (etcd issue #17780), so
     /// as a second guard a commit that writes a tombstone also records [`META_CURRENT_REV`];
     /// a put-only commit stays a single-tree write.
+    ///
+    /// A failed backend write is settled as the [module docs](self#failed-backend-writes)
+    /// describe: when it was applied, the in-memory effects are applied and the error returned.
     pub(crate) fn commit(&self, ctx: WriteCtx<'_, B>, extra: WriteBatch) -> MvccResult<i64> {
-        self.commit_changes(ctx, extra).map(|(rev, _)| rev)
+        self.commit_then(ctx, extra, || ())
     }
 
-    /// [`commit`](Self::commit), giving back the committed changes.
+    /// [`commit`](Self::commit), then `applied` (the caller's own in-memory effects) once the
+    /// write is applied, also when its acknowledgement was lost.
+    pub(crate) fn commit_then(
+        &self,
+        ctx: WriteCtx<'_, B>,
+        extra: WriteBatch,
+        applied: impl FnOnce(),
+    ) -> MvccResult<i64> {
+        self.commit_changes(ctx, extra, applied).map(|(rev, _)| rev)
+    }
+
+    /// [`commit_then`](Self::commit_then), giving back the committed changes.
     pub(crate) fn commit_changes(
         &self,
         ctx: WriteCtx<'_, B>,
         extra: WriteBatch,
+        applied: impl FnOnce(),
     ) -> MvccResult<(i64, Vec<Change>)> {
+        self.check_writable()?;
         let WriteCtx {
             begin_rev, changes, ..
         } = ctx;
         if changes.is_empty() {
-            if !extra.is_empty() {
-                self.backend.write(&extra)?;
+            if let Some(first) = extra.ops().first() {
+                if let Err(e) = self.backend.write(&extra) {
+                    // Applied when the first row reads as written.
+                    let e = match first {
+                        storage_api::WriteOp::Put { tree, key, value } => {
+                            self.settle(e.into(), *tree, key, Some(value.as_slice()))?
+                        }
+                        storage_api::WriteOp::Delete { tree, key } => {
+                            self.settle(e.into(), *tree, key, None)?
+                        }
+                    };
+                    self.group.written();
+                    applied();
+                    return Err(e);
+                }
                 self.group.written();
             }
+            applied();
             return Ok((begin_rev, changes));
         }
         let rev = begin_rev + 1;
-        match changes.as_slice() {
+        let written = match changes.as_slice() {
             // One put: a plain single-row write, no batch.
             [c] if !c.tombstone && extra.is_empty() => {
                 let key = Revision::new(rev, 0).to_bytes();
-                self.backend.put(Tree::Kv, &key, &c.kv.encode())?;
+                self.backend
+                    .put(Tree::Kv, &key, &c.kv.encode())
+                    .map_err(MvccError::from)
             }
-            _ => self.write_changes(rev, &changes, extra)?,
-        }
+            _ => self.write_changes(rev, &changes, extra),
+        };
+        // After a failed write, the row of `(rev, 0)` tells whether the batch was applied.
+        let lost_ack = match (written, changes.first()) {
+            (Ok(()), _) => None,
+            (Err(e), Some(first)) => {
+                let key = Revision::new(rev, 0).to_key(first.tombstone);
+                Some(self.settle(e, Tree::Kv, &key, Some(&first.kv.encode()))?)
+            }
+            (Err(e), None) => return Err(e),
+        };
         self.group.written();
         self.index
             .apply_changes(changes.iter().enumerate().map(|(sub, c)| {
@@ -694,7 +813,11 @@ impl<B: Backend> MvccStore<B> {
         self.hub.notify_with(rev, || {
             changes.iter().cloned().map(Event::from_change).collect()
         });
-        Ok((rev, changes))
+        applied();
+        match lost_ack {
+            Some(e) => Err(e),
+            None => Ok((rev, changes)),
+        }
     }
 
     /// Writes the rows of `changes` at `rev` and `extra` in one backend batch.
@@ -943,6 +1066,73 @@ mod tests {
             (10, 10)
         );
         assert_eq!(again.put(b"e", b"1", 0).unwrap().0, 11);
+    }
+
+    #[test]
+    fn a_lost_acknowledgement_is_applied_in_memory_and_reported() {
+        use storage_api::fault::{FaultKind, FaultOp, FaultyBackend};
+        let b = FaultyBackend::wrap(MemoryBackend::volatile());
+        let s = MvccStore::new(b.clone()).unwrap();
+        s.put(b"a", b"1", 0).unwrap(); // 2
+        b.plan().fail_nth(FaultOp::Write, 1, FaultKind::After);
+        assert!(matches!(
+            s.delete_range(b"a", b""),
+            Err(MvccError::Storage(_))
+        ));
+        // Applied: the store shows the delete, and the next write takes the next revision.
+        assert_eq!(s.current_revision(), 3);
+        assert_eq!(s.range(b"a", b"", 0, 0, true).unwrap().count, 0);
+        assert_eq!(s.put(b"b", b"1", 0).unwrap().0, 4);
+        // Not applied: the store stays as before.
+        b.plan().fail_nth(FaultOp::Write, 1, FaultKind::Before);
+        assert!(matches!(s.put(b"c", b"1", 0), Err(MvccError::Storage(_))));
+        assert_eq!(s.current_revision(), 4);
+        assert_eq!(s.put(b"c", b"1", 0).unwrap().0, 5);
+    }
+
+    #[test]
+    fn an_unknown_write_outcome_fails_the_store_until_it_is_reopened() {
+        use storage_api::fault::{FaultKind, FaultOp, FaultyBackend};
+        let b = FaultyBackend::wrap(MemoryBackend::volatile());
+        let s = MvccStore::new(b.clone()).unwrap();
+        s.lease_grant(1, 60).unwrap();
+        s.put(b"a", b"1", 1).unwrap(); // revision 2
+
+        // The write is applied but reports an error, and so does the read-back.
+        b.plan()
+            .fail_nth(FaultOp::Write, 1, FaultKind::After)
+            .fail_nth(FaultOp::Read, 1, FaultKind::Before);
+        assert!(matches!(s.put(b"a", b"2", 0), Err(MvccError::Storage(_))));
+        assert_eq!(b.plan().injected(), 2);
+        // Every mutation is refused; reads are served.
+        assert!(matches!(s.put(b"b", b"1", 0), Err(MvccError::Failed(_))));
+        assert!(matches!(
+            s.delete_range(b"a", b""),
+            Err(MvccError::Failed(_))
+        ));
+        assert!(matches!(
+            s.delete_range(b"zz", b""),
+            Err(MvccError::Failed(_))
+        ));
+        assert!(matches!(
+            s.txn(&[], &[crate::TxnOp::put("b", "1", 0)], &[]),
+            Err(MvccError::Failed(_))
+        ));
+        assert!(matches!(s.lease_grant(2, 60), Err(MvccError::Failed(_))));
+        assert!(matches!(s.lease_revoke(1), Err(MvccError::Failed(_))));
+        assert!(matches!(s.compact(2), Err(MvccError::Failed(_))));
+        match s.put(b"b", b"1", 0) {
+            Err(e @ MvccError::Failed(_)) => assert!(e.to_string().contains("reopen")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.range(b"a", b"", 0, 0, false).unwrap().kvs[0].value, b"1");
+        assert!(s.txn(&[], &[crate::TxnOp::range("a", "")], &[]).is_ok());
+        // A reopened store recovers what the backend holds and writes again.
+        drop(s);
+        let r = MvccStore::new(b.clone()).unwrap();
+        assert_eq!(r.current_revision(), 3);
+        assert_eq!(r.range(b"a", b"", 0, 0, false).unwrap().kvs[0].value, b"2");
+        assert_eq!(r.put(b"b", b"1", 0).unwrap().0, 4);
     }
 
     #[test]

@@ -16,10 +16,12 @@
 //!   accepts a write at the next revision.
 //!
 //! What the store does after a failed call (documented by these tests):
-//! * a failed commit write leaves the in-memory state (index, revisions, leases) untouched, so
-//!   the store shows the state before; after an `After` fault the backend holds the operation,
-//!   and a reopen shows the state after. The store does not mark itself failed: see
-//!   `a_write_after_a_lost_acknowledgement_keeps_the_history_consistent` for the consequence;
+//! * after a failed commit write the store reads back a row the write wrote: after a `Before`
+//!   fault the in-memory state (index, revisions, leases) is untouched and the store shows the
+//!   state before; after an `After` fault the backend holds the operation and the store applies
+//!   it in memory too, showing the state after (see
+//!   `a_write_after_a_lost_acknowledgement_keeps_the_history_consistent`); either way the error
+//!   is returned;
 //! * a failed group-commit flush (`GroupSync`) reports the error although the write is applied
 //!   and visible (durability unknown): the visible state is the state after;
 //! * a compaction that fails after its `scheduledCompactRev` marker is written keeps the new
@@ -408,10 +410,9 @@ fn group_sync_compaction_is_durable_when_acknowledged() {
 /// Its rows overwrite the rows of the lost transaction with the same sub-revision but not the
 /// others, so after a reopen a part of the lost transaction reappears at the revision of the
 /// next write: a partial transaction becomes visible, and revision `r` reads differently before
-/// and after the reopen. The store should mark itself failed after an unknown-outcome commit
-/// (or re-read its revision from the backend) instead.
+/// and after the reopen. The store reads back the outcome of a failed commit instead (and marks
+/// itself failed when it cannot).
 #[test]
-#[ignore = "bug in mvcc-core/src/store.rs commit(): a lost commit acknowledgement lets the next write reuse its revision"]
 fn a_write_after_a_lost_acknowledgement_keeps_the_history_consistent() {
     for kind in compiled_backends() {
         let env = Env::new(kind, CommitMode::Backend);
