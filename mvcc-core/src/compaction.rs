@@ -45,6 +45,7 @@ impl<B: Backend> MvccStore<B> {
     /// Errors (etcd): [`MvccError::Compacted`] when `revision <= compact_revision()`,
     /// [`MvccError::FutureRevision`] when `revision > current_revision()`.
     pub fn compact(&self, revision: i64) -> MvccResult<CompactionStats> {
+        self.check_open()?;
         let _c = self.compaction_lock.lock();
         let lost_ack = {
             let _w = self.write_lock.lock();

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use storage_api::Backend;
+use storage_api::{Backend, StorageError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -137,6 +137,10 @@ impl<B: Backend> Compactor<B> {
                     ),
                     Err(MvccError::Compacted) => {
                         tracing::debug!(revision = target, "compactor: already compacted")
+                    }
+                    Err(MvccError::Storage(StorageError::Closed)) => {
+                        tracing::info!("compactor: the store is closed");
+                        break;
                     }
                     Err(e) => tracing::warn!(revision = target, error = %e, "compactor: failed"),
                 }

@@ -187,6 +187,7 @@ impl<B: Backend> MvccStore<B> {
     /// [`MvccError::InvalidArgument`] for a negative id or a TTL `<= 0`. Does not change the
     /// revision.
     pub fn lease_grant(&self, id: i64, ttl: i64) -> MvccResult<LeaseInfo> {
+        self.check_writable()?;
         if id < 0 {
             return Err(MvccError::InvalidArgument(format!(
                 "negative lease id {id}"
@@ -245,6 +246,7 @@ impl<B: Backend> MvccStore<B> {
     /// key exists any more) and removes the lease, in one commit. Returns the revision after the
     /// revoke. Fails with [`MvccError::LeaseNotFound`].
     pub fn lease_revoke(&self, id: i64) -> MvccResult<i64> {
+        self.check_writable()?;
         let _w = self.write_lock.lock();
         let keys: Vec<Vec<u8>> = {
             let table = self.leases.lock();
@@ -270,6 +272,7 @@ impl<B: Backend> MvccStore<B> {
     /// fails with [`MvccError::LeaseNotFound`] (an expired lease is revoked by
     /// [`expire_leases`](Self::expire_leases)).
     pub fn lease_keep_alive(&self, id: i64) -> MvccResult<i64> {
+        self.check_open()?;
         let now = self.config.clock.now();
         let mut table = self.leases.lock();
         let entry = table
@@ -285,6 +288,7 @@ impl<B: Backend> MvccStore<B> {
 
     /// The state of lease `id`; [`MvccError::LeaseNotFound`] if unknown.
     pub fn lease_time_to_live(&self, id: i64) -> MvccResult<LeaseInfo> {
+        self.check_open()?;
         let now = self.config.clock.now();
         self.leases
             .lock()
@@ -311,6 +315,7 @@ impl<B: Backend> MvccStore<B> {
 
     /// Revokes every expired lease (each in its own revision, ascending id); returns their ids.
     pub fn expire_leases(&self) -> MvccResult<Vec<i64>> {
+        self.check_writable()?;
         let expired = self.expired_leases();
         let mut revoked = Vec::with_capacity(expired.len());
         for id in expired {

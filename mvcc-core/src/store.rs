@@ -28,6 +28,13 @@
 //! * the read fails too: the store cannot tell, marks itself failed and returns the error;
 //!   from then on every mutation fails with [`MvccError::Failed`] (reads are still served) until
 //!   a new store is opened over the backend, which recovers what the backend holds.
+//!
+//! # Closing
+//! [`MvccStore::close`] flushes and closes the backend. Once the backend is closed (by `close`
+//! or directly through [`Backend::close`]) every operation that returns a result fails with
+//! [`MvccError::Storage`]`(`[`StorageError::Closed`]`)`, also those the store could answer from
+//! memory (count-only reads, reads of absent keys, lease keep-alive, watch creation...). The
+//! revision and lease accessors that return plain values keep answering from memory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -231,6 +238,9 @@ pub(crate) struct Change {
 /// what it wrote to find out, and when it cannot it marks itself failed and refuses every later
 /// mutation with [`MvccError::Failed`] until it is reopened (see
 /// [Failed backend writes](self#failed-backend-writes)).
+///
+/// After [`close`](Self::close) (or a close of its backend) every fallible operation fails with
+/// [`MvccError::Storage`]`(`[`StorageError::Closed`]`)`; open a new store to continue.
 pub struct MvccStore<B: Backend> {
     pub(crate) backend: Arc<B>,
     pub(crate) config: StoreConfig,
@@ -449,8 +459,31 @@ impl<B: Backend> MvccStore<B> {
 
     /// Makes every acknowledged write durable (delegates to [`Backend::flush`]).
     pub fn flush(&self) -> MvccResult<()> {
+        self.check_open()?;
         self.backend.flush()?;
         Ok(())
+    }
+
+    /// Closes the store: waits for a running commit, flushes the backend, then closes it, and
+    /// ends every watcher (their channels disconnect once drained). The backend is closed even
+    /// when the flush fails; the first error is returned. Afterwards every operation fails with
+    /// [`MvccError::Storage`]`(`[`StorageError::Closed`]`)`, a second `close` included; a running
+    /// compaction stops at its next batch and is finished by the next store opened over the
+    /// data.
+    pub fn close(&self) -> MvccResult<()> {
+        let _w = self.write_lock.lock();
+        self.check_open()?;
+        let flushed = self.backend.flush();
+        let closed = self.backend.close();
+        self.hub.close_all();
+        flushed?;
+        closed?;
+        Ok(())
+    }
+
+    /// True once the backend is closed (see [`close`](Self::close)).
+    pub fn is_closed(&self) -> bool {
+        self.backend.is_closed()
     }
 
     /// `(backend writes, group-commit flushes)` issued since the store was opened.
@@ -472,8 +505,18 @@ impl<B: Backend> MvccStore<B> {
         Ok(())
     }
 
-    /// Fails with [`MvccError::Failed`] once the store marked itself failed.
+    /// Fails with [`StorageError::Closed`] once the backend is closed.
+    pub(crate) fn check_open(&self) -> MvccResult<()> {
+        if self.backend.is_closed() {
+            return Err(MvccError::Storage(StorageError::Closed));
+        }
+        Ok(())
+    }
+
+    /// Fails with [`StorageError::Closed`] once the backend is closed and with
+    /// [`MvccError::Failed`] once the store marked itself failed.
     pub(crate) fn check_writable(&self) -> MvccResult<()> {
+        self.check_open()?;
         match self.failed.get() {
             Some(reason) => Err(MvccError::Failed(reason.clone())),
             None => Ok(()),
@@ -609,6 +652,7 @@ impl<B: Backend> MvccStore<B> {
         limit: i64,
         count_only: bool,
     ) -> MvccResult<RangeResult> {
+        self.check_open()?;
         if key.is_empty() {
             return Err(MvccError::EmptyKey);
         }
@@ -662,6 +706,7 @@ impl<B: Backend> MvccStore<B> {
     /// new key-value. Fails with [`MvccError::LeaseNotFound`] for an unknown lease, and on empty or
     /// oversized keys and values; nothing is written on failure.
     pub fn put(&self, key: &[u8], value: &[u8], lease: i64) -> MvccResult<(i64, KeyValue)> {
+        self.check_writable()?;
         self.check_key(key)?;
         self.check_value(value)?;
         let _w = self.write_lock.lock();
@@ -686,6 +731,7 @@ impl<B: Backend> MvccStore<B> {
     /// revision; returns the revision and the deleted key-values as they were. When nothing
     /// matched, nothing is written and the current revision is returned.
     pub fn delete_range(&self, key: &[u8], end: &[u8]) -> MvccResult<(i64, Vec<KeyValue>)> {
+        self.check_writable()?;
         if key.is_empty() {
             return Err(MvccError::EmptyKey);
         }
@@ -1133,6 +1179,35 @@ mod tests {
         assert_eq!(r.current_revision(), 3);
         assert_eq!(r.range(b"a", b"", 0, 0, false).unwrap().kvs[0].value, b"2");
         assert_eq!(r.put(b"b", b"1", 0).unwrap().0, 4);
+    }
+
+    #[test]
+    fn close_flushes_closes_and_ends_watchers() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = storage_api::BackendConfig::new(dir.path().join("db")).with_durability(
+            storage_api::Durability::Buffered {
+                interval: Duration::from_secs(3600),
+            },
+        );
+        let s = MvccStore::new(MemoryBackend::new(config.clone()).unwrap()).unwrap();
+        s.put(b"a", b"1", 0).unwrap();
+        let w = s.watch(b"a", b"", 0).unwrap();
+        assert!(!s.is_closed());
+        s.close().unwrap();
+        assert!(s.is_closed());
+        assert!(w.recv_timeout(Duration::from_secs(5)).is_none());
+        assert!(matches!(
+            s.close(),
+            Err(MvccError::Storage(StorageError::Closed))
+        ));
+        assert!(matches!(
+            s.range(b"a", b"", 0, 0, true),
+            Err(MvccError::Storage(StorageError::Closed))
+        ));
+        // The buffered write was flushed by close.
+        let r = MvccStore::new(MemoryBackend::new(config).unwrap()).unwrap();
+        assert_eq!(r.range(b"a", b"", 0, 0, false).unwrap().kvs[0].value, b"1");
+        r.close().unwrap();
     }
 
     #[test]

@@ -359,6 +359,7 @@ impl<B: Backend> MvccStore<B> {
     }
 
     fn run_txn(&self, req: TxnParts<'_>) -> MvccResult<TxnResult> {
+        self.check_open()?;
         self.check_txn_request(req)?;
         check_intervals(req.success)?;
         check_intervals(req.failure)?;

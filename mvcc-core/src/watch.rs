@@ -170,6 +170,11 @@ impl WatchHub {
         }
     }
 
+    /// Ends every watcher: their senders are dropped, so receivers disconnect once drained.
+    pub(crate) fn close_all(&self) {
+        self.inner.lock().watchers.clear();
+    }
+
     fn remove(&self, id: i64) {
         self.inner.lock().watchers.remove(&id);
     }
@@ -233,6 +238,7 @@ impl<B: Backend> MvccStore<B> {
     /// order (`start_revision <= 0` means 1). Fails with [`MvccError::Compacted`] when
     /// `start_revision` is below the compaction revision.
     pub fn watch_events(&self, start_revision: i64) -> MvccResult<Vec<Event>> {
+        self.check_open()?;
         let start = start_revision.max(1);
         let revs = self.rev_pair();
         if start < revs.compact {
@@ -298,6 +304,7 @@ impl<B: Backend> MvccStore<B> {
     /// Errors: [`MvccError::EmptyWatcherRange`] when `key >= end`; [`MvccError::InvalidArgument`]
     /// for a negative start revision.
     pub fn watch(&self, key: &[u8], end: &[u8], start_revision: i64) -> MvccResult<Watcher> {
+        self.check_open()?;
         if start_revision < 0 {
             return Err(MvccError::InvalidArgument(format!(
                 "negative watch start revision {start_revision}"

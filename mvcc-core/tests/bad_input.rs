@@ -615,13 +615,11 @@ fn store_operations_after_close_on_every_engine() {
     }
 }
 
-/// `MvccStore` has no closed state of its own: after its backend is closed, the calls it serves
-/// from memory still succeed (reads of absent keys and count-only reads, which need no row,
-/// delete-range of absent keys, read-only txns on absent keys, lease keep-alive and
-/// time-to-live, watch creation). The issue asks for a typed error on every operation after
-/// `close`.
+/// After its backend is closed, `MvccStore` fails every operation with a typed error, also the
+/// calls it could serve from memory (reads of absent keys and count-only reads, which need no
+/// row, delete-range of absent keys, read-only txns on absent keys, lease keep-alive and
+/// time-to-live, watch creation).
 #[test]
-#[ignore = "gap in mvcc-core/src: MvccStore has no close()/closed state; memory-served calls succeed after the backend is closed"]
 fn every_store_operation_after_close_fails() {
     use MvccError as E;
     for kind in compiled_backends() {
