@@ -6,6 +6,14 @@
 //! cargo run --release -p bench-suite                     # full profile: 1M keys
 //! cargo run --release -p bench-suite --features rocksdb  # include RocksDB
 //! ```
+//!
+//! With the `etcd` feature (needs `protoc`), two more modes drive etcd v3 servers over gRPC:
+//!
+//! ```text
+//! cargo run --release -p bench-suite --features etcd -- load --endpoints 127.0.0.1:2379
+//! cargo build --release -p rusd-server && \
+//!   cargo run --release -p bench-suite --features etcd -- versus-etcd --quick
+//! ```
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -54,17 +62,22 @@ impl DurabilityArg {
 )]
 struct Cli {
     /// The quick profile (20k keys; a few minutes for every engine). Default: full (1M keys).
+    /// load / versus-etcd: 10k instead of 100k operations per run.
     #[arg(long, global = true)]
     quick: bool,
-    /// Engines to run (default: every compiled engine).
+    /// Engines to run (default: every compiled engine; versus-etcd: every engine of `rusd`,
+    /// memory only under buffered durability).
     #[arg(long, value_delimiter = ',', global = true)]
     engines: Vec<String>,
-    /// Output folder for results.json and chart.svg.
+    /// Output folder for results.json and chart.svg (load, versus-etcd: `<mode>.json` and
+    /// `<mode>.md`).
     #[arg(long, default_value = "bench-out", global = true)]
     out: PathBuf,
-    /// Durability of the main phases (durable-write phases always use sync).
-    #[arg(long, value_enum, default_value_t = DurabilityArg::Buffered, global = true)]
-    durability: DurabilityArg,
+    /// Engine comparison: durability of the main phases (durable-write phases always use
+    /// sync) [default: buffered]. versus-etcd: rusd's `--durability` [default: sync, as etcd
+    /// always fsyncs its WAL; rusd implements sync as group commit].
+    #[arg(long, value_enum, global = true)]
+    durability: Option<DurabilityArg>,
     /// Cache budget in MiB given to every engine.
     #[arg(long, default_value_t = 256, global = true)]
     cache_mb: u64,
@@ -84,6 +97,48 @@ enum Cmd {
         #[arg(long)]
         engine: String,
     },
+    /// Load any etcd v3 endpoint: concurrent clients put 8-byte keys, then read each back with
+    /// a single-key range; prints ops/s, p50/p99 and the server's peak RSS (feature `etcd`).
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    Load {
+        /// Comma-separated endpoints (`host:port` or `http://host:port`).
+        #[arg(long, value_delimiter = ',', required = true)]
+        endpoints: Vec<String>,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// The server's pid, to report its peak RSS (`VmHWM` of /proc/PID/status).
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Start a real etcd (when `etcd` is on PATH) and `rusd` on each engine, one at a time on
+    /// loopback with a fresh data directory, run the same load against each and print them
+    /// side by side with the targets (feature `etcd`; build `rusd` first).
+    VersusEtcd {
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+}
+
+/// The shape of the load of `load` and `versus-etcd`.
+#[derive(Debug, clap::Args)]
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+struct LoadArgs {
+    /// Client counts, one run each (each client on its own connection).
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    clients: Vec<usize>,
+    /// Puts per run, then as many single-key ranges [default: 10000 with --quick, else 100000].
+    #[arg(long)]
+    ops: Option<usize>,
+    /// Value size in bytes (keys are 8 bytes).
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+}
+
+impl Cli {
+    /// Durability of the engine comparison (default buffered).
+    fn engine_durability(&self) -> DurabilityArg {
+        self.durability.unwrap_or(DurabilityArg::Buffered)
+    }
 }
 
 fn profile(cli: &Cli) -> Profile {
@@ -119,7 +174,7 @@ fn worker(cli: &Cli, engine: &str) -> Result<(), Box<dyn std::error::Error>> {
         &open,
         &tmp.path().join("raw"),
         cli.cache_mb,
-        cli.durability.to_config(),
+        cli.engine_durability().to_config(),
         profile,
         !volatile,
         &mut on_phase,
@@ -128,7 +183,7 @@ fn worker(cli: &Cli, engine: &str) -> Result<(), Box<dyn std::error::Error>> {
         &open,
         &tmp.path().join("mvcc"),
         cli.cache_mb,
-        cli.durability.to_config(),
+        cli.engine_durability().to_config(),
         profile,
         !volatile,
         &mut on_phase,
@@ -139,7 +194,7 @@ fn worker(cli: &Cli, engine: &str) -> Result<(), Box<dyn std::error::Error>> {
         keys: profile.keys,
         value_size: profile.value_size,
         cache_mb: cli.cache_mb,
-        durability: cli.durability.label().to_string(),
+        durability: cli.engine_durability().label().to_string(),
         fsyncs_per_sec: fsyncs,
         raw: raw.phases,
         mvcc,
@@ -157,7 +212,7 @@ fn run_engine(cli: &Cli, kind: BackendKind, bar: &ProgressBar) -> Result<EngineR
     let mut cmd = Command::new(exe);
     cmd.arg("worker").arg("--engine").arg(kind.name());
     cmd.arg("--cache-mb").arg(cli.cache_mb.to_string());
-    cmd.arg("--durability").arg(match cli.durability {
+    cmd.arg("--durability").arg(match cli.engine_durability() {
         DurabilityArg::Buffered => "buffered",
         DurabilityArg::Sync => "sync",
     });
@@ -230,7 +285,7 @@ fn compare(cli: &Cli) -> Result<(), String> {
         report::describe(&profile),
         kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
         cli.cache_mb,
-        cli.durability.label()
+        cli.engine_durability().label()
     );
     const PHASES_PER_ENGINE: u64 = 24;
     let bar = ProgressBar::new(PHASES_PER_ENGINE * kinds.len() as u64);
@@ -289,6 +344,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Cmd::Worker { engine }) => worker(&cli, engine).map_err(|e| e.to_string()),
+        Some(Cmd::Load {
+            endpoints,
+            load,
+            pid,
+        }) => etcd_mode::load(&cli, endpoints, load, *pid),
+        Some(Cmd::VersusEtcd { load }) => etcd_mode::versus_etcd(&cli, load),
         None => compare(&cli),
     };
     match result {
@@ -297,5 +358,318 @@ fn main() -> ExitCode {
             eprintln!("rusd-bench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `load` and `versus-etcd` (feature `etcd`).
+#[cfg(feature = "etcd")]
+mod etcd_mode {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use bench_suite::load::{self, LoadConfig};
+    use bench_suite::versus::{self, LoadRun, ServerProcess, ServerSpec, StartError};
+    use storage_api::BackendKind;
+
+    use super::{Cli, DurabilityArg, LoadArgs};
+
+    const QUICK_OPS: usize = 10_000;
+    const FULL_OPS: usize = 100_000;
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+    const START_TIMEOUT: Duration = Duration::from_secs(60);
+    const STOP_GRACE: Duration = Duration::from_secs(20);
+
+    fn runtime() -> Result<tokio::runtime::Runtime, String> {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))
+    }
+
+    fn configs(cli: &Cli, args: &LoadArgs) -> Result<Vec<LoadConfig>, String> {
+        let ops = args
+            .ops
+            .unwrap_or(if cli.quick { QUICK_OPS } else { FULL_OPS });
+        let configs: Vec<LoadConfig> = args
+            .clients
+            .iter()
+            .map(|&clients| LoadConfig {
+                clients,
+                ops,
+                value_size: args.value_size,
+                request_timeout: REQUEST_TIMEOUT,
+            })
+            .collect();
+        if configs.is_empty() {
+            return Err("--clients is empty".into());
+        }
+        for c in &configs {
+            c.validate()?;
+        }
+        Ok(configs)
+    }
+
+    fn write_out(out: &Path, stem: &str, json: &serde_json::Value, md: &str) -> Result<(), String> {
+        std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+        let json_path = out.join(format!("{stem}.json"));
+        let bytes = serde_json::to_vec_pretty(json).map_err(|e| e.to_string())?;
+        std::fs::write(&json_path, bytes).map_err(|e| format!("{}: {e}", json_path.display()))?;
+        let md_path = out.join(format!("{stem}.md"));
+        std::fs::write(&md_path, md).map_err(|e| format!("{}: {e}", md_path.display()))?;
+        eprintln!("wrote {} and {}", json_path.display(), md_path.display());
+        Ok(())
+    }
+
+    fn progress(run: &LoadRun) {
+        eprintln!(
+            "  {} / {} clients: {:.0} puts/s (p99 {:.0} µs), {:.0} ranges/s (p99 {:.0} µs), peak RSS {}",
+            run.server,
+            run.clients,
+            run.put.ops_per_sec,
+            run.put.p99_us,
+            run.range.ops_per_sec,
+            run.range.p99_us,
+            run.peak_rss
+                .map_or("?".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+        );
+    }
+
+    /// `rusd-bench load`.
+    pub fn load(
+        cli: &Cli,
+        endpoints: &[String],
+        args: &LoadArgs,
+        pid: Option<u32>,
+    ) -> Result<(), String> {
+        let configs = configs(cli, args)?;
+        let rt = runtime()?;
+        rt.block_on(load::wait_ready(endpoints, Duration::from_secs(10)))?;
+        let label = endpoints.join(",");
+        let mut runs = Vec::new();
+        for config in configs {
+            eprintln!(
+                "load: {label}, {} clients, {} ops",
+                config.clients, config.ops
+            );
+            let run = rt.block_on(load::run(endpoints, &label, None, pid, config))?;
+            progress(&run);
+            runs.push(run);
+        }
+        let md = format!(
+            "{} puts of 8-byte keys with {}-byte values, then as many single-key ranges{}.\n\n{}",
+            runs.first().map_or(0, |r| r.put.ops),
+            args.value_size,
+            if pid.is_some() {
+                "; peak RSS: the server's VmHWM since it started"
+            } else {
+                ""
+            },
+            versus::markdown(&runs, &[])
+        );
+        println!("{md}");
+        write_out(&cli.out, "load", &serde_json::json!({ "runs": runs }), &md)
+    }
+
+    /// `rusd-bench versus-etcd`.
+    pub fn versus_etcd(cli: &Cli, args: &LoadArgs) -> Result<(), String> {
+        let configs = configs(cli, args)?;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let rusd = exe.with_file_name("rusd");
+        if !rusd.is_file() {
+            return Err(format!(
+                "{} not found: build it first with `cargo build --release -p rusd-server` \
+                 (add `--features rocksdb` for RocksDB) into the same target folder",
+                rusd.display()
+            ));
+        }
+        let durability = match cli.durability.unwrap_or(DurabilityArg::Sync) {
+            DurabilityArg::Sync => "sync",
+            DurabilityArg::Buffered => "buffered",
+        };
+        let explicit = !cli.engines.is_empty();
+        let mut notes = Vec::new();
+        let engines: Vec<String> = if explicit {
+            cli.engines
+                .iter()
+                .map(|e| {
+                    e.parse::<BackendKind>()
+                        .map(|k| k.name().to_string())
+                        .map_err(|e| e.to_string())
+                })
+                .collect::<Result<_, _>>()?
+        } else {
+            BackendKind::ALL
+                .iter()
+                .filter(|&&k| {
+                    // Under sync the memory engine rewrites its whole image at every flush
+                    // (cost proportional to the store): meant for small stores and tests.
+                    let keep = k != BackendKind::Memory || durability != "sync";
+                    if !keep {
+                        notes.push(
+                            "memory engine left out under sync (it rewrites its whole image \
+                             at every flush; ask for it with --engines memory,...)"
+                                .to_string(),
+                        );
+                    }
+                    keep
+                })
+                .map(|k| k.name().to_string())
+                .collect()
+        };
+        let mut specs = Vec::new();
+        let etcd = versus::find_etcd();
+        match &etcd {
+            Some((bin, version)) => {
+                eprintln!("versus-etcd: etcd {version} ({})", bin.display());
+                specs.push(ServerSpec::Etcd {
+                    bin: bin.clone(),
+                    version: version.clone(),
+                });
+            }
+            None => eprintln!(
+                "versus-etcd: no `etcd` on PATH (Debian: apt-get install etcd-server); rusd only"
+            ),
+        }
+        for engine in &engines {
+            specs.push(ServerSpec::Rusd {
+                bin: rusd.clone(),
+                engine: engine.clone(),
+                durability: durability.to_string(),
+            });
+        }
+        let parent = cli.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let rt = runtime()?;
+        let mut runs: Vec<LoadRun> = Vec::new();
+        let mut failures = Vec::new();
+        let mut skipped: Vec<String> = Vec::new();
+        for config in &configs {
+            for spec in &specs {
+                if spec
+                    .engine()
+                    .is_some_and(|e| skipped.iter().any(|s| s == e))
+                {
+                    continue;
+                }
+                eprintln!(
+                    "versus-etcd: {} with {} clients, {} ops",
+                    spec.label(),
+                    config.clients,
+                    config.ops
+                );
+                let server = match ServerProcess::start(spec, &parent, START_TIMEOUT) {
+                    Ok(s) => s,
+                    Err(StartError::Exited(log))
+                        if !explicit && log.contains("not compiled into this rusd build") =>
+                    {
+                        let engine = spec.engine().unwrap_or_default().to_string();
+                        let note = format!("{engine} not compiled into {}", rusd.display());
+                        eprintln!("  skipped: {note}");
+                        notes.push(note);
+                        skipped.push(engine);
+                        continue;
+                    }
+                    Err(e) => {
+                        failures.push(format!("{}: {e}", spec.label()));
+                        continue;
+                    }
+                };
+                let endpoints = [server.endpoint.clone()];
+                let result = rt
+                    .block_on(load::wait_ready(&endpoints, START_TIMEOUT))
+                    .and_then(|()| {
+                        rt.block_on(load::run(
+                            &endpoints,
+                            &server.label,
+                            spec.engine(),
+                            Some(server.pid()),
+                            *config,
+                        ))
+                    });
+                match result {
+                    Ok(run) => {
+                        progress(&run);
+                        runs.push(run);
+                    }
+                    Err(e) => failures.push(format!(
+                        "{} with {} clients: {e}\n{}",
+                        spec.label(),
+                        config.clients,
+                        server.log_tail()
+                    )),
+                }
+                server.stop(STOP_GRACE);
+            }
+        }
+        let checks = versus::targets(&runs);
+        let ops = configs.first().map_or(0, |c| c.ops);
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let etcd_note = match &etcd {
+            Some((_, v)) => format!("etcd {v} (WAL always fsynced)"),
+            None => "no etcd (not on PATH)".to_string(),
+        };
+        let md = format!(
+            "{ops} puts of 8-byte keys with {}-byte values per run, then {ops} single-key ranges; \
+             every server fresh on loopback with an empty data dir; {etcd_note} vs rusd \
+             `--durability {durability}`{}; clients and server share this machine's {cores} cores; \
+             peak RSS = the server's VmHWM at the end of the run{}.\n\n{}",
+            args.value_size,
+            if durability == "sync" {
+                " (group commit: ack = durable)"
+            } else {
+                " (durable within 100 ms: not etcd's durability)"
+            },
+            notes.iter().map(|n| format!("; {n}")).collect::<String>(),
+            versus::markdown(&runs, &checks)
+        );
+        println!("{md}");
+        for c in &checks {
+            let all = c.puts_met && c.ranges_met && c.memory_met.unwrap_or(false);
+            eprintln!(
+                "target {} at {} clients: {}",
+                c.engine,
+                c.clients,
+                if all { "met" } else { "not met" }
+            );
+        }
+        let json = serde_json::json!({
+            "ops": ops,
+            "value_size": args.value_size,
+            "key_size": 8,
+            "durability": durability,
+            "etcd_version": etcd.as_ref().map(|(_, v)| v.clone()),
+            "cores": cores,
+            "targets": {
+                "puts_x_etcd": versus::PUT_TARGET,
+                "ranges_x_etcd": versus::RANGE_TARGET,
+                "peak_rss_x_etcd": versus::MEMORY_TARGET,
+            },
+            "skipped_engines": skipped,
+            "runs": runs,
+            "checks": checks,
+        });
+        write_out(&cli.out, "versus-etcd", &json, &md)?;
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("\n"))
+        }
+    }
+}
+
+/// Without the `etcd` feature, `load` and `versus-etcd` only explain how to get them.
+#[cfg(not(feature = "etcd"))]
+mod etcd_mode {
+    use super::{Cli, LoadArgs};
+
+    const NEEDS_FEATURE: &str = "`load` and `versus-etcd` need the `etcd` cargo feature: \
+        cargo run --release -p bench-suite --features etcd -- versus-etcd \
+        (the etcd-client crate needs protoc: apt-get install protobuf-compiler)";
+
+    pub fn load(_: &Cli, _: &[String], _: &LoadArgs, _: Option<u32>) -> Result<(), String> {
+        Err(NEEDS_FEATURE.into())
+    }
+
+    pub fn versus_etcd(_: &Cli, _: &LoadArgs) -> Result<(), String> {
+        Err(NEEDS_FEATURE.into())
     }
 }

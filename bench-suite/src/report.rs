@@ -42,7 +42,7 @@ pub struct EngineReport {
     pub peak_rss: u64,
 }
 
-fn human_rate(x: f64) -> String {
+pub(crate) fn human_rate(x: f64) -> String {
     if x >= 1e6 {
         format!("{:.2}M", x / 1e6)
     } else if x >= 1e3 {
@@ -52,7 +52,7 @@ fn human_rate(x: f64) -> String {
     }
 }
 
-fn human_bytes(b: u64) -> String {
+pub(crate) fn human_bytes(b: u64) -> String {
     let b = b as f64;
     if b >= 1024.0 * 1024.0 * 1024.0 {
         format!("{:.2} GiB", b / 1024.0 / 1024.0 / 1024.0)

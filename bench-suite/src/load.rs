@@ -1,0 +1,277 @@
+//! The load generator against any etcd v3 endpoint (cargo feature `etcd`): `clients`
+//! concurrent clients, each on its own connection, put `ops` 8-byte keys with
+//! `value_size`-byte values, then read every key back with a single-key range.
+
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions};
+use rand::{RngCore, SeedableRng};
+
+use crate::measure::Latencies;
+use crate::versus::{cpu_seconds_of, LoadPhase, LoadRun};
+
+/// Keys are the 8 decimal digits of their index, so at most this many operations per phase.
+pub const MAX_OPS: usize = 100_000_000;
+
+/// Shape of one load run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadConfig {
+    /// Concurrent clients, each on its own connection.
+    pub clients: usize,
+    /// Operations per phase (puts, then as many ranges), split over the clients.
+    pub ops: usize,
+    /// Value size in bytes.
+    pub value_size: usize,
+    /// Deadline of one request (a stuck server fails the run instead of hanging it).
+    pub request_timeout: Duration,
+}
+
+impl LoadConfig {
+    /// Checks the limits: at least one client and one operation, at most [`MAX_OPS`].
+    pub fn validate(&self) -> Result<(), String> {
+        if self.clients == 0 {
+            return Err("--clients must be at least 1".into());
+        }
+        if self.ops == 0 || self.ops > MAX_OPS {
+            return Err(format!(
+                "--ops must be within 1..={MAX_OPS} (keys are 8 digits)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The 8-byte key of index `i` (`00000042`).
+pub fn key(i: usize) -> String {
+    format!("{:08}", i % MAX_OPS)
+}
+
+/// The key indexes client `client` of `clients` works on: a contiguous share of `0..ops`, the
+/// first `ops % clients` clients taking one more.
+pub fn client_keys(client: usize, clients: usize, ops: usize) -> Range<usize> {
+    let clients = clients.max(1);
+    let (per, extra) = (ops / clients, ops % clients);
+    let start = client * per + client.min(extra);
+    let len = per + usize::from(client < extra);
+    start..start + len
+}
+
+fn url(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+async fn connect(endpoints: &[String], request_timeout: Duration) -> Result<Client, String> {
+    let urls: Vec<String> = endpoints.iter().map(|e| url(e)).collect();
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(request_timeout);
+    Client::connect(&urls, Some(options))
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", urls.join(",")))
+}
+
+/// Waits until the endpoint answers a range request (etcd listens before it has elected
+/// itself leader), for at most `timeout`.
+pub async fn wait_ready(endpoints: &[String], timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match connect(endpoints, Duration::from_secs(2)).await {
+            Ok(mut c) => match c.get("bench-probe", None).await {
+                Ok(_) => return Ok(()),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e,
+        };
+        if Instant::now() > deadline {
+            return Err(format!("not ready after {timeout:?}: {last}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Put,
+    Range,
+}
+
+async fn phase(clients: &[Client], config: LoadConfig, op: Op) -> Result<LoadPhase, String> {
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(clients.len());
+    for (n, c) in clients.iter().enumerate() {
+        let mut c = c.clone();
+        let keys = client_keys(n, clients.len(), config.ops);
+        let value_size = config.value_size;
+        tasks.push(tokio::spawn(async move {
+            // Incompressible values, the same for every server (fixed seed per client).
+            let mut pool = vec![0u8; value_size + 256];
+            rand::rngs::StdRng::seed_from_u64(n as u64).fill_bytes(&mut pool);
+            let mut lat = Latencies::with_capacity(keys.len());
+            for i in keys {
+                let t = Instant::now();
+                match op {
+                    Op::Put => {
+                        let value = pool[i % 256..i % 256 + value_size].to_vec();
+                        c.put(key(i), value, None)
+                            .await
+                            .map_err(|e| format!("put {}: {e}", key(i)))?;
+                    }
+                    Op::Range => {
+                        let r = c
+                            .get(key(i), None)
+                            .await
+                            .map_err(|e| format!("range {}: {e}", key(i)))?;
+                        let found = r.kvs().first().map(|kv| kv.value().len());
+                        if r.kvs().len() != 1 || found != Some(value_size) {
+                            return Err(format!(
+                                "range {}: expected one {value_size}-byte value, got {} kvs",
+                                key(i),
+                                r.kvs().len()
+                            ));
+                        }
+                    }
+                }
+                lat.record(t.elapsed());
+            }
+            Ok::<_, String>(lat)
+        }));
+    }
+    let mut all = Latencies::with_capacity(config.ops);
+    let mut first_error = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(l)) => all.merge(l),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(format!("client task: {e}"));
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(LoadPhase::from_latencies(elapsed, &mut all)),
+    }
+}
+
+/// CPU seconds used by the server (when its pid is known) and by this process.
+fn cpu_now(server_pid: Option<u32>) -> (Option<f64>, Option<f64>) {
+    (
+        server_pid.and_then(cpu_seconds_of),
+        cpu_seconds_of(std::process::id()),
+    )
+}
+
+fn cpu_delta(
+    before: (Option<f64>, Option<f64>),
+    after: (Option<f64>, Option<f64>),
+) -> (Option<f64>, Option<f64>) {
+    let d = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+    (d(before.0, after.0), d(before.1, after.1))
+}
+
+async fn measured_phase(
+    clients: &[Client],
+    config: LoadConfig,
+    op: Op,
+    server_pid: Option<u32>,
+) -> Result<LoadPhase, String> {
+    let before = cpu_now(server_pid);
+    let phase = phase(clients, config, op).await?;
+    let (server, client) = cpu_delta(before, cpu_now(server_pid));
+    Ok(phase.with_cpu(server, client))
+}
+
+/// Runs the puts then the ranges against `endpoints` and returns the run labelled `server`.
+/// With the server's pid, the phases carry its CPU time per operation and the run its peak
+/// RSS.
+pub async fn run(
+    endpoints: &[String],
+    server: &str,
+    engine: Option<&str>,
+    server_pid: Option<u32>,
+    config: LoadConfig,
+) -> Result<LoadRun, String> {
+    config.validate()?;
+    let mut clients = Vec::with_capacity(config.clients);
+    for _ in 0..config.clients {
+        clients.push(connect(endpoints, config.request_timeout).await?);
+    }
+    let put = measured_phase(&clients, config, Op::Put, server_pid).await?;
+    let range = measured_phase(&clients, config, Op::Range, server_pid).await?;
+    Ok(LoadRun {
+        server: server.to_string(),
+        engine: engine.map(str::to_string),
+        clients: config.clients,
+        value_size: config.value_size,
+        put,
+        range,
+        peak_rss: server_pid.and_then(crate::versus::peak_rss_of),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_eight_bytes() {
+        assert_eq!(key(42), "00000042");
+        assert_eq!(key(MAX_OPS - 1).len(), 8);
+        assert_eq!(key(MAX_OPS), "00000000");
+    }
+
+    #[test]
+    fn clients_share_the_keys_exactly() {
+        for (clients, ops) in [(16, 10_000), (64, 10_000), (3, 10), (7, 3), (1, 5)] {
+            let mut next = 0;
+            for c in 0..clients {
+                let r = client_keys(c, clients, ops);
+                assert_eq!(r.start, next, "contiguous");
+                assert!(r.len() == ops / clients || r.len() == ops / clients + 1);
+                next = r.end;
+            }
+            assert_eq!(next, ops, "{clients} clients cover {ops} ops");
+        }
+    }
+
+    #[test]
+    fn config_limits() {
+        let ok = LoadConfig {
+            clients: 16,
+            ops: 1000,
+            value_size: 256,
+            request_timeout: Duration::from_secs(1),
+        };
+        assert!(ok.validate().is_ok());
+        assert!(LoadConfig { clients: 0, ..ok }.validate().is_err());
+        assert!(LoadConfig { ops: 0, ..ok }.validate().is_err());
+        assert!(LoadConfig {
+            ops: MAX_OPS + 1,
+            ..ok
+        }
+        .validate()
+        .is_err());
+        assert_eq!(url("127.0.0.1:2379"), "http://127.0.0.1:2379");
+        assert_eq!(url("https://h:1"), "https://h:1");
+    }
+
+    #[test]
+    fn unreachable_endpoint_is_an_error_not_a_hang() {
+        let port = crate::versus::free_loopback_ports(1).expect("port")[0];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let endpoints = [format!("127.0.0.1:{port}")];
+        let r = rt.block_on(wait_ready(&endpoints, Duration::from_millis(300)));
+        assert!(r.is_err());
+    }
+}
