@@ -5,8 +5,8 @@
 //! * `meta` tree: [`META_CURRENT_REV`], [`META_SCHEDULED_COMPACT_REV`],
 //!   [`META_FINISHED_COMPACT_REV`] (8-byte big-endian `i64`), [`META_FORMAT`]. As in etcd the
 //!   current revision is recovered from the `kv` tree and the compaction revisions;
-//!   [`META_CURRENT_REV`] is only a guard, written with commits that contain a tombstone and
-//!   when a compaction is scheduled, so a put-only commit writes the `kv` tree alone.
+//!   [`META_CURRENT_REV`] is only a guard, written when a compaction is scheduled, so a commit
+//!   (puts and tombstones alike) writes the `kv` tree alone.
 //! * `lease` tree: lease id (8-byte big-endian) → encoded lease (see [`crate::lease`]).
 //!
 //! # Concurrency
@@ -763,9 +763,9 @@ impl<B: Backend> MvccStore<B> {
     /// Like etcd, the current revision is not persisted with every write: recovery takes the
     /// highest main revision of the `kv` tree, raised to the scheduled and finished compaction
     /// revisions (persisted before any row is removed). Only compaction removes rows, and the
-    /// only rows it can remove at the top of the history are tombstones (etcd issue #17780), so
-    /// as a second guard a commit that writes a tombstone also records [`META_CURRENT_REV`];
-    /// a put-only commit stays a single-tree write.
+    /// only rows it can remove at the top of the history are tombstones (etcd issue #17780): it
+    /// removes none above its revision, and its marker (with [`META_CURRENT_REV`] as a second
+    /// guard) is persisted first, so a commit, tombstones included, writes the `kv` tree alone.
     ///
     /// A failed backend write is settled as the [module docs](self#failed-backend-writes)
     /// describe: when it was applied, the in-memory effects are applied and the error returned.
@@ -868,15 +868,10 @@ impl<B: Backend> MvccStore<B> {
 
     /// Writes the rows of `changes` at `rev` and `extra` in one backend batch.
     fn write_changes(&self, rev: i64, changes: &[Change], extra: WriteBatch) -> MvccResult<()> {
-        let mut batch = WriteBatch::with_capacity(changes.len() + extra.len() + 1);
-        let mut any_tombstone = false;
+        let mut batch = WriteBatch::with_capacity(changes.len() + extra.len());
         for (sub, change) in changes.iter().enumerate() {
             let r = Revision::new(rev, sub as i64);
             batch.put(Tree::Kv, r.to_key(change.tombstone), change.kv.encode());
-            any_tombstone |= change.tombstone;
-        }
-        if any_tombstone {
-            batch.put(Tree::Meta, META_CURRENT_REV, encode_i64(rev));
         }
         for op in extra.into_ops() {
             match op {
@@ -1092,12 +1087,15 @@ mod tests {
         assert_eq!(meta_current(&b), None);
         assert_eq!(MvccStore::new(b.clone()).unwrap().current_revision(), 3);
 
-        s.delete_range(b"a", b"").unwrap(); // 4: a tombstone records the guard
-        assert_eq!(meta_current(&b), Some(4));
+        s.delete_range(b"a", b"").unwrap(); // 4: tombstones write the kv tree alone too
+        assert_eq!(meta_current(&b), None);
+        assert_eq!(MvccStore::new(b.clone()).unwrap().current_revision(), 4);
         s.put(b"c", b"1", 0).unwrap(); // 5
         s.delete_range(b"c", b"").unwrap(); // 6
                                             // Compacting everything: the newest row is the tombstone at 6.
         s.compact(6).unwrap();
+        // Scheduling a compaction records the guard.
+        assert_eq!(meta_current(&b), Some(6));
         let r = MvccStore::new(b.clone()).unwrap();
         assert_eq!((r.current_revision(), r.compact_revision()), (6, 6));
         // A further write and a compaction past every tombstone.
