@@ -59,3 +59,8 @@ pub use txn::{
     Compare, CompareOp, CompareTarget, RangeRequest, TxnOp, TxnOpResponse, TxnRequest, TxnResult,
 };
 pub use watch::{Event, EventKind, WatchResponse, Watcher};
+
+/// Compiles the Rust example of the workspace README as a doc test, so it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
