@@ -6,7 +6,11 @@
 //! how ([`FaultKind`]):
 //! * [`FaultKind::Before`]: the call returns an error and has no effect;
 //! * [`FaultKind::After`]: the call takes effect, then returns an error (a lost
-//!   acknowledgement, e.g. an fsync error after the write reached the engine).
+//!   acknowledgement, e.g. an fsync error after the write reached the engine);
+//! * [`FaultKind::Short`]: a short write or read of a snapshot stream: `snapshot_to` writes
+//!   only the first `n` bytes and then fails (a disk filling up mid-backup), `restore_from`
+//!   reads only the first `n` bytes of its input (a cut-off upload). On other operations it
+//!   behaves as `Before` (engine batches are atomic by contract, so they are never torn).
 //!
 //! ```
 //! use storage_api::{Backend, MemoryBackend, Tree};
@@ -56,6 +60,8 @@ pub enum FaultKind {
     Before,
     /// Apply, then report failure.
     After,
+    /// Transfer only this many bytes of a snapshot stream (see the [module docs](self)).
+    Short(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -157,9 +163,17 @@ impl<B: Backend> FaultyBackend<B> {
     }
 
     fn run<T>(&self, op: FaultOp, f: impl FnOnce() -> StorageResult<T>) -> StorageResult<T> {
-        match self.plan.tick(op) {
+        Self::apply(self.plan.tick(op), op, f)
+    }
+
+    fn apply<T>(
+        fault: Option<FaultKind>,
+        op: FaultOp,
+        f: impl FnOnce() -> StorageResult<T>,
+    ) -> StorageResult<T> {
+        match fault {
             None => f(),
-            Some(FaultKind::Before) => Err(injected_error(op)),
+            Some(FaultKind::Before | FaultKind::Short(_)) => Err(injected_error(op)),
             Some(FaultKind::After) => {
                 f()?;
                 Err(injected_error(op))
@@ -216,12 +230,32 @@ impl<B: Backend> Backend for FaultyBackend<B> {
     }
 
     fn snapshot_to(&self, writer: &mut dyn Write) -> StorageResult<u64> {
-        self.run(FaultOp::Snapshot, || self.inner.snapshot_to(writer))
+        match self.plan.tick(FaultOp::Snapshot) {
+            Some(FaultKind::Short(limit)) => {
+                let mut short = ShortWriter {
+                    inner: writer,
+                    left: limit,
+                };
+                self.inner.snapshot_to(&mut short)
+            }
+            fault => Self::apply(fault, FaultOp::Snapshot, || self.inner.snapshot_to(writer)),
+        }
     }
 
     fn restore_from(&self, reader: &mut dyn Read) -> StorageResult<()> {
-        let snapshot = ValidatedSnapshot::read_from(reader)?;
-        self.restore_validated(snapshot)
+        match self.plan.tick(FaultOp::Restore) {
+            Some(FaultKind::Short(limit)) => {
+                let mut short = reader.take(limit);
+                let snapshot = ValidatedSnapshot::read_from(&mut short)?;
+                self.inner.restore_validated(snapshot)
+            }
+            fault => {
+                let snapshot = ValidatedSnapshot::read_from(reader)?;
+                Self::apply(fault, FaultOp::Restore, || {
+                    self.inner.restore_validated(snapshot)
+                })
+            }
+        }
     }
 
     fn restore_validated(&self, snapshot: ValidatedSnapshot) -> StorageResult<()> {
@@ -253,6 +287,33 @@ impl<B: Backend> Backend for FaultyBackend<B> {
     }
 }
 
+/// Passes through the first `left` bytes, then fails every write (a full disk).
+struct ShortWriter<'a> {
+    inner: &'a mut dyn Write,
+    left: u64,
+}
+
+impl Write for ShortWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "injected short write",
+            ));
+        }
+        let n = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let written = self.inner.write(&buf[..n])?;
+        self.left -= written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +332,53 @@ mod tests {
         db.put(Tree::Kv, b"c", b"3").unwrap();
         assert_eq!(db.plan().injected(), 2);
         assert_eq!(db.plan().pending(), 0);
+    }
+
+    #[test]
+    fn short_snapshot_writes_a_prefix_and_fails() {
+        let db = FaultyBackend::wrap(MemoryBackend::volatile());
+        db.put(Tree::Kv, b"k", &[7u8; 100]).unwrap();
+        let full = db.snapshot().unwrap();
+        db.plan()
+            .fail_nth(FaultOp::Snapshot, 1, FaultKind::Short(40));
+        let mut out = Vec::new();
+        assert!(matches!(
+            db.snapshot_to(&mut out),
+            Err(StorageError::Io { .. })
+        ));
+        assert_eq!(out, full[..40].to_vec());
+        // The prefix is rejected as truncated by any restore, leaving data as it was.
+        let other = MemoryBackend::volatile();
+        other.put(Tree::Meta, b"keep", b"1").unwrap();
+        assert!(matches!(
+            other.restore(&out),
+            Err(StorageError::Snapshot(crate::SnapshotError::Truncated))
+        ));
+        assert_eq!(other.get(Tree::Meta, b"keep").unwrap(), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn short_restore_input_is_rejected_without_effect() {
+        let src = MemoryBackend::volatile();
+        src.put(Tree::Kv, b"new", b"v").unwrap();
+        let image = src.snapshot().unwrap();
+        let db = FaultyBackend::wrap(MemoryBackend::volatile());
+        db.put(Tree::Kv, b"old", b"v").unwrap();
+        db.plan().fail_nth(
+            FaultOp::Restore,
+            1,
+            FaultKind::Short(image.len() as u64 - 1),
+        );
+        assert!(matches!(
+            db.restore(&image),
+            Err(StorageError::Snapshot(crate::SnapshotError::Truncated))
+        ));
+        assert_eq!(db.get(Tree::Kv, b"old").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(db.get(Tree::Kv, b"new").unwrap(), None);
+        // Disarmed: the same input now restores.
+        db.restore(&image).unwrap();
+        assert_eq!(db.get(Tree::Kv, b"new").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(db.plan().injected(), 1);
     }
 
     #[test]
