@@ -61,6 +61,22 @@ impl Latencies {
     }
 }
 
+/// Measures one phase: resets the peak-RSS counter, runs `f` (which records per-operation
+/// latencies and returns the operation count) and appends the result to `out`.
+pub fn phase<E>(
+    name: &str,
+    expected: usize,
+    out: &mut Vec<PhaseResult>,
+    f: impl FnOnce(&mut Latencies) -> Result<u64, E>,
+) -> Result<(), E> {
+    reset_peak_rss();
+    let mut lat = Latencies::with_capacity(expected);
+    let start = Instant::now();
+    let ops = f(&mut lat)?;
+    out.push(PhaseResult::new(name, ops, start.elapsed(), &mut lat));
+    Ok(())
+}
+
 /// Runs `f(thread_index, latencies)` on `n` scoped threads and merges their latencies.
 /// The first error is returned; a panic in a thread is propagated.
 pub fn on_threads<E: Send>(

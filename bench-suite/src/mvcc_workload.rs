@@ -3,29 +3,15 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mvcc_core::{CommitMode, Compare, CompareOp, MvccError, MvccStore, StoreConfig, TxnOp};
 use storage_api::{Backend, BackendConfig, Durability, StorageResult};
 
-use crate::measure::{on_threads, reset_peak_rss, Latencies, PhaseResult};
+use crate::measure::{on_threads, phase, PhaseResult};
 use crate::workload::{key, shuffled, value, Profile};
 
 type Open<'a, B> = &'a dyn Fn(BackendConfig) -> StorageResult<Arc<B>>;
-
-fn phase<F: FnOnce(&mut Latencies) -> Result<u64, MvccError>>(
-    name: &str,
-    expected: usize,
-    out: &mut Vec<PhaseResult>,
-    f: F,
-) -> Result<(), MvccError> {
-    reset_peak_rss();
-    let mut lat = Latencies::with_capacity(expected);
-    let start = Instant::now();
-    let ops = f(&mut lat)?;
-    out.push(PhaseResult::new(name, ops, start.elapsed(), &mut lat));
-    Ok(())
-}
 
 /// Runs the MVCC phases; phase names match the raw ones where the operation is the same.
 /// `durable_phases` is false for a volatile store.
@@ -50,7 +36,7 @@ pub fn run_mvcc<B: Backend>(
     let values: Vec<Vec<u8>> = (0..64).map(|i| value(i, profile.value_size)).collect();
 
     on_phase("mvcc put");
-    phase("put", n, &mut phases, |lat| {
+    phase::<MvccError>("put", n, &mut phases, |lat| {
         for &i in &order {
             lat.time(|| store.put(&key(i), &values[i % 64], 0))?;
         }
@@ -60,14 +46,14 @@ pub fn run_mvcc<B: Backend>(
     let reads = shuffled(n, 2);
     let probes: Vec<usize> = (0..profile.reads).map(|j| reads[j % n]).collect();
     on_phase("mvcc get");
-    phase("get", probes.len(), &mut phases, |lat| {
+    phase::<MvccError>("get", probes.len(), &mut phases, |lat| {
         for &i in &probes {
             lat.time(|| store.range(&key(i), &[], 0, 0, false))?;
         }
         Ok(probes.len() as u64)
     })?;
     on_phase("mvcc get (2 threads)");
-    phase("get (2 threads)", probes.len(), &mut phases, |lat| {
+    phase::<MvccError>("get (2 threads)", probes.len(), &mut phases, |lat| {
         let half = probes.len().div_ceil(2);
         lat.merge(on_threads(2, |t, l| -> Result<(), MvccError> {
             for &i in probes.iter().skip(t * half).take(half) {
@@ -81,7 +67,7 @@ pub fn run_mvcc<B: Backend>(
     // interval, so a "from key, limit 10" range would count every key to the end.
     let range_ops = (profile.reads / 10).max(1);
     on_phase("mvcc range (10)");
-    phase("range (10 keys)", range_ops, &mut phases, |lat| {
+    phase::<MvccError>("range (10 keys)", range_ops, &mut phases, |lat| {
         for &i in probes.iter().take(range_ops) {
             lat.time(|| store.range(&key(i), &key(i + 10), 0, 0, false))?;
         }
@@ -89,7 +75,7 @@ pub fn run_mvcc<B: Backend>(
     })?;
     let scan_ops = (profile.reads / 100).max(1);
     on_phase("mvcc scan (100)");
-    phase("scan (100 keys)", scan_ops, &mut phases, |lat| {
+    phase::<MvccError>("scan (100 keys)", scan_ops, &mut phases, |lat| {
         for &i in probes.iter().take(scan_ops) {
             lat.time(|| store.range(&key(i), &key(i + 100), 0, 0, false))?;
         }
@@ -97,7 +83,7 @@ pub fn run_mvcc<B: Backend>(
     })?;
     let txn_ops = (n / 10).max(1);
     on_phase("mvcc txn");
-    phase("txn (compare + put)", txn_ops, &mut phases, |lat| {
+    phase::<MvccError>("txn (compare + put)", txn_ops, &mut phases, |lat| {
         for &i in order.iter().take(txn_ops) {
             let k = key(i);
             lat.time(|| {
@@ -113,7 +99,7 @@ pub fn run_mvcc<B: Backend>(
     let deletes = shuffled(n, 3);
     let del_n = n / 2;
     on_phase("mvcc delete");
-    phase("delete", del_n, &mut phases, |lat| {
+    phase::<MvccError>("delete", del_n, &mut phases, |lat| {
         for &i in deletes.iter().take(del_n) {
             lat.time(|| store.delete_range(&key(i), &[]))?;
         }
@@ -121,7 +107,7 @@ pub fn run_mvcc<B: Backend>(
     })?;
     on_phase("mvcc compaction");
     let mut rows = 0u64;
-    phase("compaction (rows)", 1, &mut phases, |lat| {
+    phase::<MvccError>("compaction (rows)", 1, &mut phases, |lat| {
         let rev = store.current_revision();
         let stats = lat.time(|| store.compact(rev))?;
         rows = stats.rows_deleted;
@@ -151,7 +137,7 @@ pub fn run_mvcc<B: Backend>(
         StoreConfig::default().with_commit_mode(CommitMode::GroupSync),
     )?);
     on_phase("mvcc durable put (1 writer)");
-    phase(
+    phase::<MvccError>(
         "durable put (1 writer)",
         profile.durable_single,
         &mut phases,
@@ -164,7 +150,7 @@ pub fn run_mvcc<B: Backend>(
     )?;
     on_phase("mvcc durable put (64 writers)");
     let total = 64 * profile.durable_each;
-    phase("durable put (64 writers)", total, &mut phases, |lat| {
+    phase::<MvccError>("durable put (64 writers)", total, &mut phases, |lat| {
         lat.merge(on_threads(64, |w, l| -> Result<(), MvccError> {
             for j in 0..profile.durable_each {
                 let i = 1_000_000_000 + w * profile.durable_each + j;

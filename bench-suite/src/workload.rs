@@ -9,9 +9,11 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use storage_api::{Backend, BackendConfig, Durability, StorageResult, Tree, WriteBatch};
+use storage_api::{
+    Backend, BackendConfig, Durability, StorageError, StorageResult, Tree, WriteBatch,
+};
 
-use crate::measure::{on_threads, reset_peak_rss, Latencies, PhaseResult};
+use crate::measure::{on_threads, phase, reset_peak_rss, Latencies, PhaseResult};
 
 /// Seed of every random choice, so every engine sees the same operations.
 pub const SEED: u64 = 0x5eed_e7cd;
@@ -100,21 +102,6 @@ pub struct RawReport {
     pub disk: DiskUsage,
 }
 
-fn phase<F: FnOnce(&mut Latencies) -> StorageResult<u64>>(
-    name: &str,
-    expected: usize,
-    out: &mut Vec<PhaseResult>,
-    f: F,
-) -> StorageResult<()> {
-    reset_peak_rss();
-    let mut lat = Latencies::with_capacity(expected);
-    let start = Instant::now();
-    let ops = f(&mut lat)?;
-    let elapsed = start.elapsed();
-    out.push(PhaseResult::new(name, ops, elapsed, &mut lat));
-    Ok(())
-}
-
 /// Runs the raw workload on a backend opened by `open` under `dir`.
 ///
 /// `on_phase` is called with each phase name before it starts (progress reporting).
@@ -140,7 +127,7 @@ pub fn run_raw<B: Backend>(
     let values: Vec<Vec<u8>> = (0..64).map(|i| value(i, profile.value_size)).collect();
 
     on_phase("put");
-    phase("put", n, &mut phases, |lat| {
+    phase::<StorageError>("put", n, &mut phases, |lat| {
         for &i in &order {
             lat.time(|| db.put(Tree::Kv, &key(i), &values[i % 64]))?;
         }
@@ -148,7 +135,7 @@ pub fn run_raw<B: Backend>(
     })?;
 
     on_phase("batch put (10)");
-    phase("batch put (10 keys)", n / 10, &mut phases, |lat| {
+    phase::<StorageError>("batch put (10 keys)", n / 10, &mut phases, |lat| {
         for b in 0..n / 10 {
             let mut batch = WriteBatch::with_capacity(10);
             for j in 0..10 {
@@ -165,7 +152,7 @@ pub fn run_raw<B: Backend>(
     let reads = shuffled(n, 2);
     let probes: Vec<usize> = (0..profile.reads).map(|j| reads[j % n]).collect();
     on_phase("get");
-    phase("get", probes.len(), &mut phases, |lat| {
+    phase::<StorageError>("get", probes.len(), &mut phases, |lat| {
         for &i in &probes {
             let got = lat.time(|| db.get(Tree::Kv, &key(i)))?;
             debug_assert!(got.is_some());
@@ -174,7 +161,7 @@ pub fn run_raw<B: Backend>(
     })?;
 
     on_phase("get (2 threads)");
-    phase("get (2 threads)", probes.len(), &mut phases, |lat| {
+    phase::<StorageError>("get (2 threads)", probes.len(), &mut phases, |lat| {
         let half = probes.len().div_ceil(2);
         lat.merge(on_threads(2, |t, l| -> StorageResult<()> {
             for &i in probes.iter().skip(t * half).take(half) {
@@ -187,7 +174,7 @@ pub fn run_raw<B: Backend>(
 
     let range_ops = (profile.reads / 10).max(1);
     on_phase("range (10)");
-    phase("range (10 keys)", range_ops, &mut phases, |lat| {
+    phase::<StorageError>("range (10 keys)", range_ops, &mut phases, |lat| {
         for &i in probes.iter().take(range_ops) {
             let got = lat.time(|| db.scan(Tree::Kv, &key(i), &[], 10))?;
             debug_assert!(!got.is_empty());
@@ -197,7 +184,7 @@ pub fn run_raw<B: Backend>(
 
     let scan_ops = (profile.reads / 100).max(1);
     on_phase("scan (100)");
-    phase("scan (100 keys)", scan_ops, &mut phases, |lat| {
+    phase::<StorageError>("scan (100 keys)", scan_ops, &mut phases, |lat| {
         for &i in probes.iter().take(scan_ops) {
             lat.time(|| db.scan(Tree::Kv, &key(i), &[], 100))?;
         }
@@ -206,7 +193,7 @@ pub fn run_raw<B: Backend>(
 
     on_phase("snapshot");
     let mut image = Vec::new();
-    phase("snapshot", 1, &mut phases, |lat| {
+    phase::<StorageError>("snapshot", 1, &mut phases, |lat| {
         lat.time(|| db.snapshot_to(&mut image))?;
         Ok(1)
     })?;
@@ -214,7 +201,7 @@ pub fn run_raw<B: Backend>(
 
     on_phase("restore");
     let target = open(cfg("restore", durability))?;
-    phase("restore", 1, &mut phases, |lat| {
+    phase::<StorageError>("restore", 1, &mut phases, |lat| {
         lat.time(|| target.restore(&image))?;
         Ok(1)
     })?;
@@ -225,7 +212,7 @@ pub fn run_raw<B: Backend>(
     let deletes = shuffled(n, 3);
     let del_n = n / 2;
     on_phase("delete");
-    phase("delete", del_n, &mut phases, |lat| {
+    phase::<StorageError>("delete", del_n, &mut phases, |lat| {
         for &i in deletes.iter().take(del_n) {
             lat.time(|| db.delete(Tree::Kv, &key(i)))?;
         }
@@ -235,7 +222,7 @@ pub fn run_raw<B: Backend>(
     db.flush()?;
     let after_compaction = db.size()?;
     on_phase("defragment");
-    phase("defragment", 1, &mut phases, |lat| {
+    phase::<StorageError>("defragment", 1, &mut phases, |lat| {
         lat.time(|| db.defragment())?;
         Ok(1)
     })?;
@@ -246,7 +233,7 @@ pub fn run_raw<B: Backend>(
     if durable_phases {
         on_phase("durable put (1 writer)");
         let durable = open(cfg("durable", Durability::Sync))?;
-        phase(
+        phase::<StorageError>(
             "durable put (1 writer)",
             profile.durable_single,
             &mut phases,
@@ -259,7 +246,7 @@ pub fn run_raw<B: Backend>(
         )?;
         on_phase("durable put (64 writers)");
         let total = 64 * profile.durable_each;
-        phase("durable put (64 writers)", total, &mut phases, |lat| {
+        phase::<StorageError>("durable put (64 writers)", total, &mut phases, |lat| {
             lat.merge(on_threads(64, |w, l| -> StorageResult<()> {
                 for j in 0..profile.durable_each {
                     let i = 1_000_000_000 + w * profile.durable_each + j;
