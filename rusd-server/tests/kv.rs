@@ -29,33 +29,10 @@ async fn range_put_delete_on_every_engine() {
         assert_eq!(h.member_id(), server.member_id());
         assert_eq!(h.cluster_id(), server.cluster_id());
         assert_eq!(h.raft_term(), 2);
-        assert_eq!(
-            c.put("b", "2", None)
-                .await
-                .unwrap()
-                .header()
-                .unwrap()
-                .revision(),
-            3
-        );
-        assert_eq!(
-            c.put("c", "3", None)
-                .await
-                .unwrap()
-                .header()
-                .unwrap()
-                .revision(),
-            4
-        );
-        assert_eq!(
-            c.put("a", "11", None)
-                .await
-                .unwrap()
-                .header()
-                .unwrap()
-                .revision(),
-            5
-        );
+        for (k, v, rev) in [("b", "2", 3), ("c", "3", 4), ("a", "11", 5)] {
+            let resp = c.put(k, v, None).await.unwrap();
+            assert_eq!(resp.header().unwrap().revision(), rev, "{kind}: put {k}");
+        }
 
         // Single key.
         let r = c.get("a", None).await.unwrap();
