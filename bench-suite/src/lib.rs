@@ -15,6 +15,7 @@
 
 #[cfg(feature = "etcd")]
 pub mod load;
+pub mod index_mem;
 pub mod measure;
 pub mod mvcc_workload;
 pub mod report;

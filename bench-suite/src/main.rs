@@ -15,11 +15,13 @@
 //!   cargo run --release -p bench-suite --features etcd -- versus-etcd --quick
 //! ```
 
+use std::alloc::System;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
+use bench_suite::index_mem::{self, IndexMemory};
 use bench_suite::measure::{fsyncs_per_second, MemorySample};
 use bench_suite::report::{self, EngineReport};
 use bench_suite::workload::{self, Profile};
@@ -27,6 +29,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mvcc_core::engine::{compiled_backends, AnyBackend};
 use storage_api::{BackendConfig, BackendKind, Durability};
+
+/// Counts live heap bytes for `rusd-bench index-mem` (one atomic add per allocation, the same
+/// for every engine and the baseline).
+#[global_allocator]
+static ALLOC: cap::Cap<System> = cap::Cap::new(System, usize::MAX);
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum DurabilityArg {
@@ -96,6 +103,19 @@ enum Cmd {
         /// Engine to run.
         #[arg(long)]
         engine: String,
+    },
+    /// Measure the key index's heap bytes per key (beyond the key) and per extra version with
+    /// a counting allocator; prints JSON. Run by the comparison in a child process of its own.
+    IndexMem {
+        /// Keys to index.
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        /// Versions per key (at least 2).
+        #[arg(long, default_value_t = 5)]
+        versions: usize,
+        /// Key size in bytes (at least 8).
+        #[arg(long, default_value_t = 16)]
+        key_size: usize,
     },
     /// Load any etcd v3 endpoint: concurrent clients put 8-byte keys, then read each back with
     /// a single-key range; prints ops/s, p50/p99 and the server's peak RSS (feature `etcd`).
@@ -250,24 +270,27 @@ fn run_engine(cli: &Cli, kind: BackendKind, bar: &ProgressBar) -> Result<EngineR
     serde_json::from_slice(&out.stdout).map_err(|e| format!("{kind} worker output: {e}"))
 }
 
-/// Runs `rusd-index-mem` (built next to this binary) and returns bytes per key beyond the
-/// key and bytes per extra version of the key index.
+/// Runs `rusd-bench index-mem` in a child process (so the allocator counts the index alone)
+/// and returns bytes per key beyond the key and bytes per extra version of the key index.
 fn index_memory(keys: usize) -> Result<(f64, f64), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let tool = exe.with_file_name("rusd-index-mem");
-    let out = Command::new(&tool)
-        .args(["--keys", &keys.to_string(), "--versions", "5"])
+    let out = Command::new(&exe)
+        .args(["index-mem", "--keys", &keys.to_string(), "--versions", "5"])
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
+        .map_err(|e| format!("cannot run {} index-mem: {e}", exe.display()))?;
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    let field = |name: &str| v[name].as_f64().ok_or_else(|| format!("missing {name}"));
-    Ok((
-        field("bytes_per_key_beyond_key")?,
-        field("bytes_per_extra_version")?,
-    ))
+    let m: IndexMemory = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    Ok((m.bytes_per_key_beyond_key, m.bytes_per_extra_version))
+}
+
+/// `rusd-bench index-mem`: prints [`IndexMemory`] as JSON.
+fn index_mem(keys: usize, versions: usize, key_size: usize) -> Result<(), String> {
+    let m = index_mem::measure(keys, versions, key_size, || ALLOC.allocated())
+        .map_err(|e| e.to_string())?;
+    println!("{}", serde_json::to_string(&m).map_err(|e| e.to_string())?);
+    Ok(())
 }
 
 fn compare(cli: &Cli) -> Result<(), String> {
@@ -344,6 +367,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Cmd::Worker { engine }) => worker(&cli, engine).map_err(|e| e.to_string()),
+        Some(Cmd::IndexMem {
+            keys,
+            versions,
+            key_size,
+        }) => index_mem(*keys, *versions, *key_size),
         Some(Cmd::Load {
             endpoints,
             load,
