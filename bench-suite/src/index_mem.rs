@@ -88,7 +88,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(call.get(), 3);
-        assert_eq!((m.keys, m.versions, m.key_size, m.index_len), (10, 5, 16, 10));
+        assert_eq!(
+            (m.keys, m.versions, m.key_size, m.index_len),
+            (10, 5, 16, 10)
+        );
         assert_eq!(m.bytes_per_key_beyond_key, 50.0);
         assert_eq!(m.bytes_per_extra_version, 30.0);
     }

@@ -13,9 +13,9 @@
 //! every engine with a real etcd side by side ([`versus`]).
 #![deny(missing_docs)]
 
+pub mod index_mem;
 #[cfg(feature = "etcd")]
 pub mod load;
-pub mod index_mem;
 pub mod measure;
 pub mod mvcc_workload;
 pub mod report;

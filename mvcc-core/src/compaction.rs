@@ -73,10 +73,17 @@ impl<B: Backend> MvccStore<B> {
                 )?),
             };
             self.group.written();
-            self.revs.set_compact(revision);
             lost_ack
         };
         let scheduled = self.ticket();
+        if lost_ack.is_none() {
+            // GroupSync: the marker and the current-revision guard are durable before the
+            // compaction is visible and before any row is deleted, so a crash from here on
+            // recovers the compaction (and never a lower revision); a failed flush leaves it
+            // invisible and the store failed.
+            self.wait_durable(scheduled)?;
+        }
+        self.revs.set_compact(revision);
         // Outside the write lock: the index is compacted key by key in chunks.
         let available = self.index.compact(revision);
         tracing::debug!(revision, keep = available.len(), "compaction scheduled");
@@ -84,9 +91,6 @@ impl<B: Backend> MvccStore<B> {
             // The marker is written: a reopen (or the next compaction) deletes the rows.
             return Err(e);
         }
-        // GroupSync: the marker and the current-revision guard are durable before any row is
-        // deleted, so a crash from here on recovers the compaction (and never a lower revision).
-        self.wait_durable(scheduled)?;
         let stats = self.physical_compaction(revision, &available)?;
         // GroupSync: acknowledged = durable, deletions and `finishedCompactRev` included.
         self.wait_durable(self.ticket())?;

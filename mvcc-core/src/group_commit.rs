@@ -4,13 +4,20 @@
 //! [`Backend::flush`] that started after its write completed. Concurrent writers share
 //! flushes: while one flush runs, the writes that complete meanwhile wait for the next one, and
 //! that single next flush covers all of them.
+//!
+//! The flusher *publishes* what a flush made durable (the store's visible revision and the watch
+//! events, see [`MvccStore`](crate::MvccStore)) before it releases the waiters, so a write is
+//! visible exactly when it is acknowledged, never before it is durable. A failed flush is
+//! sticky: the group stops flushing and every writer still waiting, and every later one, fails
+//! with [`MvccError::Failed`] (the store marks itself failed); nothing the failed flush covered
+//! is ever published.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 use storage_api::Backend;
 
-use crate::error::MvccResult;
+use crate::error::{MvccError, MvccResult};
 
 /// When a mutation is acknowledged.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -22,7 +29,8 @@ pub enum CommitMode {
     Backend,
     /// Acknowledge only once durable ("ack = durable"), using shared flushes (group commit).
     /// Meant for a `Buffered` backend, where it replaces one sync per write by one flush per
-    /// group of concurrent writes.
+    /// group of concurrent writes. A write becomes visible (reads, txn compares, watch events,
+    /// the current revision) only after the flush that made it durable.
     GroupSync,
 }
 
@@ -32,6 +40,8 @@ struct State {
     durable: u64,
     flushing: bool,
     flushes: u64,
+    /// Set by the first failed flush; no flush runs afterwards.
+    failed: Option<String>,
 }
 
 /// Coordinates shared flushes. See the [module docs](self).
@@ -55,11 +65,24 @@ impl GroupCommit {
     }
 
     /// Waits until the write with `ticket` is durable, flushing if no flush covering it runs.
-    pub(crate) fn wait_durable<B: Backend>(&self, backend: &B, ticket: u64) -> MvccResult<()> {
+    ///
+    /// The caller that runs a flush calls `publish(target)` after it succeeded and before any
+    /// waiter is released, with the highest ticket the flush covers; `publish` calls arrive one
+    /// at a time, in increasing order. A flush error is returned to the flusher and makes the
+    /// group failed: waiters not covered by an earlier flush get [`MvccError::Failed`].
+    pub(crate) fn wait_durable<B: Backend>(
+        &self,
+        backend: &B,
+        ticket: u64,
+        publish: impl Fn(u64),
+    ) -> MvccResult<()> {
         let mut s = self.state.lock();
         loop {
             if s.durable >= ticket {
                 return Ok(());
+            }
+            if let Some(reason) = &s.failed {
+                return Err(MvccError::Failed(reason.clone()));
             }
             if s.flushing {
                 self.cv.wait(&mut s);
@@ -69,15 +92,28 @@ impl GroupCommit {
             let target = self.written.load(Ordering::SeqCst);
             drop(s);
             let result = backend.flush();
+            if result.is_ok() {
+                publish(target);
+            }
             s = self.state.lock();
             s.flushing = false;
-            if result.is_ok() {
-                s.durable = s.durable.max(target);
-                s.flushes += 1;
+            match &result {
+                Ok(()) => {
+                    s.durable = s.durable.max(target);
+                    s.flushes += 1;
+                }
+                Err(e) => {
+                    s.failed = Some(format!("flush failed: {}", crate::store::error_line(e)));
+                }
             }
             self.cv.notify_all();
             result?;
         }
+    }
+
+    /// The failure reason once a flush failed.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.state.lock().failed.clone()
     }
 
     /// `(writes, flushes)` issued so far.

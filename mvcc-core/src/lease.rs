@@ -289,6 +289,9 @@ impl<B: Backend> MvccStore<B> {
     /// The state of lease `id`; [`MvccError::LeaseNotFound`] if unknown.
     pub fn lease_time_to_live(&self, id: i64) -> MvccResult<LeaseInfo> {
         self.check_open()?;
+        // The lease table holds committed changes at once; in GroupSync answer only once they
+        // are durable (after a failed flush: `MvccError::Failed`).
+        self.wait_durable(self.ticket())?;
         let now = self.config.clock.now();
         self.leases
             .lock()

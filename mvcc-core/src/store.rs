@@ -29,6 +29,22 @@
 //!   from then on every mutation fails with [`MvccError::Failed`] (reads are still served) until
 //!   a new store is opened over the backend, which recovers what the backend holds.
 //!
+//! In [`CommitMode::GroupSync`] a failed flush (the durability of everything it covered is
+//! unknown) marks the store failed the same way; none of the writes it covered is ever made
+//! visible, reads keep serving the last durable revision, and
+//! [`MvccStore::lease_time_to_live`] refuses with [`MvccError::Failed`] (the lease table may hold
+//! changes that are not durable). See [`MvccStore::failure`].
+//!
+//! # Visibility and durability
+//! With [`CommitMode::GroupSync`] (ack = durable with shared flushes) nothing observes a
+//! revision before it is durable: a write is committed to the backend and the in-memory index
+//! at once, but [`MvccStore::current_revision`], ranges, read-only transactions, watch events and
+//! the compaction revision move only after the flush that makes it durable (the flusher
+//! publishes before it releases the writers). Write transactions build on the newest committed
+//! revision, and answer only once it is durable. With [`CommitMode::Backend`] a write is visible
+//! when the backend accepted it: durable then with `Durability::Sync`, within the interval with
+//! `Durability::Buffered`.
+//!
 //! # Closing
 //! [`MvccStore::close`] flushes and closes the backend. Once the backend is closed (by `close`
 //! or directly through [`Backend::close`]) every operation that returns a result fails with
@@ -36,7 +52,7 @@
 //! memory (count-only reads, reads of absent keys, lease keep-alive, watch creation...). The
 //! revision and lease accessors that return plain values keep answering from memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -95,6 +111,10 @@ pub struct StoreConfig {
     pub clock: Arc<dyn Clock>,
     /// When mutations are acknowledged relative to durability.
     pub commit_mode: CommitMode,
+    /// Deliberately broken, for harness self-tests only: see
+    /// [`with_early_publish`](Self::with_early_publish).
+    #[doc(hidden)]
+    pub early_publish: bool,
 }
 
 impl Default for StoreConfig {
@@ -107,6 +127,7 @@ impl Default for StoreConfig {
             compaction_sleep_interval: DEFAULT_COMPACTION_SLEEP_INTERVAL,
             clock: Arc::new(SystemClock::new()),
             commit_mode: CommitMode::Backend,
+            early_publish: false,
         }
     }
 }
@@ -120,6 +141,7 @@ impl fmt::Debug for StoreConfig {
             .field("compaction_batch_limit", &self.compaction_batch_limit)
             .field("compaction_sleep_interval", &self.compaction_sleep_interval)
             .field("commit_mode", &self.commit_mode)
+            .field("early_publish", &self.early_publish)
             .finish_non_exhaustive()
     }
 }
@@ -155,6 +177,16 @@ impl StoreConfig {
         self.commit_mode = mode;
         self
     }
+    /// **Deliberately broken, for test harnesses only.** With `true`, a
+    /// [`CommitMode::GroupSync`] write becomes visible to readers, txn compares and watchers
+    /// when it is committed, before the flush that makes it durable (the behaviour the
+    /// durability contract forbids). Power-loss harnesses use it to prove they detect a store
+    /// that publishes before flushing.
+    #[doc(hidden)]
+    pub fn with_early_publish(mut self, yes: bool) -> Self {
+        self.early_publish = yes;
+        self
+    }
     /// Sets the lease clock.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -183,8 +215,10 @@ pub(crate) struct Revs {
 
 /// The current and compaction revisions, readable without a lock.
 ///
-/// Both only grow and `compact <= current` always holds; writers (holding the store's write
-/// lock) publish a new current revision after the index holds its changes. [`RevCell::load`]
+/// Both only grow and `compact <= current` always holds; `current` is the *visible* revision:
+/// the newest revision readers may observe, published after the index holds its changes (by
+/// the writer in [`CommitMode::Backend`], by the flusher once durable in
+/// [`CommitMode::GroupSync`]). [`RevCell::load`]
 /// reads the compaction revision first, so the pair it returns satisfies `compact <= current`;
 /// a compaction that moves past a reader's revision afterwards is detected by the reader's
 /// check after reading (as with a locked pair).
@@ -225,6 +259,18 @@ impl RevCell {
     }
 }
 
+/// A committed revision waiting for the flush that makes it durable
+/// ([`CommitMode::GroupSync`]); published (made visible, its events delivered) by the flusher.
+#[derive(Debug)]
+pub(crate) struct PendingRev {
+    /// Group-commit ticket of the write.
+    ticket: u64,
+    /// The revision.
+    rev: i64,
+    /// Its watch events, built at commit when a watcher existed (else read back if needed).
+    events: Option<Vec<Event>>,
+}
+
 /// One change recorded by a write transaction.
 #[derive(Debug, Clone)]
 pub(crate) struct Change {
@@ -245,7 +291,13 @@ pub struct MvccStore<B: Backend> {
     pub(crate) backend: Arc<B>,
     pub(crate) config: StoreConfig,
     pub(crate) index: TreeIndex,
+    /// The visible revisions (what readers see).
     pub(crate) revs: RevCell,
+    /// The newest committed revision (what writers build on); above `revs.current` only while
+    /// [`CommitMode::GroupSync`] writes wait for their flush. Written under the write lock.
+    pub(crate) applied: AtomicI64,
+    /// Committed revisions not yet durable, in revision order ([`CommitMode::GroupSync`]).
+    pub(crate) pending: Mutex<VecDeque<PendingRev>>,
     pub(crate) write_lock: Mutex<()>,
     pub(crate) compaction_lock: Mutex<()>,
     pub(crate) leases: Mutex<LeaseTable>,
@@ -279,7 +331,7 @@ pub(crate) fn decode_i64(data: &[u8], what: &str) -> MvccResult<i64> {
 }
 
 /// `err` and its sources as one line.
-fn error_line(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_line(err: &dyn std::error::Error) -> String {
     let mut line = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
@@ -316,6 +368,8 @@ impl<B: Backend> MvccStore<B> {
                 current: 1,
                 compact: -1,
             }),
+            applied: AtomicI64::new(1),
+            pending: Mutex::new(VecDeque::new()),
             write_lock: Mutex::new(()),
             compaction_lock: Mutex::new(()),
             leases: Mutex::new(LeaseTable::default()),
@@ -385,6 +439,7 @@ impl<B: Backend> MvccStore<B> {
             current = current.max(c);
         }
         // Current revision first: `compact <= current` holds at every step.
+        self.applied.store(current, Ordering::Release);
         self.revs.set_current(current);
         self.revs.set_compact(compact);
 
@@ -433,7 +488,9 @@ impl<B: Backend> MvccStore<B> {
         &self.config
     }
 
-    /// The current revision (1 for an empty store).
+    /// The current revision (1 for an empty store): the newest revision readers observe. In
+    /// [`CommitMode::GroupSync`] it is the newest *durable* revision; a write committed but not
+    /// yet flushed is not counted.
     pub fn current_revision(&self) -> i64 {
         self.revs.current()
     }
@@ -457,9 +514,16 @@ impl<B: Backend> MvccStore<B> {
         self.index.count_revisions(key)
     }
 
-    /// Makes every acknowledged write durable (delegates to [`Backend::flush`]).
+    /// Makes every write issued so far durable (a [`Backend::flush`]); in
+    /// [`CommitMode::GroupSync`] also publishes what it made durable.
     pub fn flush(&self) -> MvccResult<()> {
         self.check_open()?;
+        if self.config.commit_mode == CommitMode::GroupSync {
+            let ticket = self.ticket();
+            if ticket > 0 {
+                return self.wait_durable(ticket);
+            }
+        }
         self.backend.flush()?;
         Ok(())
     }
@@ -486,6 +550,13 @@ impl<B: Backend> MvccStore<B> {
         self.backend.is_closed()
     }
 
+    /// Why the store is failed, once it is (see
+    /// [Failed backend writes](self#failed-backend-writes)): every later mutation fails with
+    /// [`MvccError::Failed`] until the store is reopened; reads serve the last visible revision.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.get().cloned()
+    }
+
     /// `(backend writes, group-commit flushes)` issued since the store was opened.
     pub fn commit_stats(&self) -> (u64, u64) {
         self.group.stats()
@@ -496,13 +567,55 @@ impl<B: Backend> MvccStore<B> {
         self.group.last_ticket()
     }
 
-    /// In [`CommitMode::GroupSync`], waits until the writes up to `ticket` are durable.
-    /// A failure means the write is applied but its durability is unknown.
+    /// In [`CommitMode::GroupSync`], waits until the writes up to `ticket` are durable and
+    /// published. A failed flush marks the store failed (see
+    /// [Failed backend writes](self#failed-backend-writes)); what it covered is never published.
     pub(crate) fn wait_durable(&self, ticket: u64) -> MvccResult<()> {
-        if self.config.commit_mode == CommitMode::GroupSync && ticket > 0 {
-            self.group.wait_durable(self.backend.as_ref(), ticket)?;
+        if self.config.commit_mode != CommitMode::GroupSync || ticket == 0 {
+            return Ok(());
         }
-        Ok(())
+        let result = self
+            .group
+            .wait_durable(self.backend.as_ref(), ticket, |target| {
+                self.publish_durable(target)
+            });
+        if result.is_err() {
+            if let Some(reason) = self.group.failure() {
+                if self.failed.set(reason.clone()).is_ok() {
+                    tracing::error!(%reason, "mvcc store marked failed; reopen it");
+                }
+            }
+        }
+        result
+    }
+
+    /// Publishes the pending revisions whose tickets are `<= target` (just made durable):
+    /// raises the visible revision and delivers their watch events, in revision order. Called
+    /// by the group-commit flusher, one call at a time.
+    fn publish_durable(&self, target: u64) {
+        loop {
+            let next = {
+                let mut pending = self.pending.lock();
+                match pending.front() {
+                    Some(p) if p.ticket <= target => pending.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some(PendingRev { rev, events, .. }) = next else {
+                return;
+            };
+            self.revs.set_current(rev);
+            self.hub.notify_with(rev, || match events {
+                Some(events) => events,
+                // No watcher existed at commit: read the revision's events back.
+                None => self.events_of(rev).unwrap_or_else(|e| {
+                    let reason = format!("cannot read back the events of revision {rev}: {e}");
+                    tracing::error!(%reason, "mvcc store marked failed; reopen it");
+                    let _ = self.failed.set(reason);
+                    Vec::new()
+                }),
+            });
+        }
     }
 
     /// Fails with [`StorageError::Closed`] once the backend is closed.
@@ -745,8 +858,20 @@ impl<B: Backend> MvccStore<B> {
         Ok((rev, deleted))
     }
 
-    /// Starts a write transaction; the caller holds the write lock.
+    /// Starts a write transaction on the newest committed revision; the caller holds the
+    /// write lock (and acknowledges only after [`wait_durable`](Self::wait_durable) of the
+    /// ticket it ends with, since it may have seen revisions that are not durable yet).
     pub(crate) fn begin_write(&self) -> WriteCtx<'_, B> {
+        WriteCtx {
+            store: self,
+            begin_rev: self.applied.load(Ordering::Acquire),
+            changes: Vec::new(),
+            overlay: BTreeMap::new(),
+        }
+    }
+
+    /// Starts a read-only transaction on the visible revision (no lock needed).
+    pub(crate) fn begin_read(&self) -> WriteCtx<'_, B> {
         WriteCtx {
             store: self,
             begin_rev: self.current_revision(),
@@ -836,7 +961,6 @@ impl<B: Backend> MvccStore<B> {
             }
             (Err(e), None) => return Err(e),
         };
-        self.group.written();
         self.index
             .apply_changes(changes.iter().enumerate().map(|(sub, c)| {
                 (
@@ -855,10 +979,27 @@ impl<B: Backend> MvccStore<B> {
                 }
             }
         }
-        self.revs.set_current(rev);
-        self.hub.notify_with(rev, || {
-            changes.iter().cloned().map(Event::from_change).collect()
-        });
+        self.applied.store(rev, Ordering::Release);
+        if self.config.commit_mode == CommitMode::GroupSync && !self.config.early_publish {
+            // Visible once durable: the flusher publishes it. Queued before the ticket is
+            // taken, so a flush whose target covers the ticket finds it.
+            let events = self
+                .hub
+                .has_watchers()
+                .then(|| changes.iter().cloned().map(Event::from_change).collect());
+            self.pending.lock().push_back(PendingRev {
+                ticket: self.group.last_ticket() + 1,
+                rev,
+                events,
+            });
+            self.group.written();
+        } else {
+            self.group.written();
+            self.revs.set_current(rev);
+            self.hub.notify_with(rev, || {
+                changes.iter().cloned().map(Event::from_change).collect()
+            });
+        }
         applied();
         match lost_ack {
             Some(e) => Err(e),

@@ -389,7 +389,11 @@ impl<B: Backend> MvccStore<B> {
         } else {
             Some(self.write_lock.lock())
         };
-        let mut ctx = self.begin_write();
+        let mut ctx = if read_only {
+            self.begin_read()
+        } else {
+            self.begin_write()
+        };
         let path = self.compare_to_path(&ctx, req)?;
         self.check_path(&ctx, req, &path)?;
         let mut min_read = ctx.begin_rev;
@@ -402,13 +406,12 @@ impl<B: Backend> MvccStore<B> {
         let revision = if read_only {
             ctx.begin_rev
         } else {
-            let changed = !ctx.changes.is_empty();
             let rev = self.commit(ctx, WriteBatch::new())?;
-            if changed {
-                let ticket = self.ticket();
-                drop(_w);
-                self.wait_durable(ticket)?;
-            }
+            // Answered only once everything it wrote or saw is durable (its compares and reads
+            // ran on the newest committed revision, which may still wait for its flush).
+            let ticket = self.ticket();
+            drop(_w);
+            self.wait_durable(ticket)?;
             rev
         };
         fill_revision(&mut result, revision);

@@ -170,6 +170,11 @@ impl WatchHub {
         }
     }
 
+    /// True when at least one watcher is registered.
+    pub(crate) fn has_watchers(&self) -> bool {
+        !self.inner.lock().watchers.is_empty()
+    }
+
     /// Ends every watcher: their senders are dropped, so receivers disconnect once drained.
     pub(crate) fn close_all(&self) {
         self.inner.lock().watchers.clear();
@@ -253,6 +258,15 @@ impl<B: Backend> MvccStore<B> {
             return Err(MvccError::Compacted);
         }
         Ok(events)
+    }
+
+    /// Every stored event of revision `rev` (all keys), in sub-revision order.
+    pub(crate) fn events_of(&self, rev: i64) -> MvccResult<Vec<Event>> {
+        Ok(self
+            .history(&KeyRange::From(Vec::new()), rev, rev)?
+            .into_iter()
+            .flat_map(|(_, evs)| evs)
+            .collect())
     }
 
     /// The stored events of `range` with main revision in `[start, end]`, grouped by revision.

@@ -67,8 +67,25 @@ struct Fingerprint {
     reads: Vec<(i64, Vec<KeyValue>)>,
     /// Rows after the compaction revision.
     events: Vec<Event>,
-    /// Leases with their keys.
-    leases: Vec<(i64, Vec<Vec<u8>>)>,
+    /// Leases with their keys; `None` when the store refuses lease reads because a flush
+    /// failed (`MvccError::Failed`: the lease table may hold changes that are not durable).
+    leases: Option<Vec<(i64, Vec<Vec<u8>>)>>,
+}
+
+impl Fingerprint {
+    /// Equal to `other`, or a failed store's fingerprint equal to `other` in all it shows.
+    fn shows(&self, other: &Fingerprint) -> bool {
+        match self.leases {
+            Some(_) => self == other,
+            None => {
+                let visible = Fingerprint {
+                    leases: other.leases.clone(),
+                    ..self.clone()
+                };
+                visible == *other
+            }
+        }
+    }
 }
 
 fn fingerprint<B: Backend>(s: &MvccStore<B>) -> Fingerprint {
@@ -82,11 +99,24 @@ fn fingerprint<B: Backend>(s: &MvccStore<B>) -> Fingerprint {
         compact,
         reads,
         events: s.watch_events(compact.max(0) + 1).unwrap(),
-        leases: s
-            .leases()
-            .into_iter()
-            .map(|id| (id, s.lease_time_to_live(id).unwrap().keys))
-            .collect(),
+        leases: match s.failure() {
+            None => Some(
+                s.leases()
+                    .into_iter()
+                    .map(|id| (id, s.lease_time_to_live(id).unwrap().keys))
+                    .collect(),
+            ),
+            Some(reason) => {
+                assert!(reason.starts_with("flush failed: "), "{reason}");
+                for id in s.leases() {
+                    assert!(
+                        matches!(s.lease_time_to_live(id), Err(MvccError::Failed(_))),
+                        "lease {id} read from a failed store"
+                    );
+                }
+                None
+            }
+        },
     }
 }
 
@@ -250,9 +280,28 @@ fn sweep(
         if sc != Scenario::Restore {
             let seen = fingerprint(&store);
             assert!(
-                seen == before || seen == after,
+                seen.leases.is_some() || (mode == CommitMode::GroupSync && class == FaultOp::Flush),
+                "{what}: only a failed flush refuses lease reads"
+            );
+            assert!(
+                seen.shows(&before) || seen.shows(&after),
                 "{what}: visible state is neither before nor after:\n{seen:#?}\nbefore {before:#?}\nafter {after:#?}"
             );
+            if mode == CommitMode::GroupSync && class == FaultOp::Flush {
+                // Nothing a failed flush covered is published, and the store is failed. (A
+                // compaction's second flush covers row deletions of a compaction already
+                // durable and visible.)
+                if sc != Scenario::Compact || n == 1 {
+                    assert!(
+                        seen.shows(&before),
+                        "{what}: a failed flush published its write"
+                    );
+                }
+                assert!(
+                    matches!(store.put(b"next", b"1", 0), Err(MvccError::Failed(_))),
+                    "{what}: writes after a failed flush"
+                );
+            }
             if fault == FaultKind::Before && n == 1 && class == FaultOp::Write {
                 assert_eq!(
                     seen, before,

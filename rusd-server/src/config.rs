@@ -80,9 +80,7 @@ impl ServerConfig {
             listen_metrics_urls: Vec::new(),
             backend: mvcc_core::engine::DEFAULT_KIND,
             cache_size_mb: DEFAULT_CACHE_SIZE_MB,
-            durability: Durability::Buffered {
-                interval: DEFAULT_FLUSH_INTERVAL,
-            },
+            durability: Durability::Sync,
             auto_compaction: None,
             auto_compaction_check_interval: None,
             quota_backend_bytes: Some(DEFAULT_QUOTA_BYTES),

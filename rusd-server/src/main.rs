@@ -53,9 +53,14 @@ struct Cli {
     /// Cache budget of the storage engine in MiB.
     #[arg(long, default_value_t = storage_api::DEFAULT_CACHE_SIZE_MB)]
     cache_size_mb: u64,
-    /// When writes become durable: `sync` (before the response) or `buffered` (within
-    /// 100 ms; `buffered:<duration>` sets the interval).
-    #[arg(long, default_value = "buffered")]
+    /// When writes become durable. `sync` (the default, etcd's guarantee): a write is
+    /// acknowledged, and visible to reads and watches, only once it is on stable storage
+    /// (concurrent writes share one flush); nothing acknowledged is lost on a process crash or a
+    /// power loss. `buffered` (`buffered:<duration>` sets the interval, default 100 ms): writes
+    /// are acknowledged from memory and flushed within the interval; a process crash (sled,
+    /// redb, memory) or a power loss (every engine) can lose up to the last interval of
+    /// acknowledged writes, never part of one.
+    #[arg(long, default_value = "sync")]
     durability: String,
     /// Interval of progress notifications to watchers that ask for them (Go duration).
     #[arg(long, default_value = "10m")]

@@ -280,9 +280,18 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             let _ = sd.wait_for(|v| *v).await;
         },
     ));
+    if let storage_api::Durability::Buffered { interval } = cfg.durability {
+        tracing::warn!(
+            ?interval,
+            "--durability buffered: writes are acknowledged before they are durable; a process \
+             crash (sled, redb, memory) or a power loss (every engine) can lose up to the last \
+             interval of acknowledged writes. Use --durability sync for etcd's guarantee"
+        );
+    }
     tracing::info!(
         name = %cfg.name,
         engine = %kind,
+        durability = ?cfg.durability,
         data_dir = %cfg.data_dir.display(),
         client = ?client_addrs,
         metrics = ?metrics_addrs,

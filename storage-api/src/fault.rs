@@ -27,7 +27,7 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::backend::{Backend, KvPair};
 use crate::batch::WriteBatch;
@@ -76,6 +76,53 @@ struct Armed {
 pub struct FaultPlan {
     armed: Mutex<Vec<Armed>>,
     injected: Mutex<u64>,
+    holds: Mutex<Vec<(FaultOp, u64, Hold)>>,
+}
+
+#[derive(Debug, Default)]
+struct HoldState {
+    reached: bool,
+    released: bool,
+}
+
+/// A call held by [`FaultPlan::hold_nth`]: it blocks, before doing anything, until
+/// [`release`](Hold::release). Clones share the same hold.
+#[derive(Debug, Clone, Default)]
+pub struct Hold {
+    inner: Arc<(Mutex<HoldState>, Condvar)>,
+}
+
+impl Hold {
+    /// Waits until the held call has arrived (and is blocked).
+    pub fn wait_reached(&self) {
+        let (state, cv) = &*self.inner;
+        let mut s = state.lock();
+        while !s.reached {
+            cv.wait(&mut s);
+        }
+    }
+
+    /// True once the held call has arrived.
+    pub fn reached(&self) -> bool {
+        self.inner.0.lock().reached
+    }
+
+    /// Lets the held call (and any later arrival at this hold) proceed.
+    pub fn release(&self) {
+        let (state, cv) = &*self.inner;
+        state.lock().released = true;
+        cv.notify_all();
+    }
+
+    fn block(&self) {
+        let (state, cv) = &*self.inner;
+        let mut s = state.lock();
+        s.reached = true;
+        cv.notify_all();
+        while !s.released {
+            cv.wait(&mut s);
+        }
+    }
 }
 
 impl FaultPlan {
@@ -90,9 +137,41 @@ impl FaultPlan {
         self
     }
 
-    /// Disarms every fault that has not fired yet.
+    /// Holds the `n`-th call (from now, 1-based; `0` is treated as 1) of class `op` before it
+    /// runs, until the returned [`Hold`] is released. Armed faults still apply once it runs.
+    pub fn hold_nth(&self, op: FaultOp, n: u64) -> Hold {
+        let hold = Hold::default();
+        self.holds.lock().push((op, n.max(1), hold.clone()));
+        hold
+    }
+
+    /// Disarms every fault that has not fired yet (holds stay armed; release them).
     pub fn clear(&self) {
         self.armed.lock().clear();
+    }
+
+    /// Counts one call of `op` against the holds; blocks if one fires.
+    fn hold_point(&self, op: FaultOp) {
+        let fired = {
+            let mut holds = self.holds.lock();
+            let mut fired = None;
+            holds.retain_mut(|(o, remaining, hold)| {
+                if *o != op {
+                    return true;
+                }
+                *remaining -= 1;
+                if *remaining == 0 && fired.is_none() {
+                    fired = Some(hold.clone());
+                    false
+                } else {
+                    *remaining > 0
+                }
+            });
+            fired
+        };
+        if let Some(hold) = fired {
+            hold.block();
+        }
     }
 
     /// Number of faults that have fired.
@@ -163,6 +242,7 @@ impl<B: Backend> FaultyBackend<B> {
     }
 
     fn run<T>(&self, op: FaultOp, f: impl FnOnce() -> StorageResult<T>) -> StorageResult<T> {
+        self.plan.hold_point(op);
         Self::apply(self.plan.tick(op), op, f)
     }
 
