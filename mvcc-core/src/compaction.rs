@@ -48,7 +48,7 @@ impl<B: Backend> MvccStore<B> {
         self.check_open()?;
         let _c = self.compaction_lock.lock();
         let lost_ack = {
-            let _w = self.write_lock.lock();
+            let _w = self.lock_write();
             self.check_writable()?;
             let revs = self.rev_pair();
             if revision <= revs.compact {

@@ -11,13 +11,23 @@
 //! sticky: the group stops flushing and every writer still waiting, and every later one, fails
 //! with [`MvccError::Failed`] (the store marks itself failed); nothing the failed flush covered
 //! is ever published.
+//!
+//! Writers announce themselves ([`GroupCommit::enter`]) before they queue for the store's write
+//! lock; a flush waits until those in-flight writes have committed (at most
+//! [`MAX_GATHER`]), so one flush covers every writer that was already on its way. This matters
+//! most for engines whose flush blocks writers (redb's durable commit holds its only write
+//! transaction): without it, each flush would cover one or two writes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use storage_api::Backend;
 
 use crate::error::{MvccError, MvccResult};
+
+/// The longest a flush waits for in-flight writes to commit before it starts anyway.
+pub const MAX_GATHER: Duration = Duration::from_millis(2);
 
 /// When a mutation is acknowledged.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,11 +59,20 @@ struct State {
 pub(crate) struct GroupCommit {
     /// Number of backend writes issued (a write's ticket is the value after its increment).
     written: AtomicU64,
+    /// Writers between [`enter`](Self::enter) and the end of their commit.
+    inflight: AtomicUsize,
     state: Mutex<State>,
     cv: Condvar,
 }
 
 impl GroupCommit {
+    /// Announces a writer about to queue for the write lock; the returned guard is dropped once
+    /// its commit is done (before it waits for durability).
+    pub(crate) fn enter(&self) -> Inflight<'_> {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        Inflight(self)
+    }
+
     /// Records a completed backend write; returns its ticket. Called under the write lock.
     pub(crate) fn written(&self) -> u64 {
         self.written.fetch_add(1, Ordering::SeqCst) + 1
@@ -76,6 +95,7 @@ impl GroupCommit {
         ticket: u64,
         publish: impl Fn(u64),
     ) -> MvccResult<()> {
+        let gather_until = Instant::now() + MAX_GATHER;
         let mut s = self.state.lock();
         loop {
             if s.durable >= ticket {
@@ -86,6 +106,11 @@ impl GroupCommit {
             }
             if s.flushing {
                 self.cv.wait(&mut s);
+                continue;
+            }
+            if self.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < gather_until {
+                // Let the writers already on their way commit first: one flush for all.
+                let _ = self.cv.wait_until(&mut s, gather_until);
                 continue;
             }
             s.flushing = true;
@@ -120,5 +145,19 @@ impl GroupCommit {
     pub(crate) fn stats(&self) -> (u64, u64) {
         let flushes = self.state.lock().flushes;
         (self.written.load(Ordering::SeqCst), flushes)
+    }
+}
+
+/// A writer in flight (see [`GroupCommit::enter`]); dropping it ends the announcement.
+#[derive(Debug)]
+pub(crate) struct Inflight<'a>(&'a GroupCommit);
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // The last in-flight writer is done: a gathering flusher may start now.
+            let _s = self.0.state.lock();
+            self.0.cv.notify_all();
+        }
     }
 }

@@ -198,7 +198,7 @@ impl<B: Backend> MvccStore<B> {
                 "lease ttl {ttl} must be > 0"
             )));
         }
-        let _w = self.write_lock.lock();
+        let _w = self.lock_write();
         self.check_writable()?;
         let id = if id == 0 {
             let table = self.leases.lock();
@@ -247,7 +247,7 @@ impl<B: Backend> MvccStore<B> {
     /// revoke. Fails with [`MvccError::LeaseNotFound`].
     pub fn lease_revoke(&self, id: i64) -> MvccResult<i64> {
         self.check_writable()?;
-        let _w = self.write_lock.lock();
+        let _w = self.lock_write();
         let keys: Vec<Vec<u8>> = {
             let table = self.leases.lock();
             let entry = table.leases.get(&id).ok_or(MvccError::LeaseNotFound(id))?;

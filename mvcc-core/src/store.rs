@@ -535,7 +535,7 @@ impl<B: Backend> MvccStore<B> {
     /// compaction stops at its next batch and is finished by the next store opened over the
     /// data.
     pub fn close(&self) -> MvccResult<()> {
-        let _w = self.write_lock.lock();
+        let _w = self.lock_write();
         self.check_open()?;
         let flushed = self.backend.flush();
         let closed = self.backend.close();
@@ -560,6 +560,18 @@ impl<B: Backend> MvccStore<B> {
     /// `(backend writes, group-commit flushes)` issued since the store was opened.
     pub fn commit_stats(&self) -> (u64, u64) {
         self.group.stats()
+    }
+
+    /// Takes the write lock for a mutation. In [`CommitMode::GroupSync`] the writer is
+    /// announced to group commit first, so a flush waits for it (see
+    /// [`GroupCommit::enter`](crate::group_commit)); dropping the guard ends both.
+    pub(crate) fn lock_write(&self) -> WriteGuard<'_> {
+        let inflight =
+            (self.config.commit_mode == CommitMode::GroupSync).then(|| self.group.enter());
+        WriteGuard {
+            _lock: self.write_lock.lock(),
+            _inflight: inflight,
+        }
     }
 
     /// The durability ticket of the writes issued so far (call under the write lock).
@@ -822,7 +834,7 @@ impl<B: Backend> MvccStore<B> {
         self.check_writable()?;
         self.check_key(key)?;
         self.check_value(value)?;
-        let _w = self.write_lock.lock();
+        let _w = self.lock_write();
         if lease != 0 && !self.leases.lock().contains(lease) {
             return Err(MvccError::LeaseNotFound(lease));
         }
@@ -848,7 +860,7 @@ impl<B: Backend> MvccStore<B> {
         if key.is_empty() {
             return Err(MvccError::EmptyKey);
         }
-        let _w = self.write_lock.lock();
+        let _w = self.lock_write();
         let mut ctx = self.begin_write();
         let deleted = ctx.delete_range(&KeyRange::new(key, end))?;
         let rev = self.commit(ctx, WriteBatch::new())?;
@@ -1023,6 +1035,12 @@ impl<B: Backend> MvccStore<B> {
         self.backend.write(&batch)?;
         Ok(())
     }
+}
+
+/// The store's write lock, held by a mutation (see [`MvccStore::lock_write`]).
+pub(crate) struct WriteGuard<'a> {
+    _lock: parking_lot::MutexGuard<'a, ()>,
+    _inflight: Option<crate::group_commit::Inflight<'a>>,
 }
 
 /// Number of changes up to which a write transaction finds a key's pending change by a linear

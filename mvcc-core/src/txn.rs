@@ -387,7 +387,7 @@ impl<B: Backend> MvccStore<B> {
         let _w = if read_only {
             None
         } else {
-            Some(self.write_lock.lock())
+            Some(self.lock_write())
         };
         let mut ctx = if read_only {
             self.begin_read()
