@@ -52,9 +52,8 @@ fn run(kind: BackendKind) -> Result<(), Box<dyn std::error::Error>> {
             })
             .collect();
         for h in handles {
-            h.join().map_err(|_| {
-                mvcc_core::MvccError::InvalidArgument("a writer panicked".into())
-            })??;
+            h.join()
+                .map_err(|_| mvcc_core::MvccError::InvalidArgument("a writer panicked".into()))??;
         }
         Ok(())
     })?;

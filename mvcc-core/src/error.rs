@@ -72,9 +72,33 @@ pub enum MvccError {
     #[error("storage error")]
     Storage(#[from] StorageError),
     /// The store refuses mutations: a backend write reported an error and reading its outcome
-    /// back failed too, so the store cannot tell whether the backend holds the write. Its memory
-    /// may differ from the backend; open a new store over the backend (which recovers from it)
-    /// to resume writing. Reads keep being served.
+    /// back failed too, or (in `CommitMode::GroupSync`) a flush failed, so the store cannot tell
+    /// whether the backend holds the write durably. Its memory may differ from the backend; open
+    /// a new store over the backend (which recovers from it) to resume writing. Reads keep being
+    /// served at the last visible revision.
     #[error("mvcc store failed, reopen the store: {0}")]
     Failed(String),
+}
+
+impl MvccError {
+    /// True when the error comes from a full device (`ENOSPC`), directly or as the reason the
+    /// store failed: etcd answers such writes with its NOSPACE alarm.
+    pub fn is_out_of_space(&self) -> bool {
+        storage_api::is_out_of_space(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_space_is_recognised_directly_and_as_a_failure_reason() {
+        let io = std::io::Error::from_raw_os_error(28);
+        let reason = format!("flush failed: I/O error while syncing: {io}");
+        assert!(MvccError::Storage(StorageError::io("syncing", io)).is_out_of_space());
+        assert!(MvccError::Failed(reason).is_out_of_space());
+        assert!(!MvccError::Failed("flush failed: injected fault".into()).is_out_of_space());
+        assert!(!MvccError::Compacted.is_out_of_space());
+    }
 }

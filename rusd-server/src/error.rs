@@ -148,6 +148,7 @@ pub fn mvcc_status(e: MvccError) -> Status {
         MvccError::KeyTooLarge { .. } | MvccError::ValueTooLarge { .. } => rpc::request_too_large(),
         MvccError::InvalidArgument(m) => Status::new(Code::InvalidArgument, m),
         MvccError::Storage(StorageError::Closed) => rpc::stopped(),
+        ref e if e.is_out_of_space() => rpc::no_space(),
         other => Status::new(Code::Internal, error_chain(&other)),
     }
 }

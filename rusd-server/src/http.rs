@@ -64,6 +64,16 @@ async fn handle(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()>
                     "application/json",
                     r#"{"health":"false","reason":"ALARM NOSPACE"}"#.to_string(),
                 )
+            } else if let Some(reason) = state.store.failure() {
+                (
+                    "503 Service Unavailable",
+                    "application/json",
+                    serde_json::json!({
+                        "health": "false",
+                        "reason": format!("STORE FAILED: {reason}"),
+                    })
+                    .to_string(),
+                )
             } else {
                 (
                     "200 OK",

@@ -159,19 +159,40 @@ impl State {
 
     /// True when alarm `kind` is active.
     pub fn has_alarm(&self, kind: AlarmType) -> bool {
-        self.alarms.lock().iter().any(|(_, a)| *a == kind as i32)
+        self.alarm_list().iter().any(|a| a.alarm == kind as i32)
+    }
+
+    /// True when the store failed because its device is full: the NOSPACE alarm holds until
+    /// the store is reopened (a restart), as etcd's does until disarmed after space is freed.
+    fn store_out_of_space(&self) -> bool {
+        self.store
+            .failure()
+            .is_some_and(|reason| mvcc_core::MvccError::Failed(reason).is_out_of_space())
     }
 
     /// The active alarms.
     pub fn alarm_list(&self) -> Vec<AlarmMember> {
-        self.alarms
+        let mut list: Vec<AlarmMember> = self
+            .alarms
             .lock()
             .iter()
             .map(|(m, a)| AlarmMember {
                 member_id: *m,
                 alarm: *a,
             })
-            .collect()
+            .collect();
+        let nospace = AlarmType::Nospace as i32;
+        if self.store_out_of_space()
+            && !list
+                .iter()
+                .any(|a| a.member_id == self.member_id && a.alarm == nospace)
+        {
+            list.push(AlarmMember {
+                member_id: self.member_id,
+                alarm: nospace,
+            });
+        }
+        list
     }
 
     /// etcd's quota check for a request that may grow the database by about `cost` bytes:

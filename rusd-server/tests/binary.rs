@@ -164,3 +164,167 @@ fn rejects_engines_not_compiled_and_bad_flags() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
+
+/// A tmpfs of a given size mounted on a temporary directory (needs root); unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Outside CI (`CI` unset) `None` when it cannot mount; in CI that fails the test.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            Some(Tmpfs { dir })
+        } else if std::env::var_os("CI").is_some() {
+            panic!("cannot mount a tmpfs (root is required); CI must run this test");
+        } else {
+            eprintln!("skipped: cannot mount a tmpfs (not root?)");
+            None
+        }
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "remount of the tmpfs failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// `(status line, body)` of a plain HTTP GET.
+fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+fn grpc_status<T: std::fmt::Debug>(r: Result<T, etcd_client::Error>) -> (tonic::Code, String) {
+    match r {
+        Err(etcd_client::Error::GRpcStatus(s)) => (s.code(), s.message().to_string()),
+        other => panic!("expected a gRPC error, got {other:?}"),
+    }
+}
+
+/// Fills a 6 MiB tmpfs holding the data directory: the write that does not fit gets etcd's
+/// NOSPACE answer, the alarm is raised, `/health` is unhealthy; after the file system grows and
+/// the process restarts, every acknowledged write is there and no revision is reused.
+async fn full_disk(backend: &str) {
+    use etcd_client::{AlarmAction, AlarmType};
+    use tonic::Code;
+    let Some(fs) = Tmpfs::mount("6m") else {
+        return;
+    };
+    let data = fs.dir.path().join("data");
+    let (port, metrics) = (free_port(), free_port());
+    let mut child = spawn(&data, backend, port, metrics);
+    let mut c = connect(port).await;
+    let value = vec![b'x'; 64 * 1024];
+    let mut acked = Vec::new();
+    let mut refusal = None;
+    for i in 0..400 {
+        let key = format!("k{i:04}");
+        match c.put(key.as_str(), value.clone(), None).await {
+            Ok(r) => acked.push((key, r.header().map(|h| h.revision()).unwrap_or(0))),
+            Err(e) => {
+                refusal = Some(grpc_status::<()>(Err(e)));
+                break;
+            }
+        }
+    }
+    let (code, msg) = refusal.unwrap_or_else(|| panic!("{backend}: 25 MiB fit on 6 MiB"));
+    assert_eq!(
+        (code, msg.as_str()),
+        (
+            Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded"
+        ),
+        "{backend}: the write that does not fit"
+    );
+    assert!(!acked.is_empty(), "{backend}: nothing fitted at all");
+    let (code, _) = grpc_status(c.put("after", "1", None).await);
+    assert_eq!(code, Code::ResourceExhausted, "{backend}: a later write");
+    let alarms = c
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .unwrap();
+    assert_eq!(alarms.alarms().len(), 1, "{backend}");
+    assert_eq!(alarms.alarms()[0].alarm(), AlarmType::Nospace, "{backend}");
+    let (line, body) = http_get(metrics, "/health");
+    assert!(line.contains("503"), "{backend}: {line}");
+    assert!(body.contains(r#""health":"false""#), "{backend}: {body}");
+    // Reads are still served (sled refuses every call, reads included, once its log hit an
+    // I/O error: it keeps a global error until reopened).
+    for (key, rev) in &acked {
+        match c.get(key.as_str(), None).await {
+            Ok(r) => {
+                assert_eq!(r.kvs().len(), 1, "{backend}: {key} acknowledged at {rev}");
+                assert_eq!(r.kvs()[0].mod_revision(), *rev, "{backend}: {key}");
+            }
+            Err(e) if backend == "sled" => {
+                assert_eq!(grpc_status::<()>(Err(e)).0, Code::ResourceExhausted);
+            }
+            Err(e) => panic!("{backend}: read of {key}: {e}"),
+        }
+    }
+    drop(c);
+    signal(&child, "-KILL");
+    wait_exit(&mut child).await;
+
+    fs.resize("64m");
+    let mut child = spawn(&data, backend, port, metrics);
+    let mut c = connect(port).await;
+    for (key, rev) in &acked {
+        let r = c.get(key.as_str(), None).await.unwrap();
+        assert_eq!(r.kvs().len(), 1, "{backend}: {key} lost after the restart");
+        assert_eq!(r.kvs()[0].mod_revision(), *rev, "{backend}: {key}");
+        assert_eq!(r.kvs()[0].value(), value.as_slice(), "{backend}: {key}");
+    }
+    let last = acked.last().map(|(_, r)| *r).unwrap_or(1);
+    let r = c.put("again", "1", None).await.unwrap();
+    assert!(
+        r.header().map(|h| h.revision()).unwrap_or(0) > last,
+        "{backend}: a revision was reused"
+    );
+    let alarms = c
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .unwrap();
+    assert_eq!(alarms.alarms().len(), 0, "{backend}");
+    drop(c);
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child).await.success(), "{backend}");
+}
+
+#[tokio::test]
+async fn a_full_disk_is_the_nospace_alarm_and_loses_nothing() {
+    for backend in ["sled", "redb"] {
+        full_disk(backend).await;
+    }
+    #[cfg(feature = "rocksdb")]
+    full_disk("rocksdb").await;
+}

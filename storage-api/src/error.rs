@@ -67,7 +67,36 @@ pub enum StorageError {
     NotEnabled(&'static str),
 }
 
+/// True when `err` or one of its sources is an I/O error of a full device (`ENOSPC`, or
+/// `EDQUOT`: a quota is a full device to the writer).
+pub fn is_out_of_space(err: &(dyn std::error::Error + 'static)) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::StorageFull
+                || matches!(io.raw_os_error(), Some(ENOSPC | EDQUOT))
+            {
+                return true;
+            }
+        }
+        // Engines that keep only the message of the OS error (sled's error has no source).
+        let text = e.to_string();
+        if text.contains("(os error 28)") || text.contains("(os error 122)") {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 impl StorageError {
+    /// True when the device holding the data is full (see [`is_out_of_space`]).
+    pub fn is_out_of_space(&self) -> bool {
+        is_out_of_space(self)
+    }
+
     /// Wraps an I/O error with context.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         StorageError::Io {
@@ -119,4 +148,27 @@ pub enum SnapshotError {
     /// The structure is invalid (unknown tree, bad record tag, keys out of order, trailing bytes...).
     #[error("malformed snapshot: {0}")]
     Malformed(String),
+}
+
+#[cfg(test)]
+mod out_of_space_tests {
+    use super::*;
+
+    #[test]
+    fn out_of_space_is_found_through_the_source_chain_and_in_messages() {
+        let full = StorageError::io("writing", std::io::Error::from_raw_os_error(28));
+        assert!(full.is_out_of_space());
+        let quota = StorageError::io("writing", std::io::Error::from_raw_os_error(122));
+        assert!(quota.is_out_of_space());
+        let other = StorageError::io("writing", std::io::Error::from_raw_os_error(5));
+        assert!(!other.is_out_of_space());
+        assert!(!StorageError::Closed.is_out_of_space());
+        let nested = std::io::Error::other(StorageError::io(
+            "flushing",
+            std::io::Error::new(std::io::ErrorKind::StorageFull, "full"),
+        ));
+        assert!(is_out_of_space(&nested));
+        let text_only = std::io::Error::other("sled: No space left on device (os error 28)");
+        assert!(is_out_of_space(&text_only));
+    }
 }

@@ -35,6 +35,6 @@ pub use batch::{WriteBatch, WriteOp};
 pub use config::{
     BackendConfig, BackendKind, Durability, DEFAULT_CACHE_SIZE_MB, DEFAULT_FLUSH_INTERVAL,
 };
-pub use error::{EngineError, SnapshotError, StorageError, StorageResult};
+pub use error::{is_out_of_space, EngineError, SnapshotError, StorageError, StorageResult};
 pub use memory::{MemoryBackend, MEMORY_IMAGE_FILE};
 pub use tree::Tree;
