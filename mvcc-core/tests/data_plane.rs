@@ -3,8 +3,9 @@
 //! Every table here is etcd's own answer: the same requests were sent to etcd 3.4.23
 //! (`/usr/bin/etcd`, single member on 127.0.0.1, fresh data dir, JSON gateway `/v3/kv/*`) and
 //! the responses recorded as the expected values — revisions, versions, counts, `more`, key
-//! order and `prev_kv`s (probe scripts and their recorded answers: `tests/etcd_probe/`). Where etcd's answer differs (a nested transaction's header, which etcd
-//! 3.4 leaves empty; a case where etcd panics) the test says so.
+//! order and `prev_kv`s. The probe scripts and their recorded answers are in
+//! `tests/etcd_probe/` (`sh run.sh`). Where etcd's answer differs (a nested transaction's
+//! header, which etcd 3.4 leaves empty; a case where etcd panics) the test says so.
 //!
 //! The nested operation budget, as etcd 3.4.23 answered (`max-txn-ops` = 128):
 //! * 128 nested txns of one put each: `etcdserver: too many operations in txn request` (gRPC
