@@ -51,11 +51,19 @@ fn txn_has_puts(t: &TxnRequest) -> bool {
 }
 
 fn to_range(r: &RangeRequest) -> Result<Range, Status> {
+    // etcd `checkRangeRequest` checks the key before the sort options.
+    let invalid_sort = || {
+        if r.key.is_empty() {
+            rpc::empty_key()
+        } else {
+            rpc::invalid_sort_option()
+        }
+    };
     let sort_order = match SortOrder::try_from(r.sort_order) {
         Ok(SortOrder::None) => MOrder::None,
         Ok(SortOrder::Ascend) => MOrder::Ascend,
         Ok(SortOrder::Descend) => MOrder::Descend,
-        Err(_) => return Err(rpc::invalid_sort_option()),
+        Err(_) => return Err(invalid_sort()),
     };
     let sort_target = match SortTarget::try_from(r.sort_target) {
         Ok(SortTarget::Key) => MTarget::Key,
@@ -63,7 +71,7 @@ fn to_range(r: &RangeRequest) -> Result<Range, Status> {
         Ok(SortTarget::Create) => MTarget::Create,
         Ok(SortTarget::Mod) => MTarget::Mod,
         Ok(SortTarget::Value) => MTarget::Value,
-        Err(_) => return Err(rpc::invalid_sort_option()),
+        Err(_) => return Err(invalid_sort()),
     };
     Ok(Range {
         key: r.key.clone(),
