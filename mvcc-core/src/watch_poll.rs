@@ -64,7 +64,7 @@ impl<B: Backend> MvccStore<B> {
                 let done = rows.len() < chunk;
                 for (k, v) in &rows {
                     let (rev, event) = event_of_row(k, v)?;
-                    if events.len() >= max && rev.main != last_main {
+                    if !events.is_empty() && events.len() >= max && rev.main != last_main {
                         break 'scan;
                     }
                     last_main = rev.main;

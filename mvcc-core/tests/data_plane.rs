@@ -1046,6 +1046,10 @@ fn watch_events_limited<B: Backend>() {
         [12, 12, 12]
     );
     assert_eq!(revs(&s.watch_events_limited(13, Some(1)).unwrap()), [13]);
+    assert_eq!(
+        revs(&s.watch_events_limited(12, Some(0)).unwrap()),
+        [12, 12, 12]
+    );
     assert!(s.watch_events_limited(14, Some(1)).unwrap().is_empty());
     // Polling in pages yields the whole history once.
     let mut paged = Vec::new();
