@@ -37,6 +37,16 @@ pub enum MvccError {
         /// The configured maximum.
         max: usize,
     },
+    /// A put with `ignore_value` or `ignore_lease` names a key that does not exist (etcd
+    /// `ErrKeyNotFound`).
+    #[error("key not found")]
+    KeyNotFound,
+    /// A put with `ignore_value` carries a value (etcd `ErrGRPCValueProvided`).
+    #[error("value is provided")]
+    ValueProvided,
+    /// A put with `ignore_lease` carries a lease (etcd `ErrGRPCLeaseProvided`).
+    #[error("lease is provided")]
+    LeaseProvided,
     /// A key is empty where a key is required.
     #[error("key is not provided")]
     EmptyKey,

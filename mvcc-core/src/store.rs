@@ -748,7 +748,7 @@ impl<B: Backend> MvccStore<B> {
     }
 
     /// [`read_at`](Self::read_at) of the single key `key`.
-    fn read_key_at(
+    pub(crate) fn read_key_at(
         &self,
         key: &[u8],
         at: i64,
@@ -768,7 +768,7 @@ impl<B: Backend> MvccStore<B> {
     /// At most `limit` key-values are returned (`<= 0` = unlimited); `count` is the total number
     /// of keys in the range. Errors: [`MvccError::EmptyKey`], [`MvccError::FutureRevision`] when
     /// `revision` is above the current revision, [`MvccError::Compacted`] when below the
-    /// compaction revision.
+    /// compaction revision. A convenience over [`kv_range`](Self::kv_range).
     pub fn range(
         &self,
         key: &[u8],
@@ -777,54 +777,14 @@ impl<B: Backend> MvccStore<B> {
         limit: i64,
         count_only: bool,
     ) -> MvccResult<RangeResult> {
-        self.check_open()?;
-        if key.is_empty() {
-            return Err(MvccError::EmptyKey);
-        }
-        let range = if end.is_empty() {
-            None
-        } else {
-            Some(KeyRange::new(key, end))
-        };
-        let mut attempts = 0;
-        loop {
-            let revs = self.rev_pair();
-            if revision > revs.current {
-                return Err(MvccError::FutureRevision);
-            }
-            let at = if revision <= 0 {
-                revs.current
-            } else {
-                revision
-            };
-            if at < revs.compact {
-                return Err(MvccError::Compacted);
-            }
-            let read = match &range {
-                None => self.read_key_at(key, at, count_only),
-                Some(range) => self.read_at(range, at, limit, count_only),
-            };
-            let compacted_meanwhile = at < self.compact_revision();
-            match read {
-                // A read of the current revision raced a compaction above it: read again at the
-                // new current revision.
-                Ok(_) | Err(MvccError::Compacted)
-                    if compacted_meanwhile && revision <= 0 && attempts < MAX_READ_RETRIES =>
-                {
-                    attempts += 1;
-                }
-                Ok(_) if compacted_meanwhile => return Err(MvccError::Compacted),
-                Ok((kvs, count)) => {
-                    return Ok(RangeResult {
-                        more: !count_only && limit > 0 && count as i64 > limit,
-                        kvs,
-                        count: count as i64,
-                        revision: revs.current,
-                    })
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.kv_range(&crate::request::Range {
+            key: key.to_vec(),
+            range_end: end.to_vec(),
+            revision,
+            limit,
+            count_only,
+            ..Default::default()
+        })
     }
 
     /// Puts `key = value` with `lease` (0 = none) in a new revision; returns the revision and the

@@ -1,18 +1,23 @@
 //! Transactions: compares, operations, nested transactions (etcd `txn.go`).
 //!
-//! [`MvccStore::txn`] validates the whole request first (operation counts, empty keys, sizes,
-//! duplicate put keys, then — on the branch path chosen by the compares — range revisions and
-//! leases) and only then executes it. All compares, including those of nested transactions on
+//! [`MvccStore::kv_txn`] runs an etcd [`Txn`](crate::request::Txn) (every etcd field, see
+//! [`crate::request`]); [`MvccStore::txn`] and [`MvccStore::txn_request`] are conveniences over
+//! it in the compact form of this module ([`TxnOp`], [`RangeRequest`], [`TxnResult`]).
+//!
+//! A transaction is validated whole first ([`Txn::validate`](crate::request::Txn::validate):
+//! operation budget, empty keys, sizes, `ignore_*` misuse, duplicate put keys; then — on the
+//! branch path chosen by the compares — range revisions, `ignore_*` keys and leases) and only
+//! then executed. All compares, including those of nested transactions on
 //! the chosen path, are evaluated against the state before the transaction. The changes of the
 //! transaction share one revision (none if nothing changed) and are committed in one atomic
 //! backend write.
 
-use std::collections::HashSet;
-
 use storage_api::{Backend, WriteBatch};
 
+use crate::data_plane::{read_key, RangePlan};
 use crate::error::{MvccError, MvccResult};
 use crate::kv::KeyValue;
+use crate::request::{DeleteRangeResponse, PutResponse, RequestOp, ResponseOp, Txn, TxnResponse};
 use crate::store::{MvccStore, RangeResult, WriteCtx};
 use crate::tree_index::KeyRange;
 
@@ -233,25 +238,6 @@ pub struct TxnResult {
     pub responses: Vec<TxnOpResponse>,
 }
 
-/// A borrowed transaction request: what the execution path works on, so
-/// [`MvccStore::txn`] does not copy its arguments.
-#[derive(Debug, Clone, Copy)]
-struct TxnParts<'a> {
-    compare: &'a [Compare],
-    success: &'a [TxnOp],
-    failure: &'a [TxnOp],
-}
-
-impl<'a> From<&'a TxnRequest> for TxnParts<'a> {
-    fn from(req: &'a TxnRequest) -> Self {
-        TxnParts {
-            compare: &req.compare,
-            success: &req.success,
-            failure: &req.failure,
-        }
-    }
-}
-
 /// The branch decisions of a transaction and of the nested transactions on its chosen branch.
 #[derive(Debug)]
 struct Path {
@@ -259,111 +245,77 @@ struct Path {
     nested: Vec<Path>,
 }
 
-/// A delete interval of `check_intervals`: `(key, range_end)` with raw etcd semantics.
-type Interval = (Vec<u8>, Vec<u8>);
-
-fn interval_contains(iv: &Interval, k: &[u8]) -> bool {
-    if iv.1.is_empty() {
-        iv.0.as_slice() == k
-    } else {
-        iv.0.as_slice() <= k && k < iv.1.as_slice()
+impl Path {
+    fn ops<'t>(&self, req: &'t Txn) -> &'t [RequestOp] {
+        if self.succeeded {
+            &req.success
+        } else {
+            &req.failure
+        }
     }
 }
 
-/// etcd `checkIntervals`: within a branch (recursing into nested transactions), a put key may
-/// not repeat another put key or fall into a delete interval. Puts in the two branches of one
-/// nested transaction may repeat each other.
-fn check_intervals(ops: &[TxnOp]) -> MvccResult<(HashSet<Vec<u8>>, Vec<Interval>)> {
-    let mut dels: Vec<Interval> = ops
-        .iter()
-        .filter_map(|op| match op {
-            TxnOp::DeleteRange { key, range_end } => Some((key.clone(), range_end.clone())),
-            _ => None,
-        })
-        .collect();
-    let mut puts: HashSet<Vec<u8>> = HashSet::new();
-    let hits = |dels: &[Interval], k: &[u8]| dels.iter().any(|iv| interval_contains(iv, k));
-    for op in ops {
-        let TxnOp::Txn(t) = op else { continue };
-        let (puts_then, dels_then) = check_intervals(&t.success)?;
-        let (puts_else, dels_else) = check_intervals(&t.failure)?;
-        for k in &puts_then {
-            if puts.contains(k) || hits(&dels, k) {
-                return Err(MvccError::DuplicateKey);
-            }
-            puts.insert(k.clone());
-        }
-        for k in &puts_else {
-            if puts.contains(k) && !puts_then.contains(k) {
-                return Err(MvccError::DuplicateKey);
-            }
-            if hits(&dels, k) {
-                return Err(MvccError::DuplicateKey);
-            }
-            puts.insert(k.clone());
-        }
-        dels.extend(dels_then);
-        dels.extend(dels_else);
-    }
-    for op in ops {
-        let TxnOp::Put { key, .. } = op else { continue };
-        if puts.contains(key) || hits(&dels, key) {
-            return Err(MvccError::DuplicateKey);
-        }
-        puts.insert(key.clone());
-    }
-    Ok((puts, dels))
+fn path_mismatch() -> MvccError {
+    MvccError::Corruption("txn path mismatch".into())
 }
 
-fn is_read_only(req: TxnParts<'_>) -> bool {
-    req.success
-        .iter()
-        .chain(req.failure.iter())
-        .all(|op| matches!(op, TxnOp::Range(_)))
-}
-
-fn fill_revision(result: &mut TxnResult, revision: i64) {
+/// Sets the revision of a transaction response, of its nested transactions and of their puts
+/// and deletes (ranges keep the view they read at).
+fn fill_revision(result: &mut TxnResponse, revision: i64) {
     result.revision = revision;
     for r in &mut result.responses {
-        if let TxnOpResponse::Txn(inner) = r {
-            fill_revision(inner, revision);
+        match r {
+            ResponseOp::Range(_) => {}
+            ResponseOp::Put(p) => p.revision = revision,
+            ResponseOp::DeleteRange(d) => d.revision = revision,
+            ResponseOp::Txn(inner) => fill_revision(inner, revision),
         }
     }
 }
 
 impl<B: Backend> MvccStore<B> {
     /// Runs a transaction: if every compare holds, `success`, else `failure`.
-    /// See [`txn_request`](Self::txn_request).
+    /// A convenience over [`kv_txn`](Self::kv_txn), see [`txn_request`](Self::txn_request).
     pub fn txn(
         &self,
         compares: &[Compare],
         success: &[TxnOp],
         failure: &[TxnOp],
     ) -> MvccResult<TxnResult> {
-        self.run_txn(TxnParts {
-            compare: compares,
-            success,
-            failure,
-        })
+        self.kv_txn(&Txn::from_parts(compares, success, failure))
+            .map(TxnResult::from)
     }
 
-    /// Runs a transaction request atomically in at most one revision.
+    /// Runs a transaction request atomically in at most one revision. A convenience over
+    /// [`kv_txn`](Self::kv_txn): ranges with their five fields, plain puts, deletes that return
+    /// what they deleted.
     ///
     /// Rejected before any effect with: [`MvccError::TooManyOps`] (more than
-    /// `max_txn_ops` compares or ops in a branch, nested included), [`MvccError::EmptyKey`],
-    /// [`MvccError::KeyTooLarge`] / [`MvccError::ValueTooLarge`], [`MvccError::DuplicateKey`],
-    /// and on the chosen path [`MvccError::FutureRevision`] / [`MvccError::Compacted`] for a
-    /// range revision and [`MvccError::LeaseNotFound`] for a put lease.
+    /// `max_txn_ops` compares or ops in a branch; a nested transaction gets what its parent
+    /// leaves), [`MvccError::EmptyKey`], [`MvccError::KeyTooLarge`] /
+    /// [`MvccError::ValueTooLarge`], [`MvccError::DuplicateKey`], and on the chosen path
+    /// [`MvccError::FutureRevision`] / [`MvccError::Compacted`] for a range revision and
+    /// [`MvccError::LeaseNotFound`] for a put lease.
     pub fn txn_request(&self, req: &TxnRequest) -> MvccResult<TxnResult> {
-        self.run_txn(req.into())
+        self.kv_txn(&Txn::from(req)).map(TxnResult::from)
     }
 
-    fn run_txn(&self, req: TxnParts<'_>) -> MvccResult<TxnResult> {
+    /// etcd `Txn`: if every compare holds, run `success`, else `failure`, atomically in at most
+    /// one revision (none when nothing changed).
+    ///
+    /// Rejected before any effect with the errors of [`Txn::validate`] (op budget, empty or
+    /// oversized keys and values, `ignore_*` misuse, duplicate keys), then, on the path the
+    /// compares choose (evaluated against the state before the transaction, nested ones
+    /// included): [`MvccError::FutureRevision`] / [`MvccError::Compacted`] for a range
+    /// revision, [`MvccError::KeyNotFound`] for an `ignore_*` put of a missing key and
+    /// [`MvccError::LeaseNotFound`] for a put lease. Ops run in order and see the earlier
+    /// writes of the transaction; an `ignore_*` put whose key an earlier op of the same
+    /// transaction deleted fails with [`MvccError::KeyNotFound`] and nothing is written
+    /// (etcd 3.4 panics there).
+    pub fn kv_txn(&self, req: &Txn) -> MvccResult<TxnResponse> {
         self.check_open()?;
-        self.check_txn_request(req)?;
-        check_intervals(req.success)?;
-        check_intervals(req.failure)?;
-        let read_only = is_read_only(req);
+        req.validate(&self.config)?;
+        let read_only = req.is_read_only();
         let mut attempts = 0;
         loop {
             let begin = self.current_revision();
@@ -383,7 +335,7 @@ impl<B: Backend> MvccStore<B> {
         }
     }
 
-    fn txn_attempt(&self, req: TxnParts<'_>, read_only: bool) -> MvccResult<TxnResult> {
+    fn txn_attempt(&self, req: &Txn, read_only: bool) -> MvccResult<TxnResponse> {
         let _w = if read_only {
             None
         } else {
@@ -416,34 +368,6 @@ impl<B: Backend> MvccStore<B> {
         };
         fill_revision(&mut result, revision);
         Ok(result)
-    }
-
-    fn check_txn_request(&self, req: TxnParts<'_>) -> MvccResult<()> {
-        let max = self.config.max_txn_ops;
-        if req
-            .compare
-            .len()
-            .max(req.success.len())
-            .max(req.failure.len())
-            > max
-        {
-            return Err(MvccError::TooManyOps { max });
-        }
-        for c in req.compare {
-            self.check_key(&c.key)?;
-        }
-        for op in req.success.iter().chain(req.failure.iter()) {
-            match op {
-                TxnOp::Range(r) => self.check_key(&r.key)?,
-                TxnOp::Put { key, value, .. } => {
-                    self.check_key(key)?;
-                    self.check_value(value)?;
-                }
-                TxnOp::DeleteRange { key, .. } => self.check_key(key)?,
-                TxnOp::Txn(t) => self.check_txn_request(t.into())?,
-            }
-        }
-        Ok(())
     }
 
     fn compare_holds(&self, ctx: &WriteCtx<'_, B>, c: &Compare) -> MvccResult<bool> {
@@ -501,35 +425,35 @@ impl<B: Backend> MvccStore<B> {
         Ok(c.holds_for(&kv))
     }
 
-    fn compare_to_path(&self, ctx: &WriteCtx<'_, B>, req: TxnParts<'_>) -> MvccResult<Path> {
+    fn compare_to_path(&self, ctx: &WriteCtx<'_, B>, req: &Txn) -> MvccResult<Path> {
         let mut succeeded = true;
-        for c in req.compare {
+        for c in &req.compare {
             if !self.compare_holds(ctx, c)? {
                 succeeded = false;
                 break;
             }
         }
-        let ops = if succeeded { req.success } else { req.failure };
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
         let mut nested = Vec::new();
         for op in ops {
-            if let TxnOp::Txn(t) = op {
-                nested.push(self.compare_to_path(ctx, t.into())?);
+            if let RequestOp::Txn(t) = op {
+                nested.push(self.compare_to_path(ctx, t)?);
             }
         }
         Ok(Path { succeeded, nested })
     }
 
-    fn check_path(&self, ctx: &WriteCtx<'_, B>, req: TxnParts<'_>, path: &Path) -> MvccResult<()> {
-        let ops = if path.succeeded {
-            req.success
-        } else {
-            req.failure
-        };
+    /// etcd `checkTxn` on the chosen path, against the state before the transaction.
+    fn check_path(&self, ctx: &WriteCtx<'_, B>, req: &Txn, path: &Path) -> MvccResult<()> {
         let compact = self.compact_revision();
         let mut nested = path.nested.iter();
-        for op in ops {
+        for op in path.ops(req) {
             match op {
-                TxnOp::Range(r) => {
+                RequestOp::Range(r) => {
                     if r.revision == 0 {
                         continue;
                     }
@@ -540,17 +464,20 @@ impl<B: Backend> MvccStore<B> {
                         return Err(MvccError::Compacted);
                     }
                 }
-                TxnOp::Put { lease, .. } => {
-                    if *lease != 0 && !self.leases.lock().contains(*lease) {
-                        return Err(MvccError::LeaseNotFound(*lease));
+                RequestOp::Put(p) => {
+                    if (p.ignore_value || p.ignore_lease)
+                        && self.index.get(&p.key, ctx.begin_rev).is_err()
+                    {
+                        return Err(MvccError::KeyNotFound);
+                    }
+                    if p.lease != 0 && !self.leases.lock().contains(p.lease) {
+                        return Err(MvccError::LeaseNotFound(p.lease));
                     }
                 }
-                TxnOp::DeleteRange { .. } => {}
-                TxnOp::Txn(t) => {
-                    let p = nested
-                        .next()
-                        .ok_or_else(|| MvccError::Corruption("txn path mismatch".into()))?;
-                    self.check_path(ctx, t.into(), p)?;
+                RequestOp::DeleteRange(_) => {}
+                RequestOp::Txn(t) => {
+                    let p = nested.next().ok_or_else(path_mismatch)?;
+                    self.check_path(ctx, t, p)?;
                 }
             }
         }
@@ -560,50 +487,58 @@ impl<B: Backend> MvccStore<B> {
     fn exec_txn(
         &self,
         ctx: &mut WriteCtx<'_, B>,
-        req: TxnParts<'_>,
+        req: &Txn,
         path: &Path,
         min_read: &mut i64,
-    ) -> MvccResult<TxnResult> {
-        let ops = if path.succeeded {
-            req.success
-        } else {
-            req.failure
-        };
+    ) -> MvccResult<TxnResponse> {
+        let ops = path.ops(req);
         let mut nested = path.nested.iter();
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let resp = match op {
-                TxnOp::Range(r) => {
+                RequestOp::Range(r) => {
                     let range = KeyRange::new(&r.key, &r.range_end);
+                    let plan = RangePlan::of(r);
                     let (kvs, count) = if r.revision <= 0 {
-                        ctx.read(&range, r.limit, r.count_only)?
+                        ctx.read(&range, plan.fetch, r.count_only)?
                     } else {
                         *min_read = (*min_read).min(r.revision);
-                        self.read_at(&range, r.revision, r.limit, r.count_only)?
+                        self.read_at(&range, r.revision, plan.fetch, r.count_only)?
                     };
-                    TxnOpResponse::Range(RangeResult {
-                        more: !r.count_only && r.limit > 0 && count as i64 > r.limit,
-                        kvs,
-                        count: count as i64,
-                        revision: ctx.view_rev(),
+                    ResponseOp::Range(plan.finish(r, kvs, count as i64, ctx.view_rev()))
+                }
+                RequestOp::Put(p) => {
+                    let prev = if p.reads_key() {
+                        read_key(ctx, &p.key)?
+                    } else {
+                        None
+                    };
+                    let (value, lease) = p.resolve(prev.as_ref())?;
+                    let kv = ctx.put(&p.key, value, lease);
+                    ResponseOp::Put(PutResponse {
+                        revision: 0,
+                        prev_kv: if p.prev_kv { prev } else { None },
+                        kv,
                     })
                 }
-                TxnOp::Put { key, value, lease } => TxnOpResponse::Put(ctx.put(key, value, *lease)),
-                TxnOp::DeleteRange { key, range_end } => {
-                    TxnOpResponse::DeleteRange(ctx.delete_range(&KeyRange::new(key, range_end))?)
+                RequestOp::DeleteRange(d) => {
+                    let deleted = ctx.delete_range(&KeyRange::new(&d.key, &d.range_end))?;
+                    ResponseOp::DeleteRange(DeleteRangeResponse {
+                        revision: 0,
+                        deleted: deleted.len() as i64,
+                        prev_kvs: if d.prev_kv { deleted } else { Vec::new() },
+                    })
                 }
-                TxnOp::Txn(t) => {
-                    let p = nested
-                        .next()
-                        .ok_or_else(|| MvccError::Corruption("txn path mismatch".into()))?;
-                    TxnOpResponse::Txn(self.exec_txn(ctx, t.into(), p, min_read)?)
+                RequestOp::Txn(t) => {
+                    let p = nested.next().ok_or_else(path_mismatch)?;
+                    ResponseOp::Txn(self.exec_txn(ctx, t, p, min_read)?)
                 }
             };
             responses.push(resp);
         }
-        Ok(TxnResult {
-            succeeded: path.succeeded,
+        Ok(TxnResponse {
             revision: 0,
+            succeeded: path.succeeded,
             responses,
         })
     }
@@ -612,6 +547,12 @@ impl<B: Backend> MvccStore<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The check of `crate::request` on the compact op form.
+    fn check_intervals(ops: &[TxnOp]) -> MvccResult<()> {
+        let ops: Vec<RequestOp> = ops.iter().map(RequestOp::from).collect();
+        crate::request::check_intervals(&ops).map(|_| ())
+    }
 
     #[test]
     fn check_intervals_matches_etcd() {

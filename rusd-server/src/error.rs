@@ -130,21 +130,19 @@ pub mod rpc {
     }
 }
 
-/// The lease id used internally to make a transaction fail with `etcdserver: key not found`
-/// (an `ignore_value`/`ignore_lease` put of a missing key on the executed branch).
-pub(crate) const MISSING_KEY_LEASE: i64 = i64::MIN;
-
 /// Maps an MVCC error to the gRPC status etcd sends for it.
 pub fn mvcc_status(e: MvccError) -> Status {
     match e {
         MvccError::Compacted => rpc::compacted(),
         MvccError::FutureRevision => rpc::future_rev(),
-        MvccError::LeaseNotFound(MISSING_KEY_LEASE) => rpc::key_not_found(),
         MvccError::LeaseNotFound(_) => rpc::lease_not_found(),
         MvccError::LeaseExists(_) => rpc::lease_exists(),
         MvccError::DuplicateKey => rpc::duplicate_key(),
         MvccError::TooManyOps { .. } => rpc::too_many_ops(),
         MvccError::EmptyKey => rpc::empty_key(),
+        MvccError::KeyNotFound => rpc::key_not_found(),
+        MvccError::ValueProvided => rpc::value_provided(),
+        MvccError::LeaseProvided => rpc::lease_provided(),
         MvccError::KeyTooLarge { .. } | MvccError::ValueTooLarge { .. } => rpc::request_too_large(),
         MvccError::InvalidArgument(m) => Status::new(Code::InvalidArgument, m),
         MvccError::Storage(StorageError::Closed) => rpc::stopped(),
@@ -163,4 +161,49 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mvcc_errors_map_to_etcd_statuses() {
+        let cases = [
+            (
+                MvccError::TooManyOps { max: 128 },
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            (
+                MvccError::KeyNotFound,
+                Code::InvalidArgument,
+                "etcdserver: key not found",
+            ),
+            (
+                MvccError::ValueProvided,
+                Code::InvalidArgument,
+                "etcdserver: value is provided",
+            ),
+            (
+                MvccError::LeaseProvided,
+                Code::InvalidArgument,
+                "etcdserver: lease is provided",
+            ),
+            (
+                MvccError::DuplicateKey,
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                MvccError::LeaseNotFound(7),
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+        ];
+        for (e, code, msg) in cases {
+            let s = mvcc_status(e);
+            assert_eq!((s.code(), s.message()), (code, msg));
+        }
+    }
 }

@@ -170,10 +170,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         .with_durability(engine_durability);
     let kind = cfg.backend;
     let max_req = cfg.max_request_bytes;
+    let max_txn_ops = cfg.max_txn_ops;
     let store: Store = tokio::task::spawn_blocking(move || -> Result<Store, ServerError> {
         let backend = AnyBackend::open(kind, backend_cfg)?;
         let store_cfg = StoreConfig::default()
-            .with_max_txn_ops(usize::MAX)
+            .with_max_txn_ops(max_txn_ops)
             .with_max_key_size(max_req.max(1))
             .with_max_value_size(max_req.max(1))
             .with_commit_mode(commit_mode);

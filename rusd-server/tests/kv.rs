@@ -508,6 +508,65 @@ async fn txn_on_every_engine() {
     }
 }
 
+/// The nested op budget as etcd 3.4.23 answers it with the default `max-txn-ops` (128): 127
+/// nested one-put txns are written at revision 2, 128 are refused and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_txn_budget_matches_etcd() {
+    for kind in common::engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = common::start(kind, dir.path(), |c| c).await;
+        let mut c = common::connect(&server).await;
+        let nested = |n: usize, prefix: &str| {
+            Txn::new().and_then(
+                (0..n)
+                    .map(|i| {
+                        TxnOp::txn(Txn::new().and_then([TxnOp::put(
+                            format!("{prefix}{i}"),
+                            "v",
+                            None,
+                        )]))
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let (code, msg) = common::status(c.txn(nested(128, "a")).await);
+        assert_eq!(
+            (code, msg.as_str()),
+            (
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request"
+            ),
+            "{kind}"
+        );
+        let r = c
+            .get("a", Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        assert_eq!((r.count(), r.header().unwrap().revision()), (0, 1));
+        let r = c.txn(nested(127, "b")).await.unwrap();
+        assert_eq!(
+            (r.header().unwrap().revision(), r.op_responses().len()),
+            (2, 127)
+        );
+        let r = c
+            .get("b", Some(GetOptions::new().with_prefix().with_count_only()))
+            .await
+            .unwrap();
+        assert_eq!(r.count(), 127);
+        // ignore_value on a missing key inside a txn: etcd's `key not found`, nothing written.
+        let t = Txn::new().and_then([
+            TxnOp::put("n1", "1", None),
+            TxnOp::put("m", "", Some(PutOptions::new().with_ignore_value())),
+        ]);
+        let (code, msg) = common::status(c.txn(t).await);
+        assert_eq!(
+            (code, msg.as_str(), c.get("n1", None).await.unwrap().count()),
+            (Code::InvalidArgument, "etcdserver: key not found", 0)
+        );
+        server.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_size_limit() {
     let dir = tempfile::tempdir().unwrap();
