@@ -100,3 +100,13 @@ pub use watch::{Event, EventKind, WatchResponse, Watcher};
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+/// Compiles and runs the Rust examples of `docs/DESIGN.md` as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/DESIGN.md")]
+pub struct DesignDoctests;
+
+/// Compiles and runs the Rust examples of `docs/INTEGRATION.md` as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/INTEGRATION.md")]
+pub struct IntegrationDoctests;
