@@ -209,7 +209,7 @@ impl<B: Backend> MvccStore<B> {
         }
         self.check_writable()?;
         req.validate(&self.config)?;
-        let w = self.write_lock.lock();
+        let w = self.lock_write();
         if req.lease != 0 && !self.leases.lock().contains(req.lease) {
             return Err(MvccError::LeaseNotFound(req.lease));
         }
