@@ -234,7 +234,7 @@ impl<B: Backend> MvccStore<B> {
     pub fn kv_delete_range(&self, req: &DeleteRange) -> MvccResult<DeleteRangeResponse> {
         self.check_writable()?;
         req.validate(&self.config)?;
-        let (revision, deleted) = self.delete_range(&req.key, &req.range_end)?;
+        let (revision, deleted) = self.delete_range_with(&req.key, &req.range_end, req.prev_kv)?;
         Ok(DeleteRangeResponse {
             revision,
             deleted: deleted.len() as i64,

@@ -255,7 +255,7 @@ impl<B: Backend> MvccStore<B> {
         };
         let mut ctx = self.begin_write();
         for key in &keys {
-            ctx.delete_range(&KeyRange::Single(key.clone()))?;
+            ctx.delete_range(&KeyRange::Single(key.clone()), false)?;
         }
         let mut extra = WriteBatch::new();
         extra.delete(Tree::Lease, id.to_be_bytes().to_vec());

@@ -816,13 +816,24 @@ impl<B: Backend> MvccStore<B> {
     /// revision; returns the revision and the deleted key-values as they were. When nothing
     /// matched, nothing is written and the current revision is returned.
     pub fn delete_range(&self, key: &[u8], end: &[u8]) -> MvccResult<(i64, Vec<KeyValue>)> {
+        self.delete_range_with(key, end, true)
+    }
+
+    /// [`delete_range`](Self::delete_range); with `prev == false` the deleted key-values carry
+    /// only their keys: no row is read (etcd reads values only for `prev_kv`).
+    pub(crate) fn delete_range_with(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        prev: bool,
+    ) -> MvccResult<(i64, Vec<KeyValue>)> {
         self.check_writable()?;
         if key.is_empty() {
             return Err(MvccError::EmptyKey);
         }
         let _w = self.lock_write();
         let mut ctx = self.begin_write();
-        let deleted = ctx.delete_range(&KeyRange::new(key, end))?;
+        let deleted = ctx.delete_range(&KeyRange::new(key, end), prev)?;
         let rev = self.commit(ctx, WriteBatch::new())?;
         let ticket = self.ticket();
         drop(_w);
@@ -1169,12 +1180,25 @@ impl<B: Backend> WriteCtx<'_, B> {
     }
 
     /// Tombstones every key of `range` this transaction sees; returns their previous values.
-    pub(crate) fn delete_range(&mut self, range: &KeyRange) -> MvccResult<Vec<KeyValue>> {
+    /// Records the deletion of every key of `range`; returns the deleted key-values as they
+    /// were when `prev` is true, else key-only key-values (no row is read).
+    pub(crate) fn delete_range(
+        &mut self,
+        range: &KeyRange,
+        prev: bool,
+    ) -> MvccResult<Vec<KeyValue>> {
         let (slots, _) = self.view_slots(range, 0);
         let rev = self.rev();
         let mut deleted = Vec::with_capacity(slots.len());
         for (key, slot) in slots {
-            let prev = self.resolve(slot)?;
+            let prev = if prev {
+                self.resolve(slot)?
+            } else {
+                KeyValue {
+                    key: key.clone(),
+                    ..KeyValue::default()
+                }
+            };
             self.record(Change {
                 kv: KeyValue::tombstone(key, rev),
                 tombstone: true,

@@ -522,7 +522,7 @@ impl<B: Backend> MvccStore<B> {
                     })
                 }
                 RequestOp::DeleteRange(d) => {
-                    let deleted = ctx.delete_range(&KeyRange::new(&d.key, &d.range_end))?;
+                    let deleted = ctx.delete_range(&KeyRange::new(&d.key, &d.range_end), d.prev_kv)?;
                     ResponseOp::DeleteRange(DeleteRangeResponse {
                         revision: 0,
                         deleted: deleted.len() as i64,

@@ -178,3 +178,35 @@ fn the_broken_early_publish_knob_shows_a_write_before_its_flush() {
     hold.release();
     assert_eq!(writer.join().unwrap().unwrap().0, 2);
 }
+
+/// A deletion reads the deleted rows only when `prev_kv` asks for them (an armed read fault
+/// must not fire otherwise); lease revoke never reads them.
+#[test]
+fn deletes_read_values_only_for_prev_kv() {
+    use mvcc_core::request::DeleteRange;
+    let (backend, store) = open(false);
+    for k in ["a", "b", "c"] {
+        store.put(k.as_bytes(), b"v", 0).unwrap();
+    }
+    store.lease_grant(9, 100).unwrap();
+    store.put(b"l1", b"v", 9).unwrap();
+    store.put(b"l2", b"v", 9).unwrap();
+
+    backend.plan().fail_nth(FaultOp::Read, 1, FaultKind::Before);
+    let r = store.kv_delete_range(&DeleteRange::new("a", "c")).unwrap();
+    assert_eq!((r.revision, r.deleted, r.prev_kvs.len()), (7, 2, 0));
+    assert_eq!(store.lease_revoke(9).unwrap(), 8);
+    assert_eq!(backend.plan().injected(), 0, "a row was read");
+
+    let mut with_prev = DeleteRange::new("c", "");
+    with_prev.prev_kv = true;
+    assert!(matches!(
+        store.kv_delete_range(&with_prev),
+        Err(MvccError::Storage(StorageError::Io { .. }))
+    ));
+    assert_eq!(backend.plan().injected(), 1);
+    let r = store.kv_delete_range(&with_prev).unwrap();
+    assert_eq!((r.revision, r.deleted), (9, 1));
+    assert_eq!(r.prev_kvs[0].value, b"v");
+    assert_eq!(r.prev_kvs[0].mod_revision, 4);
+}
