@@ -1045,20 +1045,24 @@ struct Outcome {
 
 /// Runs up to `cycles` power cuts of `kind` under `setup`; stops at the first cycle that finds
 /// a loss. With `tolerate_observed`, observed-but-lost revisions are collected in
-/// `Outcome::tolerated` instead, and only hard problems stop the run.
+/// `Outcome::tolerated` instead, and only hard problems stop the run. With `torn`, each cut
+/// also keeps a seeded random half of the unsynced pages of every file (a torn volatile cache).
 fn power_cycles(
     kind: BackendKind,
     setup: Setup,
     cycles: usize,
     seed: u64,
     tolerate_observed: bool,
+    torn: bool,
 ) -> Outcome {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let mountpoint = tmp.path().join("mnt");
     std::fs::create_dir(&mountpoint).unwrap();
     let log = tmp.path().join("child.stderr");
-    let mut mount = Mount::mount(&mountpoint, Image::default(), Options::new()).unwrap();
+    let mut torn_rng = Rng::new(seed ^ 0x7047_6e00);
+    let mut options = || Options::new().torn_seed(torn.then(|| torn_rng.next()));
+    let mut mount = Mount::mount(&mountpoint, Image::default(), options()).unwrap();
     // The first child creates the data directory: its name must be durable too.
     let dir = mount.mountpoint().join("db");
     let mut rng = Rng::new(seed);
@@ -1110,7 +1114,7 @@ fn power_cycles(
                 eprintln!("{ctx}: image {}: {size}", path.display());
             }
         }
-        mount = Mount::mount(&mountpoint, image, Options::new()).unwrap();
+        mount = Mount::mount(&mountpoint, image, options()).unwrap();
         let backend = match AnyBackend::open(kind, backend_config(&dir, Setup::Sync)) {
             Ok(b) => b,
             Err(e) => panic!("{ctx}: reopen failed: {e}"),
@@ -1143,11 +1147,12 @@ fn power_cycles(
     }
     mount.unmount().unwrap();
     eprintln!(
-        "power_loss[{kind} {}]: {} cuts in {:.1?} ({SEED_ENV}={seed}): {} acknowledged writes, \
+        "power_loss[{kind} {}{}]: {} cuts in {:.1?} ({SEED_ENV}={seed}): {} acknowledged writes, \
          {} reads and {} watch events checked, final revision {} (compacted at {}), cuts by \
          target (cuts, with the op in flight): {:?}, fsyncs {}, fsyncdirs {}, {} MiB written, \
          losses: {}, tolerated observed-but-lost: {}",
         setup.name(),
+        if torn { " torn-cache" } else { "" },
         out.cycles,
         started.elapsed(),
         out.acked,
@@ -1174,10 +1179,10 @@ fn power_cycles(
 const GROUP_SYNC_PUBLISHES_BEFORE_FLUSH: bool = true;
 
 /// The harness on a correct configuration: no loss in any cycle.
-fn no_loss(kind: BackendKind, setup: Setup) {
+fn no_loss(kind: BackendKind, setup: Setup, torn: bool) {
     let seed = base_seed();
     let tolerate = setup == Setup::Group && GROUP_SYNC_PUBLISHES_BEFORE_FLUSH;
-    let out = power_cycles(kind, setup, cuts(), seed, tolerate);
+    let out = power_cycles(kind, setup, cuts(), seed, tolerate, torn);
     if !out.tolerated.is_empty() {
         eprintln!(
             "power_loss[{kind} {}]: KNOWN BUG (GroupSync publishes before flushing): {} \
@@ -1202,7 +1207,7 @@ fn no_loss(kind: BackendKind, setup: Setup) {
 /// The harness on a broken configuration: it must report a loss within `max_cuts` cuts.
 fn detects_loss(kind: BackendKind, setup: Setup, max_cuts: usize) {
     let seed = base_seed();
-    let out = power_cycles(kind, setup, max_cuts, seed, false);
+    let out = power_cycles(kind, setup, max_cuts, seed, false, false);
     assert!(
         !out.losses.is_empty(),
         "power_loss[{kind} {}]: the harness found no loss in {max_cuts} cuts of a broken store \
@@ -1218,12 +1223,12 @@ fn detects_loss(kind: BackendKind, setup: Setup, max_cuts: usize) {
 }
 
 macro_rules! engine_power_tests {
-    ($feature:literal, $kind:expr, $group:ident, $sync:ident, $noflush:ident, $early:ident, $enospc:ident) => {
+    ($feature:literal, $kind:expr, $group:ident, $sync:ident, $torn:ident, $noflush:ident, $early:ident, $enospc:ident) => {
         #[cfg(feature = $feature)]
         #[test]
         fn $group() {
             if fuse_ready(stringify!($group)) {
-                no_loss($kind, Setup::Group);
+                no_loss($kind, Setup::Group, false);
             }
         }
 
@@ -1231,7 +1236,16 @@ macro_rules! engine_power_tests {
         #[test]
         fn $sync() {
             if fuse_ready(stringify!($sync)) {
-                no_loss($kind, Setup::Sync);
+                no_loss($kind, Setup::Sync, false);
+            }
+        }
+
+        #[cfg(feature = $feature)]
+        #[test]
+        /// `Group` with a torn volatile cache: a seeded half of the unsynced pages survives.
+        fn $torn() {
+            if fuse_ready(stringify!($torn)) {
+                no_loss($kind, Setup::Group, true);
             }
         }
 
@@ -1266,6 +1280,7 @@ engine_power_tests!(
     BackendKind::Sled,
     power_loss_sled_group_sync,
     power_loss_sled_sync,
+    power_loss_sled_group_sync_torn_cache,
     power_loss_detects_sled_flush_that_does_nothing,
     power_loss_detects_sled_publish_before_flush,
     power_loss_enospc_sled
@@ -1275,6 +1290,7 @@ engine_power_tests!(
     BackendKind::Redb,
     power_loss_redb_group_sync,
     power_loss_redb_sync,
+    power_loss_redb_group_sync_torn_cache,
     power_loss_detects_redb_flush_that_does_nothing,
     power_loss_detects_redb_publish_before_flush,
     power_loss_enospc_redb
@@ -1284,6 +1300,7 @@ engine_power_tests!(
     BackendKind::Rocksdb,
     power_loss_rocksdb_group_sync,
     power_loss_rocksdb_sync,
+    power_loss_rocksdb_group_sync_torn_cache,
     power_loss_detects_rocksdb_flush_that_does_nothing,
     power_loss_detects_rocksdb_publish_before_flush,
     power_loss_enospc_rocksdb
