@@ -258,11 +258,33 @@ impl Backend for NoFlush {
 // ---------------------------------------------------------------------------------------------
 // Line formats shared by child and parent.
 
+/// A value too large for sled's log (stored as a separate blob file): `<tag>#` and `len` bytes.
+fn big_value(tag: &str, len: usize) -> Vec<u8> {
+    let mut v = format!("{tag}#").into_bytes();
+    v.resize(v.len() + len, b'x');
+    v
+}
+
+/// The text form of a value: itself, or `<tag>#<len>` for a [`big_value`].
+fn value_text(v: &[u8]) -> String {
+    match v.iter().position(|b| *b == b'#') {
+        Some(i) => format!("{}#{}", String::from_utf8_lossy(&v[..i]), v.len() - i - 1),
+        None => String::from_utf8_lossy(v).into_owned(),
+    }
+}
+
+fn parse_value(s: &str) -> Vec<u8> {
+    match s.split_once('#') {
+        Some((tag, len)) => big_value(tag, len.parse().unwrap()),
+        None => s.as_bytes().to_vec(),
+    }
+}
+
 fn kv_text(kv: &KeyValue) -> String {
     format!(
         "{}={}/{}/{}/{}/{}",
         String::from_utf8_lossy(&kv.key),
-        String::from_utf8_lossy(&kv.value),
+        value_text(&kv.value),
         kv.create_revision,
         kv.mod_revision,
         kv.version,
@@ -275,7 +297,7 @@ fn parse_kv(s: &str) -> KeyValue {
     let f: Vec<&str> = rest.split('/').collect();
     KeyValue {
         key: key.as_bytes().to_vec(),
-        value: f[0].as_bytes().to_vec(),
+        value: parse_value(f[0]),
         create_revision: f[1].parse().unwrap(),
         mod_revision: f[2].parse().unwrap(),
         version: f[3].parse().unwrap(),
@@ -320,19 +342,29 @@ fn power_loss_child_entry() {
     }
     let dir = PathBuf::from(std::env::var(DIR_ENV).unwrap());
     let kind: BackendKind = std::env::var(ENGINE_ENV).unwrap().parse().unwrap();
-    let setup = Setup::parse(&std::env::var(CONFIG_ENV).unwrap());
+    let config = std::env::var(CONFIG_ENV).unwrap();
+    let (setup, big) = match config.strip_suffix("+big") {
+        Some(name) => (Setup::parse(name), true),
+        None => (Setup::parse(&config), false),
+    };
     let seed: u64 = std::env::var(SEED_ENV).unwrap().parse().unwrap();
     let cycle: u64 = std::env::var(CYCLE_ENV).unwrap().parse().unwrap();
     let backend = AnyBackend::open(kind, backend_config(&dir, setup)).unwrap();
     match setup {
-        Setup::NoFlush => child_run(Arc::new(NoFlush { inner: backend }), setup, seed, cycle),
-        _ => child_run(backend, setup, seed, cycle),
+        Setup::NoFlush => child_run(
+            Arc::new(NoFlush { inner: backend }),
+            setup,
+            seed,
+            cycle,
+            big,
+        ),
+        _ => child_run(backend, setup, seed, cycle, big),
     }
 }
 
 type Shared<B> = Arc<RwLock<Arc<MvccStore<B>>>>;
 
-fn child_run<B: Backend>(backend: Arc<B>, setup: Setup, seed: u64, cycle: u64) {
+fn child_run<B: Backend>(backend: Arc<B>, setup: Setup, seed: u64, cycle: u64, big: bool) {
     let store = MvccStore::with_config(backend.clone(), store_config(setup)).unwrap();
     emit(format!(
         "@@ READY {} {}",
@@ -348,7 +380,7 @@ fn child_run<B: Backend>(backend: Arc<B>, setup: Setup, seed: u64, cycle: u64) {
         let stop = stop.clone();
         let seed = seed ^ (w as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
         threads.push(std::thread::spawn(move || {
-            child_writer(&shared, &stop, seed, cycle, w)
+            child_writer(&shared, &stop, seed, cycle, w, big)
         }));
     }
     {
@@ -378,6 +410,7 @@ fn child_writer<B: Backend>(
     seed: u64,
     cycle: u64,
     w: usize,
+    big: bool,
 ) {
     let mut rng = Rng::new(seed);
     for n in 0.. {
@@ -389,10 +422,16 @@ fn child_writer<B: Backend>(
         let line = match rng.range(0, 10) {
             0..=4 => {
                 let key = rng.key();
-                let value = format!("c{cycle}w{w}n{n}");
+                let tag = format!("c{cycle}w{w}n{n}");
+                // Now and then a value of 150-200 KB: sled writes it as a blob file.
+                let value = if big && rng.range(0, 200) == 0 {
+                    big_value(&tag, rng.range(150_000, 200_000) as usize)
+                } else {
+                    tag.into_bytes()
+                };
                 store
-                    .put(key.as_bytes(), value.as_bytes(), 0)
-                    .map(|(rev, _)| Some(format!("@@ ACK put {rev} {key} {value}")))
+                    .put(key.as_bytes(), &value, 0)
+                    .map(|(rev, _)| Some(format!("@@ ACK put {rev} {key} {}", value_text(&value))))
             }
             5..=7 => {
                 let mut keys = BTreeSet::new();
@@ -712,7 +751,7 @@ fn summary(events: &[Event]) -> Vec<(EventKind, String, String)> {
             (
                 e.kind,
                 String::from_utf8_lossy(&e.kv.key).into_owned(),
-                String::from_utf8_lossy(&e.kv.value).into_owned(),
+                value_text(&e.kv.value),
             )
         })
         .collect();
@@ -787,7 +826,7 @@ fn run_child(
     dir: &Path,
     log: &Path,
     kind: BackendKind,
-    setup: Setup,
+    config: &str,
     seed: u64,
     cycle: usize,
     target: Target,
@@ -804,7 +843,7 @@ fn run_child(
         .env(CHILD_ENV, "1")
         .env(DIR_ENV, dir)
         .env(ENGINE_ENV, kind.name())
-        .env(CONFIG_ENV, setup.name())
+        .env(CONFIG_ENV, config)
         .env(SEED_ENV, seed.to_string())
         .env(CYCLE_ENV, cycle.to_string())
         .env_remove("RUST_BACKTRACE")
@@ -1047,6 +1086,7 @@ struct Outcome {
 /// a loss. With `tolerate_observed`, observed-but-lost revisions are collected in
 /// `Outcome::tolerated` instead, and only hard problems stop the run. With `torn`, each cut
 /// also keeps a seeded random half of the unsynced pages of every file (a torn volatile cache).
+/// With `big`, one put in 200 writes a value of 150-200 KB (see [`big_values`]).
 fn power_cycles(
     kind: BackendKind,
     setup: Setup,
@@ -1054,7 +1094,9 @@ fn power_cycles(
     seed: u64,
     tolerate_observed: bool,
     torn: bool,
+    big: bool,
 ) -> Outcome {
+    let config = format!("{}{}", setup.name(), if big { "+big" } else { "" });
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let mountpoint = tmp.path().join("mnt");
@@ -1087,7 +1129,7 @@ fn power_cycles(
             setup.name()
         );
         let (run, image, stats) = run_child(
-            mount, &dir, &log, kind, setup, child_seed, cycle, target, delay,
+            mount, &dir, &log, kind, &config, child_seed, cycle, target, delay,
         );
         out.fsyncs += stats.fsyncs;
         out.fsyncdirs += stats.fsyncdirs;
@@ -1147,12 +1189,13 @@ fn power_cycles(
     }
     mount.unmount().unwrap();
     eprintln!(
-        "power_loss[{kind} {}{}]: {} cuts in {:.1?} ({SEED_ENV}={seed}): {} acknowledged writes, \
+        "power_loss[{kind} {}{}{}]: {} cuts in {:.1?} ({SEED_ENV}={seed}): {} acknowledged writes, \
          {} reads and {} watch events checked, final revision {} (compacted at {}), cuts by \
          target (cuts, with the op in flight): {:?}, fsyncs {}, fsyncdirs {}, {} MiB written, \
          losses: {}, tolerated observed-but-lost: {}",
         setup.name(),
         if torn { " torn-cache" } else { "" },
+        if big { " big-values" } else { "" },
         out.cycles,
         started.elapsed(),
         out.acked,
@@ -1180,9 +1223,29 @@ const GROUP_SYNC_PUBLISHES_BEFORE_FLUSH: bool = true;
 
 /// The harness on a correct configuration: no loss in any cycle.
 fn no_loss(kind: BackendKind, setup: Setup, torn: bool) {
+    no_loss_with(kind, setup, torn, big_values(kind));
+}
+
+/// Whether the writers of `kind` put large values now and then.
+///
+/// KNOWN BUG (backend-sled, found by this harness): values above sled's blob threshold
+/// (about 128 KiB) are stored as separate files in `blobs/`. `SledBackend::sync_new_blobs`
+/// fsyncs each new blob file once and remembers it, assuming only holders of the write gate
+/// write blobs; but sled also writes blob files outside the gate (apparently when a gate-free read or
+/// its background thread consolidates a node that holds a large value). A blob caught while
+/// sled is still writing it is fsynced truncated (the cut images hold blob files of 0, 4 and 5
+/// bytes: before, between and after sled's crc and kind-byte writes) and never fsynced again;
+/// after a power cut sled's recovery stops at the log record that references it and
+/// acknowledged writes after it are lost, in `Sync` and `GroupSync` alike. Until that is fixed,
+/// sled runs without large values here; `power_loss_sled_sync_big_values` (ignored) shows it.
+fn big_values(kind: BackendKind) -> bool {
+    kind != BackendKind::Sled || std::env::var_os("RUSD_POWER_BIG_VALUES").is_some()
+}
+
+fn no_loss_with(kind: BackendKind, setup: Setup, torn: bool, big: bool) {
     let seed = base_seed();
     let tolerate = setup == Setup::Group && GROUP_SYNC_PUBLISHES_BEFORE_FLUSH;
-    let out = power_cycles(kind, setup, cuts(), seed, tolerate, torn);
+    let out = power_cycles(kind, setup, cuts(), seed, tolerate, torn, big);
     if !out.tolerated.is_empty() {
         eprintln!(
             "power_loss[{kind} {}]: KNOWN BUG (GroupSync publishes before flushing): {} \
@@ -1207,7 +1270,7 @@ fn no_loss(kind: BackendKind, setup: Setup, torn: bool) {
 /// The harness on a broken configuration: it must report a loss within `max_cuts` cuts.
 fn detects_loss(kind: BackendKind, setup: Setup, max_cuts: usize) {
     let seed = base_seed();
-    let out = power_cycles(kind, setup, max_cuts, seed, false, false);
+    let out = power_cycles(kind, setup, max_cuts, seed, false, false, false);
     assert!(
         !out.losses.is_empty(),
         "power_loss[{kind} {}]: the harness found no loss in {max_cuts} cuts of a broken store \
@@ -1306,6 +1369,16 @@ engine_power_tests!(
     power_loss_enospc_rocksdb
 );
 
+/// The known sled blob bug (see [`big_values`]): fails within a few dozen cuts today.
+#[cfg(feature = "sled")]
+#[test]
+#[ignore = "known bug: backend-sled fsyncs blob files mid-write (see big_values); run with --ignored"]
+fn power_loss_sled_sync_big_values() {
+    if fuse_ready("power_loss_sled_sync_big_values") {
+        no_loss_with(BackendKind::Sled, Setup::Sync, false, true);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // ENOSPC.
 
@@ -1380,6 +1453,12 @@ fn enospc(kind: BackendKind) {
 /// The line formats round-trip.
 #[test]
 fn power_loss_lines_round_trip() {
+    let big = KeyValue {
+        value: big_value("c1w2n4", 150_000),
+        ..KeyValue::tombstone(b"k04".to_vec(), 3)
+    };
+    assert_eq!(kv_text(&big), "k04=c1w2n4#150000/0/3/0/0");
+    assert_eq!(parse_kv(&kv_text(&big)), big);
     let kv = KeyValue {
         key: b"k03".to_vec(),
         value: b"c1w2n3".to_vec(),
