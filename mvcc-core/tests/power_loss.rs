@@ -1415,8 +1415,14 @@ fn enospc(kind: BackendKind) {
         );
         let stats = mount.stats();
         assert!(stats.enospc > 0, "{ctx}: no ENOSPC was returned");
+        let mut chain = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(e) = source {
+            chain.push_str(&format!(": {e}"));
+            source = e.source();
+        }
         eprintln!(
-            "power_loss_enospc[{ctx}]: {} puts acknowledged before: {error}",
+            "power_loss_enospc[{ctx}]: {} puts acknowledged, then: {chain}",
             acked.len()
         );
         assert!(!acked.is_empty(), "{ctx}: no write fitted");
