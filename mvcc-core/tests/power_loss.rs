@@ -8,8 +8,9 @@
 //! this test binary (`--exact power_loss_child_entry`) with `RUSD_POWER_CHILD=1`. The child opens
 //! the engine under the mount in an "ack = durable" configuration and runs, concurrently:
 //! * three writers: puts, single-key deletes and transactions that put three keys at one
-//!   revision (a batch), each with a unique value; every acknowledged write is printed
-//!   (`@@ ACK put|txn|del <revision> ...`);
+//!   revision (a batch), each with a unique value (one put in 200 of 150-200 KB, except on sled:
+//!   see [`big_values`]); every acknowledged write is printed (`@@ ACK put|txn|del <revision>
+//!   ...`);
 //! * a reader: a range of every key at the current revision, printed with its revision and
 //!   every key-value (`@@ READ`);
 //! * a watcher on every key, printing every event (`@@ WATCH`);
@@ -35,9 +36,10 @@
 //! * no transaction is half applied (its three puts share one value);
 //! * the history the previous cycle recovered is unchanged above the compaction revision.
 //!
-//! The next cycle continues from that image. Each engine runs two configurations: backend
+//! The next cycle continues from that image. Each engine runs three configurations: backend
 //! `Durability::Buffered` (one-hour interval: nothing is flushed by time) with
-//! `CommitMode::GroupSync`, and backend `Durability::Sync` with `CommitMode::Backend`.
+//! `CommitMode::GroupSync`; the same with a torn volatile cache (a seeded half of the unsynced
+//! pages survives each cut); and backend `Durability::Sync` with `CommitMode::Backend`.
 //!
 //! The harness proves it can fail: the same cycles against a backend whose `flush()` does
 //! nothing, and against a store that publishes writes before flushing them, must report a
@@ -47,7 +49,8 @@
 //! `RUSD_POWER_CUTS` sets the cuts per engine and configuration (default 200, the CI profile);
 //! the long run is
 //! `RUSD_POWER_CUTS=1000 cargo test --release -p mvcc-core --features redb --test power_loss`.
-//! `RUSD_POWER_SEED` replays a run (the seed is printed on stderr). Without `/dev/fuse` (or
+//! `RUSD_POWER_SEED` replays a run's choices (targets, delays, operations; the seed is printed
+//! on stderr), not its thread timing. Without `/dev/fuse` (or
 //! without root and `fusermount3`) the tests are skipped, unless `CI` is set: then they fail.
 #![cfg(unix)]
 
