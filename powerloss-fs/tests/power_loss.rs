@@ -383,8 +383,10 @@ fn power_loss_torn_cache_keeps_a_seeded_subset_of_pages() {
         })
         .collect();
     let new = pages.iter().filter(|p| **p == 1).count();
-    assert!((10..=54).contains(&new), "{new} of 64 pages survived");
+    // Seed 42 keeps 33 of the 64 dirty pages (each survives with probability 1/2).
+    assert_eq!(new, 33, "pages that survived");
     assert_eq!(run(42), a, "same seed, same survivors");
+    assert_ne!(run(43), a, "another seed, other survivors");
 }
 
 #[test]
