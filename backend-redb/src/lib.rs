@@ -214,6 +214,7 @@ impl Backend for RedbBackend {
     fn new(config: BackendConfig) -> StorageResult<Arc<Self>> {
         prepare_data_dir(&config.path, ENGINE)?;
         let file = config.path.join(DATA_FILE);
+        let created = !file.exists();
         let cache = usize::try_from(config.cache_size_bytes()).unwrap_or(usize::MAX);
         let mut builder = Builder::new();
         builder.set_cache_size(cache);
@@ -229,6 +230,18 @@ impl Backend for RedbBackend {
             }
             Ok(())
         })?;
+        if created {
+            // The new file's name must be durable too, not only its content.
+            fs::File::open(&config.path)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| StorageError::Io {
+                    context: format!(
+                        "syncing {} after creating {DATA_FILE}",
+                        config.path.display()
+                    ),
+                    source,
+                })?;
+        }
         let (write_durability, interval) = match config.durability {
             Durability::Sync => (RedbDurability::Immediate, None),
             Durability::Buffered { interval } => (RedbDurability::None, Some(interval)),

@@ -36,7 +36,21 @@ pub fn prepare_data_dir(path: &Path, engine: &'static str) -> StorageResult<()> 
     if path.exists() && !path.is_dir() {
         return Err(invalid("it exists and is not a directory".into()));
     }
+    // The directories this call creates: their names must be made durable in their parents.
+    let created: Vec<&Path> = path
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .collect();
     fs::create_dir_all(path).map_err(|e| invalid(format!("cannot create it: {e}")))?;
+    for dir in &created {
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| invalid(format!("cannot sync {}: {e}", parent.display())))?;
+    }
     let marker = path.join(MARKER_FILE);
     match fs::read_to_string(&marker) {
         Ok(text) => {
