@@ -86,7 +86,7 @@ impl Op<'_> {
     }
 }
 
-fn len32(n: usize, what: &str) -> StorageResult<u32> {
+pub(super) fn len32(n: usize, what: &str) -> StorageResult<u32> {
     u32::try_from(n).map_err(|_| {
         StorageError::InvalidArgument(format!(
             "a {what} of {n} bytes exceeds the memory engine's log limit of 4 GiB"

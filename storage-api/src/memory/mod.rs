@@ -6,7 +6,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::ops::Bound;
 use std::sync::{Arc, Weak};
 
@@ -214,10 +214,13 @@ impl Disk {
                 Ok(())
             }
             Err(e) => {
+                // Cut back, and put the cursor back too (a rewrite's log is not in append mode).
+                let len = self.log_len;
                 if let Err(cut) = self
                     .log
-                    .set_len(self.log_len)
-                    .and_then(|()| self.log.sync_data())
+                    .set_len(len)
+                    .and_then(|()| self.log.seek(SeekFrom::Start(len)))
+                    .and_then(|_| self.log.sync_data())
                 {
                     self.broken = Some(format!(
                         "a failed append could not be cut back from the log: {cut}"
@@ -301,6 +304,8 @@ impl MemoryBackend {
         d.check()?;
         let mut encoded = Vec::new();
         log::encode_ops(&mut encoded, ops)?;
+        // A record must be able to hold it (checked here so a buffered write cannot fail later).
+        log::len32(encoded.len(), "batch")?;
         match self.config.durability {
             Durability::Sync => d.append(&encoded)?,
             Durability::Buffered { .. } => {

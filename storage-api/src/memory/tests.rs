@@ -445,3 +445,38 @@ fn a_store_from_before_the_log_opens_as_generation_0() {
         vec![kv(b"new", b"log"), kv(b"old", b"image")]
     );
 }
+
+#[test]
+fn a_failed_append_applies_nothing_and_an_uncut_log_refuses_writes_until_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let b = MemoryBackend::new(sync_config(&dir)).unwrap();
+    b.put(Tree::Kv, b"a", b"1").unwrap();
+    // A handle that can neither append nor truncate: the append and its cut-back both fail.
+    let read_only = File::open(dir.join(MEMORY_LOG_FILE)).unwrap();
+    let Some(disk) = &b.disk else {
+        panic!("a path-backed store has a disk")
+    };
+    disk.lock().log = read_only;
+    match b.put(Tree::Kv, b"b", b"2") {
+        Err(StorageError::Io { context, .. }) => {
+            assert_eq!(context, "appending to the memory log")
+        }
+        other => panic!("expected Io, got {other:?}"),
+    }
+    assert_eq!(b.get(Tree::Kv, b"b").unwrap(), None);
+    match b.put(Tree::Kv, b"c", b"3") {
+        Err(StorageError::Io { context, .. }) => assert_eq!(
+            context,
+            "writing the memory log (reopen the store to recover)"
+        ),
+        other => panic!("expected Io, got {other:?}"),
+    }
+    assert_eq!(b.get(Tree::Kv, b"c").unwrap(), None);
+    assert_eq!(log_len(&dir), 24 + put_record(1, 1));
+    b.close().unwrap();
+    let b = MemoryBackend::new(sync_config(&dir)).unwrap();
+    assert_eq!(b.scan(Tree::Kv, &[], &[], 0).unwrap(), vec![kv(b"a", b"1")]);
+    b.put(Tree::Kv, b"d", b"4").unwrap();
+    assert_eq!(log_len(&dir), 24 + 2 * put_record(1, 1));
+}
