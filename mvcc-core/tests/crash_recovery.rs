@@ -1,5 +1,6 @@
-//! Crash-recovery harness: a writer in a child process on each disk engine, killed with SIGKILL
-//! at random moments, then reopened and checked against a model of every acknowledged operation.
+//! Crash-recovery harness: a writer in a child process on each engine with a path (the memory
+//! engine's image and log too), killed with SIGKILL at random moments, then reopened and
+//! checked against a model of every acknowledged operation.
 //!
 //! # How it works
 //! The child is this test binary re-executed (`--exact crash_child_entry`) with
@@ -878,6 +879,12 @@ fn crash_cycles(kind: BackendKind) {
         stats.killed_in
     );
     assert!(stats.acked > 0, "no operation was ever acknowledged");
+}
+
+/// The memory engine's image + append-only log (always compiled).
+#[test]
+fn crash_recovery_memory() {
+    crash_cycles(BackendKind::Memory);
 }
 
 #[cfg(feature = "sled")]

@@ -36,5 +36,5 @@ pub use config::{
     BackendConfig, BackendKind, Durability, DEFAULT_CACHE_SIZE_MB, DEFAULT_FLUSH_INTERVAL,
 };
 pub use error::{is_out_of_space, EngineError, SnapshotError, StorageError, StorageResult};
-pub use memory::{MemoryBackend, MEMORY_IMAGE_FILE};
+pub use memory::{MemoryBackend, MEMORY_IMAGE_FILE, MEMORY_LOG_FILE, MEMORY_LOG_REWRITE_MIN};
 pub use tree::Tree;
