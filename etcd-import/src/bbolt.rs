@@ -389,3 +389,29 @@ fn check_sorted(pgid: u64, entries: &[Entry<'_>]) -> Result<(), ImportError> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv64a_known_values() {
+        assert_eq!(fnv64a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv64a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn rejects_non_bbolt_and_broken_metas() {
+        assert!(matches!(BoltFile::open(&[]), Err(ImportError::Empty)));
+        assert!(matches!(
+            BoltFile::open(&[0; 4096]),
+            Err(ImportError::NotBbolt)
+        ));
+        let mut page = vec![0u8; 8192];
+        page[16..20].copy_from_slice(&MAGIC.to_le_bytes());
+        assert!(matches!(
+            BoltFile::open(&page),
+            Err(ImportError::NoValidMeta)
+        ));
+    }
+}

@@ -430,3 +430,114 @@ pub fn parse_etcd_db(data: &[u8]) -> Result<EtcdData, ImportError> {
         txid: meta.txid,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_keyvalue_with_negative_and_unknown_fields() {
+        // key "a", create 2, mod 3, version 1, value "v", lease -1 (10-byte varint),
+        // then an unknown fixed64 field 9 and an unknown bytes field 10.
+        let mut b = vec![
+            0x0a, 1, b'a', 0x10, 2, 0x18, 3, 0x20, 1, 0x2a, 1, b'v', 0x30,
+        ];
+        b.extend_from_slice(&[0xff; 9]);
+        b.push(0x01);
+        b.push(0x49);
+        b.extend_from_slice(&[7; 8]);
+        b.extend_from_slice(&[0x52, 2, 0, 0]);
+        let kv = decode_kv(&b).unwrap();
+        assert_eq!(
+            kv,
+            KeyValue {
+                key: b"a".to_vec(),
+                value: b"v".to_vec(),
+                create_revision: 2,
+                mod_revision: 3,
+                version: 1,
+                lease: -1,
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_protobuf() {
+        assert_eq!(
+            decode_kv(&[0x0a, 5, b'a']).unwrap_err(),
+            "length-delimited field runs past the value"
+        );
+        assert_eq!(decode_kv(&[0x10]).unwrap_err(), "truncated varint");
+        assert_eq!(decode_kv(&[0x10, 0x80]).unwrap_err(), "truncated varint");
+        assert_eq!(decode_kv(&[0x0b]).unwrap_err(), "unsupported wire type 3");
+        assert_eq!(
+            decode_kv(&[0x12, 0]).unwrap_err(),
+            "field 2 has the wrong wire type"
+        );
+        assert_eq!(decode_kv(&[0x00]).unwrap_err(), "field number 0");
+        assert_eq!(
+            decode_kv(&[0x49, 1, 2]).unwrap_err(),
+            "truncated fixed field"
+        );
+        // An 11-byte varint.
+        assert_eq!(
+            decode_kv(&[0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1])
+                .unwrap_err(),
+            "truncated varint"
+        );
+    }
+
+    #[test]
+    fn decodes_lease_with_checkpointed_remaining_ttl() {
+        assert_eq!(
+            decode_lease(&[0x08, 7, 0x10, 0xd8, 0x04, 0x18, 42]).unwrap(),
+            EtcdLease {
+                id: 7,
+                ttl: 600,
+                remaining_ttl: 42
+            }
+        );
+    }
+
+    #[test]
+    fn meta_revisions() {
+        let mut rev = [0u8; 17];
+        rev[7] = 9;
+        rev[8] = b'_';
+        assert_eq!(meta_revision(b"k", &rev).unwrap(), 9);
+        assert_eq!(meta_revision(b"k", &rev[..8]).unwrap(), 9);
+        rev[8] = b'x';
+        assert!(matches!(
+            meta_revision(b"k", &rev),
+            Err(ImportError::BadRow { bucket: "meta", .. })
+        ));
+        assert!(matches!(
+            meta_revision(b"k", &[0xff; 8]),
+            Err(ImportError::BadRow { .. })
+        ));
+    }
+
+    #[test]
+    fn snapshot_trailer_is_checked() {
+        let mut db = vec![0u8; 1024];
+        db[16..20].copy_from_slice(&crate::bbolt::MAGIC.to_le_bytes());
+        let mut snap = db.clone();
+        snap.extend_from_slice(&Sha256::digest(&db));
+        let (bare, trailer) = split_snapshot(&snap).unwrap();
+        assert_eq!((bare.len(), trailer), (1024, true));
+        let last = snap.len() - 1;
+        snap[last] ^= 1;
+        assert!(matches!(
+            split_snapshot(&snap),
+            Err(ImportError::SnapshotChecksum)
+        ));
+        assert!(matches!(
+            split_snapshot(&db[..1000]),
+            Err(ImportError::Truncated {
+                len: 1000,
+                needed: 1024
+            })
+        ));
+        assert!(matches!(split_snapshot(&[]), Err(ImportError::Empty)));
+    }
+}

@@ -8,7 +8,7 @@ use mvcc_core::store::{
     META_SCHEDULED_COMPACT_REV,
 };
 use mvcc_core::{AnyBackend, MvccStore};
-use storage_api::{Backend, BackendConfig, BackendKind, Tree, WriteBatch};
+use storage_api::{Backend, BackendConfig, BackendKind, StorageError, Tree, WriteBatch};
 
 use crate::error::ImportError;
 use crate::etcd::{parse_etcd_db, EtcdData};
@@ -83,8 +83,7 @@ pub fn check_target(dir: &Path) -> Result<(), ImportError> {
             Some(_) => Err(ImportError::TargetNotEmpty(dir.to_path_buf())),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) if dir.exists() && !dir.is_dir() => {
-            let _ = e;
+        Err(_) if dir.exists() && !dir.is_dir() => {
             Err(ImportError::TargetNotEmpty(dir.to_path_buf()))
         }
         Err(e) => Err(io(e)),
@@ -101,6 +100,9 @@ pub fn import(
     target: &Path,
     kind: BackendKind,
 ) -> Result<ImportSummary, ImportError> {
+    if !mvcc_core::is_compiled(kind) {
+        return Err(StorageError::NotEnabled(kind.name()).into());
+    }
     check_target(target)?;
     let data = read_etcd(source)?;
     let existed = target.exists();
@@ -245,4 +247,45 @@ fn verify(store: &MvccStore<AnyBackend>, data: &EtcdData) -> Result<(), ImportEr
         return mismatch("lease ids", format!("{got:?}"), format!("{want:?}"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_record_is_rusds() {
+        assert_eq!(encode_lease(600), [1, 0, 0, 0, 0, 0, 0, 2, 0x58]);
+    }
+
+    #[test]
+    fn target_must_be_missing_or_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_target(&dir.path().join("missing")).is_ok());
+        assert!(check_target(dir.path()).is_ok());
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        assert!(matches!(
+            check_target(dir.path()),
+            Err(ImportError::TargetNotEmpty(_))
+        ));
+        assert!(matches!(
+            check_target(&dir.path().join("f")),
+            Err(ImportError::TargetNotEmpty(_))
+        ));
+    }
+
+    #[test]
+    fn rocksdb_is_refused_before_reading_or_writing() {
+        if mvcc_core::is_compiled(BackendKind::Rocksdb) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t");
+        let err = import(&dir.path().join("none"), &target, BackendKind::Rocksdb).unwrap_err();
+        assert!(matches!(
+            err,
+            ImportError::Storage(StorageError::NotEnabled("rocksdb"))
+        ));
+        assert!(!target.exists());
+    }
 }
