@@ -171,7 +171,24 @@ impl Etcd {
         (v["granted-ttl"].as_i64().unwrap_or(-1), keys)
     }
 
+    /// Stops etcd gracefully (SIGTERM to the process this harness started), so its backend
+    /// commits; falls back to a kill.
     pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let termed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if termed {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
