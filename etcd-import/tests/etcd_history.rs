@@ -135,6 +135,31 @@ fn imports_etcd_history_into_every_engine() {
             store.close().expect("close");
         }
     }
+    // An interrupted compaction (scheduled 12, finished 9), as etcd leaves it when stopped
+    // mid-compaction: the store finishes it on open, as etcd does.
+    let mut data = read_etcd(&fx.snapshot).expect("parse");
+    data.scheduled_compact = Some(12);
+    let target = fx.dir.path().join("rusd-interrupted");
+    let s = etcd_import::import::write_store(&data, &target, BackendKind::Sled).expect("write");
+    assert_eq!((s.current_revision, s.compact_revision), (27, 12));
+    let store = MvccStore::new(
+        AnyBackend::open(BackendKind::Sled, BackendConfig::new(&target)).expect("open"),
+    )
+    .expect("store");
+    assert_eq!(store.compact_revision(), 12);
+    assert!(matches!(
+        store.range(b"\0", b"\0", 11, 0, false),
+        Err(MvccError::Compacted)
+    ));
+    for rev in 12..=27 {
+        assert_eq!(
+            &rusd_all_at(&store, rev),
+            &fx.answers[(rev - 9) as usize],
+            "rev {rev}"
+        );
+    }
+    store.close().expect("close");
+
     // The sources were only read.
     assert_eq!(std::fs::read(&db_file).expect("read db"), before);
     assert_eq!(
