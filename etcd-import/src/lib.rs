@@ -1,0 +1,25 @@
+//! # etcd-import
+//!
+//! Imports an etcd 3.4-3.6 database — a data directory's `member/snap/db` or an
+//! `etcdctl snapshot save` file — into a new rusd store, keeping every revision, create/mod
+//! revision, version, value, lease attachment, lease, the compaction revision and the key
+//! history that etcd kept.
+//!
+//! * [`bbolt`]: a small read-only bbolt page reader (bounded by the file size on every path).
+//! * [`etcd`]: decodes and validates etcd's `key`, `meta` and `lease` buckets.
+//! * [`import`]: writes the rows into rusd's `kv`, `meta` and `lease` trees in bounded batches
+//!   and reopens the store to check it recovers them.
+//!
+//! The source is read and validated completely before anything is written; a corrupt,
+//! truncated or foreign file is an [`ImportError`] and the target stays untouched.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod bbolt;
+pub mod error;
+pub mod etcd;
+pub mod import;
+
+pub use error::ImportError;
+pub use etcd::{parse_etcd_db, EtcdData, EtcdLease, KvRow};
+pub use import::{import, read_etcd, ImportSummary};
