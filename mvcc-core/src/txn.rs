@@ -522,7 +522,8 @@ impl<B: Backend> MvccStore<B> {
                     })
                 }
                 RequestOp::DeleteRange(d) => {
-                    let deleted = ctx.delete_range(&KeyRange::new(&d.key, &d.range_end), d.prev_kv)?;
+                    let deleted =
+                        ctx.delete_range(&KeyRange::new(&d.key, &d.range_end), d.prev_kv)?;
                     ResponseOp::DeleteRange(DeleteRangeResponse {
                         revision: 0,
                         deleted: deleted.len() as i64,
