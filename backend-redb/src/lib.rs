@@ -502,6 +502,10 @@ impl Backend for RedbBackend {
         self.shared.db.read().is_none()
     }
 
+    fn durability(&self) -> Durability {
+        self.config.durability
+    }
+
     fn close(&self) -> StorageResult<()> {
         self.shared.with_db(|_| Ok(()))?;
         self.stop_flusher();

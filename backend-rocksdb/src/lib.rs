@@ -499,6 +499,10 @@ impl Backend for RocksdbBackend {
         self.shared.state.read().is_none()
     }
 
+    fn durability(&self) -> Durability {
+        self.config.durability
+    }
+
     fn close(&self) -> StorageResult<()> {
         self.with_inner(|_| Ok(()))?;
         self.stop_flusher();

@@ -743,6 +743,10 @@ impl Backend for SledBackend {
         self.state.read().is_none()
     }
 
+    fn durability(&self) -> Durability {
+        self.config.durability
+    }
+
     fn close(&self) -> StorageResult<()> {
         let mut state = self.state.write();
         let inner = state.take().ok_or(StorageError::Closed)?;

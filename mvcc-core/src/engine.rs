@@ -217,6 +217,10 @@ impl Backend for AnyBackend {
     fn is_closed(&self) -> bool {
         dispatch!(self, b => b.is_closed())
     }
+
+    fn durability(&self) -> storage_api::Durability {
+        dispatch!(self, b => b.durability())
+    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,10 @@
 //! expiry, the compaction marker) then reads back one row the write wrote:
 //! * the row is there: the write was applied, so the store applies its in-memory effects (index,
 //!   current revision, watch events, leases, compaction revision) exactly as on success, and
-//!   still returns the error. The next write takes the next revision, never the lost one's;
+//!   still returns the error. The next write takes the next revision, never the lost one's.
+//!   Except over an engine opened with `Durability::Sync` in [`CommitMode::Backend`]: there the
+//!   error may be the sync's, the write may not be durable, so nothing of it is applied in
+//!   memory (never observed) and the store marks itself failed;
 //! * the row is not there: nothing was applied, the store stays as before and returns the error;
 //! * the read fails too: the store cannot tell, marks itself failed and returns the error;
 //!   from then on every mutation fails with [`MvccError::Failed`] (reads are still served) until
@@ -59,7 +62,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use storage_api::{Backend, StorageError, Tree, WriteBatch};
+use storage_api::{Backend, Durability, StorageError, Tree, WriteBatch};
 
 use crate::error::{MvccError, MvccResult};
 use crate::group_commit::{CommitMode, GroupCommit};
@@ -662,6 +665,24 @@ impl<B: Backend> MvccStore<B> {
         expect: Option<&[u8]>,
     ) -> MvccResult<MvccError> {
         match self.backend.get(tree, key) {
+            // Applied, but over a `Sync` engine acknowledging each write itself the error may be
+            // the sync's: the write may not be durable, so it must not be observed. The store
+            // fails (nothing of the write is applied in memory); a reopen recovers what is on
+            // disk.
+            Ok(row)
+                if row.as_deref() == expect
+                    && self.config.commit_mode == CommitMode::Backend
+                    && self.backend.durability() == Durability::Sync =>
+            {
+                let reason = format!(
+                    "a backend write failed ({}) although it reads back as applied: its \
+                     durability is unknown",
+                    error_line(&err)
+                );
+                tracing::error!(%reason, "mvcc store marked failed; reopen it");
+                let _ = self.failed.set(reason);
+                Err(err)
+            }
             Ok(row) if row.as_deref() == expect => {
                 tracing::warn!(
                     error = %error_line(&err),

@@ -210,3 +210,40 @@ fn deletes_read_values_only_for_prev_kv() {
     assert_eq!(r.prev_kvs[0].value, b"v");
     assert_eq!(r.prev_kvs[0].mod_revision, 4);
 }
+
+/// Over a `Sync` engine in `CommitMode::Backend` a write that fails after it was applied (its
+/// sync may have failed) is never observed: the store fails instead of publishing it.
+#[test]
+fn an_applied_write_whose_sync_failed_is_not_observed() {
+    use storage_api::{Backend, BackendConfig, Durability};
+    let dir = tempfile::tempdir().unwrap();
+    let config = BackendConfig::new(dir.path().join("db")).with_durability(Durability::Sync);
+    let backend = FaultyBackend::wrap(MemoryBackend::new(config).unwrap());
+    assert_eq!(backend.durability(), Durability::Sync);
+    let store = MvccStore::new(backend.clone()).unwrap();
+    assert_eq!(store.put(b"a", b"1", 0).unwrap().0, 2);
+    let watcher = store.watch(b"", &[0], 0).unwrap();
+    backend.plan().fail_nth(FaultOp::Write, 1, FaultKind::After);
+    assert!(matches!(
+        store.put(b"k", b"v", 0),
+        Err(MvccError::Storage(StorageError::Io { .. }))
+    ));
+    let reason = store.failure().expect("the store is failed");
+    assert!(reason.ends_with("its durability is unknown"), "{reason}");
+    assert_eq!(store.current_revision(), 2);
+    assert_eq!(store.range(b"k", b"", 0, 0, false).unwrap().count, 0);
+    assert_eq!(watcher.recv_timeout(Duration::from_millis(50)), None);
+    assert!(matches!(
+        store.put(b"x", b"1", 0),
+        Err(MvccError::Failed(_))
+    ));
+    // A buffered engine keeps the lost-acknowledgement rule: applied, published, reported.
+    let buffered = FaultyBackend::wrap(MemoryBackend::volatile());
+    assert_ne!(buffered.durability(), Durability::Sync);
+    let store = MvccStore::new(buffered.clone()).unwrap();
+    buffered
+        .plan()
+        .fail_nth(FaultOp::Write, 1, FaultKind::After);
+    assert!(store.put(b"k", b"v", 0).is_err());
+    assert_eq!((store.current_revision(), store.failure()), (2, None));
+}

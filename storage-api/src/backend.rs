@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use crate::batch::WriteBatch;
-use crate::config::{BackendConfig, BackendKind};
+use crate::config::{BackendConfig, BackendKind, Durability};
 use crate::error::StorageResult;
 use crate::keys::prefix_successor;
 use crate::snapshot::ValidatedSnapshot;
@@ -147,4 +147,13 @@ pub trait Backend: Send + Sync + 'static {
     /// True once [`close`](Backend::close) has been called. Cheap (no I/O), so layers above
     /// can refuse work they would otherwise answer from memory.
     fn is_closed(&self) -> bool;
+
+    /// The durability the backend was opened with. Layers above use it to tell whether a write
+    /// that reported an error but reads back as applied may be non-durable (with
+    /// [`Durability::Sync`] it may: the sync itself may have failed). The provided
+    /// implementation answers `Sync`, the conservative choice; every engine of this workspace
+    /// answers its configuration.
+    fn durability(&self) -> Durability {
+        Durability::Sync
+    }
 }

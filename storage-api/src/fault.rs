@@ -365,6 +365,10 @@ impl<B: Backend> Backend for FaultyBackend<B> {
     fn is_closed(&self) -> bool {
         self.inner.is_closed()
     }
+
+    fn durability(&self) -> crate::config::Durability {
+        self.inner.durability()
+    }
 }
 
 /// Passes through the first `left` bytes, then fails every write (a full disk).

@@ -542,6 +542,10 @@ impl Backend for MemoryBackend {
         self.state.read().is_none()
     }
 
+    fn durability(&self) -> Durability {
+        self.config.durability
+    }
+
     fn close(&self) -> StorageResult<()> {
         self.with_trees(|_| ())?;
         if let Some(mut task) = self.flusher.lock().take() {
