@@ -1,6 +1,7 @@
 //! etcd's v3 JSON gateway (grpc-gateway) on the client port: `POST /v3/kv/range`, `/v3/kv/put`,
 //! `/v3/kv/deleterange`, `/v3/kv/txn`, `/v3/kv/compaction`, `/v3/lease/grant`,
-//! `/v3/lease/revoke`, `/v3/lease/timetolive`, `/v3/lease/leases`, `/v3/maintenance/status`.
+//! `/v3/lease/revoke`, `/v3/lease/timetolive`, `/v3/lease/leases`, `/v3/lease/keepalive` (one
+//! `{"result":..}` line per JSON object of the request body), `/v3/maintenance/status`.
 //!
 //! Requests are decoded from protobuf JSON as etcd's gateway accepts it (proto field names or
 //! lowerCamelCase, bytes in base64, 64-bit integers as strings or numbers, enums by name or
@@ -149,6 +150,7 @@ async fn dispatch(state: &Arc<State>, path: &str, body: &[u8]) -> Result<String,
             );
             Ok(j.finish())
         }
+        "/v3/lease/keepalive" | "/v3/kv/lease/keepalive" => keep_alive(state, body).await,
         "/v3/maintenance/status" => {
             parse(body)?;
             let resp = MaintenanceService::new(state.clone())
@@ -170,6 +172,32 @@ async fn dispatch(state: &Arc<State>, path: &str, body: &[u8]) -> Result<String,
         }
         _ => Err(Status::new(Code::NotFound, "Not Found")),
     }
+}
+
+/// `LeaseKeepAlive` over the gateway: every JSON object of the request body renews its lease
+/// and yields one `{"result":{...}}` line, as etcd streams them (an unknown lease: no TTL).
+async fn keep_alive(state: &Arc<State>, body: &[u8]) -> Result<String, Status> {
+    let mut out = String::new();
+    for value in serde_json::Deserializer::from_slice(body).into_iter::<Value>() {
+        let value = value.map_err(|e| Status::unknown(e.to_string()))?;
+        let id = int(as_object(&value)?, &["ID", "id"])?;
+        let st = state.clone();
+        let ttl = crate::state::blocking(move || match st.store.lease_keep_alive(id) {
+            Ok(ttl) => Ok(ttl),
+            Err(mvcc_core::MvccError::LeaseNotFound(_)) => Ok(0),
+            Err(e) => Err(crate::error::mvcc_status(e)),
+        })
+        .await;
+        state
+            .metrics
+            .observe("etcdserverpb.Lease", "LeaseKeepAlive", &ttl);
+        let mut j = Obj::new();
+        j.header(state.header_now().as_ref());
+        j.int("ID", id);
+        j.int("TTL", ttl?);
+        out.push_str(&format!("{{\"result\":{}}}\n", j.finish()));
+    }
+    Ok(out)
 }
 
 /// grpc-gateway's HTTP status for a gRPC code.

@@ -379,6 +379,23 @@ async fn gateway_answers_as_etcd() {
         assert_eq!((got_code, got), (*code, expected), "{path} {body}");
     }
 
+    // Keep-alive: one result line per request object, as etcd 3.4 streams them.
+    let (code, _) = post(addr, "/v3/lease/grant", r#"{"TTL":60,"ID":4661}"#).await;
+    assert_eq!(code, 200);
+    let line = |id: &str, ttl: &str| {
+        format!(
+            r#"{{"result":{{"header":{{"cluster_id":"{cluster}","member_id":"{member}","revision":"6","raft_term":"2"}},"ID":"{id}"{ttl}}}}}"#
+        ) + "\n"
+    };
+    assert_eq!(
+        post(addr, "/v3/lease/keepalive", r#"{"ID":4661}{"ID":"4661"}"#).await,
+        (200, line("4661", r#","TTL":"60""#).repeat(2))
+    );
+    assert_eq!(
+        post(addr, "/v3/lease/keepalive", r#"{"ID":99}"#).await,
+        (200, line("99", ""))
+    );
+
     // Status: etcd's fields, rusd's values.
     let (code, status) = post(addr, "/v3/maintenance/status", "{}").await;
     assert_eq!(code, 200);
