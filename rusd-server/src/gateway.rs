@@ -1,7 +1,7 @@
 //! etcd's v3 JSON gateway (grpc-gateway) on the client port: `POST /v3/kv/range`, `/v3/kv/put`,
 //! `/v3/kv/deleterange`, `/v3/kv/txn`, `/v3/kv/compaction`, `/v3/lease/grant`,
 //! `/v3/lease/revoke`, `/v3/lease/timetolive`, `/v3/lease/leases`, `/v3/lease/keepalive` (one
-//! `{"result":..}` line per JSON object of the request body), `/v3/maintenance/status`.
+//! `{"result":..}` line per JSON object of the request body), `/v3/maintenance/status`, and `/v3/watch` (streamed, see [`watch`]).
 //!
 //! Requests are decoded from protobuf JSON as etcd's gateway accepts it (proto field names or
 //! lowerCamelCase, bytes in base64, 64-bit integers as strings or numbers, enums by name or
@@ -37,13 +37,18 @@ use crate::state::State;
 /// Deepest nesting of `request_txn` accepted.
 const MAX_TXN_DEPTH: usize = 16;
 
-/// Answers one gateway request: `path` is the URL path, `body` the JSON request.
-pub async fn handle(state: &Arc<State>, path: &str, body: &[u8]) -> Response<Full<Bytes>> {
+/// Answers one unary gateway request: `path` is the URL path, `body` the JSON request.
+pub async fn handle_unary(state: &Arc<State>, path: &str, body: &[u8]) -> Response<Full<Bytes>> {
     let mut r = match dispatch(state, path, body).await {
         Ok(json) => response(StatusCode::OK, "application/json", json),
         Err(status) => error_response(&status),
     };
-    // etcd's gateway answers cross-origin requests.
+    cors(&mut r);
+    r
+}
+
+/// Adds the cross-origin headers etcd's gateway sends.
+pub fn cors<B>(r: &mut Response<B>) {
     let h = r.headers_mut();
     for (name, value) in [
         (
@@ -58,7 +63,6 @@ pub async fn handle(state: &Arc<State>, path: &str, body: &[u8]) -> Response<Ful
     ] {
         h.insert(name, hyper::header::HeaderValue::from_static(value));
     }
-    r
 }
 
 async fn dispatch(state: &Arc<State>, path: &str, body: &[u8]) -> Result<String, Status> {
@@ -200,6 +204,105 @@ async fn keep_alive(state: &Arc<State>, body: &[u8]) -> Result<String, Status> {
     Ok(out)
 }
 
+/// `/v3/watch`: creates the watchers of the `create_request`s in the request body and returns
+/// the stream of `{"result":{...}}` lines (the `created` answers, then events) that lasts until
+/// the client disconnects or the server stops.
+pub fn watch(
+    state: &Arc<State>,
+    body: &[u8],
+) -> Result<tokio::sync::mpsc::Receiver<Bytes>, Status> {
+    let mut watchers = Vec::new();
+    let mut lines = Vec::new();
+    for value in serde_json::Deserializer::from_slice(body).into_iter::<Value>() {
+        let value = value.map_err(|e| Status::unknown(e.to_string()))?;
+        let Some(c) = object(as_object(&value)?, &["create_request"])? else {
+            continue;
+        };
+        let id = int(c, &["watch_id"])?;
+        let start = int(c, &["start_revision"])?;
+        let w = state
+            .store
+            .watch(
+                &bytes_field(c, &["key"])?,
+                &bytes_field(c, &["range_end"])?,
+                start,
+            )
+            .map_err(crate::error::mvcc_status)?;
+        let mut j = Obj::new();
+        j.header(state.header_now().as_ref());
+        j.int("watch_id", id);
+        j.boolean("created", true);
+        lines.push(result_line(j.finish()));
+        watchers.push((id, w));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    for line in lines {
+        tx.try_send(line)
+            .map_err(|_| Status::resource_exhausted("too many watch requests"))?;
+    }
+    for (id, w) in watchers {
+        let tx = tx.clone();
+        let st = state.clone();
+        st.metrics
+            .watchers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || {
+            forward_events(&st, id, &w, &tx);
+            w.cancel();
+            st.metrics
+                .watchers
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    Ok(rx)
+}
+
+fn result_line(json: String) -> Bytes {
+    Bytes::from(format!("{{\"result\":{json}}}\n"))
+}
+
+/// Sends a watcher's events as result lines until the client leaves or the server stops.
+fn forward_events(
+    state: &State,
+    id: i64,
+    w: &mvcc_core::Watcher,
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+) {
+    use crossbeam::channel::RecvTimeoutError;
+    loop {
+        match w
+            .receiver()
+            .recv_timeout(std::time::Duration::from_millis(100))
+        {
+            Ok(resp) => {
+                let events = resp.events.iter().map(|ev| {
+                    let mut e = Obj::new();
+                    if ev.kind == mvcc_core::EventKind::Delete {
+                        e.raw("type", "\"DELETE\"");
+                    }
+                    e.raw("kv", &kv_json(&crate::state::to_pb_kv(ev.kv.clone())));
+                    e.finish()
+                });
+                let mut j = Obj::new();
+                j.header(state.header(resp.revision).as_ref());
+                j.int("watch_id", id);
+                j.boolean("canceled", resp.canceled);
+                j.int("compact_revision", resp.compact_revision);
+                j.list("events", events);
+                if tx.blocking_send(result_line(j.finish())).is_err() || resp.canceled {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if tx.is_closed() || *state.shutdown.borrow() {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
 /// grpc-gateway's HTTP status for a gRPC code.
 pub fn http_status(code: Code) -> StatusCode {
     match code {
@@ -220,7 +323,8 @@ pub fn http_status(code: Code) -> StatusCode {
     }
 }
 
-fn error_response(status: &Status) -> Response<Full<Bytes>> {
+/// etcd's JSON error answer for `status`.
+pub fn error_response(status: &Status) -> Response<Full<Bytes>> {
     let m = quote(status.message());
     response(
         http_status(status.code()),

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -118,7 +119,51 @@ pub fn health(state: &State) -> (bool, String) {
     }
 }
 
-async fn handle(req: Request<Incoming>, state: Arc<State>, gateway: bool) -> Response<Full<Bytes>> {
+type Body = BoxBody<Bytes, Infallible>;
+
+async fn handle(req: Request<Incoming>, state: Arc<State>, gateway: bool) -> Response<Body> {
+    if gateway && req.method() == Method::POST && req.uri().path() == "/v3/watch" {
+        return watch(req, state).await;
+    }
+    handle_unary(req, state, gateway).await.map(|b| b.boxed())
+}
+
+/// `/v3/watch`: reads the request body, then streams the watchers' result lines.
+async fn watch(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
+    let limit = state.max_request_bytes.saturating_add(64 * 1024);
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "text/plain",
+                format!("cannot read the request body: {e}\n"),
+            )
+            .map(|b| b.boxed())
+        }
+    };
+    match crate::gateway::watch(&state, &body) {
+        Ok(rx) => {
+            use tokio_stream::StreamExt as _;
+            let frames = tokio_stream::wrappers::ReceiverStream::new(rx)
+                .map(|b| Ok::<_, Infallible>(hyper::body::Frame::data(b)));
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            crate::gateway::cors(&mut r);
+            r
+        }
+        Err(status) => crate::gateway::error_response(&status).map(|b| b.boxed()),
+    }
+}
+
+async fn handle_unary(
+    req: Request<Incoming>,
+    state: Arc<State>,
+    gateway: bool,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let get = method == Method::GET || method == Method::HEAD;
@@ -161,7 +206,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>, gateway: bool) -> Res
                     )
                 }
             };
-            crate::gateway::handle(&state, p, &body).await
+            crate::gateway::handle_unary(&state, p, &body).await
         }
         _ if get => response(
             StatusCode::NOT_FOUND,

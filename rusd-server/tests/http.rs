@@ -450,3 +450,74 @@ async fn gateway_answers_as_etcd() {
     assert_eq!(status, "HTTP/1.1 404 Not Found");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn gateway_watch_streams_as_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.client_addrs()[0];
+    let (cluster, member) = (
+        server.cluster_id().to_string(),
+        server.member_id().to_string(),
+    );
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = r#"{"create_request":{"key":"Zm9v"}}"#;
+    s.write_all(
+        format!(
+            "POST /v3/watch HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The result lines of the chunked answer, as etcd 3.4.23 sent them (ids replaced).
+    let expected = [
+        r#"{"result":{"header":{"cluster_id":"{C}","member_id":"{M}","revision":"1","raft_term":"2"},"created":true}}"#,
+        r#"{"result":{"header":{"cluster_id":"{C}","member_id":"{M}","revision":"2","raft_term":"2"},"events":[{"kv":{"key":"Zm9v","create_revision":"2","mod_revision":"2","version":"1","value":"YmFy"}}]}}"#,
+        r#"{"result":{"header":{"cluster_id":"{C}","member_id":"{M}","revision":"3","raft_term":"2"},"events":[{"type":"DELETE","kv":{"key":"Zm9v","mod_revision":"3"}}]}}"#,
+    ]
+    .map(|l| l.replace("{C}", &cluster).replace("{M}", &member));
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut lines = Vec::new();
+    let mut wrote = false;
+    while lines.len() < expected.len() {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&buf[..n]);
+        lines = String::from_utf8_lossy(&raw)
+            .split(['\r', '\n'])
+            .filter(|l| l.starts_with(r#"{"result""#))
+            .map(str::to_string)
+            .collect();
+        if !lines.is_empty() && !wrote {
+            wrote = true;
+            assert_eq!(
+                post(addr, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#)
+                    .await
+                    .0,
+                200
+            );
+            assert_eq!(
+                post(addr, "/v3/kv/deleterange", r#"{"key":"Zm9v"}"#)
+                    .await
+                    .0,
+                200
+            );
+        }
+    }
+    assert_eq!(lines, expected);
+    let head = String::from_utf8_lossy(&raw).to_string();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    // Shutting down ends the open stream.
+    server.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+}
