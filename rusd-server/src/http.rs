@@ -1,21 +1,33 @@
-//! A tiny HTTP/1.1 responder for `/health` and Prometheus-style `/metrics`.
+//! HTTP/1.1 on the client and metrics listeners: `/health`, `/readyz`, `/livez`, `/version`,
+//! Prometheus `/metrics` ([`crate::metrics`]) and, on the client listener, etcd's v3 JSON
+//! gateway ([`crate::gateway`]).
+//!
+//! The client listener serves gRPC and HTTP/1.1 side by side, as etcd does:
+//! [`crate::sniff`] sends connections that open with the HTTP/2 preface to tonic and everything
+//! else to [`serve_connection`].
 
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 
 use crate::config::ETCD_VERSION;
 use crate::pb::etcdserverpb::AlarmType;
 use crate::state::State;
 
-/// Largest request head read.
-const MAX_HEAD: usize = 8 * 1024;
+/// Longest a connection may take to send a request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `listener` until `shutdown` turns true.
+/// Serves `listener` (a `--listen-metrics-urls` listener: no gateway) until `shutdown` turns
+/// true.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<State>,
@@ -28,10 +40,12 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, _)) => {
-                let st = state.clone();
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(10), handle(stream, st)).await;
-                });
+                tokio::spawn(serve_connection(
+                    stream,
+                    state.clone(),
+                    false,
+                    shutdown.clone(),
+                ));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "metrics listener: accept failed");
@@ -41,207 +55,173 @@ pub async fn serve(
     }
 }
 
-async fn handle(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&head);
-    let mut parts = text.lines().next().unwrap_or("").split_whitespace();
-    let method = parts.next().unwrap_or("");
-    let path = parts.next().unwrap_or("");
-    let path = path.split('?').next().unwrap_or("");
-    let (status, ctype, body) = match (method, path) {
-        ("GET" | "HEAD", "/health" | "/readyz" | "/livez") => {
-            if state.has_alarm(AlarmType::Nospace) {
-                (
-                    "503 Service Unavailable",
-                    "application/json",
-                    r#"{"health":"false","reason":"ALARM NOSPACE"}"#.to_string(),
-                )
-            } else if let Some(reason) = state.store.failure() {
-                (
-                    "503 Service Unavailable",
-                    "application/json",
-                    serde_json::json!({
-                        "health": "false",
-                        "reason": format!("STORE FAILED: {reason}"),
-                    })
-                    .to_string(),
-                )
-            } else {
-                (
-                    "200 OK",
-                    "application/json",
-                    r#"{"health":"true","reason":""}"#.to_string(),
-                )
+/// Serves HTTP/1.1 requests on one connection until the client closes it or `shutdown` turns
+/// true. `gateway` enables the `/v3/...` JSON gateway (client listeners).
+pub async fn serve_connection<S>(
+    io: S,
+    state: Arc<State>,
+    gateway: bool,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let st = state.clone();
+        async move { Ok::<_, Infallible>(handle(req, st, gateway).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "http connection ended");
             }
         }
-        ("GET" | "HEAD", "/metrics") => (
-            "200 OK",
+        _ = async { let _ = shutdown.wait_for(|v| *v).await; } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+        }
+    }
+}
+
+/// A response with `status`, `content_type` and `body`.
+pub fn response(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// etcd's `/health` answer: `(healthy, JSON body)`.
+pub fn health(state: &State) -> (bool, String) {
+    if state.has_alarm(AlarmType::Nospace) {
+        (
+            false,
+            r#"{"health":"false","reason":"ALARM NOSPACE"}"#.to_string(),
+        )
+    } else if let Some(reason) = state.store.failure() {
+        (
+            false,
+            serde_json::json!({
+                "health": "false",
+                "reason": format!("STORE FAILED: {reason}"),
+            })
+            .to_string(),
+        )
+    } else {
+        (true, r#"{"health":"true","reason":""}"#.to_string())
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+async fn handle(req: Request<Incoming>, state: Arc<State>, gateway: bool) -> Response<Body> {
+    if gateway && req.method() == Method::POST && req.uri().path() == "/v3/watch" {
+        return watch(req, state).await;
+    }
+    handle_unary(req, state, gateway).await.map(|b| b.boxed())
+}
+
+/// `/v3/watch`: reads the request body, then streams the watchers' result lines.
+async fn watch(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
+    let limit = state.max_request_bytes.saturating_add(64 * 1024);
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "text/plain",
+                format!("cannot read the request body: {e}\n"),
+            )
+            .map(|b| b.boxed())
+        }
+    };
+    match crate::gateway::watch(&state, &body) {
+        Ok(rx) => {
+            use tokio_stream::StreamExt as _;
+            let frames = tokio_stream::wrappers::ReceiverStream::new(rx)
+                .map(|b| Ok::<_, Infallible>(hyper::body::Frame::data(b)));
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            crate::gateway::cors(&mut r);
+            r
+        }
+        Err(status) => crate::gateway::error_response(&status).map(|b| b.boxed()),
+    }
+}
+
+async fn handle_unary(
+    req: Request<Incoming>,
+    state: Arc<State>,
+    gateway: bool,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let get = method == Method::GET || method == Method::HEAD;
+    match path.as_str() {
+        "/health" | "/readyz" | "/livez" if get => {
+            let (ok, body) = health(&state);
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            response(status, "application/json", body)
+        }
+        "/metrics" if get => response(
+            StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             render_metrics(&state),
         ),
-        ("GET" | "HEAD", "/version") => (
-            "200 OK",
+        "/version" if get => response(
+            StatusCode::OK,
             "application/json",
             format!(r#"{{"etcdserver":"{ETCD_VERSION}","etcdcluster":"3.5.0"}}"#),
         ),
-        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "404 page not found\n".into()),
-        _ => (
-            "405 Method Not Allowed",
+        p if gateway && p.starts_with("/v3/") => {
+            if method != Method::POST {
+                return response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "text/plain",
+                    "method not allowed\n".into(),
+                );
+            }
+            let limit = state.max_request_bytes.saturating_add(64 * 1024);
+            let body = match Limited::new(req.into_body(), limit).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "text/plain",
+                        format!("cannot read the request body: {e}\n"),
+                    )
+                }
+            };
+            crate::gateway::handle_unary(&state, p, &body).await
+        }
+        _ if get => response(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "404 page not found\n".into(),
+        ),
+        _ => response(
+            StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n".into(),
         ),
-    };
-    let mut resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if method != "HEAD" {
-        resp.push_str(&body);
     }
-    stream.write_all(resp.as_bytes()).await?;
-    stream.shutdown().await
 }
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    let _ = writeln!(out, "{name} {value}");
-}
-
-/// Renders the metrics in the Prometheus text format.
+/// Renders the metrics in the Prometheus text format (see [`crate::metrics`]).
 pub fn render_metrics(state: &State) -> String {
-    let store = &state.store;
-    let mut out = String::new();
-    metric(
-        &mut out,
-        "etcd_server_has_leader",
-        "gauge",
-        "Whether or not a leader exists. 1 is existence, 0 is not.",
-        1,
-    );
-    metric(
-        &mut out,
-        "etcd_server_is_leader",
-        "gauge",
-        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
-        1,
-    );
-    let _ = writeln!(out, "# HELP etcd_server_version Which version is running. 1 for 'server_version' label with current version.");
-    let _ = writeln!(out, "# TYPE etcd_server_version gauge");
-    let _ = writeln!(
-        out,
-        "etcd_server_version{{server_version=\"{ETCD_VERSION}\"}} 1"
-    );
-    let _ = writeln!(out, "# HELP etcd_server_id Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.");
-    let _ = writeln!(out, "# TYPE etcd_server_id gauge");
-    let _ = writeln!(
-        out,
-        "etcd_server_id{{server_id=\"{:x}\"}} 1",
-        state.member_id
-    );
-    let _ = writeln!(
-        out,
-        "# HELP rusd_backend_info The storage engine. 1 for 'engine' label with its name."
-    );
-    let _ = writeln!(out, "# TYPE rusd_backend_info gauge");
-    let _ = writeln!(
-        out,
-        "rusd_backend_info{{engine=\"{}\"}} 1",
-        store.backend().kind()
-    );
-    metric(
-        &mut out,
-        "etcd_server_quota_backend_bytes",
-        "gauge",
-        "Current backend storage quota size in bytes.",
-        state.quota.unwrap_or(0),
-    );
-    let size = state.db_size.load(Ordering::Relaxed);
-    metric(
-        &mut out,
-        "etcd_mvcc_db_total_size_in_bytes",
-        "gauge",
-        "Total size of the underlying database physically allocated in bytes.",
-        size,
-    );
-    metric(
-        &mut out,
-        "etcd_mvcc_db_total_size_in_use_in_bytes",
-        "gauge",
-        "Total size of the underlying database logically in use in bytes.",
-        size,
-    );
-    metric(
-        &mut out,
-        "etcd_debugging_mvcc_current_revision",
-        "gauge",
-        "The current revision of store.",
-        store.current_revision(),
-    );
-    metric(
-        &mut out,
-        "etcd_debugging_mvcc_compact_revision",
-        "gauge",
-        "The revision of the last compaction in store.",
-        store.compact_revision().max(0),
-    );
-    metric(
-        &mut out,
-        "etcd_debugging_mvcc_keys_total",
-        "gauge",
-        "Total number of keys.",
-        store.index_len(),
-    );
-    metric(
-        &mut out,
-        "etcd_debugging_mvcc_watcher_total",
-        "gauge",
-        "Total number of watchers.",
-        state.metrics.watchers.load(Ordering::Relaxed),
-    );
-    metric(
-        &mut out,
-        "etcd_debugging_mvcc_watch_stream_total",
-        "gauge",
-        "Total number of watch streams.",
-        state.metrics.watch_streams.load(Ordering::Relaxed),
-    );
-    metric(
-        &mut out,
-        "etcd_debugging_lease_total",
-        "gauge",
-        "The number of leases.",
-        store.leases().len(),
-    );
-    metric(
-        &mut out,
-        "etcd_debugging_server_lease_expired_total",
-        "counter",
-        "The total number of expired leases.",
-        state.metrics.leases_expired.load(Ordering::Relaxed),
-    );
-    metric(
-        &mut out,
-        "etcd_server_has_alarm",
-        "gauge",
-        "Number of active alarms.",
-        state.alarm_list().len(),
-    );
-    let _ = writeln!(out, "# HELP grpc_server_handled_total Total number of RPCs completed on the server, regardless of success or failure.");
-    let _ = writeln!(out, "# TYPE grpc_server_handled_total counter");
-    for ((service, method, code), n) in state.metrics.handled.lock().iter() {
-        let _ = writeln!(
-            out,
-            "grpc_server_handled_total{{grpc_code=\"{code}\",grpc_method=\"{method}\",grpc_service=\"{service}\"}} {n}"
-        );
-    }
-    out
+    state.metrics.render(state)
 }

@@ -20,7 +20,7 @@ use crate::pb::etcdserverpb::{
     PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest,
     TxnResponse,
 };
-use crate::state::{maybe_blocking, to_pb_kv, State};
+use crate::state::{to_pb_kv, State};
 
 /// Approximate bytes a put adds to the database beyond its key and value.
 const PUT_OVERHEAD: usize = 64;
@@ -342,7 +342,7 @@ impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let st = self.state.clone();
         let p = request.into_inner();
-        let res = maybe_blocking(self.state.inline_writes, move || do_put(&st, p)).await;
+        let res = crate::state::write(&self.state, move || do_put(&st, p)).await;
         self.state.metrics.observe("etcdserverpb.KV", "Put", &res);
         res.map(Response::new)
     }
@@ -353,7 +353,7 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let st = self.state.clone();
         let d = request.into_inner();
-        let res = maybe_blocking(self.state.inline_writes, move || do_delete(&st, d)).await;
+        let res = crate::state::write(&self.state, move || do_delete(&st, d)).await;
         self.state
             .metrics
             .observe("etcdserverpb.KV", "DeleteRange", &res);
@@ -363,7 +363,7 @@ impl Kv for KvService {
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let st = self.state.clone();
         let t = request.into_inner();
-        let res = maybe_blocking(self.state.inline_writes, move || do_txn(&st, t)).await;
+        let res = crate::state::write(&self.state, move || do_txn(&st, t)).await;
         self.state.metrics.observe("etcdserverpb.KV", "Txn", &res);
         res.map(Response::new)
     }

@@ -9,7 +9,9 @@
 //! * Services: [`kv::KvService`], [`watch::WatchService`], [`lease::LeaseService`],
 //!   [`maintenance::MaintenanceService`], [`maintenance::ClusterService`],
 //!   [`maintenance::AuthService`] (authentication is never enabled).
-//! * [`http`]: `/health` and Prometheus-style `/metrics` on the metrics URLs.
+//! * [`http`]: `/health`, `/readyz`, `/livez`, `/version`, Prometheus `/metrics`
+//!   ([`metrics`], etcd's names) and etcd's v3 JSON gateway ([`gateway`]) over HTTP/1.1, on the
+//!   client URLs next to gRPC ([`sniff`]) and on the metrics URLs (without the gateway).
 //! * Errors carry etcd's gRPC codes and exact messages ([`error::rpc`]).
 //!
 //! ```no_run
@@ -26,13 +28,16 @@
 
 pub mod config;
 pub mod error;
+pub mod gateway;
 pub mod h2fix;
 pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod metrics;
 pub mod pb;
 pub mod server;
+pub mod sniff;
 pub mod state;
 pub mod watch;
 

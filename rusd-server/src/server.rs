@@ -22,11 +22,15 @@ use crate::pb::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use crate::sniff::{self, Protocol};
 use crate::state::{State, Store};
 use crate::watch::WatchService;
 
 /// How often the cached backend size (quota checks, metrics) is refreshed.
 const SIZE_REFRESH: Duration = Duration::from_secs(1);
+
+/// Longest a new client connection may take to show whether it speaks HTTP/2 or HTTP/1.1.
+const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A started server. Stop it with [`shutdown`](Self::shutdown).
 #[derive(Debug)]
@@ -201,6 +205,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         shutdown_rx.clone(),
     );
     state.inline_writes = matches!(cfg.durability, storage_api::Durability::Buffered { .. });
+    state.metrics.sync_durability.store(
+        matches!(cfg.durability, storage_api::Durability::Sync),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let state = Arc::new(state);
 
     // Background tasks.
@@ -239,6 +247,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<AuthorityFix<TcpStream>>>(128);
     for l in listeners {
         let tx = conn_tx.clone();
+        let st = state.clone();
         let mut sd = shutdown_rx.clone();
         tokio::spawn(async move {
             loop {
@@ -246,13 +255,30 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                     a = l.accept() => a,
                     _ = sd.changed() => break,
                 };
-                let item = accepted.map(|(s, _)| {
-                    let _ = s.set_nodelay(true);
-                    AuthorityFix::new(s)
+                let (stream, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        if tx.send(Err(e)).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let tx = tx.clone();
+                let st = st.clone();
+                let sd = sd.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(SNIFF_TIMEOUT, sniff::detect(&stream)).await {
+                        Ok(Ok(Protocol::Http2)) => {
+                            let _ = tx.send(Ok(AuthorityFix::new(stream))).await;
+                        }
+                        Ok(Ok(Protocol::Http1)) => {
+                            crate::http::serve_connection(stream, st, true, sd).await;
+                        }
+                        Ok(Ok(Protocol::Closed)) | Ok(Err(_)) | Err(_) => {}
+                    }
                 });
-                if tx.send(item).await.is_err() {
-                    break;
-                }
             }
         });
     }

@@ -1,6 +1,6 @@
 //! The state shared by every gRPC service of one server.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,9 +9,10 @@ use mvcc_core::engine::AnyBackend;
 use mvcc_core::{KeyValue, MvccStore};
 use parking_lot::Mutex;
 use storage_api::Backend;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::error::rpc;
+pub use crate::metrics::Metrics;
 use crate::pb::etcdserverpb::{AlarmMember, AlarmType, ResponseHeader};
 use crate::pb::mvccpb;
 
@@ -20,36 +21,6 @@ pub type Store = MvccStore<AnyBackend>;
 
 /// Raft term reported in every header (a fresh single-member etcd is at term 2).
 pub const RAFT_TERM: u64 = 2;
-
-/// Counters exported on `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// `(grpc_service, grpc_method, grpc_code)` → handled count.
-    pub handled: Mutex<BTreeMap<(&'static str, &'static str, String), u64>>,
-    /// Open watch streams.
-    pub watch_streams: AtomicU64,
-    /// Live watchers.
-    pub watchers: AtomicU64,
-    /// Lease keep-alive streams.
-    pub keepalive_streams: AtomicU64,
-    /// Leases revoked by expiry.
-    pub leases_expired: AtomicU64,
-}
-
-impl Metrics {
-    /// Counts one finished RPC.
-    pub fn observe<T>(&self, service: &'static str, method: &'static str, r: &Result<T, Status>) {
-        let code = match r {
-            Ok(_) => Code::Ok,
-            Err(s) => s.code(),
-        };
-        *self
-            .handled
-            .lock()
-            .entry((service, method, format!("{code:?}")))
-            .or_insert(0) += 1;
-    }
-}
 
 /// State shared by the services.
 #[derive(Debug)]
@@ -283,6 +254,20 @@ where
     } else {
         blocking(f).await
     }
+}
+
+/// Runs a write request's store work as [`maybe_blocking`] does (inline under buffered
+/// durability) and records how long it took to commit
+/// ([`Metrics::observe_commit`]).
+pub async fn write<T, F>(state: &State, f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Status> + Send + 'static,
+{
+    let started = std::time::Instant::now();
+    let res = maybe_blocking(state.inline_writes, f).await;
+    state.metrics.observe_commit(started.elapsed());
+    res
 }
 
 /// Runs blocking store work on tokio's blocking pool.

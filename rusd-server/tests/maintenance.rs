@@ -122,7 +122,7 @@ async fn status_members_hash_snapshot_defrag_on_every_engine() {
             "{body}"
         );
         assert!(body.contains(&format!("rusd_backend_info{{engine=\"{kind}\"}} 1")));
-        assert!(body.contains("grpc_server_handled_total{grpc_code=\"Ok\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\"} 20"), "{body}");
+        assert!(body.contains("grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 20"), "{body}");
         let (status, _) = common::http_get(maddr, "/nope").await;
         assert_eq!(status, "HTTP/1.1 404 Not Found");
 

@@ -1,0 +1,816 @@
+//! etcd's v3 JSON gateway (grpc-gateway) on the client port: `POST /v3/kv/range`, `/v3/kv/put`,
+//! `/v3/kv/deleterange`, `/v3/kv/txn`, `/v3/kv/compaction`, `/v3/lease/grant`,
+//! `/v3/lease/revoke`, `/v3/lease/timetolive`, `/v3/lease/leases`, `/v3/lease/keepalive` (one
+//! `{"result":..}` line per JSON object of the request body), `/v3/maintenance/status`, and `/v3/watch` (streamed, see [`watch`]).
+//!
+//! Requests are decoded from protobuf JSON as etcd's gateway accepts it (proto field names or
+//! lowerCamelCase, bytes in base64, 64-bit integers as strings or numbers, enums by name or
+//! number) and answered by the same gRPC service implementations as gRPC clients, so the
+//! behaviour, the errors and the `grpc_server_handled_total` counts are the same. Responses are
+//! written as etcd 3.4/3.5 writes them: proto field names (`create_revision`, `ID`, `TTL`,
+//! `dbSize`), 64-bit integers as strings, bytes in base64, default values omitted. Errors are
+//! `{"error":..,"message":..,"code":<gRPC code>}` with grpc-gateway's HTTP status.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+use serde_json::{Map, Value};
+use tonic::{Code, Request, Status};
+
+use crate::http::response;
+use crate::kv::KvService;
+use crate::lease::LeaseService;
+use crate::maintenance::MaintenanceService;
+use crate::pb::etcdserverpb::{
+    compare, kv_server::Kv, lease_server::Lease, maintenance_server::Maintenance, request_op,
+    response_op, CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, StatusRequest,
+    TxnRequest, TxnResponse,
+};
+use crate::pb::mvccpb::KeyValue;
+use crate::state::State;
+
+/// Deepest nesting of `request_txn` accepted.
+const MAX_TXN_DEPTH: usize = 16;
+
+/// Answers one unary gateway request: `path` is the URL path, `body` the JSON request.
+pub async fn handle_unary(state: &Arc<State>, path: &str, body: &[u8]) -> Response<Full<Bytes>> {
+    let mut r = match dispatch(state, path, body).await {
+        Ok(json) => response(StatusCode::OK, "application/json", json),
+        Err(status) => error_response(&status),
+    };
+    cors(&mut r);
+    r
+}
+
+/// Adds the cross-origin headers etcd's gateway sends.
+pub fn cors<B>(r: &mut Response<B>) {
+    let h = r.headers_mut();
+    for (name, value) in [
+        (
+            "access-control-allow-headers",
+            "accept, content-type, authorization",
+        ),
+        (
+            "access-control-allow-methods",
+            "POST, GET, OPTIONS, PUT, DELETE",
+        ),
+        ("access-control-allow-origin", "*"),
+    ] {
+        h.insert(name, hyper::header::HeaderValue::from_static(value));
+    }
+}
+
+async fn dispatch(state: &Arc<State>, path: &str, body: &[u8]) -> Result<String, Status> {
+    let kv = || KvService::new(state.clone());
+    let lease = || LeaseService::new(state.clone());
+    match path {
+        "/v3/kv/range" => {
+            let r = range_request(&parse(body)?)?;
+            Ok(range_json(&kv().range(Request::new(r)).await?.into_inner()))
+        }
+        "/v3/kv/put" => {
+            let r = put_request(&parse(body)?)?;
+            Ok(put_json(&kv().put(Request::new(r)).await?.into_inner()))
+        }
+        "/v3/kv/deleterange" => {
+            let r = delete_request(&parse(body)?)?;
+            Ok(delete_json(
+                &kv().delete_range(Request::new(r)).await?.into_inner(),
+            ))
+        }
+        "/v3/kv/txn" => {
+            let r = txn_request(&parse(body)?, 0)?;
+            Ok(txn_json(&kv().txn(Request::new(r)).await?.into_inner()))
+        }
+        "/v3/kv/compaction" => {
+            let o = parse(body)?;
+            let r = CompactionRequest {
+                revision: int(&o, &["revision"])?,
+                physical: boolean(&o, &["physical"])?,
+            };
+            let resp = kv().compact(Request::new(r)).await?.into_inner();
+            Ok(header_only(resp.header.as_ref()))
+        }
+        "/v3/lease/grant" => {
+            let o = parse(body)?;
+            let r = LeaseGrantRequest {
+                ttl: int(&o, &["TTL", "ttl"])?,
+                id: int(&o, &["ID", "id"])?,
+            };
+            let resp = lease().lease_grant(Request::new(r)).await?.into_inner();
+            let mut j = Obj::new();
+            j.header(resp.header.as_ref());
+            j.int("ID", resp.id);
+            j.int("TTL", resp.ttl);
+            j.str("error", &resp.error);
+            Ok(j.finish())
+        }
+        "/v3/lease/revoke" | "/v3/kv/lease/revoke" => {
+            let o = parse(body)?;
+            let r = LeaseRevokeRequest {
+                id: int(&o, &["ID", "id"])?,
+            };
+            let resp = lease().lease_revoke(Request::new(r)).await?.into_inner();
+            Ok(header_only(resp.header.as_ref()))
+        }
+        "/v3/lease/timetolive" | "/v3/kv/lease/timetolive" => {
+            let o = parse(body)?;
+            let r = LeaseTimeToLiveRequest {
+                id: int(&o, &["ID", "id"])?,
+                keys: boolean(&o, &["keys"])?,
+            };
+            let resp = lease()
+                .lease_time_to_live(Request::new(r))
+                .await?
+                .into_inner();
+            let mut j = Obj::new();
+            j.header(resp.header.as_ref());
+            j.int("ID", resp.id);
+            j.int("TTL", resp.ttl);
+            j.int("grantedTTL", resp.granted_ttl);
+            j.list("keys", resp.keys.iter().map(|k| quote(&b64(k))));
+            Ok(j.finish())
+        }
+        "/v3/lease/leases" | "/v3/kv/lease/leases" => {
+            parse(body)?;
+            let resp = lease()
+                .lease_leases(Request::new(LeaseLeasesRequest {}))
+                .await?
+                .into_inner();
+            let mut j = Obj::new();
+            j.header(resp.header.as_ref());
+            j.list(
+                "leases",
+                resp.leases.iter().map(|l| {
+                    let mut o = Obj::new();
+                    o.int("ID", l.id);
+                    o.finish()
+                }),
+            );
+            Ok(j.finish())
+        }
+        "/v3/lease/keepalive" | "/v3/kv/lease/keepalive" => keep_alive(state, body).await,
+        "/v3/maintenance/status" => {
+            parse(body)?;
+            let resp = MaintenanceService::new(state.clone())
+                .status(Request::new(StatusRequest {}))
+                .await?
+                .into_inner();
+            let mut j = Obj::new();
+            j.header(resp.header.as_ref());
+            j.str("version", &resp.version);
+            j.int("dbSize", resp.db_size);
+            j.uint("leader", resp.leader);
+            j.uint("raftIndex", resp.raft_index);
+            j.uint("raftTerm", resp.raft_term);
+            j.uint("raftAppliedIndex", resp.raft_applied_index);
+            j.list("errors", resp.errors.iter().map(|e| quote(e)));
+            j.int("dbSizeInUse", resp.db_size_in_use);
+            j.boolean("isLearner", resp.is_learner);
+            Ok(j.finish())
+        }
+        _ => Err(Status::new(Code::NotFound, "Not Found")),
+    }
+}
+
+/// `LeaseKeepAlive` over the gateway: every JSON object of the request body renews its lease
+/// and yields one `{"result":{...}}` line, as etcd streams them (an unknown lease: no TTL).
+async fn keep_alive(state: &Arc<State>, body: &[u8]) -> Result<String, Status> {
+    let mut out = String::new();
+    for value in serde_json::Deserializer::from_slice(body).into_iter::<Value>() {
+        let value = value.map_err(|e| Status::unknown(e.to_string()))?;
+        let id = int(as_object(&value)?, &["ID", "id"])?;
+        let st = state.clone();
+        let ttl = crate::state::blocking(move || match st.store.lease_keep_alive(id) {
+            Ok(ttl) => Ok(ttl),
+            Err(mvcc_core::MvccError::LeaseNotFound(_)) => Ok(0),
+            Err(e) => Err(crate::error::mvcc_status(e)),
+        })
+        .await;
+        state
+            .metrics
+            .observe("etcdserverpb.Lease", "LeaseKeepAlive", &ttl);
+        let mut j = Obj::new();
+        j.header(state.header_now().as_ref());
+        j.int("ID", id);
+        j.int("TTL", ttl?);
+        out.push_str(&format!("{{\"result\":{}}}\n", j.finish()));
+    }
+    Ok(out)
+}
+
+/// `/v3/watch`: creates the watchers of the `create_request`s in the request body and returns
+/// the stream of `{"result":{...}}` lines (the `created` answers, then events) that lasts until
+/// the client disconnects or the server stops.
+pub fn watch(
+    state: &Arc<State>,
+    body: &[u8],
+) -> Result<tokio::sync::mpsc::Receiver<Bytes>, Status> {
+    let mut watchers = Vec::new();
+    let mut lines = Vec::new();
+    for value in serde_json::Deserializer::from_slice(body).into_iter::<Value>() {
+        let value = value.map_err(|e| Status::unknown(e.to_string()))?;
+        let Some(c) = object(as_object(&value)?, &["create_request"])? else {
+            continue;
+        };
+        let id = int(c, &["watch_id"])?;
+        let start = int(c, &["start_revision"])?;
+        let w = state
+            .store
+            .watch(
+                &bytes_field(c, &["key"])?,
+                &bytes_field(c, &["range_end"])?,
+                start,
+            )
+            .map_err(crate::error::mvcc_status)?;
+        let mut j = Obj::new();
+        j.header(state.header_now().as_ref());
+        j.int("watch_id", id);
+        j.boolean("created", true);
+        lines.push(result_line(j.finish()));
+        watchers.push((id, w));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    for line in lines {
+        tx.try_send(line)
+            .map_err(|_| Status::resource_exhausted("too many watch requests"))?;
+    }
+    for (id, w) in watchers {
+        let tx = tx.clone();
+        let st = state.clone();
+        st.metrics
+            .watchers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || {
+            forward_events(&st, id, &w, &tx);
+            w.cancel();
+            st.metrics
+                .watchers
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    Ok(rx)
+}
+
+fn result_line(json: String) -> Bytes {
+    Bytes::from(format!("{{\"result\":{json}}}\n"))
+}
+
+/// Sends a watcher's events as result lines until the client leaves or the server stops.
+fn forward_events(
+    state: &State,
+    id: i64,
+    w: &mvcc_core::Watcher,
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+) {
+    use crossbeam::channel::RecvTimeoutError;
+    loop {
+        match w
+            .receiver()
+            .recv_timeout(std::time::Duration::from_millis(100))
+        {
+            Ok(resp) => {
+                let events = resp.events.iter().map(|ev| {
+                    let mut e = Obj::new();
+                    if ev.kind == mvcc_core::EventKind::Delete {
+                        e.raw("type", "\"DELETE\"");
+                    }
+                    e.raw("kv", &kv_json(&crate::state::to_pb_kv(ev.kv.clone())));
+                    e.finish()
+                });
+                let mut j = Obj::new();
+                j.header(state.header(resp.revision).as_ref());
+                j.int("watch_id", id);
+                j.boolean("canceled", resp.canceled);
+                j.int("compact_revision", resp.compact_revision);
+                j.list("events", events);
+                if tx.blocking_send(result_line(j.finish())).is_err() || resp.canceled {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if tx.is_closed() || *state.shutdown.borrow() {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// grpc-gateway's HTTP status for a gRPC code.
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// etcd's JSON error answer for `status`.
+pub fn error_response(status: &Status) -> Response<Full<Bytes>> {
+    let m = quote(status.message());
+    response(
+        http_status(status.code()),
+        "application/json",
+        format!(
+            r#"{{"error":{m},"message":{m},"code":{}}}"#,
+            status.code() as i32
+        ),
+    )
+}
+
+// ---- decoding ----
+
+fn bad(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg.into())
+}
+
+fn parse(body: &[u8]) -> Result<Map<String, Value>, Status> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(body).map_err(|e| bad(e.to_string()))? {
+        Value::Object(o) => Ok(o),
+        Value::Null => Ok(Map::new()),
+        _ => Err(bad("the request body must be a JSON object")),
+    }
+}
+
+fn get<'a>(o: &'a Map<String, Value>, names: &[&str]) -> Option<&'a Value> {
+    names
+        .iter()
+        .find_map(|n| o.get(*n))
+        .filter(|v| !v.is_null())
+}
+
+/// `snake_case` → `lowerCamelCase` (protobuf JSON names).
+fn camel(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut up = false;
+    for c in name.chars() {
+        if c == '_' {
+            up = true;
+        } else if up {
+            out.extend(c.to_uppercase());
+            up = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn lookup<'a>(o: &'a Map<String, Value>, names: &[&str]) -> Option<(&'a Value, String)> {
+    let mut all: Vec<String> = names.iter().map(|s| (*s).to_string()).collect();
+    all.extend(names.iter().map(|s| camel(s)));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    get(o, &refs).map(|v| (v, names.first().copied().unwrap_or("").to_string()))
+}
+
+fn int(o: &Map<String, Value>, names: &[&str]) -> Result<i64, Status> {
+    let Some((v, name)) = lookup(o, names) else {
+        return Ok(0);
+    };
+    match v {
+        Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| bad(format!("{name}: {n} is not a 64-bit integer"))),
+        Value::String(s) => s
+            .parse()
+            .map_err(|_| bad(format!("{name}: {s:?} is not a 64-bit integer"))),
+        other => Err(bad(format!("{name}: {other} is not a 64-bit integer"))),
+    }
+}
+
+fn boolean(o: &Map<String, Value>, names: &[&str]) -> Result<bool, Status> {
+    match lookup(o, names) {
+        None => Ok(false),
+        Some((Value::Bool(b), _)) => Ok(*b),
+        Some((Value::String(s), _)) if s == "true" || s == "false" => Ok(s == "true"),
+        Some((other, name)) => Err(bad(format!("{name}: {other} is not a boolean"))),
+    }
+}
+
+fn bytes_field(o: &Map<String, Value>, names: &[&str]) -> Result<Vec<u8>, Status> {
+    match lookup(o, names) {
+        None => Ok(Vec::new()),
+        Some((Value::String(s), name)) => {
+            unb64(s).ok_or_else(|| bad(format!("{name}: bad base64")))
+        }
+        Some((other, name)) => Err(bad(format!("{name}: {other} is not base64 bytes"))),
+    }
+}
+
+fn unb64(s: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    STANDARD
+        .decode(s)
+        .or_else(|_| STANDARD_NO_PAD.decode(s))
+        .or_else(|_| URL_SAFE.decode(s))
+        .or_else(|_| URL_SAFE_NO_PAD.decode(s))
+        .ok()
+}
+
+fn enumeration(
+    o: &Map<String, Value>,
+    names: &[&str],
+    from_name: fn(&str) -> Option<i32>,
+) -> Result<i32, Status> {
+    match lookup(o, names) {
+        None => Ok(0),
+        Some((Value::String(s), name)) => {
+            from_name(s).ok_or_else(|| bad(format!("{name}: unknown value {s:?}")))
+        }
+        Some((Value::Number(n), name)) => n
+            .as_i64()
+            .and_then(|v| i32::try_from(v).ok())
+            .ok_or_else(|| bad(format!("{name}: {n} is not an enum value"))),
+        Some((other, name)) => Err(bad(format!("{name}: {other} is not an enum value"))),
+    }
+}
+
+fn object<'a>(
+    o: &'a Map<String, Value>,
+    names: &[&str],
+) -> Result<Option<&'a Map<String, Value>>, Status> {
+    match lookup(o, names) {
+        None => Ok(None),
+        Some((Value::Object(m), _)) => Ok(Some(m)),
+        Some((other, name)) => Err(bad(format!("{name}: {other} is not an object"))),
+    }
+}
+
+fn array<'a>(o: &'a Map<String, Value>, names: &[&str]) -> Result<&'a [Value], Status> {
+    match lookup(o, names) {
+        None => Ok(&[]),
+        Some((Value::Array(a), _)) => Ok(a),
+        Some((other, name)) => Err(bad(format!("{name}: {other} is not an array"))),
+    }
+}
+
+fn as_object(v: &Value) -> Result<&Map<String, Value>, Status> {
+    v.as_object()
+        .ok_or_else(|| bad(format!("{v} is not an object")))
+}
+
+fn range_request(o: &Map<String, Value>) -> Result<RangeRequest, Status> {
+    use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
+    Ok(RangeRequest {
+        key: bytes_field(o, &["key"])?,
+        range_end: bytes_field(o, &["range_end"])?,
+        limit: int(o, &["limit"])?,
+        revision: int(o, &["revision"])?,
+        sort_order: enumeration(o, &["sort_order"], |s| {
+            SortOrder::from_str_name(s).map(|v| v as i32)
+        })?,
+        sort_target: enumeration(o, &["sort_target"], |s| {
+            SortTarget::from_str_name(s).map(|v| v as i32)
+        })?,
+        serializable: boolean(o, &["serializable"])?,
+        keys_only: boolean(o, &["keys_only"])?,
+        count_only: boolean(o, &["count_only"])?,
+        min_mod_revision: int(o, &["min_mod_revision"])?,
+        max_mod_revision: int(o, &["max_mod_revision"])?,
+        min_create_revision: int(o, &["min_create_revision"])?,
+        max_create_revision: int(o, &["max_create_revision"])?,
+    })
+}
+
+fn put_request(o: &Map<String, Value>) -> Result<PutRequest, Status> {
+    Ok(PutRequest {
+        key: bytes_field(o, &["key"])?,
+        value: bytes_field(o, &["value"])?,
+        lease: int(o, &["lease"])?,
+        prev_kv: boolean(o, &["prev_kv"])?,
+        ignore_value: boolean(o, &["ignore_value"])?,
+        ignore_lease: boolean(o, &["ignore_lease"])?,
+    })
+}
+
+fn delete_request(o: &Map<String, Value>) -> Result<DeleteRangeRequest, Status> {
+    Ok(DeleteRangeRequest {
+        key: bytes_field(o, &["key"])?,
+        range_end: bytes_field(o, &["range_end"])?,
+        prev_kv: boolean(o, &["prev_kv"])?,
+    })
+}
+
+fn compare_request(o: &Map<String, Value>) -> Result<Compare, Status> {
+    use compare::{CompareResult, CompareTarget, TargetUnion};
+    let target = enumeration(o, &["target"], |s| {
+        CompareTarget::from_str_name(s).map(|v| v as i32)
+    })?;
+    let union = if lookup(o, &["version"]).is_some() {
+        Some(TargetUnion::Version(int(o, &["version"])?))
+    } else if lookup(o, &["create_revision"]).is_some() {
+        Some(TargetUnion::CreateRevision(int(o, &["create_revision"])?))
+    } else if lookup(o, &["mod_revision"]).is_some() {
+        Some(TargetUnion::ModRevision(int(o, &["mod_revision"])?))
+    } else if lookup(o, &["value"]).is_some() {
+        Some(TargetUnion::Value(bytes_field(o, &["value"])?))
+    } else if lookup(o, &["lease"]).is_some() {
+        Some(TargetUnion::Lease(int(o, &["lease"])?))
+    } else {
+        None
+    };
+    Ok(Compare {
+        result: enumeration(o, &["result"], |s| {
+            CompareResult::from_str_name(s).map(|v| v as i32)
+        })?,
+        target,
+        key: bytes_field(o, &["key"])?,
+        range_end: bytes_field(o, &["range_end"])?,
+        target_union: union,
+    })
+}
+
+fn request_op(o: &Map<String, Value>, depth: usize) -> Result<RequestOp, Status> {
+    use request_op::Request as R;
+    let request = if let Some(r) = object(o, &["request_range"])? {
+        Some(R::RequestRange(range_request(r)?))
+    } else if let Some(p) = object(o, &["request_put"])? {
+        Some(R::RequestPut(put_request(p)?))
+    } else if let Some(d) = object(o, &["request_delete_range"])? {
+        Some(R::RequestDeleteRange(delete_request(d)?))
+    } else if let Some(t) = object(o, &["request_txn"])? {
+        Some(R::RequestTxn(txn_request(t, depth + 1)?))
+    } else {
+        None
+    };
+    Ok(RequestOp { request })
+}
+
+fn txn_request(o: &Map<String, Value>, depth: usize) -> Result<TxnRequest, Status> {
+    if depth > MAX_TXN_DEPTH {
+        return Err(bad("request_txn nested too deeply"));
+    }
+    let ops = |name: &str| -> Result<Vec<RequestOp>, Status> {
+        array(o, &[name])?
+            .iter()
+            .map(|v| request_op(as_object(v)?, depth))
+            .collect()
+    };
+    Ok(TxnRequest {
+        compare: array(o, &["compare"])?
+            .iter()
+            .map(|v| compare_request(as_object(v)?))
+            .collect::<Result<_, _>>()?,
+        success: ops("success")?,
+        failure: ops("failure")?,
+    })
+}
+
+// ---- encoding ----
+
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// A JSON object written field by field in proto order, omitting default values (as
+/// grpc-gateway's marshaller with `EmitDefaults: false`).
+struct Obj {
+    s: String,
+}
+
+impl Obj {
+    fn new() -> Self {
+        Obj {
+            s: String::from("{"),
+        }
+    }
+
+    fn raw(&mut self, name: &str, json: &str) {
+        if self.s.len() > 1 {
+            self.s.push(',');
+        }
+        self.s.push_str(&quote(name));
+        self.s.push(':');
+        self.s.push_str(json);
+    }
+
+    fn int(&mut self, name: &str, v: i64) {
+        if v != 0 {
+            self.raw(name, &format!("\"{v}\""));
+        }
+    }
+
+    fn uint(&mut self, name: &str, v: u64) {
+        if v != 0 {
+            self.raw(name, &format!("\"{v}\""));
+        }
+    }
+
+    fn boolean(&mut self, name: &str, v: bool) {
+        if v {
+            self.raw(name, "true");
+        }
+    }
+
+    fn str(&mut self, name: &str, v: &str) {
+        if !v.is_empty() {
+            self.raw(name, &quote(v));
+        }
+    }
+
+    fn bytes(&mut self, name: &str, v: &[u8]) {
+        if !v.is_empty() {
+            self.raw(name, &quote(&b64(v)));
+        }
+    }
+
+    fn list(&mut self, name: &str, items: impl Iterator<Item = String>) {
+        let items: Vec<String> = items.collect();
+        if !items.is_empty() {
+            self.raw(name, &format!("[{}]", items.join(",")));
+        }
+    }
+
+    fn header(&mut self, h: Option<&ResponseHeader>) {
+        if let Some(h) = h {
+            let mut o = Obj::new();
+            o.uint("cluster_id", h.cluster_id);
+            o.uint("member_id", h.member_id);
+            o.int("revision", h.revision);
+            o.uint("raft_term", h.raft_term);
+            self.raw("header", &o.finish());
+        }
+    }
+
+    fn finish(mut self) -> String {
+        self.s.push('}');
+        self.s
+    }
+}
+
+fn header_only(h: Option<&ResponseHeader>) -> String {
+    let mut j = Obj::new();
+    j.header(h);
+    j.finish()
+}
+
+fn kv_json(kv: &KeyValue) -> String {
+    let mut o = Obj::new();
+    o.bytes("key", &kv.key);
+    o.int("create_revision", kv.create_revision);
+    o.int("mod_revision", kv.mod_revision);
+    o.int("version", kv.version);
+    o.bytes("value", &kv.value);
+    o.int("lease", kv.lease);
+    o.finish()
+}
+
+fn range_json(r: &RangeResponse) -> String {
+    let mut j = Obj::new();
+    j.header(r.header.as_ref());
+    j.list("kvs", r.kvs.iter().map(kv_json));
+    j.boolean("more", r.more);
+    j.int("count", r.count);
+    j.finish()
+}
+
+fn put_json(r: &PutResponse) -> String {
+    let mut j = Obj::new();
+    j.header(r.header.as_ref());
+    if let Some(kv) = &r.prev_kv {
+        j.raw("prev_kv", &kv_json(kv));
+    }
+    j.finish()
+}
+
+fn delete_json(r: &DeleteRangeResponse) -> String {
+    let mut j = Obj::new();
+    j.header(r.header.as_ref());
+    j.int("deleted", r.deleted);
+    j.list("prev_kvs", r.prev_kvs.iter().map(kv_json));
+    j.finish()
+}
+
+/// A txn's inner response headers carry only the revision in etcd's answers.
+fn nested(h: Option<&ResponseHeader>) -> Option<ResponseHeader> {
+    h.map(|h| ResponseHeader {
+        revision: h.revision,
+        ..ResponseHeader::default()
+    })
+}
+
+fn response_op_json(op: &ResponseOp) -> String {
+    use response_op::Response as R;
+    let mut j = Obj::new();
+    match &op.response {
+        Some(R::ResponseRange(r)) => {
+            let r = RangeResponse {
+                header: nested(r.header.as_ref()),
+                ..r.clone()
+            };
+            j.raw("response_range", &range_json(&r))
+        }
+        Some(R::ResponsePut(r)) => {
+            let r = PutResponse {
+                header: nested(r.header.as_ref()),
+                ..r.clone()
+            };
+            j.raw("response_put", &put_json(&r))
+        }
+        Some(R::ResponseDeleteRange(r)) => {
+            let r = DeleteRangeResponse {
+                header: nested(r.header.as_ref()),
+                ..r.clone()
+            };
+            j.raw("response_delete_range", &delete_json(&r))
+        }
+        Some(R::ResponseTxn(r)) => {
+            let r = TxnResponse {
+                header: nested(r.header.as_ref()),
+                ..r.clone()
+            };
+            j.raw("response_txn", &txn_json(&r))
+        }
+        None => {}
+    }
+    j.finish()
+}
+
+fn txn_json(r: &TxnResponse) -> String {
+    let mut j = Obj::new();
+    j.header(r.header.as_ref());
+    j.boolean("succeeded", r.succeeded);
+    j.list("responses", r.responses.iter().map(response_op_json));
+    j.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_etcd_json() {
+        let o = parse(br#"{"key":"Zm9v","rangeEnd":"Zm9w","limit":"2","revision":3,"sort_order":"DESCEND","keys_only":true}"#).unwrap();
+        let r = range_request(&o).unwrap();
+        assert_eq!(
+            (
+                r.key,
+                r.range_end,
+                r.limit,
+                r.revision,
+                r.sort_order,
+                r.keys_only
+            ),
+            (b"foo".to_vec(), b"fop".to_vec(), 2, 3, 2, true)
+        );
+        assert_eq!(camel("create_revision"), "createRevision");
+        assert_eq!(parse(b"{bad").unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(
+            range_request(&parse(br#"{"key":5}"#).unwrap())
+                .unwrap_err()
+                .message(),
+            "key: 5 is not base64 bytes"
+        );
+    }
+
+    #[test]
+    fn encodes_as_etcd() {
+        let r = RangeResponse {
+            header: Some(ResponseHeader {
+                cluster_id: 1,
+                member_id: 2,
+                revision: 3,
+                raft_term: 2,
+            }),
+            kvs: vec![KeyValue {
+                key: b"foo".to_vec(),
+                create_revision: 2,
+                mod_revision: 3,
+                version: 2,
+                value: b"baz".to_vec(),
+                lease: 0,
+            }],
+            more: false,
+            count: 1,
+        };
+        assert_eq!(
+            range_json(&r),
+            r#"{"header":{"cluster_id":"1","member_id":"2","revision":"3","raft_term":"2"},"kvs":[{"key":"Zm9v","create_revision":"2","mod_revision":"3","version":"2","value":"YmF6"}],"count":"1"}"#
+        );
+    }
+}
