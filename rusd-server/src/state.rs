@@ -267,6 +267,18 @@ where
     let started = std::time::Instant::now();
     let res = maybe_blocking(state.inline_writes, f).await;
     state.metrics.observe_commit(started.elapsed());
+    if let Err(status) = &res {
+        // A full device refused the write (see `mvcc_status`): raise etcd's NOSPACE alarm, as
+        // the quota check does, so every later write is refused until it is disarmed.
+        if status.code() == tonic::Code::ResourceExhausted
+            && status.message() == rpc::no_space().message()
+        {
+            state
+                .alarms
+                .lock()
+                .insert((state.member_id, AlarmType::Nospace as i32));
+        }
+    }
     res
 }
 
