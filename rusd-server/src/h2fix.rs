@@ -1281,6 +1281,9 @@ mod tests {
         })
     }
 
+    /// Cases run so far (printed every 250,000, to check long runs).
+    static CASES_RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
     fn cases() -> u32 {
         std::env::var("RUSD_HPACK_CASES")
             .ok()
@@ -1303,8 +1306,28 @@ mod tests {
             chunk in 1usize..40_000,
             read in 1usize..40_000,
         ) {
+            let n = CASES_RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n.is_multiple_of(250_000) {
+                eprintln!("h2fix proptest: {n} cases");
+            }
             let r = run(&input, chunk, read);
             prop_assert!(r.max_buffered <= BUFFER_BOUND, "buffered {}", r.max_buffered);
+            // Every header block handed to h2 decodes, in order, with a decoder that saw only
+            // the filter's output (h2's view): the HPACK states stay consistent.
+            if r.forwarded.starts_with(PREFACE) {
+                let mut dec = loona_hpack::Decoder::new();
+                let mut block = Vec::new();
+                for (ty, flags, _, payload) in decode_frames(&r.forwarded[PREFACE.len()..]) {
+                    if ty == TYPE_HEADERS || ty == TYPE_CONTINUATION {
+                        block.extend_from_slice(&payload);
+                        if flags & FLAG_END_HEADERS != 0 {
+                            let h = dec.decode(&block);
+                            prop_assert!(h.is_ok(), "forwarded block does not decode");
+                            block.clear();
+                        }
+                    }
+                }
+            }
             match r.violation {
                 Some(v) => {
                     prop_assert_eq!(r.written.len(), FRAME_HEADER + 8);
