@@ -50,7 +50,9 @@
 //! the long run is
 //! `RUSD_POWER_CUTS=1000 cargo test --release -p mvcc-core --features redb --test power_loss`.
 //! `RUSD_POWER_SEED` replays a run's choices (targets, delays, operations; the seed is printed
-//! on stderr), not its thread timing. Without `/dev/fuse` (or
+//! on stderr), not its thread timing. `RUSD_POWER_DEBUG=1` prints the durable tree after each
+//! cut. `RUSD_POWER_NO_FREEZE=1` is an experiment: the child runs on for 20 ms after the cut and
+//! sees its syncs fail with `EIO`, showing what the store exposes after a failed sync. Without `/dev/fuse` (or
 //! without root and `fusermount3`) the tests are skipped, unless `CI` is set: then they fail.
 #![cfg(unix)]
 
