@@ -54,7 +54,8 @@ impl Event {
         }
     }
 
-    fn from_row(key: &[u8], value: &[u8]) -> MvccResult<(Revision, Event)> {
+    /// The event of one `kv` row and its revision.
+    pub(crate) fn from_row(key: &[u8], value: &[u8]) -> MvccResult<(Revision, Event)> {
         let (rev, tombstone) = Revision::from_key(key)?;
         let kv = KeyValue::decode(value)?;
         let event = if tombstone {

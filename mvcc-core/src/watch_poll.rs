@@ -4,28 +4,9 @@
 use storage_api::{Backend, Tree};
 
 use crate::error::{MvccError, MvccResult};
-use crate::kv::KeyValue;
 use crate::revision::Revision;
 use crate::store::{successor, MvccStore, RESTORE_CHUNK};
-use crate::watch::{Event, EventKind};
-
-/// The event of one `kv` row.
-fn event_of_row(key: &[u8], value: &[u8]) -> MvccResult<(Revision, Event)> {
-    let (rev, tombstone) = Revision::from_key(key)?;
-    let kv = KeyValue::decode(value)?;
-    let event = if tombstone {
-        Event {
-            kind: EventKind::Delete,
-            kv: KeyValue::tombstone(kv.key, rev.main),
-        }
-    } else {
-        Event {
-            kind: EventKind::Put,
-            kv,
-        }
-    };
-    Ok((rev, event))
-}
+use crate::watch::Event;
 
 impl<B: Backend> MvccStore<B> {
     /// Every event (all keys) with `mod_revision` in `[start_revision, current]`, in revision
@@ -63,7 +44,7 @@ impl<B: Backend> MvccStore<B> {
                 let next = successor(last);
                 let done = rows.len() < chunk;
                 for (k, v) in &rows {
-                    let (rev, event) = event_of_row(k, v)?;
+                    let (rev, event) = Event::from_row(k, v)?;
                     if !events.is_empty() && events.len() >= max && rev.main != last_main {
                         break 'scan;
                     }
