@@ -233,8 +233,22 @@ impl RocksdbBackend {
             ColumnFamilyDescriptor::new(tree.name(), Self::options(&cache, &write_buffers, budget))
         });
         let path = config.path.join(DB_DIR);
+        let created = !path.exists();
         let db = DB::open_cf_descriptors(&db_opts, &path, descriptors)
             .map_err(|e| engine_err(format!("opening {}", path.display()), e))?;
+        if created {
+            // RocksDB syncs the files it creates inside its directory, not the directory's own
+            // name in the data directory: without this, a power loss after the first writes
+            // loses the whole store (found by the power-loss harness).
+            std::fs::File::open(&config.path)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| {
+                    StorageError::io(
+                        format!("syncing {} after creating {DB_DIR}", config.path.display()),
+                        e,
+                    )
+                })?;
+        }
 
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(config.durability == Durability::Sync);

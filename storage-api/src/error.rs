@@ -81,9 +81,18 @@ pub fn is_out_of_space(err: &(dyn std::error::Error + 'static)) -> bool {
                 return true;
             }
         }
-        // Engines that keep only the message of the OS error (sled's error has no source).
+        // Engines that keep only the message of the OS error: sled's error has no source,
+        // RocksDB's status carries strerror's text.
         let text = e.to_string();
-        if text.contains("(os error 28)") || text.contains("(os error 122)") {
+        if [
+            "(os error 28)",
+            "(os error 122)",
+            "No space left on device",
+            "Disk quota exceeded",
+        ]
+        .iter()
+        .any(|m| text.contains(m))
+        {
             return true;
         }
         cur = e.source();
@@ -170,5 +179,13 @@ mod out_of_space_tests {
         assert!(is_out_of_space(&nested));
         let text_only = std::io::Error::other("sled: No space left on device (os error 28)");
         assert!(is_out_of_space(&text_only));
+        let rocksdb = StorageError::engine(
+            "rocksdb",
+            "writing to kv",
+            "IO error: No space left on device: While appending to file: 000004.log",
+        );
+        assert!(rocksdb.is_out_of_space());
+        let unrelated = StorageError::engine("rocksdb", "writing", "IO error: bad file");
+        assert!(!unrelated.is_out_of_space());
     }
 }
