@@ -7,7 +7,7 @@
 //!
 //! * [`bbolt`]: a small read-only bbolt page reader (bounded by the file size on every path).
 //! * [`etcd`]: decodes and validates etcd's `key`, `meta` and `lease` buckets.
-//! * [`import`]: writes the rows into rusd's `kv`, `meta` and `lease` trees in bounded batches
+//! * [`import`](mod@import): writes the rows into rusd's `kv`, `meta` and `lease` trees in bounded batches
 //!   and reopens the store to check it recovers them.
 //!
 //! The source is read and validated completely before anything is written; a corrupt,

@@ -12,7 +12,7 @@
 //! with [`MvccError::Failed`] (the store marks itself failed); nothing the failed flush covered
 //! is ever published.
 //!
-//! Writers announce themselves ([`GroupCommit::enter`]) before they queue for the store's write
+//! Writers announce themselves (`GroupCommit::enter`) before they queue for the store's write
 //! lock; a flush waits until those in-flight writes have committed (at most
 //! [`MAX_GATHER`]), so one flush covers every writer that was already on its way. This matters
 //! most for engines whose flush blocks writers (redb's durable commit holds its only write

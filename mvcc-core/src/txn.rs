@@ -1,6 +1,6 @@
 //! Transactions: compares, operations, nested transactions (etcd `txn.go`).
 //!
-//! [`MvccStore::kv_txn`] runs an etcd [`Txn`](crate::request::Txn) (every etcd field, see
+//! [`MvccStore::kv_txn`] runs an etcd [`Txn`] (every etcd field, see
 //! [`crate::request`]); [`MvccStore::txn`] and [`MvccStore::txn_request`] are conveniences over
 //! it in the compact form of this module ([`TxnOp`], [`RangeRequest`], [`TxnResult`]).
 //!
