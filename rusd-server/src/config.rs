@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub lease_check_interval: Duration,
     /// How long a graceful shutdown waits for open streams before closing the store anyway.
     pub shutdown_grace: Duration,
+    /// TLS of the client and metrics listeners (used by their `https` URLs).
+    pub client_tls: crate::tls::TlsSettings,
 }
 
 impl ServerConfig {
@@ -89,6 +91,7 @@ impl ServerConfig {
             progress_notify_interval: DEFAULT_PROGRESS_NOTIFY_INTERVAL,
             lease_check_interval: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(5),
+            client_tls: crate::tls::TlsSettings::default(),
         }
     }
 
@@ -152,6 +155,11 @@ impl ServerConfig {
         self.max_request_bytes = n;
         self
     }
+    /// Sets the TLS of the client and metrics listeners.
+    pub fn with_client_tls(mut self, tls: crate::tls::TlsSettings) -> Self {
+        self.client_tls = tls;
+        self
+    }
     /// Sets the progress-notify interval.
     pub fn with_progress_notify_interval(mut self, d: Duration) -> Self {
         self.progress_notify_interval = d;
@@ -159,14 +167,17 @@ impl ServerConfig {
     }
 }
 
-/// Parses an etcd client URL (`http://host:port`, or a bare `host:port`) into socket addresses.
-/// `https` is rejected: rusd serves plain-text gRPC only.
+/// Parses an etcd client URL (`http://host:port`, `https://host:port`, or a bare `host:port`)
+/// into socket addresses. Unix sockets are rejected.
 pub fn parse_url(url: &str) -> Result<Vec<SocketAddr>, ServerError> {
-    let rest = if let Some(r) = url.strip_prefix("http://") {
+    let rest = if let Some(r) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    {
         r
-    } else if url.starts_with("https://") || url.starts_with("unix") {
+    } else if url.starts_with("unix") {
         return Err(ServerError::Config(format!(
-            "{url}: only http:// URLs are supported (no TLS, no unix sockets)"
+            "{url}: unix sockets are not supported"
         )));
     } else if url.contains("://") {
         return Err(ServerError::Config(format!(
@@ -186,6 +197,18 @@ pub fn parse_url(url: &str) -> Result<Vec<SocketAddr>, ServerError> {
         )));
     }
     Ok(addrs)
+}
+
+/// The host part of a URL (`https://node1.example:2379` → `node1.example`, IPv6 brackets
+/// removed), for the names of an `--auto-tls` certificate.
+pub fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let hostport = rest.split('/').next()?;
+    let host = match hostport.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => hostport.rsplit_once(':').map_or(hostport, |(h, _)| h),
+    };
+    (!host.is_empty()).then(|| host.to_string())
 }
 
 /// Parses a comma-separated URL list.
@@ -362,7 +385,17 @@ mod tests {
             parse_url("http://127.0.0.1:2379").unwrap(),
             vec!["127.0.0.1:2379".parse::<SocketAddr>().unwrap()]
         );
-        assert!(parse_url("https://127.0.0.1:2379").is_err());
+        assert_eq!(
+            parse_url("https://127.0.0.1:2379").unwrap(),
+            vec!["127.0.0.1:2379".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(parse_url("unix://x").is_err());
+        assert_eq!(
+            url_host("https://node1.example:2379").as_deref(),
+            Some("node1.example")
+        );
+        assert_eq!(url_host("http://[::1]:2379").as_deref(), Some("::1"));
+        assert_eq!(url_host("127.0.0.1:2379").as_deref(), Some("127.0.0.1"));
         assert_eq!(
             split_urls("http://a:1, http://b:2"),
             vec!["http://a:1", "http://b:2"]

@@ -29,6 +29,10 @@ pub enum ServerError {
     /// The gRPC transport failed.
     #[error("grpc transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The TLS configuration is unusable (unreadable or mismatched certificate and key, missing
+    /// files for an `https` URL...).
+    #[error("tls: {0}")]
+    Tls(String),
     /// A background task failed.
     #[error("background task: {0}")]
     Task(String),

@@ -30,6 +30,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// true.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<State>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -39,14 +40,27 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         match accepted {
-            Ok((stream, _)) => {
-                tokio::spawn(serve_connection(
-                    stream,
-                    state.clone(),
-                    false,
-                    shutdown.clone(),
-                ));
-            }
+            Ok((stream, _)) => match &tls {
+                None => {
+                    tokio::spawn(serve_connection(
+                        stream,
+                        state.clone(),
+                        false,
+                        shutdown.clone(),
+                    ));
+                }
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    let (state, shutdown) = (state.clone(), shutdown.clone());
+                    tokio::spawn(async move {
+                        if let Ok(Ok(tls)) =
+                            tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await
+                        {
+                            serve_connection(tls, state, false, shutdown).await;
+                        }
+                    });
+                }
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "metrics listener: accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;

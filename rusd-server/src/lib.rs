@@ -39,6 +39,7 @@ pub mod pb;
 pub mod server;
 pub mod sniff;
 pub mod state;
+pub mod tls;
 pub mod watch;
 
 pub use config::ServerConfig;

@@ -65,6 +65,23 @@ struct Cli {
     /// Interval of progress notifications to watchers that ask for them (Go duration).
     #[arg(long, default_value = "10m")]
     experimental_watch_progress_notify_interval: String,
+    /// Path to the client server TLS certificate chain (PEM). Serves the `https` client and
+    /// metrics URLs.
+    #[arg(long, help_heading = "Security")]
+    cert_file: Option<PathBuf>,
+    /// Path to the client server TLS private key (PEM).
+    #[arg(long, help_heading = "Security")]
+    key_file: Option<PathBuf>,
+    /// Path to the CA certificates (PEM) that client certificates must be signed by.
+    #[arg(long, help_heading = "Security")]
+    trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by --trusted-ca-file on the `https` client URLs.
+    #[arg(long, help_heading = "Security")]
+    client_cert_auth: bool,
+    /// Serve the `https` client URLs with a generated self-signed certificate when no
+    /// --cert-file/--key-file are given.
+    #[arg(long, help_heading = "Security")]
+    auto_tls: bool,
     /// Log filter (RUST_LOG syntax), e.g. `info` or `rusd_server=debug`.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -94,6 +111,30 @@ fn config_from(cli: Cli) -> Result<ServerConfig, ServerError> {
     {
         rusd_server::config::parse_url(u)?;
     }
+    let mut tls = rusd_server::tls::TlsSettings::default()
+        .with_client_cert_auth(cli.client_cert_auth)
+        .with_auto_tls(cli.auto_tls);
+    match (cli.cert_file, cli.key_file) {
+        (Some(c), Some(k)) => tls = tls.with_cert(c, k),
+        (None, None) => {}
+        _ => {
+            return Err(ServerError::Config(
+                "--cert-file and --key-file must be given together".into(),
+            ))
+        }
+    }
+    if let Some(ca) = cli.trusted_ca_file {
+        tls = tls.with_trusted_ca(ca);
+    }
+    let any_https = listen
+        .iter()
+        .chain(split_urls(&cli.listen_metrics_urls).iter())
+        .any(|u| u.starts_with("https://"));
+    if any_https && !tls.is_configured() {
+        return Err(ServerError::Config(
+            "TLS key/cert (--cert-file, --key-file) must be provided for https client URLs (or use --auto-tls)".into(),
+        ));
+    }
     let data_dir = cli
         .data_dir
         .unwrap_or_else(|| PathBuf::from(format!("{}.rusd", cli.name)));
@@ -109,7 +150,8 @@ fn config_from(cli: Cli) -> Result<ServerConfig, ServerError> {
         .with_quota_backend_bytes(quota)
         .with_max_txn_ops(cli.max_txn_ops)
         .with_max_request_bytes(cli.max_request_bytes)
-        .with_progress_notify_interval(progress))
+        .with_progress_notify_interval(progress)
+        .with_client_tls(tls))
 }
 
 async fn wait_for_signal() -> std::io::Result<&'static str> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use mvcc_core::engine::AnyBackend;
 use mvcc_core::{CommitMode, Compactor, MvccStore, StoreConfig};
 use storage_api::{Backend, BackendConfig};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,6 +24,7 @@ use crate::pb::etcdserverpb::{
 };
 use crate::sniff::{self, Protocol};
 use crate::state::{State, Store};
+use crate::tls::ClientIo;
 use crate::watch::WatchService;
 
 /// How often the cached backend size (quota checks, metrics) is refreshed.
@@ -36,6 +37,7 @@ const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct RunningServer {
     client_addrs: Vec<SocketAddr>,
+    client_tls: Vec<bool>,
     metrics_addrs: Vec<SocketAddr>,
     shutdown_tx: watch::Sender<bool>,
     main: JoinHandle<Result<(), ServerError>>,
@@ -48,11 +50,18 @@ impl RunningServer {
         &self.client_addrs
     }
 
-    /// The first client URL (`http://ip:port`).
+    /// The first client URL (`http://ip:port`, or `https://ip:port` for a TLS listener).
     pub fn client_url(&self) -> String {
         self.client_addrs
             .first()
-            .map(|a| format!("http://{a}"))
+            .map(|a| {
+                let scheme = if self.client_tls.first().copied().unwrap_or(false) {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{a}")
+            })
             .unwrap_or_default()
     }
 
@@ -108,9 +117,11 @@ impl ShutdownHandle {
     }
 }
 
-async fn bind_all(urls: &[String]) -> Result<Vec<TcpListener>, ServerError> {
+/// Binds every URL; each listener comes with whether it serves TLS (an `https` URL).
+async fn bind_all(urls: &[String]) -> Result<Vec<(TcpListener, bool)>, ServerError> {
     let mut out = Vec::new();
     for url in urls {
+        let tls = url.starts_with("https://");
         for addr in config::parse_url(url)? {
             let l = TcpListener::bind(addr)
                 .await
@@ -118,7 +129,7 @@ async fn bind_all(urls: &[String]) -> Result<Vec<TcpListener>, ServerError> {
                     addr: addr.to_string(),
                     source,
                 })?;
-            out.push(l);
+            out.push((l, tls));
         }
     }
     Ok(out)
@@ -148,14 +159,37 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let metrics_listeners = bind_all(&cfg.listen_metrics_urls).await?;
     let client_addrs: Vec<SocketAddr> = listeners
         .iter()
-        .map(|l| l.local_addr())
+        .map(|(l, _)| l.local_addr())
         .collect::<Result<_, _>>()
         .map_err(|e| ServerError::Config(format!("listener address: {e}")))?;
     let metrics_addrs: Vec<SocketAddr> = metrics_listeners
         .iter()
-        .map(|l| l.local_addr())
+        .map(|(l, _)| l.local_addr())
         .collect::<Result<_, _>>()
         .map_err(|e| ServerError::Config(format!("listener address: {e}")))?;
+
+    let client_tls: Vec<bool> = listeners.iter().map(|(_, t)| *t).collect();
+    let any_tls = listeners.iter().chain(&metrics_listeners).any(|(_, t)| *t);
+    let acceptor = if any_tls {
+        let hosts: Vec<String> = cfg
+            .advertise_client_urls
+            .iter()
+            .chain(&cfg.listen_client_urls)
+            .filter_map(|u| config::url_host(u))
+            .collect();
+        Some(crate::tls::acceptor(
+            &cfg.client_tls,
+            &cfg.data_dir.join("fixtures").join("client"),
+            &hosts,
+        )?)
+    } else {
+        if cfg.client_tls.is_configured() {
+            tracing::warn!(
+                "scheme is HTTP while key and cert files are present; ignoring key and cert files"
+            );
+        }
+        None
+    };
 
     // `--durability sync` (ack = durable) runs the engine buffered and acknowledges each write
     // only after a shared flush (group commit): concurrent clients share one fsync instead of
@@ -189,7 +223,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let store = Arc::new(store);
 
     let advertise = if cfg.advertise_client_urls.is_empty() {
-        client_addrs.iter().map(|a| format!("http://{a}")).collect()
+        listeners
+            .iter()
+            .zip(&client_addrs)
+            .map(|((_, tls), a)| format!("{}://{a}", if *tls { "https" } else { "http" }))
+            .collect()
     } else {
         cfg.advertise_client_urls.clone()
     };
@@ -239,13 +277,20 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         c.run();
         c
     });
-    for l in metrics_listeners {
-        tokio::spawn(crate::http::serve(l, state.clone(), shutdown_rx.clone()));
+    for (l, tls) in metrics_listeners {
+        let tls = if tls { acceptor.clone() } else { None };
+        tokio::spawn(crate::http::serve(
+            l,
+            tls,
+            state.clone(),
+            shutdown_rx.clone(),
+        ));
     }
 
     // gRPC.
-    let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<AuthorityFix<TcpStream>>>(128);
-    for l in listeners {
+    let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<AuthorityFix<ClientIo>>>(128);
+    for (l, tls) in listeners {
+        let tls = if tls { acceptor.clone() } else { None };
         let tx = conn_tx.clone();
         let st = state.clone();
         let mut sd = shutdown_rx.clone();
@@ -268,15 +313,28 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                 let tx = tx.clone();
                 let st = st.clone();
                 let sd = sd.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(SNIFF_TIMEOUT, sniff::detect(&stream)).await {
-                        Ok(Ok(Protocol::Http2)) => {
-                            let _ = tx.send(Ok(AuthorityFix::new(stream))).await;
+                    let detected = match &tls {
+                        None => tokio::time::timeout(SNIFF_TIMEOUT, sniff::detect(&stream))
+                            .await
+                            .map(|r| r.map(|p| (p, ClientIo::Plain(stream)))),
+                        Some(acceptor) => {
+                            tokio::time::timeout(
+                                SNIFF_TIMEOUT,
+                                crate::tls::accept(acceptor, stream),
+                            )
+                            .await
                         }
-                        Ok(Ok(Protocol::Http1)) => {
-                            crate::http::serve_connection(stream, st, true, sd).await;
+                    };
+                    match detected {
+                        Ok(Ok((Protocol::Http2, io))) => {
+                            let _ = tx.send(Ok(AuthorityFix::new(io))).await;
                         }
-                        Ok(Ok(Protocol::Closed)) | Ok(Err(_)) | Err(_) => {}
+                        Ok(Ok((Protocol::Http1, io))) => {
+                            crate::http::serve_connection(io, st, true, sd).await;
+                        }
+                        Ok(Ok((Protocol::Closed, _))) | Ok(Err(_)) | Err(_) => {}
                     }
                 });
             }
@@ -370,6 +428,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
 
     Ok(RunningServer {
         client_addrs,
+        client_tls,
         metrics_addrs,
         shutdown_tx,
         main,

@@ -143,7 +143,16 @@ fn rejects_engines_not_compiled_and_bad_flags() {
     assert!(err.contains("expected a revision count"), "{err}");
     let (code, err) = run(&["--listen-client-urls", "https://127.0.0.1:1"]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("only http:// URLs are supported"), "{err}");
+    assert_eq!(
+        err,
+        "rusd: invalid configuration: TLS key/cert (--cert-file, --key-file) must be provided for https client URLs (or use --auto-tls)\n"
+    );
+    let (code, err) = run(&["--cert-file", "/nonexistent.pem"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err,
+        "rusd: invalid configuration: --cert-file and --key-file must be given together\n"
+    );
     let out = Command::new(RUSD).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
@@ -158,6 +167,11 @@ fn rejects_engines_not_compiled_and_bad_flags() {
         "--max-txn-ops",
         "--max-request-bytes",
         "--backend",
+        "--cert-file",
+        "--key-file",
+        "--trusted-ca-file",
+        "--client-cert-auth",
+        "--auto-tls",
         "--cache-size-mb",
         "--durability",
     ] {

@@ -2,6 +2,8 @@
 //! error inspection.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::path::Path;
 use std::time::Duration;
 
