@@ -201,10 +201,169 @@ pub fn markdown(reports: &[EngineReport], baseline: &[PhaseResult]) -> String {
     out
 }
 
-/// Writes a grouped bar chart (ops/s, log scale) of the raw phases to `path` as SVG.
+/// One group of bars: a label under the group and one value per engine (`None` = not
+/// measured on that engine).
+struct BarGroup {
+    label: String,
+    values: Vec<Option<f64>>,
+}
+
+/// How a panel's y axis is drawn.
+#[derive(Clone, Copy)]
+enum Axis {
+    /// Log scale of operation rates (`12.3k`, `1.2M`).
+    LogRate,
+    /// Linear from 0 with the given unit suffix.
+    Linear(&'static str),
+}
+
+/// Draws one panel of grouped bars: a group per label, a bar per engine in the engines'
+/// colours, the label centred under its group, the value above each bar.
+fn bar_panel<DB: plotters::prelude::DrawingBackend>(
+    area: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    y_desc: &str,
+    axis: Axis,
+    groups: &[BarGroup],
+    engines: usize,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    use plotters::prelude::*;
+
+    let n_groups = groups.len().max(1) as f64;
+    let max = groups
+        .iter()
+        .flat_map(|g| g.values.iter().flatten())
+        .fold(0.0f64, |a, &b| a.max(b));
+    let n = engines.max(1) as f64;
+    // Group labels are drawn on `area`, whose coordinates start at its own top-left corner.
+    let base = area.get_base_pixel();
+    let bar_x = |g: usize, e: usize| {
+        let x0 = g as f64 + 0.08 + 0.84 * e as f64 / n;
+        (x0, x0 + 0.84 / n)
+    };
+    let label_style = ("sans-serif", 13).into_font().color(&BLACK);
+    let value_style =
+        ("sans-serif", 10)
+            .into_font()
+            .color(&BLACK)
+            .pos(plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Center,
+                plotters::style::text_anchor::VPos::Bottom,
+            ));
+    let centred = label_style
+        .clone()
+        .pos(plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Center,
+            plotters::style::text_anchor::VPos::Top,
+        ));
+    match axis {
+        Axis::LogRate => {
+            let mut chart = ChartBuilder::on(area)
+                .caption(title, ("sans-serif", 17))
+                .margin(10)
+                .x_label_area_size(34)
+                .y_label_area_size(70)
+                .build_cartesian_2d(0f64..n_groups, (1f64..(max * 3.0).max(10.0)).log_scale())?;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(0)
+                .y_desc(y_desc)
+                .y_label_formatter(&|v| human_rate(*v))
+                .draw()?;
+            for e in 0..engines {
+                let color = Palette99::pick(e).to_rgba();
+                chart.draw_series(groups.iter().enumerate().filter_map(|(g, grp)| {
+                    let v = grp.values.get(e).copied().flatten()?;
+                    let (x0, x1) = bar_x(g, e);
+                    Some(Rectangle::new(
+                        [(x0, 1.0), (x1, v.max(1.0))],
+                        color.filled(),
+                    ))
+                }))?;
+                chart.draw_series(groups.iter().enumerate().filter_map(|(g, grp)| {
+                    let v = grp.values.get(e).copied().flatten()?;
+                    let (x0, x1) = bar_x(g, e);
+                    Some(Text::new(
+                        human_rate(v),
+                        ((x0 + x1) / 2.0, v.max(1.0) * 1.08),
+                        value_style.clone(),
+                    ))
+                }))?;
+            }
+            let plot = chart.plotting_area();
+            let (_, y_range) = (plot.get_x_range(), plot.get_y_range());
+            let bottom = y_range.start;
+            for (g, grp) in groups.iter().enumerate() {
+                let (px, py) = chart.backend_coord(&(g as f64 + 0.5, bottom));
+                area.draw(&Text::new(
+                    grp.label.clone(),
+                    (px - base.0, py - base.1 + 8),
+                    centred.clone(),
+                ))?;
+            }
+        }
+        Axis::Linear(unit) => {
+            let top = if max > 0.0 { max * 1.2 } else { 1.0 };
+            let mut chart = ChartBuilder::on(area)
+                .caption(title, ("sans-serif", 17))
+                .margin(10)
+                .x_label_area_size(34)
+                .y_label_area_size(70)
+                .build_cartesian_2d(0f64..n_groups, 0f64..top)?;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(0)
+                .y_desc(y_desc)
+                .y_labels(8)
+                .light_line_style(WHITE)
+                .y_label_formatter(&|v| format!("{v:.1}{unit}"))
+                .draw()?;
+            for e in 0..engines {
+                let color = Palette99::pick(e).to_rgba();
+                chart.draw_series(groups.iter().enumerate().filter_map(|(g, grp)| {
+                    let v = grp.values.get(e).copied().flatten()?;
+                    let (x0, x1) = bar_x(g, e);
+                    Some(Rectangle::new([(x0, 0.0), (x1, v)], color.filled()))
+                }))?;
+                chart.draw_series(groups.iter().enumerate().filter_map(|(g, grp)| {
+                    let v = grp.values.get(e).copied().flatten()?;
+                    let (x0, x1) = bar_x(g, e);
+                    Some(Text::new(
+                        format!("{v:.2}"),
+                        ((x0 + x1) / 2.0, v + top * 0.01),
+                        value_style.clone(),
+                    ))
+                }))?;
+            }
+            for (g, grp) in groups.iter().enumerate() {
+                let (px, py) = chart.backend_coord(&(g as f64 + 0.5, 0.0));
+                area.draw(&Text::new(
+                    grp.label.clone(),
+                    (px - base.0, py - base.1 + 8),
+                    centred.clone(),
+                ))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the comparison chart to `path` as SVG, in three panels with one colour per engine
+/// (legend on top, outside the bars):
+/// 1. operations per second of each raw `Backend` phase (log scale, values on the bars);
+/// 2. the MVCC-to-raw throughput ratio of each phase measured both ways (1.0 = the MVCC layer
+///    costs nothing);
+/// 3. memory and disk per engine in MiB: peak RSS, disk after the load, after deletes and
+///    compaction, after defragment.
 pub fn svg_chart(reports: &[EngineReport], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
 
+    let engines = reports.len();
     let names: Vec<String> = phase_names(reports, |r| &r.raw)
         .into_iter()
         .filter(|n| {
@@ -213,60 +372,112 @@ pub fn svg_chart(reports: &[EngineReport], path: &Path) -> Result<(), Box<dyn st
                 .any(|r| find(&r.raw, n).is_some_and(|p| p.mb_per_sec.is_none() && p.ops > 1))
         })
         .collect();
-    let max = reports
+    let raw: Vec<BarGroup> = names
         .iter()
-        .flat_map(|r| r.raw.iter().map(|p| p.ops_per_sec))
-        .fold(10.0f64, f64::max);
-    let width = 140 + 110 * names.len() as u32;
-    let root = SVGBackend::new(path, (width, 480)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let groups = names.len().max(1) as f64;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "ops/s by engine (raw Backend, log scale)",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(60)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..groups, (1f64..max * 2.0).log_scale())?;
-    let labels = names.clone();
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(names.len().max(1))
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            labels.get(i).cloned().unwrap_or_default()
+        .map(|n| BarGroup {
+            label: n.clone(),
+            values: reports
+                .iter()
+                .map(|r| find(&r.raw, n).map(|p| p.ops_per_sec))
+                .collect(),
         })
-        .y_desc("ops/s")
-        .draw()?;
-    let n = reports.len().max(1) as f64;
+        .collect();
+    let ratio: Vec<BarGroup> = names
+        .iter()
+        .filter(|n| reports.iter().any(|r| find(&r.mvcc, n).is_some()))
+        .map(|n| BarGroup {
+            label: n.clone(),
+            values: reports
+                .iter()
+                .map(|r| {
+                    let raw = find(&r.raw, n)?.ops_per_sec;
+                    let mvcc = find(&r.mvcc, n)?.ops_per_sec;
+                    (raw > 0.0).then(|| mvcc / raw)
+                })
+                .collect(),
+        })
+        .collect();
+    let mib = |b: u64| Some(b as f64 / (1024.0 * 1024.0));
+    let nonzero = |b: u64| if b == 0 { None } else { mib(b) };
+    let resources: Vec<BarGroup> = vec![
+        BarGroup {
+            label: "peak RSS".into(),
+            values: reports.iter().map(|r| nonzero(r.peak_rss)).collect(),
+        },
+        BarGroup {
+            label: "disk after load".into(),
+            values: reports.iter().map(|r| mib(r.disk.after_load)).collect(),
+        },
+        BarGroup {
+            label: "disk after deletes + compaction".into(),
+            values: reports
+                .iter()
+                .map(|r| mib(r.disk.after_compaction))
+                .collect(),
+        },
+        BarGroup {
+            label: "disk after defragment".into(),
+            values: reports
+                .iter()
+                .map(|r| mib(r.disk.after_defragment))
+                .collect(),
+        },
+    ];
+
+    let width = (220 + 190 * names.len() as u32).max(1000);
+    let root = SVGBackend::new(path, (width, 1320)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (legend, rest) = root.split_vertically(50);
+    let profile = reports
+        .first()
+        .map(|r| {
+            format!(
+                "{} keys, {}-byte values, cache {} MiB, {}",
+                r.keys, r.value_size, r.cache_mb, r.durability
+            )
+        })
+        .unwrap_or_default();
+    legend.draw(&Text::new(
+        format!("rusd-bench: engines side by side ({profile})"),
+        (12, 6),
+        ("sans-serif", 15).into_font(),
+    ))?;
     for (e, r) in reports.iter().enumerate() {
         let color = Palette99::pick(e).to_rgba();
-        let bars: Vec<_> = names
-            .iter()
-            .enumerate()
-            .filter_map(|(g, name)| {
-                let p = find(&r.raw, name)?;
-                let x0 = g as f64 + 0.1 + 0.8 * e as f64 / n;
-                let x1 = x0 + 0.8 / n;
-                Some(Rectangle::new(
-                    [(x0, 1.0), (x1, p.ops_per_sec.max(1.0))],
-                    color.filled(),
-                ))
-            })
-            .collect();
-        chart
-            .draw_series(bars)?
-            .label(r.engine.clone())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        let x = 12 + 130 * e as i32;
+        legend.draw(&Rectangle::new([(x, 30), (x + 14, 44)], color.filled()))?;
+        legend.draw(&Text::new(
+            r.engine.clone(),
+            (x + 20, 30),
+            ("sans-serif", 14).into_font(),
+        ))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    let (top, lower) = rest.split_vertically(450);
+    let (middle, bottom) = lower.split_vertically(400);
+    bar_panel(
+        &top,
+        "Raw Backend throughput per phase (ops/s, log scale; higher is better)",
+        "ops/s",
+        Axis::LogRate,
+        &raw,
+        engines,
+    )?;
+    bar_panel(
+        &middle,
+        "MVCC store / raw Backend throughput (1.0 = the MVCC layer costs nothing)",
+        "ratio",
+        Axis::Linear("x"),
+        &ratio,
+        engines,
+    )?;
+    bar_panel(
+        &bottom,
+        "Memory and disk per engine (MiB; lower is better)",
+        "MiB",
+        Axis::Linear(" MiB"),
+        &resources,
+        engines,
+    )?;
     root.present()?;
     Ok(())
 }
@@ -277,4 +488,84 @@ pub fn describe(profile: &Profile) -> String {
         "{} ({} keys, {}-byte values, {} reads per read phase)",
         profile.name, profile.keys, profile.value_size, profile.reads
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(name: &str, ops_per_sec: f64) -> PhaseResult {
+        PhaseResult {
+            name: name.into(),
+            ops: 1000,
+            seconds: 1.0,
+            ops_per_sec,
+            p50_us: 1.0,
+            p99_us: 2.0,
+            mb_per_sec: None,
+            peak_rss: 0,
+            anon_rss: 0,
+        }
+    }
+
+    fn report(engine: &str, scale: f64) -> EngineReport {
+        EngineReport {
+            engine: engine.into(),
+            profile: "quick".into(),
+            keys: 20_000,
+            value_size: 256,
+            cache_mb: 64,
+            durability: "buffered 100ms".into(),
+            fsyncs_per_sec: 1000.0,
+            raw: vec![
+                phase("put", 100_000.0 * scale),
+                phase("get", 900_000.0 * scale),
+                phase("durable put (64 writers)", 6_000.0 * scale),
+            ],
+            mvcc: vec![
+                phase("put", 50_000.0 * scale),
+                phase("get", 450_000.0 * scale),
+            ],
+            disk: DiskUsage {
+                after_load: 40 << 20,
+                after_compaction: 30 << 20,
+                after_defragment: 10 << 20,
+            },
+            index_bytes_per_key: None,
+            index_bytes_per_version: None,
+            peak_rss: 120 << 20,
+        }
+    }
+
+    /// The chart has one legend entry per engine, a label per phase group, the three panels,
+    /// readable rate ticks (no `1000000.0`) and the ratio of the phases measured both ways.
+    #[test]
+    fn chart_has_labels_ratios_and_resources() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chart.svg");
+        let reports = vec![report("sled", 1.0), report("redb", 0.5)];
+        svg_chart(&reports, &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        if let Ok(out) = std::env::var("RUSD_CHART_OUT") {
+            std::fs::copy(&path, out).unwrap();
+        }
+        for needle in [
+            ">sled<",
+            ">redb<",
+            ">put<",
+            ">get<",
+            ">durable put (64 writers)<",
+            ">MVCC store / raw Backend throughput (1.0 = the MVCC layer costs nothing)<",
+            ">peak RSS<",
+            ">disk after defragment<",
+            ">0.50<",
+            ">100.0k<",
+            ">120.00<",
+        ] {
+            // plotters writes each text on a line of its own.
+            let line = format!("\n{}\n", needle.trim_matches(['>', '<']));
+            assert!(svg.contains(&line), "{needle} missing");
+        }
+        assert!(!svg.contains("1000000.0"));
+    }
 }
