@@ -25,7 +25,7 @@
 //! use rusd_auth::*;
 //! use storage_api::{Backend, BackendConfig, MemoryBackend};
 //!
-//! let be = MemoryBackend::new(BackendConfig::default()).unwrap();
+//! let be = MemoryBackend::new(BackendConfig::new("")).unwrap();
 //! let auth = AuthStore::open(be, AuthConfig::default()).unwrap();
 //! let hash = hash_password("secret", 4).unwrap();
 //! for cmd in [
