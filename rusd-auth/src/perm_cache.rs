@@ -204,6 +204,8 @@ mod tests {
         UnifiedPerms::build(&user, |n| (n == "r").then_some(&role))
     }
 
+    type Ivls<'a> = Vec<(&'a [u8], &'a [u8])>;
+
     fn set(ivls: &[(&[u8], &[u8])]) -> IntervalSet {
         let mut s = IntervalSet::default();
         for (b, e) in ivls {
@@ -225,7 +227,7 @@ mod tests {
     #[test]
     fn etcd_test_range_permission_table() {
         // etcd 3.4 auth/range_perm_cache_test.go TestRangePermission, case by case.
-        let cases: Vec<(Vec<(&[u8], &[u8])>, Interval, bool)> = vec![
+        let cases: Vec<(Ivls, Interval, bool)> = vec![
             (vec![(b"a", b"c"), (b"x", b"z")], ivl(b"a", b"z"), false),
             (
                 vec![(b"a", b"f"), (b"c", b"d"), (b"f", b"z")],
@@ -254,7 +256,7 @@ mod tests {
     #[test]
     fn etcd_test_key_permission_table() {
         // etcd 3.4 auth/range_perm_cache_test.go TestKeyPermission, case by case.
-        let cases: Vec<(Vec<(&[u8], &[u8])>, &[u8], bool)> = vec![
+        let cases: Vec<(Ivls, &[u8], bool)> = vec![
             (vec![(b"a", b"c"), (b"x", b"z")], b"f", false),
             (vec![(b"a", b"f"), (b"c", b"d"), (b"f", b"z")], b"b", true),
             (vec![(b"a", b"d"), (b"a", b"b"), (b"c", b"f")], b"d", true),

@@ -89,6 +89,11 @@ pub fn apply_all<B: Backend>(store: &AuthStore<B>, cmds: &[AuthCommand]) {
     }
 }
 
+/// Every record of the auth tree.
+pub type TreeDump = Vec<(Vec<u8>, Vec<u8>)>;
+/// The auth tree, the status and the number of live simple tokens.
+pub type Fingerprint = (TreeDump, AuthStatus, usize);
+
 pub struct Fx {
     pub store: AuthStore<MemoryBackend>,
     pub clock: Arc<ManualClock>,
@@ -142,7 +147,7 @@ impl Fx {
     }
 
     /// Everything persistent plus status and the live token count.
-    pub fn fingerprint(&self) -> (Vec<(Vec<u8>, Vec<u8>)>, AuthStatus, usize) {
+    pub fn fingerprint(&self) -> Fingerprint {
         let tree = self
             .store
             .backend()
@@ -152,6 +157,6 @@ impl Fx {
     }
 }
 
-pub fn dump<B: Backend>(be: &B) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub fn dump<B: Backend>(be: &B) -> TreeDump {
     be.scan(Tree::Auth, &[], &[], usize::MAX).unwrap()
 }
