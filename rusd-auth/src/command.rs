@@ -21,7 +21,9 @@ pub enum AuthCommand {
     UserAdd {
         /// The user name (non-empty).
         name: String,
-        /// bcrypt hash of the password; ignored when `no_password`.
+        /// bcrypt hash of the password ([`crate::hash_password`]); ignored when
+        /// `no_password`. `None` without `no_password` stores no hash: the user then cannot
+        /// authenticate with any password.
         password_hash: Option<String>,
         /// The user has no password (client-certificate authentication only).
         no_password: bool,
@@ -83,9 +85,8 @@ pub enum AuthCommand {
 
 impl AuthCommand {
     /// The command as JSON bytes (the proposal payload).
-    pub fn encode(&self) -> Vec<u8> {
-        // Serialising this enum cannot fail: every field is a string, bytes, a bool or enum.
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
     }
 
     /// A command from [`AuthCommand::encode`] bytes.

@@ -129,9 +129,7 @@ pub struct User {
 impl User {
     /// True when the user holds the root role (etcd `hasRootRole`).
     pub fn has_root_role(&self) -> bool {
-        self.roles
-            .binary_search_by(|r| r.as_str().cmp(ROOT_ROLE))
-            .is_ok()
+        self.roles.iter().any(|r| r == ROOT_ROLE)
     }
 }
 

@@ -267,9 +267,22 @@ impl<B: Backend> AuthStore<B> {
     /// A failed command changes nothing. Every successful change bumps the revision, except
     /// `AuthEnable`, which etcd does not count as a revision, and accepted no-ops.
     pub fn apply(&self, cmd: &AuthCommand) -> AuthResult<AuthResponse> {
+        self.apply_with_batch(cmd, WriteBatch::new())
+    }
+
+    /// [`AuthStore::apply`] that also writes `extra` (for instance the raft applied index in
+    /// `Tree::Meta`, etcd's `saveConsistentIndex`) in the same atomic batch, ahead of the
+    /// command's rows. `extra` is written only when the command changes something; after an
+    /// error or an accepted no-op (`changed == false`) nothing was written and the caller
+    /// persists `extra` itself if it needs to.
+    pub fn apply_with_batch(
+        &self,
+        cmd: &AuthCommand,
+        extra: WriteBatch,
+    ) -> AuthResult<AuthResponse> {
         let mut state = self.state.write();
         let mut next = (*state).clone();
-        let mut batch = WriteBatch::new();
+        let mut batch = extra;
         let mut bump = true;
         let mut invalidate_user: Option<&str> = None;
         let mut token_switch: Option<bool> = None;

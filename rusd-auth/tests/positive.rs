@@ -416,7 +416,7 @@ fn same_commands_same_bytes() {
     assert_eq!(a.fingerprint().0, b.fingerprint().0);
     // Commands survive their wire encoding.
     for c in setup_commands() {
-        assert_eq!(AuthCommand::decode(&c.encode()).unwrap(), c);
+        assert_eq!(AuthCommand::decode(&c.encode().unwrap()).unwrap(), c);
     }
 }
 
@@ -513,4 +513,29 @@ fn error_codes_match_etcd_rpctypes() {
         assert_eq!(e.grpc_code(), code, "{msg}");
         assert_eq!(e.to_string(), msg);
     }
+}
+
+#[test]
+fn extra_rows_share_the_command_batch() {
+    use storage_api::{Tree, WriteBatch};
+    let inner = MemoryBackend::new(BackendConfig::new("")).unwrap();
+    let be = FaultyBackend::wrap(inner);
+    let store = AuthStore::open(be.clone(), AuthConfig::default()).unwrap();
+    let mut extra = WriteBatch::new();
+    extra.put(Tree::Meta, b"applied".to_vec(), 7u64.to_be_bytes().to_vec());
+    store
+        .apply_with_batch(&role_add("a"), extra.clone())
+        .unwrap();
+    assert!(be.get(Tree::Meta, b"applied").unwrap().is_some());
+    // A failed write loses both the command and the extra rows.
+    let mut extra = WriteBatch::new();
+    extra.put(
+        Tree::Meta,
+        b"applied2".to_vec(),
+        8u64.to_be_bytes().to_vec(),
+    );
+    be.plan().fail_nth(FaultOp::Write, 1, FaultKind::Before);
+    assert!(store.apply_with_batch(&role_add("b"), extra).is_err());
+    assert!(be.get(Tree::Meta, b"applied2").unwrap().is_none());
+    assert!(store.role_get("b").is_err());
 }
