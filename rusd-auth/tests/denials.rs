@@ -1,6 +1,6 @@
 //! The denial table: every attempt is refused with etcd's exact message and gRPC code, and
-//! leaves the auth state (every record of `Tree::Auth`, enabled flag, revision, live tokens)
-//! exactly as it was.
+//! leaves the auth state (every record of `Tree::Auth`, enabled flag, revision) exactly as it
+//! was, without dropping a live token. The table is reproduced in the crate README.
 
 mod common;
 
