@@ -378,7 +378,10 @@ fn cases() -> Vec<Case> {
         Case {
             name: "watch on a forbidden range",
             setup: none,
-            attempt: |fx| fx.store.check_watch(&fx.info("alice"), b"", &[0]),
+            attempt: |fx| {
+                fx.store
+                    .check_watch(&fx.info("alice"), b"secret/", b"secret0")
+            },
             message: DENIED,
             code: PERMISSION_DENIED,
         },
