@@ -35,7 +35,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -202,7 +202,7 @@ struct Inner {
     /// `<dir>/db`, kept open to fsync it (sled itself only uses `sync_file_range`).
     db_file: File,
     /// Names of files in `<dir>/blobs` already fsynced (sled never fsyncs blob files).
-    synced_blobs: Mutex<HashSet<OsString>>,
+    synced_blobs: Mutex<HashMap<OsString, u64>>,
 }
 
 impl Inner {
@@ -249,7 +249,7 @@ impl Inner {
             db,
             trees,
             db_file,
-            synced_blobs: Mutex::new(HashSet::new()),
+            synced_blobs: Mutex::new(HashMap::new()),
         };
         // Make the files sled created (and its unsynced `conf`) durable once.
         let conf = inner.dir.join("conf");
@@ -270,9 +270,11 @@ impl Inner {
         &self.trees[tree.id() as usize]
     }
 
-    /// fsyncs blob files (values too large for sled's log) written since the last call, and
-    /// the blob directory if any. The caller must exclude concurrent writers (hold the write
-    /// gate in either mode, or own the backend), so that no blob is half-written.
+    /// fsyncs blob files (values too large for sled's log) that are new or changed length since
+    /// they were last synced, and the blob directory if any was. A blob file is remembered with
+    /// its length when synced: sled's own threads (consolidation of a node holding a large
+    /// value) write blobs outside the write gate, so a blob can be seen while it is still being
+    /// written; its final length differs and it is synced again at the next call.
     fn sync_new_blobs(&self) -> StorageResult<()> {
         let blob_dir = self.dir.join("blobs");
         let mut synced = self.synced_blobs.lock();
@@ -286,26 +288,34 @@ impl Inner {
                 ))
             }
         };
-        let mut present = HashSet::with_capacity(synced.len());
+        let mut present = HashMap::with_capacity(synced.len());
         let mut synced_any = false;
         for entry in entries {
             let entry = entry
                 .map_err(|e| StorageError::io(format!("listing {}", blob_dir.display()), e))?;
             let name = entry.file_name();
-            if !synced.contains(&name) {
-                match File::open(entry.path()).and_then(|f| f.sync_all()) {
-                    Ok(()) => synced_any = true,
-                    // Removed by sled's garbage collection in the meantime.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        return Err(StorageError::io(
-                            format!("syncing blob {}", entry.path().display()),
-                            e,
-                        ))
-                    }
+            let path = entry.path();
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                // Removed by sled's garbage collection in the meantime.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(StorageError::io(
+                        format!("opening blob {}", path.display()),
+                        e,
+                    ))
                 }
+            };
+            let len = file
+                .metadata()
+                .map_err(|e| StorageError::io(format!("blob {}", path.display()), e))?
+                .len();
+            if synced.get(&name) != Some(&len) {
+                file.sync_all()
+                    .map_err(|e| StorageError::io(format!("syncing blob {}", path.display()), e))?;
+                synced_any = true;
             }
-            present.insert(name);
+            present.insert(name, len);
         }
         if synced_any {
             sync_dir(&blob_dir)?;
@@ -315,11 +325,15 @@ impl Inner {
     }
 
     /// Writes sled's log buffers out (`pwrite` + `sync_file_range`) and then `fdatasync`s
-    /// the log file, which also flushes the drive's volatile cache.
+    /// the log file, which also flushes the drive's volatile cache. Between the two, blobs are
+    /// synced again: a log buffer is written only once every reservation in it completed, and
+    /// a reservation for a blob completes after the whole blob file is written, so every blob
+    /// the flushed log refers to is complete here and durable before the log's `fdatasync`.
     fn flush_log(&self) -> StorageResult<()> {
         self.db
             .flush()
             .map_err(|e| sled_err("flushing the log", e))?;
+        self.sync_new_blobs()?;
         self.db_file
             .sync_data()
             .map_err(|e| StorageError::io(format!("syncing {}", self.dir.join("db").display()), e))

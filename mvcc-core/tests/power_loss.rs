@@ -8,8 +8,8 @@
 //! this test binary (`--exact power_loss_child_entry`) with `RUSD_POWER_CHILD=1`. The child opens
 //! the engine under the mount in an "ack = durable" configuration and runs, concurrently:
 //! * three writers: puts, single-key deletes and transactions that put three keys at one
-//!   revision (a batch), each with a unique value (one put in 200 of 150-200 KB, except on sled:
-//!   see [`big_values`]); every acknowledged write is printed (`@@ ACK put|txn|del <revision>
+//!   revision (a batch), each with a unique value (one put in 200 of 150-200 KB, see
+//!   [`big_values`]); every acknowledged write is printed (`@@ ACK put|txn|del <revision>
 //!   ...`);
 //! * a reader: a range of every key at the current revision, printed with its revision and
 //!   every key-value (`@@ READ`);
@@ -1236,20 +1236,17 @@ fn no_loss(kind: BackendKind, setup: Setup, torn: bool) {
     no_loss_with(kind, setup, torn, big_values(kind));
 }
 
-/// Whether the writers of `kind` put large values now and then.
+/// Whether the writers of `kind` put large values now and then: on every engine.
 ///
-/// KNOWN BUG (backend-sled, found by this harness): values above sled's blob threshold
-/// (about 128 KiB) are stored as separate files in `blobs/`. `SledBackend::sync_new_blobs`
-/// fsyncs each new blob file once and remembers it, assuming only holders of the write gate
-/// write blobs; but sled also writes blob files outside the gate (apparently when a gate-free read or
-/// its background thread consolidates a node that holds a large value). A blob caught while
-/// sled is still writing it is fsynced truncated (the cut images hold blob files of 0, 4 and 5
-/// bytes: before, between and after sled's crc and kind-byte writes) and never fsynced again;
-/// after a power cut sled's recovery stops at the log record that references it and
-/// acknowledged writes after it are lost, in `Sync` and `GroupSync` alike. Until that is fixed,
-/// sled runs without large values here; `power_loss_sled_sync_big_values` (ignored) shows it.
-fn big_values(kind: BackendKind) -> bool {
-    kind != BackendKind::Sled || std::env::var_os("RUSD_POWER_BIG_VALUES").is_some()
+/// Found by this harness and fixed (backend-sled): values above sled's blob threshold (about
+/// 128 KiB) are separate files in `blobs/`. `SledBackend` used to fsync each new blob file once
+/// and remember its name, but sled's own threads write blobs outside the write gate, so a blob
+/// caught mid-write was fsynced truncated and never again, and after a cut sled's recovery
+/// stopped at the log record that referenced it (acknowledged writes lost within 1-20 cuts).
+/// The backend now remembers each blob's length, syncs it again when it changed, and syncs new
+/// blobs once more between sled's log write and the log's `fdatasync`.
+fn big_values(_kind: BackendKind) -> bool {
+    true
 }
 
 fn no_loss_with(kind: BackendKind, setup: Setup, torn: bool, big: bool) {
@@ -1378,16 +1375,6 @@ engine_power_tests!(
     power_loss_detects_rocksdb_publish_before_flush,
     power_loss_enospc_rocksdb
 );
-
-/// The known sled blob bug (see [`big_values`]): fails within a few dozen cuts today.
-#[cfg(feature = "sled")]
-#[test]
-#[ignore = "known bug: backend-sled fsyncs blob files mid-write (see big_values); run with --ignored"]
-fn power_loss_sled_sync_big_values() {
-    if fuse_ready("power_loss_sled_sync_big_values") {
-        no_loss_with(BackendKind::Sled, Setup::Sync, false, true);
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // ENOSPC.
