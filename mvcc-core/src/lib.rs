@@ -94,7 +94,9 @@ pub use tree_index::{KeyRange, TreeIndex};
 pub use txn::{
     Compare, CompareOp, CompareTarget, RangeRequest, TxnOp, TxnOpResponse, TxnRequest, TxnResult,
 };
-pub use watch::{Event, EventKind, WatchResponse, Watcher};
+pub use watch::{
+    Event, EventKind, WatchResponse, WatchStream, Watcher, CATCH_UP_ROWS, DEFAULT_WATCHER_CAPACITY,
+};
 
 /// Compiles the Rust example of the workspace README as a doc test, so it cannot drift.
 #[cfg(doctest)]

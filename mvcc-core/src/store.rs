@@ -295,7 +295,7 @@ pub struct MvccStore<B: Backend> {
     pub(crate) config: StoreConfig,
     pub(crate) index: TreeIndex,
     /// The visible revisions (what readers see).
-    pub(crate) revs: RevCell,
+    pub(crate) revs: Arc<RevCell>,
     /// The newest committed revision (what writers build on); above `revs.current` only while
     /// [`CommitMode::GroupSync`] writes wait for their flush. Written under the write lock.
     pub(crate) applied: AtomicI64,
@@ -367,10 +367,10 @@ impl<B: Backend> MvccStore<B> {
             backend,
             config,
             index: TreeIndex::new(),
-            revs: RevCell::new(Revs {
+            revs: Arc::new(RevCell::new(Revs {
                 current: 1,
                 compact: -1,
-            }),
+            })),
             applied: AtomicI64::new(1),
             pending: Mutex::new(VecDeque::new()),
             write_lock: Mutex::new(()),

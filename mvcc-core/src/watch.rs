@@ -1,27 +1,47 @@
-//! Watch: change events, history replay and live subscriptions.
+//! Watch: change events, history replay and live subscriptions, in bounded memory.
 //!
-//! [`MvccStore::watch`] subscribes to a key or range from a start revision. The subscriber
-//! first receives the stored history (every event with `mod_revision >= start`), then live
+//! [`MvccStore::watch`] subscribes one watcher ([`Watcher`]); [`MvccStore::watch_stream`]
+//! opens a [`WatchStream`], many watchers sharing one bounded queue (a gRPC watch stream). A
+//! subscriber receives the stored history (every event with `mod_revision >= start`), then live
 //! events, each exactly once and in revision order, one [`WatchResponse`] per revision. When the
 //! start revision is already compacted, the only response has `canceled = true` and
 //! `compact_revision` = the compaction revision (etcd `TestWatchCompacted`).
 //!
-//! Registration never holds the write lock while replaying: live events that arrive during the
-//! replay are buffered and delivered after it, skipping those the replay already covered.
+//! # Synced and unsynced watchers (etcd's `watchable_store`)
+//!
+//! A *synced* watcher gets each new revision's events pushed into its queue by the writer that
+//! publishes the revision. The queue is bounded ([`WatchStream::capacity`]): when it is full
+//! the writer never waits and never buffers; the watcher becomes *unsynced* at that revision
+//! instead. An unsynced watcher — also every watcher created with a start revision in the past —
+//! is brought up to date by [`catch-up`](WatchStream::catch_up): the stored history is read
+//! from the watcher's next revision in chunks of at most a bounded number of rows and pushed
+//! while the queue has room; once it reaches the newest published revision the watcher is synced
+//! again. Catch-up is driven by the consumer ([`Watcher::recv`] does it itself; a server calls
+//! [`WatchStream::catch_up`] on a blocking thread), so a consumer that stops reading stops its
+//! watchers' reads too, and the memory a watch holds is bounded by the queue, whatever the
+//! history length or the write rate. A watcher whose next revision is compacted away before it
+//! caught up is cancelled with the compaction revision, as etcd does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, Receiver, Sender};
+use flume::TrySendError;
 use parking_lot::Mutex;
 use storage_api::{Backend, Tree};
 
 use crate::error::{MvccError, MvccResult};
 use crate::kv::KeyValue;
 use crate::revision::Revision;
-use crate::store::{Change, MvccStore};
+use crate::store::{Change, MvccStore, RevCell};
 use crate::tree_index::KeyRange;
+
+/// Responses a [`Watcher`] of [`MvccStore::watch`] queues before it falls back to catch-up.
+pub const DEFAULT_WATCHER_CAPACITY: usize = 1024;
+
+/// Rows (events) one catch-up read takes from storage at most (a revision is never split, so
+/// one revision with more events is read whole).
+pub const CATCH_UP_ROWS: usize = 1000;
 
 /// What a change did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,11 +94,18 @@ impl Event {
 }
 
 /// One message to a watcher.
+///
+/// Three kinds: events (`events` not empty), a cancellation (`canceled`, with
+/// `compact_revision` > 0 when the watcher fell behind compaction), and a progress
+/// notification (`events` empty, not cancelled: every event of the watcher at or below
+/// `revision` came before it; `watch_id` is -1 for a stream-wide one, see
+/// [`WatchStream::request_progress`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchResponse {
     /// The watcher's id.
     pub watch_id: i64,
-    /// The revision of the events (or the compaction revision of a cancellation).
+    /// The revision of the events (or the compaction revision of a cancellation, or the
+    /// revision a progress notification vouches for).
     pub revision: i64,
     /// The events of one revision for the watched range, in sub-revision order.
     pub events: Vec<Event>,
@@ -89,22 +116,33 @@ pub struct WatchResponse {
     pub canceled: bool,
 }
 
+impl WatchResponse {
+    /// True for a progress notification (no events, not a cancellation).
+    pub fn is_progress(&self) -> bool {
+        self.events.is_empty() && !self.canceled
+    }
+}
+
+/// The queue and catch-up state one stream's watchers share.
 #[derive(Debug)]
-enum WatcherState {
-    /// Replaying history up to `replayed_to`; live events are buffered meanwhile.
-    Replaying {
-        replayed_to: i64,
-        buffer: Vec<(i64, Vec<Event>)>,
-    },
-    Synced,
+pub(crate) struct Sink {
+    tx: flume::Sender<WatchResponse>,
+    /// Ids of this stream's unsynced watchers. Changed under the hub lock.
+    unsynced: Mutex<BTreeSet<i64>>,
+    /// A stream-wide progress notification waits for every watcher to be synced.
+    progress_pending: Mutex<bool>,
+    /// One catch-up at a time per stream.
+    catching_up: Mutex<()>,
 }
 
 #[derive(Debug)]
 struct WatcherEntry {
     range: KeyRange,
-    min_rev: i64,
-    tx: Sender<WatchResponse>,
-    state: WatcherState,
+    /// The first revision whose events this watcher has not received (nor skipped as
+    /// irrelevant).
+    next_rev: i64,
+    synced: bool,
+    sink: Arc<Sink>,
 }
 
 /// The registry of live watchers of a store.
@@ -116,6 +154,8 @@ pub(crate) struct WatchHub {
 #[derive(Debug, Default)]
 struct HubInner {
     next_id: i64,
+    /// The newest revision whose events were delivered to the synced watchers.
+    notified: i64,
     watchers: HashMap<i64, WatcherEntry>,
 }
 
@@ -128,42 +168,41 @@ fn filter(range: &KeyRange, events: &[Event]) -> Vec<Event> {
 }
 
 impl WatchHub {
-    /// Delivers the events of revision `rev` to every interested watcher. Called by the single
-    /// writer after the revision became current, so calls arrive in revision order. The events
-    /// are built only when a watcher is registered.
+    /// Delivers the events of revision `rev` to every interested synced watcher. Called by the
+    /// writer (or the group-commit flusher) after the revision became visible, so calls arrive
+    /// in revision order. The events are built only when a watcher is registered. Never
+    /// blocks: a watcher whose queue is full becomes unsynced.
     pub(crate) fn notify_with(&self, rev: i64, events: impl FnOnce() -> Vec<Event>) {
         let mut inner = self.inner.lock();
+        inner.notified = inner.notified.max(rev);
         if inner.watchers.is_empty() {
             return;
         }
         let events = events();
-        Self::notify_locked(&mut inner, rev, &events);
-    }
-
-    fn notify_locked(inner: &mut HubInner, rev: i64, events: &[Event]) {
         let mut gone = Vec::new();
         for (id, w) in inner.watchers.iter_mut() {
-            if rev < w.min_rev {
+            if !w.synced || rev < w.next_rev {
                 continue;
             }
-            let mine = filter(&w.range, events);
+            let mine = filter(&w.range, &events);
             if mine.is_empty() {
                 continue;
             }
-            match &mut w.state {
-                WatcherState::Replaying { buffer, .. } => buffer.push((rev, mine)),
-                WatcherState::Synced => {
-                    let resp = WatchResponse {
-                        watch_id: *id,
-                        revision: rev,
-                        events: mine,
-                        compact_revision: 0,
-                        canceled: false,
-                    };
-                    if w.tx.send(resp).is_err() {
-                        gone.push(*id);
-                    }
+            let resp = WatchResponse {
+                watch_id: *id,
+                revision: rev,
+                events: mine,
+                compact_revision: 0,
+                canceled: false,
+            };
+            match w.sink.tx.try_send(resp) {
+                Ok(()) => w.next_rev = rev + 1,
+                Err(TrySendError::Full(_)) => {
+                    w.synced = false;
+                    w.next_rev = rev;
+                    w.sink.unsynced.lock().insert(*id);
                 }
+                Err(TrySendError::Disconnected(_)) => gone.push(*id),
             }
         }
         for id in gone {
@@ -181,8 +220,19 @@ impl WatchHub {
         self.inner.lock().watchers.clear();
     }
 
-    fn remove(&self, id: i64) {
-        self.inner.lock().watchers.remove(&id);
+    fn remove(&self, id: i64) -> bool {
+        let mut inner = self.inner.lock();
+        match inner.watchers.remove(&id) {
+            Some(w) => {
+                w.sink.unsynced.lock().remove(&id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn contains(&self, id: i64) -> bool {
+        self.inner.lock().watchers.contains_key(&id)
     }
 
     /// Number of registered watchers.
@@ -191,12 +241,403 @@ impl WatchHub {
     }
 }
 
+/// Events grouped by revision, and the first revision not covered.
+pub(crate) type HistoryChunk = (Vec<(i64, Vec<Event>)>, i64);
+
+/// Reads a store's history for catch-up without holding the store: the backend is held weakly
+/// (a lagging watcher never keeps a closed store's files open).
+pub(crate) trait HistorySource: Send + Sync {
+    /// The visible compaction revision.
+    fn compact(&self) -> i64;
+    /// The visible current revision.
+    fn current(&self) -> i64;
+    /// The events of `range` with main revision in `[from, to]`, grouped by revision, reading
+    /// at most about `max_rows` rows (never splitting a revision); with the first revision not
+    /// covered (`to + 1` when everything was read).
+    fn chunk(
+        &self,
+        range: &KeyRange,
+        from: i64,
+        to: i64,
+        max_rows: usize,
+    ) -> MvccResult<HistoryChunk>;
+}
+
+struct StoreHistory<B: Backend> {
+    backend: Weak<B>,
+    revs: Arc<RevCell>,
+}
+
+impl<B: Backend> HistorySource for StoreHistory<B> {
+    fn compact(&self) -> i64 {
+        self.revs.compact()
+    }
+
+    fn current(&self) -> i64 {
+        self.revs.current()
+    }
+
+    fn chunk(
+        &self,
+        range: &KeyRange,
+        from: i64,
+        to: i64,
+        max_rows: usize,
+    ) -> MvccResult<HistoryChunk> {
+        let backend = self
+            .backend
+            .upgrade()
+            .ok_or(MvccError::Storage(storage_api::StorageError::Closed))?;
+        history_chunk(&*backend, range, from, to, max_rows)
+    }
+}
+
+/// See [`HistorySource::chunk`].
+pub(crate) fn history_chunk<B: Backend + ?Sized>(
+    backend: &B,
+    range: &KeyRange,
+    from: i64,
+    to: i64,
+    max_rows: usize,
+) -> MvccResult<HistoryChunk> {
+    let mut out: Vec<(i64, Vec<Event>)> = Vec::new();
+    if from > to {
+        return Ok((out, from));
+    }
+    let max_rows = max_rows.max(1);
+    let start = Revision::new(from, 0).to_key(false);
+    let end = Revision::new(to.saturating_add(1), 0).to_key(false);
+    let rows = backend.scan(Tree::Kv, &start, &end, max_rows)?;
+    let full = rows.len() >= max_rows;
+    let mut parsed = Vec::with_capacity(rows.len());
+    for (k, v) in &rows {
+        parsed.push(Event::from_row(k, v)?);
+    }
+    let next = if !full {
+        to.saturating_add(1)
+    } else {
+        // The last revision may continue past the chunk: leave it for the next read, unless
+        // it is the only one, which is then read whole.
+        let last_main = parsed.last().map_or(from, |(r, _)| r.main);
+        if parsed.first().is_some_and(|(r, _)| r.main == last_main) {
+            let whole_start = Revision::new(last_main, 0).to_key(false);
+            let whole_end = Revision::new(last_main.saturating_add(1), 0).to_key(false);
+            parsed.clear();
+            for (k, v) in backend.scan(Tree::Kv, &whole_start, &whole_end, usize::MAX)? {
+                parsed.push(Event::from_row(&k, &v)?);
+            }
+            last_main.saturating_add(1)
+        } else {
+            parsed.retain(|(r, _)| r.main != last_main);
+            last_main
+        }
+    };
+    for (rev, event) in parsed {
+        if !range.contains(&event.kv.key) {
+            continue;
+        }
+        match out.last_mut() {
+            Some((r, evs)) if *r == rev.main => evs.push(event),
+            _ => out.push((rev.main, vec![event])),
+        }
+    }
+    Ok((out, next))
+}
+
+/// Brings the unsynced watchers of `sink` up to date while its queue has room (see the
+/// [module docs](self)).
+fn catch_up(hub: &WatchHub, src: &dyn HistorySource, sink: &Sink) -> MvccResult<()> {
+    let _one = sink.catching_up.lock();
+    let ids: Vec<i64> = sink.unsynced.lock().iter().copied().collect();
+    for id in ids {
+        if sink.tx.is_full() {
+            return Ok(());
+        }
+        catch_up_one(hub, src, sink, id)?;
+    }
+    // A stream-wide progress request waits for every watcher to be synced.
+    let inner = hub.inner.lock();
+    let mut pending = sink.progress_pending.lock();
+    if *pending && sink.unsynced.lock().is_empty() {
+        let resp = WatchResponse {
+            watch_id: -1,
+            revision: inner.notified,
+            events: Vec::new(),
+            compact_revision: 0,
+            canceled: false,
+        };
+        if sink.tx.try_send(resp).is_ok() {
+            *pending = false;
+        }
+    }
+    Ok(())
+}
+
+fn catch_up_one(hub: &WatchHub, src: &dyn HistorySource, sink: &Sink, id: i64) -> MvccResult<()> {
+    loop {
+        let (range, next, target) = {
+            let inner = hub.inner.lock();
+            let Some(w) = inner.watchers.get(&id) else {
+                sink.unsynced.lock().remove(&id);
+                return Ok(());
+            };
+            if w.synced {
+                sink.unsynced.lock().remove(&id);
+                return Ok(());
+            }
+            (w.range.clone(), w.next_rev, inner.notified)
+        };
+        let compact = src.compact();
+        if next < compact {
+            let resp = WatchResponse {
+                watch_id: id,
+                revision: compact,
+                events: Vec::new(),
+                compact_revision: compact,
+                canceled: true,
+            };
+            match sink.tx.try_send(resp) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => {
+                    hub.remove(id);
+                }
+                Err(TrySendError::Full(_)) => {}
+            }
+            return Ok(());
+        }
+        if next > target {
+            let mut inner = hub.inner.lock();
+            if inner.notified == target {
+                if let Some(w) = inner.watchers.get_mut(&id) {
+                    w.synced = true;
+                    w.next_rev = target + 1;
+                }
+                sink.unsynced.lock().remove(&id);
+                return Ok(());
+            }
+            continue;
+        }
+        let (chunk, after) = match src.chunk(&range, next, target, CATCH_UP_ROWS) {
+            Ok(c) => c,
+            // Compacted under the read: the check above cancels the watcher.
+            Err(MvccError::Compacted) => continue,
+            Err(e) => return Err(e),
+        };
+        if next < src.compact() {
+            continue;
+        }
+        let mut reached = after;
+        let mut stop = false;
+        for (rev, events) in chunk {
+            let resp = WatchResponse {
+                watch_id: id,
+                revision: rev,
+                events,
+                compact_revision: 0,
+                canceled: false,
+            };
+            match sink.tx.try_send(resp) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    reached = rev;
+                    stop = true;
+                    break;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    hub.remove(id);
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(w) = hub.inner.lock().watchers.get_mut(&id) {
+            w.next_rev = w.next_rev.max(reached);
+        }
+        if stop {
+            return Ok(());
+        }
+    }
+}
+
+/// Several watchers sharing one bounded queue, with consumer-driven catch-up: what a gRPC watch
+/// stream needs (see the [module docs](self)). Created by [`MvccStore::watch_stream`]. Dropping
+/// it cancels its watchers.
+pub struct WatchStream {
+    sink: Arc<Sink>,
+    rx: flume::Receiver<WatchResponse>,
+    hub: Arc<WatchHub>,
+    src: Arc<dyn HistorySource>,
+    ids: Mutex<BTreeSet<i64>>,
+    capacity: usize,
+}
+
+impl std::fmt::Debug for WatchStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchStream")
+            .field("capacity", &self.capacity)
+            .field("watchers", &self.ids.lock().len())
+            .finish()
+    }
+}
+
+impl WatchStream {
+    /// Adds a watcher of `[key, end)` (etcd watch convention: empty `key` means `[0]`, empty
+    /// `end` = the single key, `end == [0]` = every key `>= key`) from `start_revision` (`0` =
+    /// from the next revision). Returns its id (unique per store). A compacted start revision
+    /// yields one cancellation response carrying the compaction revision.
+    ///
+    /// Errors: [`MvccError::EmptyWatcherRange`] when `key >= end`;
+    /// [`MvccError::InvalidArgument`] for a negative start revision.
+    pub fn watch(&self, key: &[u8], end: &[u8], start_revision: i64) -> MvccResult<i64> {
+        if start_revision < 0 {
+            return Err(MvccError::InvalidArgument(format!(
+                "negative watch start revision {start_revision}"
+            )));
+        }
+        let key: &[u8] = if key.is_empty() { &[0] } else { key };
+        let range = KeyRange::new(key, end);
+        if range.is_empty() {
+            return Err(MvccError::EmptyWatcherRange);
+        }
+        let mut inner = self.hub.inner.lock();
+        inner.next_id += 1;
+        let id = inner.next_id;
+        // Visible revisions are in storage: a revision whose notification is still on its way
+        // is covered by catch-up (and then skipped by the notification).
+        inner.notified = inner.notified.max(self.src.current());
+        let current = inner.notified;
+        let synced = start_revision == 0 || start_revision > current;
+        let next_rev = if synced {
+            start_revision.max(current + 1)
+        } else {
+            start_revision
+        };
+        inner.watchers.insert(
+            id,
+            WatcherEntry {
+                range,
+                next_rev,
+                synced,
+                sink: self.sink.clone(),
+            },
+        );
+        if !synced {
+            // Catch-up answers with the history, or the cancellation of a compacted start.
+            self.sink.unsynced.lock().insert(id);
+        }
+        self.ids.lock().insert(id);
+        Ok(id)
+    }
+
+    /// Stops watcher `id`; false if it is not (or no longer) a watcher of this stream.
+    /// Responses already queued stay readable.
+    pub fn cancel(&self, id: i64) -> bool {
+        if !self.ids.lock().remove(&id) {
+            return false;
+        }
+        self.hub.remove(id);
+        true
+    }
+
+    /// The ids of this stream's watchers.
+    pub fn watcher_ids(&self) -> Vec<i64> {
+        self.ids.lock().iter().copied().collect()
+    }
+
+    /// Forgets watcher `id` after its final (cancellation) response was received.
+    pub fn forget(&self, id: i64) {
+        self.ids.lock().remove(&id);
+    }
+
+    /// The queue's capacity in responses.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Responses queued now (at most [`capacity`](Self::capacity)).
+    pub fn queued(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// True when an unsynced watcher waits for [`catch_up`](Self::catch_up) and the queue has
+    /// room for it (or a progress notification waits for it).
+    pub fn needs_catch_up(&self) -> bool {
+        (!self.sink.unsynced.lock().is_empty() || *self.sink.progress_pending.lock())
+            && !self.sink.tx.is_full()
+    }
+
+    /// Reads stored history for the unsynced watchers into the queue while it has room
+    /// (blocking storage reads: call it off async workers).
+    pub fn catch_up(&self) -> MvccResult<()> {
+        catch_up(&self.hub, &*self.src, &self.sink)
+    }
+
+    /// The next queued response, if any.
+    pub fn try_recv(&self) -> Option<WatchResponse> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Waits for the next queued response (`None` once the store closed). Does not catch up:
+    /// check [`needs_catch_up`](Self::needs_catch_up) first.
+    pub async fn recv_async(&self) -> Option<WatchResponse> {
+        self.rx.recv_async().await.ok()
+    }
+
+    /// Queues a progress notification for watcher `id` at the newest published revision, after
+    /// every event of it queued so far; skipped (false) while the watcher is unsynced (it will
+    /// send events instead) or the queue is full, as etcd does.
+    pub fn progress(&self, id: i64) -> bool {
+        let inner = self.hub.inner.lock();
+        match inner.watchers.get(&id) {
+            Some(w) if w.synced => self
+                .sink
+                .tx
+                .try_send(WatchResponse {
+                    watch_id: id,
+                    revision: inner.notified,
+                    events: Vec::new(),
+                    compact_revision: 0,
+                    canceled: false,
+                })
+                .is_ok(),
+            _ => false,
+        }
+    }
+
+    /// Queues a stream-wide progress notification (watch id -1) at the newest published
+    /// revision, once every watcher of the stream is synced: every event at or below that
+    /// revision is queued before it.
+    pub fn request_progress(&self) {
+        let inner = self.hub.inner.lock();
+        let all_synced = self.sink.unsynced.lock().is_empty();
+        if all_synced {
+            let resp = WatchResponse {
+                watch_id: -1,
+                revision: inner.notified,
+                events: Vec::new(),
+                compact_revision: 0,
+                canceled: false,
+            };
+            if self.sink.tx.try_send(resp).is_ok() {
+                return;
+            }
+        }
+        *self.sink.progress_pending.lock() = true;
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        let ids: Vec<i64> = self.ids.lock().iter().copied().collect();
+        for id in ids {
+            self.hub.remove(id);
+        }
+    }
+}
+
 /// A live subscription created by [`MvccStore::watch`]. Dropping it cancels it.
 #[derive(Debug)]
 pub struct Watcher {
     id: i64,
-    rx: Receiver<WatchResponse>,
-    hub: Weak<WatchHub>,
+    stream: WatchStream,
 }
 
 impl Watcher {
@@ -205,37 +646,86 @@ impl Watcher {
         self.id
     }
 
-    /// Blocks for the next response; `None` once the watcher is cancelled and drained.
-    pub fn recv(&self) -> Option<WatchResponse> {
-        self.rx.recv().ok()
+    /// Catches up if needed and returns a queued response, without waiting for new ones.
+    fn poll(&self) -> MvccResult<Option<WatchResponse>> {
+        if let Some(r) = self.stream.try_recv() {
+            return Ok(Some(r));
+        }
+        if self.stream.needs_catch_up() {
+            self.stream.catch_up()?;
+        }
+        Ok(self.stream.try_recv())
     }
 
-    /// The next response if one is ready.
+    /// Blocks for the next response; `None` once the watcher is cancelled and drained (or its
+    /// store closed).
+    pub fn recv(&self) -> Option<WatchResponse> {
+        loop {
+            match self.poll() {
+                Ok(Some(r)) => return Some(r),
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            if self.stream.needs_catch_up() {
+                continue;
+            }
+            if !self.stream.hub.contains(self.id) {
+                // Cancelled, or the store closed: what is queued, then the end.
+                return self.stream.try_recv();
+            }
+            match self.stream.rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(r) => return Some(r),
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// The next response if one is ready (after catching up from storage if needed).
     pub fn try_recv(&self) -> Option<WatchResponse> {
-        self.rx.try_recv().ok()
+        self.poll().ok().flatten()
     }
 
     /// Waits at most `timeout` for the next response.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<WatchResponse> {
-        self.rx.recv_timeout(timeout).ok()
-    }
-
-    /// The underlying channel (for `select!`).
-    pub fn receiver(&self) -> &Receiver<WatchResponse> {
-        &self.rx
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.poll() {
+                Ok(Some(r)) => return Some(r),
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            if self.stream.needs_catch_up() {
+                continue;
+            }
+            if !self.stream.hub.contains(self.id) {
+                return self.stream.try_recv();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match self
+                .stream
+                .rx
+                .recv_timeout(left.min(Duration::from_millis(50)))
+            {
+                Ok(r) => return Some(r),
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
     }
 
     /// Stops the subscription; responses already queued stay readable.
     pub fn cancel(&self) {
-        if let Some(hub) = self.hub.upgrade() {
-            hub.remove(self.id);
-        }
+        self.stream.cancel(self.id);
     }
-}
 
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.cancel();
+    /// False once the watcher was cancelled (by [`cancel`](Self::cancel), by compaction, or by
+    /// the store closing): what is queued is then all that remains.
+    pub fn is_active(&self) -> bool {
+        self.stream.hub.contains(self.id)
     }
 }
 
@@ -278,178 +768,63 @@ impl<B: Backend> MvccStore<B> {
         end: i64,
     ) -> MvccResult<Vec<(i64, Vec<Event>)>> {
         let mut out: Vec<(i64, Vec<Event>)> = Vec::new();
-        if start > end {
-            return Ok(out);
-        }
-        let mut from = Revision::new(start, 0).to_key(false);
-        let to = Revision::new(end.saturating_add(1), 0).to_key(false);
-        loop {
-            let chunk = self
-                .backend
-                .scan(Tree::Kv, &from, &to, crate::store::RESTORE_CHUNK)?;
-            let Some((last, _)) = chunk.last() else {
-                break;
-            };
-            let next = crate::store::successor(last);
-            let done = chunk.len() < crate::store::RESTORE_CHUNK;
-            for (k, v) in &chunk {
-                let (rev, event) = Event::from_row(k, v)?;
-                if !range.contains(&event.kv.key) {
-                    continue;
-                }
-                match out.last_mut() {
-                    Some((r, evs)) if *r == rev.main => evs.push(event),
-                    _ => out.push((rev.main, vec![event])),
-                }
-            }
-            if done {
-                break;
-            }
+        let mut from = start;
+        while from <= end {
+            let (chunk, next) = history_chunk(
+                &*self.backend,
+                range,
+                from,
+                end,
+                crate::store::RESTORE_CHUNK,
+            )?;
+            out.extend(chunk);
             from = next;
         }
         Ok(out)
     }
 
+    /// Opens a [`WatchStream`]: watchers sharing one queue of `capacity` responses (etcd uses
+    /// 128 per gRPC stream). A watcher whose events do not fit waits in storage, not in memory.
+    pub fn watch_stream(&self, capacity: usize) -> WatchStream {
+        let (tx, rx) = flume::bounded(capacity.max(1));
+        // Make sure the hub knows the visible revision even before the first write.
+        {
+            let mut inner = self.hub.inner.lock();
+            inner.notified = inner.notified.max(self.revs.current());
+        }
+        WatchStream {
+            sink: Arc::new(Sink {
+                tx,
+                unsynced: Mutex::new(BTreeSet::new()),
+                progress_pending: Mutex::new(false),
+                catching_up: Mutex::new(()),
+            }),
+            rx,
+            hub: self.hub.clone(),
+            src: Arc::new(StoreHistory {
+                backend: Arc::downgrade(&self.backend),
+                revs: self.revs.clone(),
+            }),
+            ids: Mutex::new(BTreeSet::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
     /// Subscribes to the changes of `[key, end)` (etcd watch convention: empty `key` means
     /// `[0]`, empty `end` = the single key, `end == [0]` = every key `>= key`) from
     /// `start_revision` (`0` = from the next revision). Delivers history first, then live
-    /// events, each once and in order. A compacted start revision yields one cancellation
-    /// response carrying the compaction revision.
+    /// events, each once and in order, holding at most [`DEFAULT_WATCHER_CAPACITY`] responses
+    /// in memory (history and events that do not fit are read from storage as the watcher is
+    /// read). A compacted start revision yields one cancellation response carrying the
+    /// compaction revision.
     ///
     /// Errors: [`MvccError::EmptyWatcherRange`] when `key >= end`; [`MvccError::InvalidArgument`]
     /// for a negative start revision.
     pub fn watch(&self, key: &[u8], end: &[u8], start_revision: i64) -> MvccResult<Watcher> {
         self.check_open()?;
-        if start_revision < 0 {
-            return Err(MvccError::InvalidArgument(format!(
-                "negative watch start revision {start_revision}"
-            )));
-        }
-        let key: &[u8] = if key.is_empty() { &[0] } else { key };
-        let range = KeyRange::new(key, end);
-        if range.is_empty() {
-            return Err(MvccError::EmptyWatcherRange);
-        }
-        let (tx, rx) = channel::unbounded();
-        let (id, replay) = {
-            let mut inner = self.hub.inner.lock();
-            inner.next_id += 1;
-            let id = inner.next_id;
-            let revs = self.rev_pair();
-            if start_revision != 0 && start_revision < revs.compact {
-                // The channel is closed after this response.
-                let _ = tx.send(WatchResponse {
-                    watch_id: id,
-                    revision: revs.compact,
-                    events: Vec::new(),
-                    compact_revision: revs.compact,
-                    canceled: true,
-                });
-                return Ok(Watcher {
-                    id,
-                    rx,
-                    hub: Weak::new(),
-                });
-            }
-            let synced = start_revision == 0 || start_revision > revs.current;
-            let min_rev = if synced {
-                start_revision.max(revs.current + 1)
-            } else {
-                start_revision
-            };
-            let state = if synced {
-                WatcherState::Synced
-            } else {
-                WatcherState::Replaying {
-                    replayed_to: revs.current,
-                    buffer: Vec::new(),
-                }
-            };
-            inner.watchers.insert(
-                id,
-                WatcherEntry {
-                    range: range.clone(),
-                    min_rev,
-                    tx: tx.clone(),
-                    state,
-                },
-            );
-            (id, (!synced).then_some((start_revision, revs.current)))
-        };
-        let watcher = Watcher {
-            id,
-            rx,
-            hub: Arc::downgrade(&self.hub),
-        };
-        if let Some((start, upto)) = replay {
-            self.replay(id, &range, start, upto, &tx)?;
-        }
-        Ok(watcher)
-    }
-
-    /// Sends the history `[start, upto]`, then the buffered live events, and marks the watcher
-    /// synced.
-    fn replay(
-        &self,
-        id: i64,
-        range: &KeyRange,
-        start: i64,
-        upto: i64,
-        tx: &Sender<WatchResponse>,
-    ) -> MvccResult<()> {
-        let history = match self.history(range, start, upto) {
-            Ok(h) if start >= self.compact_revision() => h,
-            Ok(_) | Err(MvccError::Compacted) => {
-                // Compacted while replaying.
-                self.hub.remove(id);
-                let compact = self.compact_revision();
-                let _ = tx.send(WatchResponse {
-                    watch_id: id,
-                    revision: compact,
-                    events: Vec::new(),
-                    compact_revision: compact,
-                    canceled: true,
-                });
-                return Ok(());
-            }
-            Err(e) => {
-                self.hub.remove(id);
-                return Err(e);
-            }
-        };
-        for (rev, events) in history {
-            let _ = tx.send(WatchResponse {
-                watch_id: id,
-                revision: rev,
-                events,
-                compact_revision: 0,
-                canceled: false,
-            });
-        }
-        let mut inner = self.hub.inner.lock();
-        if let Some(w) = inner.watchers.get_mut(&id) {
-            if let WatcherState::Replaying {
-                replayed_to,
-                buffer,
-            } = std::mem::replace(&mut w.state, WatcherState::Synced)
-            {
-                // A writer may notify a revision the replay already covered after this point
-                // (it became current before registration but its notification is late).
-                w.min_rev = w.min_rev.max(replayed_to + 1);
-                for (rev, events) in buffer {
-                    if rev > replayed_to {
-                        let _ = w.tx.send(WatchResponse {
-                            watch_id: id,
-                            revision: rev,
-                            events,
-                            compact_revision: 0,
-                            canceled: false,
-                        });
-                    }
-                }
-            }
-        }
-        Ok(())
+        let stream = self.watch_stream(DEFAULT_WATCHER_CAPACITY);
+        let id = stream.watch(key, end, start_revision)?;
+        Ok(Watcher { id, stream })
     }
 
     /// Number of live watchers.

@@ -268,13 +268,9 @@ fn forward_events(
     w: &mvcc_core::Watcher,
     tx: &tokio::sync::mpsc::Sender<Bytes>,
 ) {
-    use crossbeam::channel::RecvTimeoutError;
     loop {
-        match w
-            .receiver()
-            .recv_timeout(std::time::Duration::from_millis(100))
-        {
-            Ok(resp) => {
+        match w.recv_timeout(std::time::Duration::from_millis(100)) {
+            Some(resp) => {
                 let events = resp.events.iter().map(|ev| {
                     let mut e = Obj::new();
                     if ev.kind == mvcc_core::EventKind::Delete {
@@ -293,12 +289,11 @@ fn forward_events(
                     return;
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {
-                if tx.is_closed() || *state.shutdown.borrow() {
+            None => {
+                if tx.is_closed() || *state.shutdown.borrow() || !w.is_active() {
                     return;
                 }
             }
-            Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }

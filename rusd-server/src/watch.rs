@@ -1,19 +1,24 @@
 //! The `Watch` service.
 //!
-//! Each gRPC watch stream gets one thread that owns the stream's watchers
-//! ([`mvcc_core::Watcher`]) and waits on all of their channels and on a command channel
-//! (create, cancel, progress) at once, so responses of one stream keep a single order: a
-//! watcher's `created` response precedes its events, a cancel response follows its last
-//! event, and a progress response follows every event at or below its revision. Events wait in
-//! the watcher's unbounded channel while the client is slow; none is dropped or repeated.
+//! Each gRPC watch stream is one async task that owns a [`mvcc_core::WatchStream`]: the
+//! stream's watchers share one bounded queue ([`STREAM_QUEUE`] responses, as etcd's per-stream
+//! channel), fed by the writers without ever blocking them. A watcher whose events do not fit
+//! (a slow client, a watch from an old revision) is *unsynced*: its events wait in storage and
+//! the task reads them back ([`mvcc_core::WatchStream::catch_up`], on the blocking pool) as
+//! the client drains the queue, so a client that stops reading costs the server at most the
+//! queue plus the HTTP/2 window, whatever the write rate or the history length, and no OS
+//! thread per stream.
+//!
+//! Responses of one stream keep a single order: a watcher's `created` response precedes its
+//! events, a cancel response follows its last event, and a progress response follows every
+//! event at or below its revision (it travels through the same queue).
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
-use crossbeam::channel::{self, Receiver, Select, Sender};
-use mvcc_core::{EventKind, MvccError, Watcher};
+use mvcc_core::{EventKind, MvccError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -25,6 +30,10 @@ use crate::pb::etcdserverpb::{
 };
 use crate::pb::mvccpb;
 use crate::state::{to_pb_kv, State};
+
+/// Responses queued per watch stream inside the store before its watchers fall back to
+/// reading their events from storage (etcd's `chanBufLen`).
+pub const STREAM_QUEUE: usize = 128;
 
 /// The `Watch` service.
 #[derive(Debug, Clone)]
@@ -46,8 +55,8 @@ enum Cmd {
 }
 
 struct StreamWatcher {
+    /// The id the client knows.
     id: i64,
-    watcher: Watcher,
     prev_kv: bool,
     no_put: bool,
     no_delete: bool,
@@ -60,67 +69,59 @@ type Out = mpsc::Sender<Result<WatchResponse, Status>>;
 struct StreamLoop {
     state: Arc<State>,
     out: Out,
-    watchers: Vec<StreamWatcher>,
+    stream: Arc<mvcc_core::WatchStream>,
+    /// By store watcher id.
+    watchers: HashMap<i64, StreamWatcher>,
     next_id: i64,
 }
 
-enum Wake {
-    Cmd(Cmd),
-    CmdClosed,
-    Event(usize, Option<mvcc_core::WatchResponse>),
-    Timeout,
-}
-
 impl StreamLoop {
-    fn send(&self, resp: WatchResponse) -> bool {
-        self.out.blocking_send(Ok(resp)).is_ok()
+    async fn send(&self, resp: WatchResponse) -> bool {
+        self.out.send(Ok(resp)).await.is_ok()
     }
 
-    fn run(mut self, cmds: Receiver<Cmd>) {
+    async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>) {
         let interval = self.state.progress_notify_interval;
-        let mut next_tick = Instant::now() + interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {
-            let wake = {
-                let mut sel = Select::new();
-                sel.recv(&cmds);
-                for w in &self.watchers {
-                    sel.recv(w.watcher.receiver());
-                }
-                let timeout = next_tick.saturating_duration_since(Instant::now());
-                match sel.select_timeout(timeout) {
-                    Ok(op) if op.index() == 0 => match op.recv(&cmds) {
-                        Ok(c) => Wake::Cmd(c),
-                        Err(_) => Wake::CmdClosed,
-                    },
-                    Ok(op) => {
-                        let i = op.index() - 1;
-                        Wake::Event(i, op.recv(self.watchers[i].watcher.receiver()).ok())
+            if self.stream.needs_catch_up() {
+                let stream = self.stream.clone();
+                match tokio::task::spawn_blocking(move || stream.catch_up()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "watch catch-up failed; closing the stream");
+                        let _ = self.out.send(Err(crate::error::mvcc_status(e))).await;
+                        break;
                     }
-                    Err(_) => Wake::Timeout,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watch catch-up task failed");
+                        break;
+                    }
                 }
-            };
-            let alive = match wake {
-                Wake::CmdClosed => false,
-                Wake::Cmd(Cmd::Create(c)) => self.create(c),
-                Wake::Cmd(Cmd::Cancel(id)) => self.cancel(id),
-                Wake::Cmd(Cmd::Progress) => self.progress(None),
-                Wake::Event(i, Some(resp)) => self.deliver(i, resp),
-                Wake::Event(i, None) => {
-                    self.remove(i);
-                    true
-                }
-                Wake::Timeout => {
-                    next_tick = Instant::now() + interval;
-                    let due: Vec<i64> = self
-                        .watchers
-                        .iter()
-                        .filter(|w| w.progress_notify && !w.sent_since_tick)
-                        .map(|w| w.id)
-                        .collect();
-                    for w in &mut self.watchers {
+            }
+            let alive = tokio::select! {
+                biased;
+                cmd = cmds.recv() => match cmd {
+                    None => false,
+                    Some(Cmd::Create(c)) => self.create(c).await,
+                    Some(Cmd::Cancel(id)) => self.cancel(id).await,
+                    Some(Cmd::Progress) => {
+                        self.stream.request_progress();
+                        true
+                    }
+                },
+                resp = self.stream.recv_async() => match resp {
+                    Some(resp) => self.deliver(resp).await,
+                    None => false,
+                },
+                _ = tick.tick() => {
+                    for (store_id, w) in self.watchers.iter_mut() {
+                        if w.progress_notify && !w.sent_since_tick {
+                            self.stream.progress(*store_id);
+                        }
                         w.sent_since_tick = false;
                     }
-                    due.is_empty() || self.progress(Some(due))
+                    true
                 }
             };
             if !alive {
@@ -131,19 +132,13 @@ impl StreamLoop {
         self.state.metrics.watchers.fetch_sub(n, Ordering::Relaxed);
     }
 
-    fn remove(&mut self, i: usize) {
-        let w = self.watchers.remove(i);
-        w.watcher.cancel();
-        self.state.metrics.watchers.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    fn create(&mut self, c: WatchCreateRequest) -> bool {
+    async fn create(&mut self, c: WatchCreateRequest) -> bool {
         let state = self.state.clone();
         let current = state.store.current_revision();
         let id = if c.watch_id != 0 {
             c.watch_id
         } else {
-            while self.watchers.iter().any(|w| w.id == self.next_id) {
+            while self.watchers.values().any(|w| w.id == self.next_id) {
                 self.next_id += 1;
             }
             self.next_id += 1;
@@ -157,175 +152,169 @@ impl StreamLoop {
             cancel_reason: reason,
             ..WatchResponse::default()
         };
-        if self.watchers.iter().any(|w| w.id == id) {
-            return self.send(fail(
-                "mvcc: duplicate watch ID provided on the WatchStream".into(),
-            ));
+        if self.watchers.values().any(|w| w.id == id) {
+            return self
+                .send(fail(
+                    "mvcc: duplicate watch ID provided on the WatchStream".into(),
+                ))
+                .await;
         }
         if c.start_revision < 0 {
-            return self.send(fail(MvccError::Compacted.to_string()));
+            return self.send(fail(MvccError::Compacted.to_string())).await;
         }
-        let watcher = match state.store.watch(&c.key, &c.range_end, c.start_revision) {
+        let store_id = match self.stream.watch(&c.key, &c.range_end, c.start_revision) {
             Ok(w) => w,
-            Err(e) => return self.send(fail(e.to_string())),
+            Err(e) => return self.send(fail(e.to_string())).await,
         };
+        state.metrics.watchers.fetch_add(1, Ordering::Relaxed);
+        self.watchers.insert(
+            store_id,
+            StreamWatcher {
+                id,
+                prev_kv: c.prev_kv,
+                no_put: c.filters.contains(&(FilterType::Noput as i32)),
+                no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
+                progress_notify: c.progress_notify,
+                sent_since_tick: false,
+            },
+        );
         let created = WatchResponse {
             header: state.header(current),
             watch_id: id,
             created: true,
             ..WatchResponse::default()
         };
-        if !self.send(created) {
-            return false;
-        }
-        state.metrics.watchers.fetch_add(1, Ordering::Relaxed);
-        self.watchers.push(StreamWatcher {
-            id,
-            watcher,
-            prev_kv: c.prev_kv,
-            no_put: c.filters.contains(&(FilterType::Noput as i32)),
-            no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
-            progress_notify: c.progress_notify,
-            sent_since_tick: false,
-        });
-        true
+        self.send(created).await
     }
 
-    fn cancel(&mut self, id: i64) -> bool {
-        let Some(i) = self.watchers.iter().position(|w| w.id == id) else {
+    fn remove(&mut self, store_id: i64) -> Option<StreamWatcher> {
+        let w = self.watchers.remove(&store_id)?;
+        self.stream.cancel(store_id);
+        self.stream.forget(store_id);
+        self.state.metrics.watchers.fetch_sub(1, Ordering::Relaxed);
+        Some(w)
+    }
+
+    async fn cancel(&mut self, id: i64) -> bool {
+        let Some(store_id) = self
+            .watchers
+            .iter()
+            .find(|(_, w)| w.id == id)
+            .map(|(s, _)| *s)
+        else {
             return true;
         };
-        self.remove(i);
+        self.remove(store_id);
         self.send(WatchResponse {
             header: self.state.header_now(),
             watch_id: id,
             canceled: true,
             ..WatchResponse::default()
         })
+        .await
     }
 
-    /// Sends one store response to watcher `i`.
-    fn deliver(&mut self, i: usize, resp: mvcc_core::WatchResponse) -> bool {
+    /// Sends one store response.
+    async fn deliver(&mut self, resp: mvcc_core::WatchResponse) -> bool {
         let state = self.state.clone();
-        let w = &mut self.watchers[i];
+        if resp.watch_id == -1 {
+            // Stream-wide progress: every event at or below `revision` was sent before it.
+            return self
+                .send(WatchResponse {
+                    header: state.header(resp.revision),
+                    watch_id: -1,
+                    ..WatchResponse::default()
+                })
+                .await;
+        }
+        let store_id = resp.watch_id;
+        let Some(w) = self.watchers.get_mut(&store_id) else {
+            // Cancelled by the client meanwhile: etcd drops what was still queued.
+            return true;
+        };
+        let id = w.id;
         if resp.canceled {
-            let out = WatchResponse {
-                header: state.header(resp.revision),
-                watch_id: w.id,
-                canceled: true,
-                compact_revision: resp.compact_revision,
-                ..WatchResponse::default()
-            };
-            self.remove(i);
-            return self.send(out);
+            self.remove(store_id);
+            self.stream.forget(store_id);
+            return self
+                .send(WatchResponse {
+                    header: state.header(resp.revision),
+                    watch_id: id,
+                    canceled: true,
+                    compact_revision: resp.compact_revision,
+                    ..WatchResponse::default()
+                })
+                .await;
         }
-        let mut events = Vec::with_capacity(resp.events.len());
-        for ev in resp.events {
-            let is_put = ev.kind == EventKind::Put;
-            if (is_put && w.no_put) || (!is_put && w.no_delete) {
-                continue;
-            }
-            let prev_kv = if w.prev_kv && !(is_put && ev.kv.version == 1) {
-                state
-                    .store
-                    .range(&ev.kv.key, &[], ev.kv.mod_revision - 1, 0, false)
-                    .ok()
-                    .and_then(|r| r.kvs.into_iter().next())
-                    .map(to_pb_kv)
-            } else {
-                None
-            };
-            events.push(mvccpb::Event {
-                r#type: if is_put {
-                    mvccpb::event::EventType::Put as i32
+        if resp.is_progress() {
+            return self
+                .send(WatchResponse {
+                    header: state.header(resp.revision),
+                    watch_id: id,
+                    ..WatchResponse::default()
+                })
+                .await;
+        }
+        let (prev_kv, no_put, no_delete) = (w.prev_kv, w.no_put, w.no_delete);
+        let revision = resp.revision;
+        let convert = move |st: &State| -> Vec<mvccpb::Event> {
+            let mut events = Vec::with_capacity(resp.events.len());
+            for ev in resp.events {
+                let is_put = ev.kind == EventKind::Put;
+                if (is_put && no_put) || (!is_put && no_delete) {
+                    continue;
+                }
+                let prev = if prev_kv && !(is_put && ev.kv.version == 1) {
+                    st.store
+                        .range(&ev.kv.key, &[], ev.kv.mod_revision - 1, 0, false)
+                        .ok()
+                        .and_then(|r| r.kvs.into_iter().next())
+                        .map(to_pb_kv)
                 } else {
-                    mvccpb::event::EventType::Delete as i32
-                },
-                kv: Some(to_pb_kv(ev.kv)),
-                prev_kv,
-            });
-        }
+                    None
+                };
+                events.push(mvccpb::Event {
+                    r#type: if is_put {
+                        mvccpb::event::EventType::Put as i32
+                    } else {
+                        mvccpb::event::EventType::Delete as i32
+                    },
+                    kv: Some(to_pb_kv(ev.kv)),
+                    prev_kv: prev,
+                });
+            }
+            events
+        };
+        let events = if prev_kv {
+            // Reading the previous values is storage work: off the async workers.
+            let st = state.clone();
+            match tokio::task::spawn_blocking(move || convert(&st)).await {
+                Ok(e) => e,
+                Err(_) => return false,
+            }
+        } else {
+            convert(&state)
+        };
         if events.is_empty() {
             return true;
         }
-        w.sent_since_tick = true;
-        let out = WatchResponse {
-            header: state.header(resp.revision),
-            watch_id: w.id,
+        if let Some(w) = self.watchers.get_mut(&store_id) {
+            w.sent_since_tick = true;
+        }
+        self.send(WatchResponse {
+            header: state.header(revision),
+            watch_id: id,
             events,
             ..WatchResponse::default()
-        };
-        self.send(out)
+        })
+        .await
     }
-
-    /// Sends a progress notification at the current revision, after every pending event at or
-    /// below it: to every watcher in `ids`, or one stream-wide response (watch id -1, etcd's
-    /// answer to a progress request) when `ids` is `None`.
-    fn progress(&mut self, ids: Option<Vec<i64>>) -> bool {
-        let rev = self.state.store.current_revision();
-        if let Err(e) = self.state.write_barrier() {
-            tracing::warn!(error = %e, "watch progress: write barrier failed");
-        }
-        // Drain what is already queued (every event of a revision <= rev is).
-        let mut i = 0;
-        while i < self.watchers.len() {
-            let mut removed = false;
-            while let Some(resp) = self.watchers[i].watcher.try_recv() {
-                let canceled = resp.canceled;
-                if !self.deliver(i, resp) {
-                    return false;
-                }
-                if canceled {
-                    removed = true;
-                    break;
-                }
-            }
-            if !removed {
-                i += 1;
-            }
-        }
-        match ids {
-            None => self.send(WatchResponse {
-                header: self.state.header(rev),
-                watch_id: -1,
-                ..WatchResponse::default()
-            }),
-            Some(ids) => {
-                for id in ids {
-                    if self.watchers.iter().any(|w| w.id == id)
-                        && !self.send(WatchResponse {
-                            header: self.state.header(rev),
-                            watch_id: id,
-                            ..WatchResponse::default()
-                        })
-                    {
-                        return false;
-                    }
-                }
-                true
-            }
-        }
-    }
-}
-
-fn spawn_stream_loop(state: Arc<State>, out: Out) -> std::io::Result<Sender<Cmd>> {
-    let (tx, rx) = channel::unbounded();
-    let lp = StreamLoop {
-        state,
-        out,
-        watchers: Vec::new(),
-        next_id: 0,
-    };
-    std::thread::Builder::new()
-        .name("rusd-watch".into())
-        .spawn(move || lp.run(rx))?;
-    Ok(tx)
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
-/// Responses buffered per watch stream before the stream's thread waits for the client.
-const STREAM_BUFFER: usize = 256;
+/// Responses buffered per watch stream between its task and the transport.
+const STREAM_BUFFER: usize = 16;
 
 #[tonic::async_trait]
 impl Watch for WatchService {
@@ -338,8 +327,15 @@ impl Watch for WatchService {
         let mut input = request.into_inner();
         let (out_tx, out_rx) = mpsc::channel(STREAM_BUFFER);
         let state = self.state.clone();
-        let cmds = spawn_stream_loop(state.clone(), out_tx)
-            .map_err(|e| Status::internal(format!("rusd: cannot start watch stream: {e}")))?;
+        let (cmds, cmd_rx) = mpsc::channel::<Cmd>(64);
+        let lp = StreamLoop {
+            state: state.clone(),
+            out: out_tx,
+            stream: Arc::new(state.store.watch_stream(STREAM_QUEUE)),
+            watchers: HashMap::new(),
+            next_id: 0,
+        };
+        tokio::spawn(lp.run(cmd_rx));
         let mut shutdown = state.shutdown.clone();
         state.metrics.watch_streams.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
@@ -368,11 +364,11 @@ impl Watch for WatchService {
                     }
                     None => break,
                 };
-                if cmds.send(cmd).is_err() {
+                if cmds.send(cmd).await.is_err() {
                     break;
                 }
             }
-            // Dropping `cmds` ends the stream's thread, which cancels its watchers.
+            // Dropping `cmds` ends the stream's task, which cancels its watchers.
             drop(cmds);
             state.metrics.watch_streams.fetch_sub(1, Ordering::Relaxed);
         });
