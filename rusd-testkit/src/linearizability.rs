@@ -349,7 +349,7 @@ impl Meter {
             return false;
         }
         self.steps += 1;
-        if self.steps % 1024 == 0 {
+        if self.steps.is_multiple_of(1024) {
             if let Some(max) = self.budget.max_time {
                 if self.start.elapsed() >= max {
                     self.out_of_time = true;

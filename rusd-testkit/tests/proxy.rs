@@ -68,7 +68,10 @@ fn silent_for(s: &mut TcpStream, wait: Duration) -> bool {
     let mut buf = [0u8; 16];
     match s.read(&mut buf) {
         Err(e) => matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
-        Ok(_) => false,
+        Ok(n) => {
+            eprintln!("{n} bytes arrived");
+            false
+        }
     }
 }
 
