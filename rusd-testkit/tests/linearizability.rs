@@ -517,3 +517,81 @@ proptest! {
         prop_assert!(result.is_violation(), "{:?}", result);
     }
 }
+
+/// The definition, checked by brute force: some order of all completed operations and some
+/// of the info operations, respecting real time, that the model accepts.
+fn brute_force(initial: Option<u64>, h: &[Op]) -> bool {
+    fn go(model: &Register<u64>, state: &Option<u64>, h: &[Op], done: &mut Vec<bool>) -> bool {
+        use rusd_testkit::linearizability::Model;
+        if h.iter()
+            .zip(done.iter())
+            .all(|(op, d)| *d || op.ret().is_none())
+        {
+            return true;
+        }
+        for i in 0..h.len() {
+            if done[i] {
+                continue;
+            }
+            // `i` may go next only if no other pending completed op responded before it.
+            let blocked = h.iter().enumerate().any(|(j, other)| {
+                j != i && !done[j] && other.ret().is_some_and(|ret| ret < h[i].call)
+            });
+            if blocked {
+                continue;
+            }
+            if let Some(next) = model.step(state, &h[i].input, h[i].output()) {
+                done[i] = true;
+                let ok = go(model, &next, h, done);
+                done[i] = false;
+                if ok {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+    let model = Register { initial };
+    go(&model, &initial, h, &mut vec![false; h.len()])
+}
+
+fn arbitrary_op() -> impl Strategy<Value = Op> {
+    let value = 1u64..4;
+    let maybe = prop::option::of(1u64..4);
+    let input = prop_oneof![
+        Just(RegisterInput::Read),
+        value.clone().prop_map(RegisterInput::Write),
+        (maybe.clone(), value).prop_map(|(expected, new)| RegisterInput::Cas { expected, new }),
+    ];
+    (input, maybe, any::<bool>(), 0u64..12, 0u64..6, 0u8..5).prop_map(
+        |(input, read, swapped, call, len, kind)| {
+            let output = match input {
+                RegisterInput::Read => RegisterOutput::Read(read),
+                RegisterInput::Cas { .. } => RegisterOutput::Cas(swapped),
+                _ => RegisterOutput::Written,
+            };
+            if kind == 0 {
+                Operation::info(0, input, call)
+            } else {
+                Operation::ok(0, input, call, call + len, output)
+            }
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// On small arbitrary histories (most of them not linearizable), with info operations,
+    /// the checker agrees with the brute-force definition.
+    #[test]
+    fn agrees_with_brute_force_on_small_histories(
+        h in prop::collection::vec(arbitrary_op(), 0..7), initial in prop::option::of(1u64..4),
+    ) {
+        let expected = brute_force(initial, &h);
+        let got = check(&Register { initial }, &h, Budget::default()).expect("valid");
+        prop_assert_eq!(got.is_linearizable(), expected, "{:?}", got);
+        let unknown = matches!(got, CheckResult::Unknown { .. });
+        prop_assert!(!unknown);
+    }
+}
