@@ -274,7 +274,7 @@ pub fn check<M: Model>(
 }
 
 /// Checks a history of independent objects: splits it by `key`, and checks each part
-/// against `model` as one object (smallest parts first). The verdict is
+/// against `model` as one object (smallest parts first, then by key). The verdict is
 /// [`CheckResult::NotLinearizable`] as soon as one part is, otherwise
 /// [`CheckResult::Unknown`] if any part ran out of budget, otherwise linearizable.
 ///
@@ -296,7 +296,8 @@ where
         parts.entry(key(&op.input)).or_default().push(i);
     }
     let mut parts: Vec<(K, Vec<usize>)> = parts.into_iter().collect();
-    parts.sort_by_key(|(_, ops)| ops.len());
+    // Smallest first (a violation is found sooner), ties by key for a deterministic report.
+    parts.sort_by_cached_key(|(k, ops)| (ops.len(), format!("{k:?}")));
     let mut meter = Meter::new(budget);
     let mut unknown = false;
     for (k, ops) in &parts {
@@ -772,9 +773,15 @@ pub struct KvInput<K, V> {
 /// A multi-key store of independent registers, all initially absent. Its state is one
 /// key's value: check it only with [`check_kv`] (or [`check_partitioned`] by key), which
 /// gives it the operations of one key at a time.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Kv<K, V> {
     _marker: std::marker::PhantomData<(K, V)>,
+}
+
+impl<K, V> Default for Kv<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl<K, V> Kv<K, V> {

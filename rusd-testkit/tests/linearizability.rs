@@ -595,3 +595,56 @@ proptest! {
         prop_assert!(!unknown);
     }
 }
+
+#[test]
+fn partitioned_check_reports_unknown_when_the_budget_runs_out() {
+    let mut h: Vec<KvOp> = Vec::new();
+    for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
+        let t = 10 * i as u64;
+        h.push(kv(
+            1,
+            key,
+            RegisterInput::Write(1),
+            RegisterOutput::Written,
+            t + 1,
+            t + 2,
+        ));
+        h.push(kv(
+            2,
+            key,
+            RegisterInput::Read,
+            RegisterOutput::Read(Some(1)),
+            t + 3,
+            t + 4,
+        ));
+    }
+    let budget = Budget {
+        max_steps: 3,
+        max_time: None,
+    };
+    match check_kv(&h, budget).expect("valid") {
+        CheckResult::Unknown { steps, .. } => assert_eq!(steps, 3),
+        other => panic!("expected unknown, got {other:?}"),
+    }
+    // With enough budget: linearizable, and a violation on "c" names "c".
+    assert_eq!(
+        check_kv(&h, Budget::default()).expect("valid"),
+        CheckResult::Linearizable
+    );
+    h.push(kv(
+        3,
+        "c",
+        RegisterInput::Read,
+        RegisterOutput::Read(None),
+        30,
+        31,
+    ));
+    match check_kv(&h, Budget::default()).expect("valid") {
+        CheckResult::NotLinearizable(v) => {
+            assert_eq!(v.partition.as_deref(), Some("\"c\""));
+            assert_eq!(v.longest_prefix, vec![4, 5]);
+            assert_eq!(v.stuck_at, Some(6));
+        }
+        other => panic!("expected a violation, got {other:?}"),
+    }
+}
