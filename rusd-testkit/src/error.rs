@@ -40,7 +40,7 @@ pub enum Error {
     /// A history handed to the checker is malformed (e.g. a response before its call).
     #[error("invalid history: {0}")]
     InvalidHistory(String),
-    /// Encoding a history to JSON failed.
+    /// Encoding or decoding a history as JSON failed.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
 }

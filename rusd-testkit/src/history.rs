@@ -32,13 +32,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::linearizability::{CheckResult, Operation};
 
 /// How a recorded operation ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status<O> {
     /// Not completed yet.
     Pending,
@@ -68,7 +69,7 @@ pub enum Status<O> {
 }
 
 /// One recorded operation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record<I, O> {
     /// Position in the recorder, in invocation order.
     pub id: usize,
@@ -183,25 +184,45 @@ impl<I: Clone, O: Clone> History<I, O> {
     /// The history for the checker: completed operations as [`Operation::ok`], unknown and
     /// still pending ones as [`Operation::info`], failed ones left out.
     pub fn operations(&self) -> Vec<Operation<I, O>> {
-        let state = self.inner.state.lock();
-        state
-            .records
-            .iter()
-            .filter_map(|r| match &r.status {
-                Status::Ok { output, ret, .. } => Some(Operation::ok(
-                    r.client,
-                    r.input.clone(),
-                    r.call,
-                    *ret,
-                    output.clone(),
-                )),
-                Status::Pending | Status::Info { .. } => {
-                    Some(Operation::info(r.client, r.input.clone(), r.call))
-                }
-                Status::Fail { .. } => None,
-            })
-            .collect()
+        to_operations(&self.inner.state.lock().records)
     }
+}
+
+/// The checker's view of records, as [`History::operations`] gives it.
+pub fn to_operations<I: Clone, O: Clone>(records: &[Record<I, O>]) -> Vec<Operation<I, O>> {
+    records
+        .iter()
+        .filter_map(|r| match &r.status {
+            Status::Ok { output, ret, .. } => Some(Operation::ok(
+                r.client,
+                r.input.clone(),
+                r.call,
+                *ret,
+                output.clone(),
+            )),
+            Status::Pending | Status::Info { .. } => {
+                Some(Operation::info(r.client, r.input.clone(), r.call))
+            }
+            Status::Fail { .. } => None,
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct Loaded<I, O> {
+    records: Vec<Record<I, O>>,
+}
+
+/// Reads the records of a dump written by [`History::dump_json`] or
+/// [`History::dump_json_on_failure`], e.g. to check it again with a larger budget:
+/// `check(&model, &to_operations(&load_json(path)?), budget)`.
+pub fn load_json<I: DeserializeOwned, O: DeserializeOwned>(
+    path: &Path,
+) -> Result<Vec<Record<I, O>>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("reading history from {}", path.display()), e))?;
+    let loaded: Loaded<I, O> = serde_json::from_str(&text)?;
+    Ok(loaded.records)
 }
 
 #[derive(Serialize)]

@@ -2,7 +2,7 @@
 
 use std::sync::Barrier;
 
-use rusd_testkit::history::{History, Status};
+use rusd_testkit::history::{load_json, to_operations, History, Record, Status};
 use rusd_testkit::linearizability::{
     check, Budget, CheckResult, Operation, Register, RegisterInput, RegisterOutput,
 };
@@ -112,6 +112,20 @@ fn json_dump_on_failure_only() {
     assert_eq!(
         records[1]["status"]["Ok"]["output"],
         serde_json::json!({"Read": 2})
+    );
+
+    // The dump loads back to the same records and the same verdict.
+    let loaded: Vec<Record<RegisterInput<u64>, RegisterOutput<u64>>> =
+        load_json(&path).expect("load");
+    assert_eq!(loaded, h.records());
+    assert_eq!(
+        check(
+            &Register { initial: None },
+            &to_operations(&loaded),
+            Budget::default()
+        )
+        .expect("valid"),
+        verdict
     );
 
     let other = dir.path().join("ok.json");
