@@ -215,3 +215,25 @@ async fn usable_from_inside_a_tokio_runtime() {
     assert_eq!(n, 0);
     drop(proxy);
 }
+
+#[test]
+fn cut_closes_every_one_of_many_connections() {
+    let (echo, accepted) = echo_server();
+    let proxy = Proxy::start(echo).expect("proxy");
+    let mut conns: Vec<TcpStream> = (0..10).map(|_| connect(proxy.addr())).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        let msg = format!("conn {i}");
+        assert_eq!(roundtrip(c, msg.as_bytes()), msg.into_bytes());
+    }
+    assert_eq!(proxy.forwarded_connections(), 10);
+    assert_eq!(accepted.load(Ordering::SeqCst), 10);
+    proxy.cut().expect("cut");
+    assert_eq!(proxy.forwarded_connections(), 0);
+    for c in &mut conns {
+        assert!(closed_by_peer(c));
+    }
+    proxy.heal();
+    let mut again = connect(proxy.addr());
+    assert_eq!(roundtrip(&mut again, b"again"), b"again".to_vec());
+    assert_eq!(accepted.load(Ordering::SeqCst), 11);
+}
