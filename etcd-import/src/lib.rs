@@ -11,6 +11,8 @@
 //!   and reopens the store to check it recovers them.
 //! * [`bbolt_write`]: a small bbolt writer (sorted pairs packed into leaf, branch and overflow
 //!   pages, freelist and meta pages).
+//! * [`export`](mod@export): writes a rusd store as an etcd 3.4 bbolt file or
+//!   `etcdctl snapshot save` file that `etcdctl snapshot restore` accepts.
 //! * [`status`]: `snapshot status` figures and etcdctl's renderings of them.
 //!
 //! The source is read and validated completely before anything is written; a corrupt,
@@ -22,10 +24,12 @@ pub mod bbolt;
 pub mod bbolt_write;
 pub mod error;
 pub mod etcd;
+pub mod export;
 pub mod import;
 pub mod status;
 
 pub use error::ImportError;
 pub use etcd::{parse_etcd_db, EtcdData, EtcdLease, KvRow};
+pub use export::{export, ExportSummary};
 pub use import::{import, read_etcd, ImportSummary};
 pub use status::{etcd_status, render_status, EtcdStatus, StatusFormat};

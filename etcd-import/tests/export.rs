@@ -1,0 +1,311 @@
+//! `export`: a rusd store to an etcd 3.4 bbolt file, read back by this crate's reader and
+//! importer, and restored and served by a real etcd 3.4.
+
+mod common;
+
+use std::process::Command;
+
+use common::{
+    big_value, build_rusd_store, etcd_available, open_rusd, rusd_all_at, Etcd, L1, L3,
+    RUSD_COMPACT, RUSD_CURRENT,
+};
+use etcd_import::{etcd_status, export, import, parse_etcd_db, EtcdStatus, ImportError};
+use mvcc_core::MvccError;
+use sha2::{Digest, Sha256};
+use storage_api::BackendKind;
+
+const ENGINES: [BackendKind; 3] = [BackendKind::Memory, BackendKind::Sled, BackendKind::Redb];
+
+/// Rows in the history's `kv` tree after the compaction at 309: below it the kept rows
+/// (la@6, c@7, d@7, big@8, many/050..=299 at 59..=308); from 309: 50 deletions, lb@310,
+/// lb deleted @311, a@312, e@313, f and la @314.
+const ROWS: usize = 4 + 250 + 50 + 2 + 1 + 1 + 2;
+/// Live keys at 314: a, big, c, d, e, f, la, many/050..=299.
+const LIVE: usize = 7 + 250;
+
+#[test]
+fn export_reads_back_and_imports_with_every_revision() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for kind in ENGINES {
+        let src = dir.path().join(format!("src-{kind}"));
+        build_rusd_store(&src, kind);
+        let out = dir.path().join(format!("{kind}.db"));
+        // The engine comes from the store's marker.
+        let s = export(&src, &out, None, false).expect("export");
+        assert_eq!(s.backend, kind);
+        assert_eq!(
+            (
+                s.rows,
+                s.live_keys,
+                s.leases,
+                s.current_revision,
+                s.compact_revision
+            ),
+            (ROWS, LIVE, 2, RUSD_CURRENT, RUSD_COMPACT)
+        );
+        let bytes = std::fs::read(&out).expect("read");
+        assert_eq!(bytes.len() % 4096, 0);
+        assert_eq!(s.status.total_size, bytes.len() as u64);
+        // etcdctl's figures: the last key row's revision, and every pair of every bucket:
+        // the rows, 2 leases, authRevision, clusterVersion, consistent_index and both
+        // compaction revisions.
+        assert_eq!(
+            (s.status.revision, s.status.total_key),
+            (RUSD_CURRENT, ROWS as u64 + 2 + 5)
+        );
+        assert_eq!(etcd_status(&bytes).expect("status"), s.status);
+
+        // Same content from every engine: the files are byte-identical.
+        if kind != BackendKind::Memory {
+            let first = std::fs::read(dir.path().join("memory.db")).expect("read");
+            assert_eq!(first, bytes, "{kind}");
+        }
+
+        let data = parse_etcd_db(&bytes).expect("parse");
+        assert!(!data.snapshot_trailer);
+        assert_eq!(data.page_size, 4096);
+        assert_eq!(data.txid, 1);
+        assert_eq!(data.finished_compact, Some(RUSD_COMPACT));
+        assert_eq!(data.scheduled_compact, Some(RUSD_COMPACT));
+        assert_eq!(data.consistent_index, Some(0));
+        let mut leases: Vec<(i64, i64, i64)> = data
+            .leases
+            .iter()
+            .map(|l| (l.id, l.ttl, l.remaining_ttl))
+            .collect();
+        leases.sort_unstable();
+        assert_eq!(leases, vec![(L1, 600, 0), (L3, 900, 0)]);
+        let big = data
+            .rows
+            .iter()
+            .find(|r| r.kv.key == b"big")
+            .expect("big row");
+        assert_eq!((big.main, big.kv.value.clone()), (8, big_value()));
+
+        // The snapshot format: the same file plus its SHA-256.
+        let snap = dir.path().join(format!("{kind}.snap"));
+        let s2 = export(&src, &snap, Some(kind), true).expect("export");
+        assert!(s2.snapshot_format);
+        assert_eq!(s2.status, s.status);
+        let snap_bytes = std::fs::read(&snap).expect("read");
+        assert_eq!(&snap_bytes[..bytes.len()], &bytes[..]);
+        assert_eq!(
+            &snap_bytes[bytes.len()..],
+            Sha256::digest(&bytes).as_slice()
+        );
+
+        // Imported back (into another engine), every revision answers as the source.
+        let source = open_rusd(&src, kind);
+        for (i, target_kind) in ENGINES.into_iter().enumerate() {
+            let file = if i % 2 == 0 { &out } else { &snap };
+            let target = dir.path().join(format!("back-{kind}-{target_kind}"));
+            let imp = import(file, &target, target_kind).expect("import");
+            assert_eq!(
+                (
+                    imp.rows,
+                    imp.live_keys,
+                    imp.leases,
+                    imp.current_revision,
+                    imp.compact_revision
+                ),
+                (ROWS, LIVE, 2, RUSD_CURRENT, RUSD_COMPACT)
+            );
+            let back = open_rusd(&target, target_kind);
+            for rev in RUSD_COMPACT..=RUSD_CURRENT {
+                assert_eq!(
+                    rusd_all_at(&back, rev),
+                    rusd_all_at(&source, rev),
+                    "{kind} -> {target_kind} rev {rev}"
+                );
+            }
+            assert!(matches!(
+                back.range(b"\0", b"\0", RUSD_COMPACT - 1, 0, false),
+                Err(MvccError::Compacted)
+            ));
+            assert_eq!(back.leases(), vec![L1, L3]);
+            assert_eq!(
+                back.lease_time_to_live(L1).expect("lease").keys,
+                vec![b"la".to_vec()]
+            );
+            back.close().expect("close");
+        }
+        source.close().expect("close");
+    }
+}
+
+#[test]
+fn export_refuses_bad_inputs_and_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.db");
+    let listing = |d: &std::path::Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // A missing directory, an empty one, a file: not rusd stores, and none is created.
+    let missing = dir.path().join("missing");
+    assert!(matches!(
+        export(&missing, &out, None, false),
+        Err(ImportError::NotRusdStore(p)) if p == missing
+    ));
+    assert!(!missing.exists());
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    assert!(matches!(
+        export(&empty, &out, Some(BackendKind::Sled), false),
+        Err(ImportError::NotRusdStore(_))
+    ));
+    assert!(listing(&empty).is_empty());
+    // The wrong engine for the store.
+    let src = dir.path().join("src");
+    build_rusd_store(&src, BackendKind::Redb);
+    let err = export(&src, &out, Some(BackendKind::Sled), false).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ImportError::Storage(storage_api::StorageError::WrongEngine { .. })
+        ),
+        "{err:?}"
+    );
+    // An existing output is never overwritten.
+    std::fs::write(&out, b"keep").expect("write");
+    assert!(matches!(
+        export(&src, &out, None, false),
+        Err(ImportError::OutputExists(p)) if p == out
+    ));
+    assert_eq!(std::fs::read(&out).expect("read"), b"keep");
+    // An output directory that does not exist: an I/O error, no temporary file anywhere.
+    let nodir = dir.path().join("nodir").join("out.db");
+    assert!(matches!(
+        export(&src, &nodir, None, false),
+        Err(ImportError::Io { .. })
+    ));
+    // A store whose lease record is not rusd's: typed error, no output, no temporary file.
+    let bad = dir.path().join("bad");
+    {
+        let b =
+            mvcc_core::AnyBackend::open(BackendKind::Sled, storage_api::BackendConfig::new(&bad))
+                .expect("open");
+        use storage_api::Backend;
+        b.put(storage_api::Tree::Lease, &7i64.to_be_bytes(), &[9, 9])
+            .expect("put");
+        b.close().expect("close");
+    }
+    let out2 = dir.path().join("out2.db");
+    let err = export(&bad, &out2, None, false).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot export: lease 7: unknown record 0909"
+    );
+    assert_eq!(listing(dir.path()), vec!["bad", "empty", "out.db", "src"]);
+}
+
+fn ctl(args: &[&str]) -> std::process::Output {
+    Command::new(common::ETCDCTL)
+        .env("ETCDCTL_API", "3")
+        .args(args)
+        .output()
+        .expect("etcdctl")
+}
+
+#[test]
+fn etcd_restores_and_serves_an_export() {
+    if !etcd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    build_rusd_store(&src, BackendKind::Sled);
+    let source = open_rusd(&src, BackendKind::Sled);
+    let want: Vec<_> = (RUSD_COMPACT..=RUSD_CURRENT)
+        .map(|r| rusd_all_at(&source, r))
+        .collect();
+    source.close().expect("close");
+
+    for snapshot_format in [false, true] {
+        let file = dir.path().join(format!("export-{snapshot_format}.db"));
+        let s = export(&src, &file, None, snapshot_format).expect("export");
+        // etcdctl's own status (which runs bbolt's consistency check first).
+        let out = ctl(&[
+            "snapshot",
+            "status",
+            &file.display().to_string(),
+            "-w",
+            "json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let EtcdStatus {
+            hash,
+            revision,
+            total_key,
+            total_size,
+        } = s.status;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!(
+                "{{\"hash\":{hash},\"revision\":{revision},\"totalKey\":{total_key},\"totalSize\":{total_size}}}\n"
+            )
+        );
+        assert_eq!(revision, RUSD_CURRENT);
+
+        // Restore it as etcd's tools do, then serve it.
+        let data_dir = dir.path().join(format!("etcd-{snapshot_format}"));
+        let peer = common::free_port();
+        let mut args = vec![
+            "snapshot".to_string(),
+            "restore".to_string(),
+            file.display().to_string(),
+            format!("--data-dir={}", data_dir.display()),
+            "--name=imp".to_string(),
+            format!("--initial-cluster=imp=http://127.0.0.1:{peer}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+        ];
+        if !snapshot_format {
+            args.push("--skip-hash-check".to_string());
+        }
+        let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = ctl(&args_ref);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let etcd = Etcd::start_with_peer(&data_dir, peer);
+        for (i, want) in want.iter().enumerate() {
+            let rev = RUSD_COMPACT + i as i64;
+            assert_eq!(
+                &etcd.all_at(rev),
+                want,
+                "snapshot_format {snapshot_format} rev {rev}"
+            );
+        }
+        // Below the compaction etcd refuses, as rusd does.
+        let out = Command::new(common::ETCDCTL)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", etcd.endpoint))
+            .args(["get", "a", &format!("--rev={}", RUSD_COMPACT - 1)])
+            .output()
+            .expect("etcdctl");
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("required revision has been compacted"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Leases with their TTLs and keys.
+        assert_eq!(etcd.lease_info(L1), (600, vec![b"la".to_vec()]));
+        assert_eq!(etcd.lease_info(L3), (900, vec![]));
+        // The next write gets the next revision.
+        let out = etcd.ctl(&["put", "next", "1", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["header"]["revision"].as_i64(), Some(RUSD_CURRENT + 1));
+        etcd.stop();
+    }
+}
