@@ -115,7 +115,8 @@ pub fn import(
     Ok(summary)
 }
 
-fn cleanup(target: &Path, existed: bool) {
+/// Removes what a failed write put in `target` (the directory itself when it did not exist).
+pub(crate) fn cleanup(target: &Path, existed: bool) {
     if existed {
         if let Ok(entries) = std::fs::read_dir(target) {
             for e in entries.flatten() {

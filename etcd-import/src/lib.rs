@@ -13,6 +13,7 @@
 //!   pages, freelist and meta pages).
 //! * [`export`](mod@export): writes a rusd store as an etcd 3.4 bbolt file or
 //!   `etcdctl snapshot save` file that `etcdctl snapshot restore` accepts.
+//! * [`snapshot`]: offline save / restore / status of rusd's portable snapshots.
 //! * [`status`]: `snapshot status` figures and etcdctl's renderings of them.
 //!
 //! The source is read and validated completely before anything is written; a corrupt,
@@ -26,6 +27,7 @@ pub mod error;
 pub mod etcd;
 pub mod export;
 pub mod import;
+pub mod snapshot;
 pub mod status;
 
 pub use error::ImportError;
