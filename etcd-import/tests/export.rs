@@ -309,3 +309,37 @@ fn etcd_restores_and_serves_an_export() {
         etcd.stop();
     }
 }
+
+/// etcd's checkpointed remaining TTL (`leasepb.Lease` field 3): what an import keeps and what
+/// rusd and an export do with it.
+#[test]
+fn remaining_ttl_is_kept_by_import_but_not_used_or_exported() {
+    use etcd_import::import::{imported_remaining_ttls, write_store};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    build_rusd_store(&src, BackendKind::Memory);
+    let file = dir.path().join("e.db");
+    export(&src, &file, None, false).expect("export");
+    // As etcd writes a lease with checkpointing on: L1 granted 600 s, 42 s left.
+    let mut data = parse_etcd_db(&std::fs::read(&file).expect("read")).expect("parse");
+    let l1 = data.leases.iter_mut().find(|l| l.id == L1).expect("L1");
+    l1.remaining_ttl = 42;
+    let imported = dir.path().join("imported");
+    write_store(&data, &imported, BackendKind::Sled).expect("import");
+    let store = open_rusd(&imported, BackendKind::Sled);
+    // Kept in the store, next to rusd's lease record ...
+    assert_eq!(
+        imported_remaining_ttls(store.backend().as_ref()).expect("rows"),
+        vec![(L1, 42)]
+    );
+    // ... but rusd gives the lease its full TTL on open, as it does for every lease.
+    let info = store.lease_time_to_live(L1).expect("lease");
+    assert_eq!((info.ttl, info.remaining_ttl), (600, 600));
+    store.close().expect("close");
+    // An export writes no remaining TTL: etcd restores the lease with its full TTL.
+    let again = dir.path().join("again.db");
+    export(&imported, &again, None, false).expect("export");
+    let back = parse_etcd_db(&std::fs::read(&again).expect("read")).expect("parse");
+    let l1 = back.leases.iter().find(|l| l.id == L1).expect("L1");
+    assert_eq!((l1.ttl, l1.remaining_ttl), (600, 0));
+}
