@@ -200,7 +200,45 @@ fn export_refuses_bad_inputs_and_leaves_nothing() {
         err.to_string(),
         "cannot export: lease 7: unknown record 0909"
     );
-    assert_eq!(listing(dir.path()), vec!["bad", "empty", "out.db", "src"]);
+    // A kv row that is not rusd's encoding, and an interrupted compaction (scheduled at 5, no
+    // rows): typed errors, nothing written.
+    let raw = |name: &str, tree: storage_api::Tree, k: &[u8], v: &[u8]| {
+        let p = dir.path().join(name);
+        let b = mvcc_core::AnyBackend::open(BackendKind::Redb, storage_api::BackendConfig::new(&p))
+            .expect("open");
+        use storage_api::Backend;
+        b.put(tree, k, v).expect("put");
+        b.close().expect("close");
+        p
+    };
+    let badkv = raw(
+        "badkv",
+        storage_api::Tree::Kv,
+        &mvcc_core::revision::Revision::new(2, 0).to_key(false),
+        b"\x07junk",
+    );
+    let err = export(&badkv, &out2, None, false).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("cannot export: kv row 00000000000000025f0000000000000000: "),
+        "{err}"
+    );
+    let interrupted = raw(
+        "interrupted",
+        storage_api::Tree::Meta,
+        b"scheduledCompactRev",
+        &5i64.to_be_bytes(),
+    );
+    let err = export(&interrupted, &out2, None, false).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot export: the store is at revision 5 but its rows give etcd revision 1 (an \
+         interrupted compaction?): open it with rusd once, then export"
+    );
+    assert_eq!(
+        listing(dir.path()),
+        vec!["bad", "badkv", "empty", "interrupted", "out.db", "src"]
+    );
 }
 
 fn ctl(args: &[&str]) -> std::process::Output {
