@@ -381,3 +381,88 @@ fn remaining_ttl_is_kept_by_import_but_not_used_or_exported() {
     let l1 = back.leases.iter().find(|l| l.id == L1).expect("L1");
     assert_eq!((l1.ttl, l1.remaining_ttl), (600, 0));
 }
+
+/// A store big enough for two branch levels in the `key` bucket and a 1 MiB value on 257
+/// pages: etcd's own consistency check (`snapshot status`) and a restored etcd agree with rusd.
+#[test]
+fn large_export_restores_in_etcd() {
+    use mvcc_core::{AnyBackend, MvccStore, TxnOp};
+    if !etcd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    let store = MvccStore::new(
+        AnyBackend::open(BackendKind::Memory, storage_api::BackendConfig::new(&src)).expect("open"),
+    )
+    .expect("store");
+    // Revisions 2..=201: 200 txns of 100 puts over 2 000 keys (each key written 10 times).
+    for t in 0..200i64 {
+        let ops: Vec<TxnOp> = (0..100i64)
+            .map(|i| {
+                let n = (t * 100 + i) % 2000;
+                TxnOp::put(
+                    format!("k/{n:04}"),
+                    format!("{t}-{}", "v".repeat((n % 90) as usize)),
+                    0,
+                )
+            })
+            .collect();
+        let r = store.txn(&[], &ops, &[]).expect("txn");
+        assert_eq!(r.revision, t + 2);
+    }
+    let huge: Vec<u8> = (0..(1usize << 20)).map(|i| (i % 253) as u8).collect();
+    assert_eq!(store.put(b"huge", &huge, 0).expect("put").0, 202);
+    store.compact(150).expect("compact");
+    assert_eq!(store.delete_range(b"k/1", b"k/2").expect("del").0, 203);
+    assert_eq!(store.put(b"k/0001", b"last", 0).expect("put").0, 204);
+    let revs = [150i64, 151, 175, 201, 202, 203, 204];
+    let want: Vec<_> = revs.iter().map(|&r| rusd_all_at(&store, r)).collect();
+    store.close().expect("close");
+
+    let file = dir.path().join("big.snap");
+    let s = export(&src, &file, None, true).expect("export");
+    // Rows: 2 000 kept at or below 150 (one per key), 51 revisions x 100 above it, huge, 1 000
+    // deletions, the last put.
+    assert_eq!(
+        (s.rows, s.live_keys, s.current_revision, s.compact_revision),
+        (2000 + 5100 + 1 + 1000 + 1, 1001, 204, 150)
+    );
+    let out = ctl(&[
+        "snapshot",
+        "status",
+        &file.display().to_string(),
+        "-w",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        etcd_import::render_status(&s.status, etcd_import::StatusFormat::Json)
+    );
+    let data_dir = dir.path().join("etcd");
+    let peer = common::free_port();
+    let out = ctl(&[
+        "snapshot",
+        "restore",
+        &file.display().to_string(),
+        &format!("--data-dir={}", data_dir.display()),
+        "--name=imp",
+        &format!("--initial-cluster=imp=http://127.0.0.1:{peer}"),
+        &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let etcd = Etcd::start_with_peer(&data_dir, peer);
+    for (rev, want) in revs.iter().zip(&want) {
+        assert_eq!(&etcd.all_at(*rev), want, "rev {rev}");
+    }
+    etcd.stop();
+}

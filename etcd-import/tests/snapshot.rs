@@ -176,6 +176,15 @@ fn bad_snapshots_are_typed_errors_and_write_nothing() {
         Err(ImportError::NotRusdStore(p)) if p == nostore
     ));
     assert!(!nostore.exists());
+    // An engine this build lacks is refused before anything is read or written.
+    if !mvcc_core::is_compiled(BackendKind::Rocksdb) {
+        let target = dir.path().join("rocks");
+        assert!(matches!(
+            restore(&good, &target, BackendKind::Rocksdb),
+            Err(ImportError::Storage(StorageError::NotEnabled("rocksdb")))
+        ));
+        assert!(!target.exists());
+    }
     assert_eq!(
         list(dir.path()),
         vec![
