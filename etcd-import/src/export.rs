@@ -84,12 +84,9 @@ pub fn detect_engine(dir: &Path) -> Result<BackendKind, ImportError> {
     let marker = dir.join(storage_api::dir::MARKER_FILE);
     let text = match std::fs::read_to_string(&marker) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        // No marker, or `dir` is a file (ENOTDIR): not a rusd store.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || dir.is_file() => {
             return Err(ImportError::NotRusdStore(dir.to_path_buf()))
-        }
-        Err(e) if dir.is_file() => {
-            let _ = e;
-            return Err(ImportError::NotRusdStore(dir.to_path_buf()));
         }
         Err(source) => {
             return Err(ImportError::Io {
@@ -214,8 +211,10 @@ fn for_each(
     }
 }
 
-/// Writes the store of `backend` as an etcd bbolt file to `out`; returns `(rows, leases,
-/// current revision etcd recovers, compaction revision)`.
+/// Writes the store of `backend` as an etcd 3.4 bbolt file to `out` (`path` names it in
+/// errors); returns the output and the numbers of `key` rows and leases written.
+/// [`ImportError::Unexportable`] when a row is not rusd's or etcd would recover another
+/// revision than rusd.
 pub fn write_etcd_db<W: Write + Seek>(
     backend: &AnyBackend,
     out: W,

@@ -177,6 +177,11 @@ fn export_refuses_bad_inputs_and_leaves_nothing() {
         Err(ImportError::OutputExists(p)) if p == out
     ));
     assert_eq!(std::fs::read(&out).expect("read"), b"keep");
+    // A file is not a data directory.
+    assert!(matches!(
+        export(&out, &dir.path().join("x.db"), None, false),
+        Err(ImportError::NotRusdStore(p)) if p == out
+    ));
     // An output directory that does not exist: an I/O error, no temporary file anywhere.
     let nodir = dir.path().join("nodir").join("out.db");
     assert!(matches!(
