@@ -72,4 +72,17 @@ pub enum ImportError {
     /// The imported store does not recover the state that was imported.
     #[error("imported store does not match the source: {0}")]
     Verify(String),
+    /// The directory holds no rusd store (no `RUSD_ENGINE` marker): nothing to export or save.
+    #[error("{0} is not a rusd data directory (no RUSD_ENGINE marker)")]
+    NotRusdStore(PathBuf),
+    /// The output file already exists; it is never overwritten.
+    #[error("output file {0} already exists")]
+    OutputExists(PathBuf),
+    /// The rusd store holds something an etcd 3.4 bbolt file cannot represent.
+    #[error("cannot export: {0}")]
+    Unexportable(String),
+    /// The bbolt writer was given input bbolt cannot store (bad page size, unsorted or
+    /// oversized keys).
+    #[error("bbolt writer: {0}")]
+    BoltWrite(String),
 }

@@ -289,6 +289,10 @@ fn key_rows(entries: &[Entry<'_>], compact: i64) -> Result<(Vec<KvRow>, usize), 
             }
             match state {
                 Some(s) if s.alive => {}
+                // A compaction at exactly the deletion's revision keeps the tombstone and drops
+                // the rows before it (etcd since issue #22376, and rusd): a lone tombstone at
+                // (or, after an interrupted compaction, below) the compaction revision.
+                None if main <= compact => {}
                 _ => return Err(bad("key", k, "deletion of a key that is not alive")),
             }
             kv = KeyValue::tombstone(kv.key, main);

@@ -43,6 +43,39 @@ pub struct ImportSummary {
     pub batches: usize,
 }
 
+/// Prefix of the `meta` rows in which an import keeps etcd's checkpointed remaining TTL of a
+/// lease (`leasepb.Lease` field 3, written by etcd only with lease checkpointing): the prefix,
+/// then the lease id (8 bytes big-endian) → the remaining TTL in seconds (8 bytes big-endian).
+///
+/// rusd's own lease record (`mvcc-core`'s private `encode_lease`: version byte + granted TTL)
+/// has no room for it, and `mvcc-core` gives every lease its full TTL when a store opens; this
+/// row keeps etcd's figure in the store (and in its snapshots) without changing what rusd does.
+pub const META_IMPORTED_REMAINING_TTL: &[u8] = b"etcdImport/remainingTTL/";
+
+/// The `meta` key of lease `id`'s imported remaining TTL.
+pub fn remaining_ttl_key(id: i64) -> Vec<u8> {
+    let mut k = META_IMPORTED_REMAINING_TTL.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The remaining TTLs an import kept, `(lease id, seconds)` by id (see
+/// [`META_IMPORTED_REMAINING_TTL`]).
+pub fn imported_remaining_ttls<B: Backend>(backend: &B) -> Result<Vec<(i64, i64)>, ImportError> {
+    let mut out = Vec::new();
+    for (k, v) in backend.scan_prefix(Tree::Meta, META_IMPORTED_REMAINING_TTL, 0)? {
+        let id: [u8; 8] = k[META_IMPORTED_REMAINING_TTL.len()..]
+            .try_into()
+            .map_err(|_| ImportError::Verify(format!("bad remaining-TTL row key {k:?}")))?;
+        let ttl: [u8; 8] = v
+            .as_slice()
+            .try_into()
+            .map_err(|_| ImportError::Verify(format!("bad remaining-TTL row value {v:?}")))?;
+        out.push((i64::from_be_bytes(id), i64::from_be_bytes(ttl)));
+    }
+    Ok(out)
+}
+
 /// rusd's lease record: the version byte, then the TTL (8 bytes big-endian). Replicates the
 /// private `encode_lease` of `mvcc-core/src/lease.rs`.
 pub fn encode_lease(ttl: i64) -> Vec<u8> {
@@ -115,7 +148,8 @@ pub fn import(
     Ok(summary)
 }
 
-fn cleanup(target: &Path, existed: bool) {
+/// Removes what a failed write put in `target` (the directory itself when it did not exist).
+pub(crate) fn cleanup(target: &Path, existed: bool) {
     if existed {
         if let Ok(entries) = std::fs::read_dir(target) {
             for e in entries.flatten() {
@@ -172,6 +206,13 @@ pub fn write_store(
             l.id.to_be_bytes().to_vec(),
             encode_lease(l.ttl),
         );
+        if l.remaining_ttl > 0 {
+            batch.put(
+                Tree::Meta,
+                remaining_ttl_key(l.id),
+                l.remaining_ttl.to_be_bytes().to_vec(),
+            );
+        }
         flush(&mut batch, false)?;
     }
     if let Some(f) = data.finished_compact {

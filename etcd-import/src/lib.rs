@@ -9,6 +9,12 @@
 //! * [`etcd`]: decodes and validates etcd's `key`, `meta` and `lease` buckets.
 //! * [`import`](mod@import): writes the rows into rusd's `kv`, `meta` and `lease` trees in bounded batches
 //!   and reopens the store to check it recovers them.
+//! * [`bbolt_write`]: a small bbolt writer (sorted pairs packed into leaf, branch and overflow
+//!   pages, freelist and meta pages).
+//! * [`export`](mod@export): writes a rusd store as an etcd 3.4 bbolt file or
+//!   `etcdctl snapshot save` file that `etcdctl snapshot restore` accepts.
+//! * [`snapshot`]: offline save / restore / status of rusd's portable snapshots.
+//! * [`status`]: `snapshot status` figures and etcdctl's renderings of them.
 //!
 //! The source is read and validated completely before anything is written; a corrupt,
 //! truncated or foreign file is an [`ImportError`] and the target stays untouched.
@@ -16,10 +22,16 @@
 #![forbid(unsafe_code)]
 
 pub mod bbolt;
+pub mod bbolt_write;
 pub mod error;
 pub mod etcd;
+pub mod export;
 pub mod import;
+pub mod snapshot;
+pub mod status;
 
 pub use error::ImportError;
 pub use etcd::{parse_etcd_db, EtcdData, EtcdLease, KvRow};
+pub use export::{export, ExportSummary};
 pub use import::{import, read_etcd, ImportSummary};
+pub use status::{etcd_status, render_status, EtcdStatus, StatusFormat};

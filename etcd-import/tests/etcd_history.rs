@@ -60,6 +60,24 @@ fn imports_etcd_history_into_every_engine() {
     let before = std::fs::read(&db_file).expect("read db");
     let snap_before = std::fs::read(&fx.snapshot).expect("read snapshot");
 
+    // `snapshot status` figures computed as etcdctl computes them, on etcd's own files
+    // (inline buckets, etcd's page layout).
+    for (file, bytes) in [(&fx.snapshot, &snap_before), (&db_file, &before)] {
+        let out = std::process::Command::new(common::ETCDCTL)
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "status", "-w", "json"])
+            .arg(file)
+            .output()
+            .expect("etcdctl");
+        assert!(out.status.success());
+        let st = etcd_import::etcd_status(bytes).expect("status");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            etcd_import::render_status(&st, etcd_import::StatusFormat::Json)
+        );
+        assert_eq!(st.revision, 27);
+    }
+
     // What etcd stored, decoded.
     for (src, snapshot) in [(&fx.data_dir, false), (&fx.snapshot, true)] {
         let data = read_etcd(src).expect("parse");

@@ -25,7 +25,7 @@ pub fn etcd_available() -> bool {
     present
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -41,8 +41,13 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start(data_dir: &Path) -> Etcd {
+        Self::start_with_peer(data_dir, free_port())
+    }
+
+    /// Starts etcd as member `imp` with peer URL `http://127.0.0.1:<peer>` (what
+    /// `etcdctl snapshot restore --name imp` was told).
+    pub fn start_with_peer(data_dir: &Path, peer: u16) -> Etcd {
         let client = free_port();
-        let peer = free_port();
         let endpoint = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let child = Command::new(ETCD)
@@ -292,4 +297,108 @@ pub fn build_fixture() -> Fixture {
         answers,
         leases,
     }
+}
+
+/// Every key at `rev` as rusd's store answers it.
+pub fn rusd_all_at<B: storage_api::Backend>(store: &mvcc_core::MvccStore<B>, rev: i64) -> Vec<Kv> {
+    store
+        .range(b"\0", b"\0", rev, 0, false)
+        .expect("range")
+        .kvs
+        .into_iter()
+        .map(|kv| Kv {
+            key: kv.key,
+            value: kv.value,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            lease: kv.lease,
+        })
+        .collect()
+}
+
+/// Lease ids of the rusd history.
+pub const L1: i64 = 0x1234;
+pub const L2: i64 = 0x2345;
+pub const L3: i64 = 0x3456;
+/// The rusd history's compaction and current revisions.
+pub const RUSD_COMPACT: i64 = 309;
+pub const RUSD_CURRENT: i64 = 314;
+/// The 10 000-byte value of key `big` (needs overflow pages in bbolt).
+pub fn big_value() -> Vec<u8> {
+    (0..10_000u32).map(|i| (i % 251) as u8).collect()
+}
+
+/// Writes a history into a new `kind` store in `dir` and closes it: puts, overwrites, a delete,
+/// a txn of three changes, a 10 000-byte value, 300 keys (several bbolt leaf pages and a branch
+/// page), a range delete of 50 keys, leases (one revoked with a key, one without keys), a
+/// compaction at 309, then a put, an empty value and a txn whose failure branch runs: revision
+/// 314. Returns nothing; tests read the store back.
+pub fn build_rusd_store(dir: &Path, kind: storage_api::BackendKind) {
+    use mvcc_core::{AnyBackend, Compare, CompareOp, MvccStore, TxnOp};
+    let store =
+        MvccStore::new(AnyBackend::open(kind, storage_api::BackendConfig::new(dir)).expect("open"))
+            .expect("store");
+    assert_eq!(store.put(b"a", b"1", 0).expect("put").0, 2);
+    assert_eq!(store.put(b"b", b"2", 0).expect("put").0, 3);
+    assert_eq!(store.put(b"a", b"1b", 0).expect("put").0, 4);
+    assert_eq!(store.delete_range(b"b", b"").expect("del").0, 5);
+    store.lease_grant(L1, 600).expect("grant");
+    assert_eq!(store.put(b"la", b"x", L1).expect("put").0, 6);
+    let t = store
+        .txn(
+            &[Compare::version("a", CompareOp::Equal, 2)],
+            &[
+                TxnOp::put("c", "3", 0),
+                TxnOp::put("d", "4", 0),
+                TxnOp::delete("a", ""),
+            ],
+            &[],
+        )
+        .expect("txn");
+    assert!(t.succeeded);
+    assert_eq!(t.revision, 7);
+    assert_eq!(store.put(b"big", &big_value(), 0).expect("put").0, 8);
+    for i in 0..300 {
+        let k = format!("many/{i:03}");
+        assert_eq!(
+            store
+                .put(k.as_bytes(), format!("value {i}").as_bytes(), 0)
+                .expect("put")
+                .0,
+            9 + i
+        );
+    }
+    let (rev, deleted) = store.delete_range(b"many/000", b"many/050").expect("del");
+    assert_eq!((rev, deleted.len()), (309, 50));
+    store.lease_grant(L2, 300).expect("grant");
+    assert_eq!(store.put(b"lb", b"y", L2).expect("put").0, 310);
+    assert_eq!(store.lease_revoke(L2).expect("revoke"), 311);
+    store.compact(RUSD_COMPACT).expect("compact");
+    assert_eq!(store.put(b"a", b"again", 0).expect("put").0, 312);
+    assert_eq!(store.put(b"e", b"", 0).expect("put").0, 313);
+    let t = store
+        .txn(
+            &[Compare::value("a", CompareOp::Equal, "nope")],
+            &[TxnOp::put("never", "x", 0)],
+            &[TxnOp::put("f", "6", 0), TxnOp::put("la", "moved", L1)],
+        )
+        .expect("txn");
+    assert!(!t.succeeded);
+    assert_eq!(t.revision, RUSD_CURRENT);
+    store.lease_grant(L3, 900).expect("grant");
+    assert_eq!(store.current_revision(), RUSD_CURRENT);
+    assert_eq!(store.compact_revision(), RUSD_COMPACT);
+    store.close().expect("close");
+}
+
+/// Reopens the rusd store in `dir`.
+pub fn open_rusd(
+    dir: &Path,
+    kind: storage_api::BackendKind,
+) -> mvcc_core::MvccStore<mvcc_core::AnyBackend> {
+    mvcc_core::MvccStore::new(
+        mvcc_core::AnyBackend::open(kind, storage_api::BackendConfig::new(dir)).expect("open"),
+    )
+    .expect("store")
 }
