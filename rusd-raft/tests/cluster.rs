@@ -540,3 +540,151 @@ async fn a_store_behind_the_log_replays_exactly_the_missing_entries() {
     .await
     .expect("test took longer than 120 s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_leader_expires_leases_and_every_member_applies_the_revoke() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut listeners = Vec::new();
+        let mut members = BTreeMap::new();
+        for id in 1..=3 {
+            let l = bind().await;
+            members.insert(id, member(id, &l));
+            listeners.push(l);
+        }
+        let mut nodes = Vec::new();
+        for (i, l) in listeners.into_iter().enumerate() {
+            let spec = Spec {
+                id: i as NodeId + 1,
+                kind: BackendKind::Memory,
+                dir: tmp.path().join(format!("m{}", i + 1)),
+            };
+            let backend = open_backend(spec.kind, &spec.dir);
+            nodes.push(
+                start(
+                    &spec,
+                    l,
+                    backend,
+                    &members,
+                    InitialState::New,
+                    raft_config(),
+                )
+                .await,
+            );
+        }
+        let all: Vec<&Node> = nodes.iter().collect();
+        let leader = leader_of(&all).await;
+        let follower = all.iter().find(|n| n.id() != leader).unwrap();
+        match follower
+            .write(Command::LeaseGrant { id: 9, ttl: 1 })
+            .await
+            .unwrap()
+        {
+            CommandResponse::LeaseGrant(l) => assert_eq!((l.id, l.ttl), (9, 1)),
+            other => panic!("{other:?}"),
+        }
+        let rev = revision_of(
+            follower
+                .write(Command::Put(Put::new("leased", "v", 9)))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(rev, 2);
+        // Keep-alives (forwarded to the leader) hold the lease past its TTL.
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            assert_eq!(follower.lease_keep_alive(9).await.unwrap(), 1);
+        }
+        for n in &all {
+            assert_eq!(n.store().leases(), vec![9]);
+        }
+        // Then it expires: the leader revokes it through the log, on every member, once.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                converge(&all).await;
+                if all.iter().all(|n| n.store().leases().is_empty()) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("lease revoked on every member");
+        for n in &all {
+            assert_eq!(n.store().current_revision(), 3);
+            assert!(values(n, "leased").is_empty());
+        }
+        let lost = follower.lease_keep_alive(9).await.unwrap_err();
+        assert!(
+            matches!(lost, RaftError::Command(CommandError::LeaseNotFound(9))),
+            "{lost:?}"
+        );
+        for n in nodes {
+            n.shutdown().await.unwrap();
+        }
+    })
+    .await
+    .expect("test took longer than 120 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_foreign_requests_get_typed_errors_not_panics() {
+    use rusd_raft::pb::peer_reply::Result as Reply;
+    use rusd_raft::pb::raft_peer_client::RaftPeerClient;
+    use rusd_raft::pb::PeerRequest;
+
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = Spec {
+            id: 1,
+            kind: BackendKind::Memory,
+            dir: tmp.path().join("m1"),
+        };
+        let l = bind().await;
+        let members = BTreeMap::from([(1, member(1, &l))]);
+        let url = members[&1].peer_urls[0].clone();
+        let n = start(
+            &spec,
+            l,
+            open_backend(spec.kind, &spec.dir),
+            &members,
+            InitialState::New,
+            raft_config(),
+        )
+        .await;
+        leader_of(&[&n]).await;
+        let mut client = RaftPeerClient::connect(url).await.unwrap();
+        let garbage = vec![0xff, 0x13, 0x00, 0x42, 0x99];
+        let req = |cluster_id: u64, payload: &[u8]| PeerRequest {
+            cluster_id,
+            payload: payload.to_vec(),
+        };
+        for status in [
+            client.append_entries(req(77, &garbage)).await.unwrap_err(),
+            client.vote(req(77, &garbage)).await.unwrap_err(),
+            client.install_snapshot(req(77, &garbage)).await.unwrap_err(),
+            client.append_entries(req(77, &[])).await.unwrap_err(),
+        ] {
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        }
+        let foreign = client.vote(req(78, &garbage)).await.unwrap_err();
+        assert_eq!(foreign.code(), tonic::Code::FailedPrecondition);
+        // A forwarded request that does not decode is answered with a typed error.
+        let reply = client.forward(req(77, &garbage)).await.unwrap().into_inner();
+        match reply.result {
+            Some(Reply::Err(bytes)) => {
+                let wire: rusd_raft::WireError = postcard::from_bytes(&bytes).unwrap();
+                assert!(
+                    matches!(&wire, rusd_raft::WireError::Other(m) if m.contains("cannot decode forwarded request")),
+                    "{wire:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The member is unharmed.
+        assert_eq!(revision_of(n.write(put("after", "1")).await.unwrap()), 2);
+        n.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test took longer than 60 s");
+}
