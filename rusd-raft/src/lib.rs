@@ -46,7 +46,7 @@ pub use node::{
 };
 pub use openraft;
 pub use openraft::ServerState;
-pub use state_machine::{ApplyMeta, StoreHandle};
+pub use state_machine::ApplyMeta;
 pub use types::{Applied, Command, CommandError, CommandResponse, Member, NodeId, TypeConfig};
 
 /// `err` and its sources as one line.

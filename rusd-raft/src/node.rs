@@ -47,7 +47,7 @@ use crate::network::{decode, encode, ForwardHandler, Network, PeerClients, PeerS
 use crate::pb::peer_reply::Result as ReplyResult;
 use crate::pb::raft_peer_server::RaftPeerServer;
 use crate::pb::PeerRequest;
-use crate::state_machine::{StateMachine, StoreHandle};
+use crate::state_machine::StateMachine;
 use crate::types::{Applied, Command, CommandResponse, Member, NodeId, Raft};
 
 /// Whether a member starts a new cluster or joins an existing one (etcd's
@@ -242,7 +242,7 @@ struct Core<B: Backend> {
     cluster_id: u64,
     raft: Raft,
     clients: Arc<PeerClients>,
-    handle: Arc<StoreHandle<B>>,
+    store: Arc<MvccStore<B>>,
     request_timeout: Duration,
 }
 
@@ -365,7 +365,7 @@ impl<B: Backend> Core<B> {
                 if !self.is_leader() {
                     return Ok(None);
                 }
-                let ttl = self.handle.get().lease_keep_alive(*id).map_err(|e| {
+                let ttl = self.store.lease_keep_alive(*id).map_err(|e| {
                     match crate::types::CommandError::from_mvcc(&e) {
                         Some(c) => RaftError::Command(c),
                         None => RaftError::Mvcc(e),
@@ -537,7 +537,7 @@ impl<B: Backend> RaftNode<B> {
                 .await
                 .map_err(raft_err)??
         };
-        let handle = sm.handle();
+        let store = sm.store();
         let clients = Arc::new(PeerClients::default());
         let network = Network::new(cluster_id, clients.clone());
         let raft_config = Arc::new(raft_config.validate().map_err(raft_err)?);
@@ -549,7 +549,7 @@ impl<B: Backend> RaftNode<B> {
             cluster_id,
             raft: raft.clone(),
             clients,
-            handle,
+            store,
             request_timeout,
         });
 
@@ -615,14 +615,10 @@ impl<B: Backend> RaftNode<B> {
         &self.core.raft
     }
 
-    /// The current store. Installing a snapshot replaces it: fetch it per request.
+    /// The store (the same one for the member's whole life: installing a snapshot reloads
+    /// it in place).
     pub fn store(&self) -> Arc<MvccStore<B>> {
-        self.core.handle.get()
-    }
-
-    /// The handle on the current store (for long-lived readers).
-    pub fn store_handle(&self) -> Arc<StoreHandle<B>> {
-        self.core.handle.clone()
+        self.core.store.clone()
     }
 
     /// Proposes `cmd` (on the leader, forwarded when this member is not) and returns the
@@ -735,7 +731,7 @@ impl<B: Backend> RaftNode<B> {
         if let Some(s) = self.server.take() {
             let _ = s.await;
         }
-        let store = self.core.handle.get();
+        let store = self.core.store.clone();
         let log = self.log.backend().clone();
         tokio::task::spawn_blocking(move || -> RaftResult<()> {
             let closed = store.close();
@@ -769,7 +765,7 @@ async fn lease_expiry<B: Backend>(
             was_leader = false;
             continue;
         }
-        let store = core.handle.get();
+        let store = core.store.clone();
         if !was_leader {
             // Keep-alives went to the previous leader: start every lease afresh.
             store.lease_refresh_all();

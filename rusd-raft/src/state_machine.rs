@@ -26,8 +26,9 @@
 //! data exactly even while entries keep being applied. Before the image is taken the store's
 //! backend is flushed, so the state machine on disk is at least as new as any snapshot that
 //! lets openraft purge the log. Installing a snapshot restores the backend from it
-//! (`Backend::restore_validated`), flushes it and reopens the [`MvccStore`] over it; the old
-//! store's watchers end and readers must fetch the store again ([`StoreHandle::get`]).
+//! (`Backend::restore_validated`), flushes it and reloads the same [`MvccStore`] from it
+//! ([`MvccStore::reload`]): every holder of the store keeps a valid handle; its watchers end
+//! (their clients re-watch from their revision, as after a restart).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ use mvcc_core::store::META_APPLY;
 use mvcc_core::{MvccError, MvccStore, StoreConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use storage_api::snapshot::ValidatedSnapshot;
 use storage_api::{Backend, Tree};
@@ -79,40 +80,13 @@ fn snap_err(e: &(impl std::error::Error + 'static)) -> StorageError {
     StorageIOError::read_snapshot(None, AnyError::new(e)).into()
 }
 
-/// The current store of a member. Installing a snapshot replaces it; every reader should
-/// fetch it per request with [`get`](Self::get).
-#[derive(Debug)]
-pub struct StoreHandle<B: Backend> {
-    store: RwLock<Arc<MvccStore<B>>>,
-}
-
-impl<B: Backend> StoreHandle<B> {
-    /// A handle on `store`.
-    pub fn new(store: Arc<MvccStore<B>>) -> Arc<Self> {
-        Arc::new(StoreHandle {
-            store: RwLock::new(store),
-        })
-    }
-
-    /// The current store.
-    pub fn get(&self) -> Arc<MvccStore<B>> {
-        self.store.read().clone()
-    }
-
-    fn replace(&self, store: Arc<MvccStore<B>>) {
-        *self.store.write() = store;
-    }
-}
-
 /// The last snapshot built or installed: metadata and image.
 type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, Arc<Vec<u8>>)>>>;
 
 /// The openraft state machine over an [`MvccStore`].
 #[derive(Debug)]
 pub struct StateMachine<B: Backend> {
-    handle: Arc<StoreHandle<B>>,
-    backend: Arc<B>,
-    config: StoreConfig,
+    store: Arc<MvccStore<B>>,
     meta: ApplyMeta,
     current: CurrentSnapshot,
 }
@@ -129,17 +103,15 @@ impl<B: Backend> StateMachine<B> {
             None => ApplyMeta::default(),
         };
         Ok(StateMachine {
-            handle: StoreHandle::new(Arc::new(store)),
-            backend,
-            config,
+            store: Arc::new(store),
             meta,
             current: Arc::new(Mutex::new(None)),
         })
     }
 
-    /// The handle on the current store.
-    pub fn handle(&self) -> Arc<StoreHandle<B>> {
-        self.handle.clone()
+    /// The store.
+    pub fn store(&self) -> Arc<MvccStore<B>> {
+        self.store.clone()
     }
 }
 
@@ -213,7 +185,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let store = self.handle.get();
+        let store = self.store.clone();
         let mut meta = self.meta.clone();
         let (meta, result) = tokio::task::spawn_blocking(move || {
             let r = apply_blocking(&store, &mut meta, entries);
@@ -227,7 +199,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
-            handle: self.handle.clone(),
+            store: self.store.clone(),
             current: self.current.clone(),
         }
     }
@@ -242,22 +214,22 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let backend = self.backend.clone();
-        let config = self.config.clone();
+        let store = self.store.clone();
         let image = data.clone();
-        let store = tokio::task::spawn_blocking(move || -> Result<MvccStore<B>, StorageError> {
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
             let mut reader = image.as_slice();
             let validated = ValidatedSnapshot::read_from(&mut reader).map_err(|e| snap_err(&e))?;
+            let backend = store.backend();
             backend
                 .restore_validated(validated)
                 .map_err(|e| sm_write_err(&e))?;
             backend.flush().map_err(|e| sm_write_err(&e))?;
-            MvccStore::with_config(backend, config).map_err(|e| sm_read_err(&e))
+            store.reload().map_err(|e| sm_read_err(&e))
         })
         .await
         .map_err(|e| sm_write_err(&e))??;
         // The image's own record is authoritative; it equals `meta` for snapshots built here.
-        let stored = match store.apply_meta().map_err(|e| sm_read_err(&e))? {
+        let stored = match self.store.apply_meta().map_err(|e| sm_read_err(&e))? {
             Some(bytes) => ApplyMeta::decode(&bytes)?,
             None => ApplyMeta::default(),
         };
@@ -272,9 +244,6 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             last_applied: meta.last_log_id,
             last_membership: meta.last_membership.clone(),
         };
-        let old = self.handle.get();
-        self.handle.replace(Arc::new(store));
-        drop(old);
         *self.current.lock() = Some((meta.clone(), Arc::new(data)));
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
@@ -297,7 +266,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
 /// Builds snapshots of the current store (see the [module docs](self#snapshots)).
 #[derive(Debug)]
 pub struct SnapshotBuilder<B: Backend> {
-    handle: Arc<StoreHandle<B>>,
+    store: Arc<MvccStore<B>>,
     current: CurrentSnapshot,
 }
 
@@ -316,7 +285,7 @@ fn meta_of_image(image: &[u8]) -> Result<ApplyMeta, StorageError> {
 
 impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<B> {
     async fn build_snapshot(&mut self) -> Result<openraft::Snapshot<TypeConfig>, StorageError> {
-        let store = self.handle.get();
+        let store = self.store.clone();
         let (image, meta) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
             // Durable first: the log may be purged up to this snapshot.
             store.flush().map_err(|e| sm_write_err(&e))?;
