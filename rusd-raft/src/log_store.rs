@@ -80,6 +80,8 @@ struct Inner {
     /// Last log id present (`None`: empty log; falls back to `purged`).
     last: Mutex<Option<LogId>>,
     purged: Mutex<Option<LogId>>,
+    /// Flush every append (see [`LogStore::open`]).
+    sync: bool,
 }
 
 /// The raft log store (and its reader: clones share the engine).
@@ -89,8 +91,11 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// Opens the log held by `backend` (an engine instance used for nothing else).
-    pub fn open(backend: Arc<AnyBackend>) -> Result<Self, StorageError> {
+    /// Opens the log held by `backend` (an engine instance used for nothing else). With `sync`
+    /// every append is flushed before openraft is told it is durable; without, the engine's
+    /// own flush interval bounds what a crash can lose (etcd has no such mode; rusd's
+    /// `--durability buffered`).
+    pub fn open(backend: Arc<AnyBackend>, sync: bool) -> Result<Self, StorageError> {
         let purged = match backend.get(Tree::Meta, META_PURGED).map_err(read_err)? {
             Some(v) => Some(decode::<LogId>(&v)?),
             None => None,
@@ -117,6 +122,7 @@ impl LogStore {
                 backend,
                 last: Mutex::new(last),
                 purged: Mutex::new(purged),
+                sync,
             }),
         })
     }
@@ -245,12 +251,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         };
         // One write and one flush for the whole batch: group fsync.
-        let result = self
-            .blocking(move |b| {
+        let result = if self.inner.sync {
+            self.blocking(move |b| {
                 b.write(&batch)?;
                 b.flush()
             })
-            .await;
+            .await
+        } else {
+            self.inner.backend.write(&batch)
+        };
         match result {
             Ok(()) => {
                 *self.inner.last.lock() = Some(last);

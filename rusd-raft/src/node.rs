@@ -86,6 +86,10 @@ pub struct RaftNodeConfig<B: Backend> {
     pub store_config: StoreConfig,
     /// The engine of the raft log (an instance of its own in `<data_dir>/raft-log`).
     pub log_engine: BackendKind,
+    /// Flush the raft log before an append is reported durable (etcd's guarantee; default).
+    /// `false` leaves the log's durability to its engine's flush interval (1 s): an
+    /// acknowledged write can then be lost by a crash of a quorum.
+    pub log_sync: bool,
     /// openraft's timings and snapshot policy.
     pub raft_config: openraft::Config,
     /// How long a write or a read barrier may take before [`RaftError::Timeout`].
@@ -132,6 +136,7 @@ impl<B: Backend> RaftNodeConfig<B> {
             backend,
             store_config: StoreConfig::default(),
             log_engine,
+            log_sync: true,
             raft_config: default_raft_config(),
             request_timeout: Duration::from_secs(7),
             lease_check_interval: Duration::from_millis(500),
@@ -478,9 +483,15 @@ impl<B: Backend> ForwardHandler for Core<B> {
 pub struct RaftNode<B: Backend> {
     core: Arc<Core<B>>,
     log: LogStore,
+    tasks: parking_lot::Mutex<Tasks>,
+    tasks_stop: watch::Sender<bool>,
+}
+
+/// The background tasks of a member, taken by [`RaftNode::shutdown`].
+#[derive(Default)]
+struct Tasks {
     server_stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
-    tasks_stop: watch::Sender<bool>,
     lease_task: Option<JoinHandle<()>>,
 }
 
@@ -510,6 +521,7 @@ impl<B: Backend> RaftNode<B> {
             backend,
             store_config,
             log_engine,
+            log_sync,
             raft_config,
             request_timeout,
             lease_check_interval,
@@ -530,7 +542,7 @@ impl<B: Backend> RaftNode<B> {
         })
         .await
         .map_err(raft_err)??;
-        let log = LogStore::open(log_backend)?;
+        let log = LogStore::open(log_backend, log_sync)?;
         let sm = {
             let backend = backend.clone();
             tokio::task::spawn_blocking(move || StateMachine::open(backend, store_config))
@@ -593,10 +605,12 @@ impl<B: Backend> RaftNode<B> {
         Ok(RaftNode {
             core,
             log,
-            server_stop: Some(server_stop),
-            server: Some(server),
+            tasks: parking_lot::Mutex::new(Tasks {
+                server_stop: Some(server_stop),
+                server: Some(server),
+                lease_task: Some(lease_task),
+            }),
             tasks_stop,
-            lease_task: Some(lease_task),
         })
     }
 
@@ -680,6 +694,40 @@ impl<B: Backend> RaftNode<B> {
             .await
     }
 
+    /// The current term (cheap: for response headers).
+    pub fn term(&self) -> u64 {
+        self.core.raft.metrics().borrow().current_term
+    }
+
+    /// The leader this member knows of (cheap).
+    pub fn leader(&self) -> Option<NodeId> {
+        self.core.raft.metrics().borrow().current_leader
+    }
+
+    /// Why raft stopped, once it stopped on a fatal error (a failed log write...): the member
+    /// then serves no write and no linearizable read until it is restarted.
+    pub fn failure(&self) -> Option<String> {
+        match &self.core.raft.metrics().borrow().running_state {
+            Ok(()) => None,
+            Err(e) => Some(crate::error_line(e)),
+        }
+    }
+
+    /// True when this member is the leader (cheap).
+    pub fn is_leader(&self) -> bool {
+        self.core.is_leader()
+    }
+
+    /// `(last log index, last applied index)` (cheap).
+    pub fn indexes(&self) -> (u64, u64) {
+        let m = self.core.raft.metrics();
+        let m = m.borrow();
+        (
+            m.last_log_index.unwrap_or(0),
+            m.last_applied.map_or(0, |l| l.index),
+        )
+    }
+
     /// This member's view of the cluster.
     pub fn metrics(&self) -> RaftNodeMetrics {
         let m = self.core.raft.metrics().borrow().clone();
@@ -719,16 +767,19 @@ impl<B: Backend> RaftNode<B> {
 
     /// Stops the member: openraft, the peer service and the lease task; then flushes and
     /// closes the store and the raft log.
-    pub async fn shutdown(mut self) -> RaftResult<()> {
+    pub async fn shutdown(&self) -> RaftResult<()> {
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        let Some(server_stop) = tasks.server_stop else {
+            // Already shut down.
+            return Ok(());
+        };
         let _ = self.tasks_stop.send(true);
-        if let Some(t) = self.lease_task.take() {
+        if let Some(t) = tasks.lease_task {
             let _ = t.await;
         }
         let stopped = self.core.raft.shutdown().await.map_err(raft_err);
-        if let Some(s) = self.server_stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(s) = self.server.take() {
+        let _ = server_stop.send(());
+        if let Some(s) = tasks.server {
             let _ = s.await;
         }
         let store = self.core.store.clone();
