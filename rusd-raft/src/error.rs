@@ -14,6 +14,9 @@ pub enum RaftError {
     /// The command was applied and failed deterministically (etcd's error for the request).
     #[error("command failed: {0}")]
     Command(#[from] CommandError),
+    /// A learner cannot be promoted before it caught up with the leader.
+    #[error("learner {0:x} is not in sync with the leader")]
+    LearnerNotReady(NodeId),
     /// No leader is known (an election is running, or this member lost its quorum).
     #[error("no leader")]
     NoLeader,
@@ -88,6 +91,7 @@ impl RaftError {
             RaftError::NoLeader => WireError::NoLeader,
             RaftError::Timeout => WireError::Timeout,
             RaftError::Stopped => WireError::Stopped,
+            RaftError::LearnerNotReady(id) => WireError::LearnerNotReady(*id),
             other => WireError::Other(crate::error_line(other)),
         }
     }
@@ -107,6 +111,8 @@ pub enum WireError {
     Timeout,
     /// [`RaftError::Stopped`].
     Stopped,
+    /// [`RaftError::LearnerNotReady`].
+    LearnerNotReady(NodeId),
     /// Anything else, as text.
     Other(String),
 }
@@ -118,6 +124,7 @@ impl From<WireError> for RaftError {
             WireError::NoLeader | WireError::NotLeader(_) => RaftError::NoLeader,
             WireError::Timeout => RaftError::Timeout,
             WireError::Stopped => RaftError::Stopped,
+            WireError::LearnerNotReady(id) => RaftError::LearnerNotReady(id),
             WireError::Other(m) => RaftError::Raft(m),
         }
     }

@@ -191,7 +191,9 @@ pub enum MembershipChange {
         /// The new member.
         member: Member,
     },
-    /// Add a voter (etcd `MemberAdd`): added as a learner, then made a voter.
+    /// Add a voter (etcd `MemberAdd`): added as a learner at once, and made a voter by the
+    /// leader as soon as it caught up (openraft changes voters by joint consensus, which
+    /// needs the new member running; etcd would count it in the quorum at once).
     AddVoter {
         /// The new member's id.
         id: NodeId,
@@ -408,12 +410,14 @@ impl<B: Backend> Core<B> {
                     .add_learner(id, member, false)
                     .await
                     .map_err(map)?;
-                self.raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                    .await
-                    .map_err(map)?;
+                // Promoted once it caught up: a voter that is not running yet would stall
+                // the joint configuration openraft changes membership through.
+                tokio::spawn(promote_when_caught_up(self.raft.clone(), id));
             }
             MembershipChange::Promote { id } => {
+                if !caught_up(&self.raft, id) {
+                    return Err(Some(RaftError::LearnerNotReady(id)));
+                }
                 self.raft
                     .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                     .await
@@ -797,6 +801,67 @@ impl<B: Backend> RaftNode<B> {
         .map_err(raft_err)??;
         stopped
     }
+}
+
+/// How long a member added as a voter may take to catch up before the leader gives up
+/// promoting it (it stays a learner; MemberPromote can finish the job).
+const PROMOTION_WINDOW: Duration = Duration::from_secs(600);
+
+/// True when learner `id` is in sync with this member, the leader: its replicated index is
+/// within a tenth of the log (at least 10 entries) of the leader's last entry, as etcd's
+/// "learner ready" check.
+fn caught_up(raft: &Raft, id: NodeId) -> bool {
+    let m = raft.metrics();
+    let m = m.borrow();
+    let Some(repl) = &m.replication else {
+        return false;
+    };
+    let Some(Some(matched)) = repl.get(&id) else {
+        return false;
+    };
+    let last = m.last_log_index.unwrap_or(0);
+    last.saturating_sub(matched.index) <= (last / 10).max(10)
+}
+
+/// Makes learner `id` a voter once it caught up (while this member leads).
+async fn promote_when_caught_up(raft: Raft, id: NodeId) {
+    let deadline = Instant::now() + PROMOTION_WINDOW;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (leader, member) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            (
+                m.state == ServerState::Leader,
+                membership.get_node(&id).is_some(),
+            )
+        };
+        if !leader || !member {
+            tracing::info!(
+                member = id,
+                "promotion abandoned (not leader, or member removed)"
+            );
+            return;
+        }
+        if !caught_up(&raft, id) {
+            continue;
+        }
+        match raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(member = id, "new member caught up and promoted to voter");
+                return;
+            }
+            Err(e) => tracing::debug!(member = id, error = %e, "promotion failed; retrying"),
+        }
+    }
+    tracing::warn!(
+        member = id,
+        "new member did not catch up; it stays a learner"
+    );
 }
 
 /// The leader's lease expiry (see the [module docs](self#leases)).
