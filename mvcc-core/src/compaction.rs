@@ -21,6 +21,7 @@ use crate::store::{
 
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct CompactionStats {
     /// The compaction revision.
     pub revision: i64,
@@ -62,6 +63,7 @@ impl<B: Backend> MvccStore<B> {
             // The current revision is not persisted with every write (see `commit`); record
             // it before rows disappear.
             batch.put(Tree::Meta, META_CURRENT_REV, encode_i64(revs.current));
+            self.add_apply_meta(&mut batch);
             let lost_ack = match self.backend.write(&batch) {
                 Ok(()) => None,
                 // Applied when the marker reads as written (see `MvccStore::settle`).
@@ -127,6 +129,7 @@ impl<B: Backend> MvccStore<B> {
             if last_batch {
                 batch.put(Tree::Meta, META_FINISHED_COMPACT_REV, encode_i64(revision));
             }
+            self.add_apply_meta(&mut batch);
             self.backend.write(&batch)?;
             self.group.written();
             stats.batches += 1;

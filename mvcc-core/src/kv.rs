@@ -15,6 +15,7 @@ const HEADER_LEN: usize = 1 + 8 * 4 + 4;
 
 /// A key's state at one revision, as etcd's `mvccpb.KeyValue`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct KeyValue {
     /// The key.
     pub key: Vec<u8>,

@@ -84,6 +84,7 @@ impl Clock for ManualClock {
 
 /// What a lease looks like from outside.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LeaseInfo {
     /// The lease id.
     pub id: i64,
@@ -214,7 +215,7 @@ impl<B: Backend> MvccStore<B> {
             return Err(MvccError::LeaseExists(id));
         }
         let row = encode_lease(ttl);
-        let lost_ack = match self.backend.put(Tree::Lease, &id.to_be_bytes(), &row) {
+        let lost_ack = match self.backend_put(Tree::Lease, &id.to_be_bytes(), &row) {
             Ok(()) => None,
             // Applied when the lease row reads as written (see `MvccStore::settle`).
             Err(e) => Some(self.settle(e.into(), Tree::Lease, &id.to_be_bytes(), Some(&row))?),
@@ -284,6 +285,16 @@ impl<B: Backend> MvccStore<B> {
         }
         entry.expiry = now.saturating_add(ttl_duration(entry.ttl));
         Ok(entry.ttl)
+    }
+
+    /// Renews every lease, expired ones included, to its full TTL from now (etcd's lessor
+    /// `Promote`): a member that becomes leader calls it, since the keep-alives went to the
+    /// previous leader. Changes nothing persistent.
+    pub fn lease_refresh_all(&self) {
+        let now = self.config.clock.now();
+        for entry in self.leases.lock().leases.values_mut() {
+            entry.expiry = now.saturating_add(ttl_duration(entry.ttl));
+        }
     }
 
     /// The state of lease `id`; [`MvccError::LeaseNotFound`] if unknown.

@@ -37,6 +37,7 @@ use crate::CompactionStats;
 
 /// The order of a range result (etcd `RangeRequest.SortOrder`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum SortOrder {
     /// No sorting (key order), unless the target is not [`SortTarget::Key`]: then ascending.
     #[default]
@@ -49,6 +50,7 @@ pub enum SortOrder {
 
 /// The field a range result is sorted by (etcd `RangeRequest.SortTarget`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum SortTarget {
     /// The key.
     #[default]
@@ -69,6 +71,7 @@ pub enum SortTarget {
 /// `>= key`; otherwise `[key, range_end)`. `0` means unset for `limit`, `revision` and the four
 /// revision filters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Range {
     /// First key (must not be empty).
     pub key: Vec<u8>,
@@ -128,6 +131,7 @@ pub type RangeResponse = RangeResult;
 
 /// etcd `PutRequest`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Put {
     /// The key (must not be empty).
     pub key: Vec<u8>,
@@ -197,6 +201,7 @@ impl Put {
 
 /// The response of a [`Put`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PutResponse {
     /// The revision of the put (of its transaction inside a [`Txn`]).
     pub revision: i64,
@@ -208,6 +213,7 @@ pub struct PutResponse {
 
 /// etcd `DeleteRangeRequest` (range convention of [`Range`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DeleteRange {
     /// First key (must not be empty).
     pub key: Vec<u8>,
@@ -235,6 +241,7 @@ impl DeleteRange {
 
 /// The response of a [`DeleteRange`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DeleteRangeResponse {
     /// The revision of the deletion; the current revision when nothing was deleted (outside a
     /// transaction).
@@ -247,6 +254,7 @@ pub struct DeleteRangeResponse {
 
 /// One operation of a [`Txn`] (etcd `RequestOp`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum RequestOp {
     /// A range; sees the earlier writes of the transaction.
     Range(Range),
@@ -261,6 +269,7 @@ pub enum RequestOp {
 /// etcd `TxnRequest`: if every compare holds, run `success`, else `failure`, atomically in at
 /// most one revision.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Txn {
     /// The conditions (all must hold; none = true).
     pub compare: Vec<Compare>,
@@ -318,6 +327,7 @@ impl Txn {
 
 /// One result of a transaction operation (etcd `ResponseOp`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum ResponseOp {
     /// Result of a range (its `revision` is the transaction's view when it ran).
     Range(RangeResponse),
@@ -331,6 +341,7 @@ pub enum ResponseOp {
 
 /// The response of a [`Txn`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct TxnResponse {
     /// The store revision after the transaction (its own revision when it changed something).
     /// Nested responses, and the puts and deletes in them, carry the same value.
@@ -343,6 +354,7 @@ pub struct TxnResponse {
 
 /// etcd `CompactionRequest`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Compaction {
     /// The compaction revision.
     pub revision: i64,
@@ -353,6 +365,7 @@ pub struct Compaction {
 
 /// The response of a [`Compaction`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct CompactionResponse {
     /// The current revision (a compaction does not change it).
     pub revision: i64,

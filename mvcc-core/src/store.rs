@@ -78,6 +78,9 @@ pub const META_CURRENT_REV: &[u8] = b"currentRev";
 pub const META_SCHEDULED_COMPACT_REV: &[u8] = b"scheduledCompactRev";
 /// Meta key of the last finished compaction revision.
 pub const META_FINISHED_COMPACT_REV: &[u8] = b"finishedCompactRev";
+/// Meta key of the embedder's apply metadata (see [`MvccStore::set_apply_meta`]), e.g. the
+/// last applied raft log id: etcd's consistent index.
+pub const META_APPLY: &[u8] = b"applyMeta";
 /// Meta key of the storage format version of this crate.
 pub const META_FORMAT: &[u8] = b"mvccFormat";
 /// Storage format version written to [`META_FORMAT`].
@@ -199,6 +202,7 @@ impl StoreConfig {
 
 /// The result of a range read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RangeResult {
     /// The key-values, in key order, at most `limit` of them (none when `count_only`).
     pub kvs: Vec<KeyValue>,
@@ -308,6 +312,8 @@ pub struct MvccStore<B: Backend> {
     pub(crate) group: GroupCommit,
     /// Set once the store cannot tell whether a failed backend write was applied.
     pub(crate) failed: OnceLock<String>,
+    /// The embedder's apply metadata, added as [`META_APPLY`] to every backend write.
+    pub(crate) apply_meta: Mutex<Option<Vec<u8>>>,
 }
 
 impl<B: Backend> fmt::Debug for MvccStore<B> {
@@ -379,6 +385,7 @@ impl<B: Backend> MvccStore<B> {
             hub: Arc::new(WatchHub::default()),
             group: GroupCommit::default(),
             failed: OnceLock::new(),
+            apply_meta: Mutex::new(None),
         };
         store.recover()?;
         Ok(store)
@@ -479,6 +486,83 @@ impl<B: Backend> MvccStore<B> {
             }
         }
         Ok(())
+    }
+
+    /// Re-reads the whole state from the backend after its content was replaced (a replicated
+    /// store installing a snapshot restores its backend, then calls this): rebuilds the key
+    /// index, the revisions and the leases as [`with_config`](Self::with_config) does, and ends
+    /// every watcher (their channels disconnect; clients re-watch from the revision they had,
+    /// as after a server restart). Readers running meanwhile may fail; writers wait. The
+    /// caller guarantees that no compaction runs (a state machine applies one entry at a
+    /// time).
+    pub fn reload(&self) -> MvccResult<()> {
+        let _w = self.lock_write();
+        self.check_writable()?;
+        self.hub.close_all();
+        self.pending.lock().clear();
+        self.index.clear();
+        *self.leases.lock() = LeaseTable::default();
+        // Compaction first, so `compact <= current` holds at every step.
+        self.revs.set_compact(-1);
+        self.revs.set_current(1);
+        self.applied.store(1, Ordering::Release);
+        self.recover()
+    }
+
+    /// Sets the apply metadata: from now on every backend write the store commits (a revision,
+    /// a lease grant or revoke, a compaction marker or batch) carries `meta` as the
+    /// [`META_APPLY`] row of the `meta` tree, in the same atomic write as its data. A replicated
+    /// store sets it to the log id of the entry it is about to apply, so the backend always
+    /// holds the position of the last entry whose effects it holds (etcd's consistent index).
+    /// Operations that write nothing (a failed compare, a rejected request) leave the stored
+    /// value as it was. [`write_apply_meta`](Self::write_apply_meta) writes it alone.
+    pub fn set_apply_meta(&self, meta: Vec<u8>) {
+        *self.apply_meta.lock() = Some(meta);
+    }
+
+    /// The apply metadata stored in the backend ([`META_APPLY`]), `None` if never written.
+    pub fn apply_meta(&self) -> MvccResult<Option<Vec<u8>>> {
+        self.check_open()?;
+        Ok(self.backend.get(Tree::Meta, META_APPLY)?)
+    }
+
+    /// Writes the current apply metadata (see [`set_apply_meta`](Self::set_apply_meta)) alone,
+    /// under the write lock, so it is ordered with the store's other writes. Does nothing when
+    /// none is set.
+    pub fn write_apply_meta(&self) -> MvccResult<()> {
+        let _w = self.lock_write();
+        self.check_writable()?;
+        if let Some(meta) = self.apply_meta.lock().clone() {
+            self.backend.put(Tree::Meta, META_APPLY, &meta)?;
+            self.group.written();
+        }
+        Ok(())
+    }
+
+    /// Adds the apply metadata row, if set, to `batch`.
+    pub(crate) fn add_apply_meta(&self, batch: &mut WriteBatch) {
+        if let Some(meta) = self.apply_meta.lock().clone() {
+            batch.put(Tree::Meta, META_APPLY, meta);
+        }
+    }
+
+    /// A single-row write, with the apply metadata row when set (then as one batch).
+    pub(crate) fn backend_put(
+        &self,
+        tree: Tree,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), StorageError> {
+        let meta = self.apply_meta.lock().clone();
+        match meta {
+            None => self.backend.put(tree, key, value),
+            Some(meta) => {
+                let mut batch = WriteBatch::with_capacity(2);
+                batch.put(tree, key, value);
+                batch.put(Tree::Meta, META_APPLY, meta);
+                self.backend.write(&batch)
+            }
+        }
     }
 
     /// The backend the store runs on.
@@ -925,6 +1009,11 @@ impl<B: Backend> MvccStore<B> {
             begin_rev, changes, ..
         } = ctx;
         if changes.is_empty() {
+            let had_ops = !extra.is_empty();
+            let mut extra = extra;
+            if had_ops {
+                self.add_apply_meta(&mut extra);
+            }
             if let Some(first) = extra.ops().first() {
                 if let Err(e) = self.backend.write(&extra) {
                     // Applied when the first row reads as written.
@@ -950,8 +1039,7 @@ impl<B: Backend> MvccStore<B> {
             // One put: a plain single-row write, no batch.
             [c] if !c.tombstone && extra.is_empty() => {
                 let key = Revision::new(rev, 0).to_bytes();
-                self.backend
-                    .put(Tree::Kv, &key, &c.kv.encode())
+                self.backend_put(Tree::Kv, &key, &c.kv.encode())
                     .map_err(MvccError::from)
             }
             _ => self.write_changes(rev, &changes, extra),
@@ -1024,6 +1112,7 @@ impl<B: Backend> MvccStore<B> {
                 storage_api::WriteOp::Delete { tree, key } => batch.delete(tree, key),
             };
         }
+        self.add_apply_meta(&mut batch);
         self.backend.write(&batch)?;
         Ok(())
     }
@@ -1341,6 +1430,90 @@ mod tests {
         assert_eq!(r.current_revision(), 3);
         assert_eq!(r.range(b"a", b"", 0, 0, false).unwrap().kvs[0].value, b"2");
         assert_eq!(r.put(b"b", b"1", 0).unwrap().0, 4);
+    }
+
+    #[test]
+    fn apply_meta_rides_in_every_write_and_only_in_writes() {
+        let backend = MemoryBackend::volatile();
+        let store = MvccStore::new(backend.clone()).unwrap();
+        assert_eq!(store.apply_meta().unwrap(), None);
+        // Without apply meta nothing is added.
+        store.put(b"a", b"0", 0).unwrap();
+        assert_eq!(store.apply_meta().unwrap(), None);
+
+        store.set_apply_meta(b"m1".to_vec());
+        store.put(b"a", b"1", 0).unwrap();
+        assert_eq!(store.apply_meta().unwrap().as_deref(), Some(&b"m1"[..]));
+        store.set_apply_meta(b"m2".to_vec());
+        store.lease_grant(7, 10).unwrap();
+        assert_eq!(store.apply_meta().unwrap().as_deref(), Some(&b"m2"[..]));
+        store.set_apply_meta(b"m3".to_vec());
+        store.delete_range(b"a", b"").unwrap();
+        assert_eq!(store.apply_meta().unwrap().as_deref(), Some(&b"m3"[..]));
+        store.set_apply_meta(b"m4".to_vec());
+        store.lease_revoke(7).unwrap();
+        assert_eq!(store.apply_meta().unwrap().as_deref(), Some(&b"m4"[..]));
+        store.set_apply_meta(b"m5".to_vec());
+        store.put(b"b", b"1", 0).unwrap();
+        store.set_apply_meta(b"m6".to_vec());
+        store.compact(store.current_revision()).unwrap();
+        assert_eq!(store.apply_meta().unwrap().as_deref(), Some(&b"m6"[..]));
+
+        // A write that writes nothing leaves it; write_apply_meta writes it alone.
+        store.set_apply_meta(b"m7".to_vec());
+        assert!(matches!(store.delete_range(b"zz", b""), Ok((5, _))));
+        assert!(store.lease_revoke(99).is_err());
+        assert_eq!(store.apply_meta().unwrap().as_deref(), Some(&b"m6"[..]));
+        store.write_apply_meta().unwrap();
+        assert_eq!(store.apply_meta().unwrap().as_deref(), Some(&b"m7"[..]));
+        assert_eq!(store.current_revision(), 5);
+
+        // Reopened: the value is the backend's.
+        drop(store);
+        let store = MvccStore::new(backend).unwrap();
+        assert_eq!(store.apply_meta().unwrap().as_deref(), Some(&b"m7"[..]));
+        assert_eq!(store.current_revision(), 5);
+    }
+
+    #[test]
+    fn reload_rebuilds_everything_from_a_replaced_backend() {
+        let source = MvccStore::new(MemoryBackend::volatile()).unwrap();
+        source.put(b"a", b"1", 0).unwrap();
+        source.lease_grant(3, 50).unwrap();
+        source.put(b"b", b"2", 3).unwrap();
+        source.put(b"a", b"3", 0).unwrap();
+        source.compact(3).unwrap();
+        let image = source.backend().snapshot().unwrap();
+
+        let backend = MemoryBackend::volatile();
+        let store = MvccStore::new(backend.clone()).unwrap();
+        for i in 0..10 {
+            store.put(format!("old{i}").as_bytes(), b"x", 0).unwrap();
+        }
+        store.lease_grant(9, 5).unwrap();
+        let watcher = store.watch(b"a", b"", 0).unwrap();
+        backend.restore(&image).unwrap();
+        store.reload().unwrap();
+        assert_eq!((store.current_revision(), store.compact_revision()), (4, 3));
+        assert_eq!(store.index_len(), 2);
+        assert_eq!(store.leases(), vec![3]);
+        assert_eq!(
+            store.lease_time_to_live(3).unwrap().keys,
+            vec![b"b".to_vec()]
+        );
+        let r = store.range(b"a", b"c", 0, 0, false).unwrap();
+        assert_eq!(r.kvs.len(), 2);
+        assert_eq!(
+            (r.kvs[0].value.as_slice(), r.kvs[0].version),
+            (&b"3"[..], 2)
+        );
+        assert!(matches!(
+            store.range(b"a", b"", 2, 0, false),
+            Err(MvccError::Compacted)
+        ));
+        // The watcher of the replaced content ended.
+        assert!(watcher.recv().is_none());
+        assert_eq!(store.put(b"c", b"1", 0).unwrap().0, 5);
     }
 
     #[test]

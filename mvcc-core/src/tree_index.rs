@@ -587,6 +587,11 @@ impl TreeIndex {
         lookup(&self.tree.read(), key).map_or(0, Entry::revision_count)
     }
 
+    /// Forgets every key (before a rebuild from a replaced backend).
+    pub(crate) fn clear(&self) {
+        self.tree.write().clear();
+    }
+
     /// Number of keys in the index (live or with retained history).
     pub fn len(&self) -> usize {
         self.tree.read().len()

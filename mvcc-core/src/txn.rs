@@ -23,6 +23,7 @@ use crate::tree_index::KeyRange;
 
 /// How a compare relates the key's field to the given operand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum CompareOp {
     /// `field == operand`
     Equal,
@@ -36,6 +37,7 @@ pub enum CompareOp {
 
 /// The field a compare reads, with its operand.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum CompareTarget {
     /// The key's version (0 when absent).
     Version(i64),
@@ -53,6 +55,7 @@ pub enum CompareTarget {
 /// convention: empty `range_end` = the single key, `[0]` = every key `>= key`). Over a range it
 /// holds when every existing key satisfies it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Compare {
     /// The key (must not be empty).
     pub key: Vec<u8>,
@@ -126,6 +129,7 @@ impl Compare {
 
 /// A range read inside a transaction (see [`MvccStore::range`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RangeRequest {
     /// First key (must not be empty).
     pub key: Vec<u8>,
@@ -141,6 +145,7 @@ pub struct RangeRequest {
 
 /// A transaction: if every compare holds, run `success`, else `failure`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct TxnRequest {
     /// The conditions (all must hold; none = true).
     pub compare: Vec<Compare>,
@@ -152,6 +157,7 @@ pub struct TxnRequest {
 
 /// One operation of a transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum TxnOp {
     /// A range read; sees the earlier writes of the transaction.
     Range(RangeRequest),
@@ -215,6 +221,7 @@ impl TxnOp {
 
 /// The result of one transaction operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum TxnOpResponse {
     /// Result of a range (its `revision` is the transaction's view revision).
     Range(RangeResult),
@@ -228,6 +235,7 @@ pub enum TxnOpResponse {
 
 /// The result of a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct TxnResult {
     /// True when the compares held (the success branch ran).
     pub succeeded: bool,

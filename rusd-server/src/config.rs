@@ -67,7 +67,42 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// TLS of the client and metrics listeners (used by their `https` URLs).
     pub client_tls: crate::tls::TlsSettings,
+    /// The cluster (etcd `--initial-cluster`): every initial member's name and peer URLs.
+    /// Empty: a one-member cluster of this member.
+    pub initial_cluster: Vec<(String, Vec<String>)>,
+    /// etcd `--initial-cluster-state`: a new cluster, or joining an existing one.
+    pub initial_cluster_state: ClusterState,
+    /// etcd `--initial-cluster-token`: member and cluster ids are derived from it.
+    pub initial_cluster_token: String,
+    /// URLs the peer service listens on (etcd `--listen-peer-urls`). Empty: a free loopback
+    /// port (enough for a one-member cluster).
+    pub listen_peer_urls: Vec<String>,
+    /// Peer URLs advertised to the other members (etcd `--initial-advertise-peer-urls`);
+    /// default: the listen peer URLs. They, with the token, give the member id.
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Raft heartbeat interval (etcd `--heartbeat-interval`, 100 ms).
+    pub heartbeat_interval: Duration,
+    /// Raft election timeout (etcd `--election-timeout`, 1000 ms; a member waits between
+    /// one and two of them before it campaigns).
+    pub election_timeout: Duration,
+    /// Applied entries between two snapshots of the store (etcd `--snapshot-count`).
+    pub snapshot_count: u64,
 }
+
+/// etcd's `--initial-cluster-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClusterState {
+    /// Start a new cluster with the initial members.
+    #[default]
+    New,
+    /// Join a running cluster that added this member (MemberAdd).
+    Existing,
+}
+
+/// etcd's default peer URL (`--initial-advertise-peer-urls`).
+pub const DEFAULT_PEER_URL: &str = "http://localhost:2380";
+/// etcd's default `--initial-cluster-token`.
+pub const DEFAULT_CLUSTER_TOKEN: &str = "etcd-cluster";
 
 impl ServerConfig {
     /// etcd's defaults: name `default`, data dir `default.rusd`, client URL
@@ -92,7 +127,52 @@ impl ServerConfig {
             lease_check_interval: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(5),
             client_tls: crate::tls::TlsSettings::default(),
+            initial_cluster: Vec::new(),
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: DEFAULT_CLUSTER_TOKEN.into(),
+            listen_peer_urls: Vec::new(),
+            initial_advertise_peer_urls: Vec::new(),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            snapshot_count: 10_000,
         }
+    }
+
+    /// Sets the initial cluster (`name`, peer URLs) of etcd's `--initial-cluster`.
+    pub fn with_initial_cluster(mut self, members: Vec<(String, Vec<String>)>) -> Self {
+        self.initial_cluster = members;
+        self
+    }
+    /// Sets `--initial-cluster-state`.
+    pub fn with_initial_cluster_state(mut self, state: ClusterState) -> Self {
+        self.initial_cluster_state = state;
+        self
+    }
+    /// Sets `--initial-cluster-token`.
+    pub fn with_initial_cluster_token(mut self, token: impl Into<String>) -> Self {
+        self.initial_cluster_token = token.into();
+        self
+    }
+    /// Sets `--listen-peer-urls`.
+    pub fn with_listen_peer_urls(mut self, urls: Vec<String>) -> Self {
+        self.listen_peer_urls = urls;
+        self
+    }
+    /// Sets `--initial-advertise-peer-urls`.
+    pub fn with_initial_advertise_peer_urls(mut self, urls: Vec<String>) -> Self {
+        self.initial_advertise_peer_urls = urls;
+        self
+    }
+    /// Sets the raft heartbeat interval and election timeout.
+    pub fn with_raft_timing(mut self, heartbeat: Duration, election: Duration) -> Self {
+        self.heartbeat_interval = heartbeat;
+        self.election_timeout = election;
+        self
+    }
+    /// Sets the number of applied entries between snapshots.
+    pub fn with_snapshot_count(mut self, n: u64) -> Self {
+        self.snapshot_count = n;
+        self
     }
 
     /// Sets the member name.
@@ -209,6 +289,53 @@ pub fn url_host(url: &str) -> Option<String> {
         None => hostport.rsplit_once(':').map_or(hostport, |(h, _)| h),
     };
     (!host.is_empty()).then(|| host.to_string())
+}
+
+/// Parses etcd's `--initial-cluster` (`name=http://host:port,name2=...`; a name may appear
+/// more than once for several URLs), keeping the order of first appearance.
+pub fn parse_initial_cluster(s: &str) -> Result<Vec<(String, Vec<String>)>, ServerError> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, url) = item.split_once('=').ok_or_else(|| {
+            ServerError::Config(format!(
+                "--initial-cluster {item:?}: expected name=http://host:port"
+            ))
+        })?;
+        let (name, url) = (name.trim(), url.trim());
+        if name.is_empty() || url.is_empty() {
+            return Err(ServerError::Config(format!(
+                "--initial-cluster {item:?}: expected name=http://host:port"
+            )));
+        }
+        parse_peer_url(url)?;
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url.to_string()),
+            None => out.push((name.to_string(), vec![url.to_string()])),
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a peer URL: like [`parse_url`], but `https` is refused (peer TLS, etcd's
+/// `--peer-cert-file` family, is not implemented: peers talk plain gRPC).
+pub fn parse_peer_url(url: &str) -> Result<Vec<SocketAddr>, ServerError> {
+    if url.starts_with("https://") {
+        return Err(ServerError::Config(format!(
+            "{url}: peer TLS is not supported yet; use http:// peer URLs"
+        )));
+    }
+    parse_url(url)
+}
+
+/// Parses `--initial-cluster-state`.
+pub fn parse_cluster_state(s: &str) -> Result<ClusterState, ServerError> {
+    match s {
+        "new" => Ok(ClusterState::New),
+        "existing" => Ok(ClusterState::Existing),
+        other => Err(ServerError::Config(format!(
+            "--initial-cluster-state {other:?}: expected new or existing"
+        ))),
+    }
 }
 
 /// Parses a comma-separated URL list.
@@ -400,6 +527,34 @@ mod tests {
             split_urls("http://a:1, http://b:2"),
             vec!["http://a:1", "http://b:2"]
         );
+    }
+
+    #[test]
+    fn initial_cluster() {
+        assert_eq!(
+            parse_initial_cluster(
+                "a=http://127.0.0.1:1, b=http://127.0.0.1:2,a=http://127.0.0.1:3"
+            )
+            .unwrap(),
+            vec![
+                (
+                    "a".to_string(),
+                    vec![
+                        "http://127.0.0.1:1".to_string(),
+                        "http://127.0.0.1:3".to_string()
+                    ]
+                ),
+                ("b".to_string(), vec!["http://127.0.0.1:2".to_string()]),
+            ]
+        );
+        assert!(parse_initial_cluster("a").is_err());
+        assert!(parse_initial_cluster("=http://127.0.0.1:1").is_err());
+        assert!(parse_initial_cluster("a=https://127.0.0.1:1").is_err());
+        assert_eq!(
+            parse_cluster_state("existing").unwrap(),
+            ClusterState::Existing
+        );
+        assert!(parse_cluster_state("old").is_err());
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! The `KV` service: Range, Put, DeleteRange, Txn, Compact — a translation between protobuf and
 //! the data plane of `mvcc_core::request`, which validates and executes every request as etcd
 //! does. The server adds what is not storage: request size, quota, headers, metrics.
+//!
+//! Writes (put, delete-range, a transaction that writes, compaction) are proposed through raft
+//! (`State::propose`) and answered with the result of their application; reads are served by
+//! the local store, after a raft ReadIndex round unless they are serializable.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use mvcc_core::{
-    Compaction, Compare, CompareOp, CompareTarget, DeleteRange, KeyValue, Put, Range,
-    RangeResponse as MRangeResponse, RequestOp as MOp, ResponseOp as MResponseOp,
+    Compaction, CompactionMode, Compare, CompareOp, CompareTarget, DeleteRange, KeyValue, Put,
+    Range, RangeResponse as MRangeResponse, RequestOp as MOp, ResponseOp as MResponseOp,
     SortOrder as MOrder, SortTarget as MTarget, Txn, TxnResponse as MTxnResponse,
 };
 use prost::Message;
+use rusd_raft::{Command, CommandResponse};
 use tonic::{Request, Response, Status};
 
 use crate::error::{mvcc_status, rpc};
@@ -20,7 +25,7 @@ use crate::pb::etcdserverpb::{
     PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest,
     TxnResponse,
 };
-use crate::state::{to_pb_kv, State};
+use crate::state::{to_pb_kv, write_replicated, State};
 
 /// Approximate bytes a put adds to the database beyond its key and value.
 const PUT_OVERHEAD: usize = 64;
@@ -229,29 +234,58 @@ fn txn_response(state: &State, t: MTxnResponse) -> TxnResponse {
     }
 }
 
-/// Serves a Range request.
-pub(crate) fn do_range(state: &State, r: &RangeRequest) -> Result<RangeResponse, Status> {
+/// A response of the wrong kind for a command (a bug, never expected).
+fn unexpected(what: &str, resp: &CommandResponse) -> Status {
+    Status::internal(format!("rusd: unexpected response to {what}: {resp:?}"))
+}
+
+/// True when a transaction (nested ones included) only reads.
+fn txn_is_read_only(t: &Txn) -> bool {
+    t.success.iter().chain(t.failure.iter()).all(|op| match op {
+        MOp::Range(_) => true,
+        MOp::Txn(n) => txn_is_read_only(n),
+        _ => false,
+    })
+}
+
+/// True when every range of a read-only transaction asked for a serializable read.
+fn txn_is_serializable(t: &Txn) -> bool {
+    t.success.iter().chain(t.failure.iter()).all(|op| match op {
+        MOp::Range(r) => r.serializable,
+        MOp::Txn(n) => txn_is_serializable(n),
+        _ => false,
+    })
+}
+
+/// Serves a Range request: linearizable (raft ReadIndex, then the local store) unless
+/// `serializable`, which reads the local store at once.
+pub(crate) async fn do_range(state: &State, r: &RangeRequest) -> Result<RangeResponse, Status> {
     let req = to_range(r)?;
+    if !req.serializable {
+        state.read_barrier().await?;
+    }
     let res = state.store.kv_range(&req).map_err(mvcc_status)?;
     Ok(range_response(state, res))
 }
 
-/// Serves a Put request.
-pub(crate) fn do_put(state: &State, p: PutRequest) -> Result<PutResponse, Status> {
+/// Serves a Put request (through raft).
+pub(crate) async fn do_put(state: &State, p: PutRequest) -> Result<PutResponse, Status> {
     let size = p.encoded_len();
     let req = to_put(p);
     req.validate(state.store.config()).map_err(mvcc_status)?;
     state.check_size(size)?;
     state.check_quota(req.key.len() + req.value.len() + PUT_OVERHEAD)?;
-    let res = state.store.kv_put(&req).map_err(mvcc_status)?;
-    Ok(PutResponse {
-        header: state.header(res.revision),
-        prev_kv: res.prev_kv.map(to_pb_kv),
-    })
+    match state.propose(Command::Put(req)).await? {
+        CommandResponse::Put(res) => Ok(PutResponse {
+            header: state.header(res.revision),
+            prev_kv: res.prev_kv.map(to_pb_kv),
+        }),
+        other => Err(unexpected("put", &other)),
+    }
 }
 
-/// Serves a DeleteRange request.
-pub(crate) fn do_delete(
+/// Serves a DeleteRange request (through raft).
+pub(crate) async fn do_delete(
     state: &State,
     d: DeleteRangeRequest,
 ) -> Result<DeleteRangeResponse, Status> {
@@ -259,71 +293,118 @@ pub(crate) fn do_delete(
     let req = to_delete(d);
     req.validate(state.store.config()).map_err(mvcc_status)?;
     state.check_size(size)?;
-    let res = state.store.kv_delete_range(&req).map_err(mvcc_status)?;
-    Ok(DeleteRangeResponse {
-        header: state.header(res.revision),
-        deleted: res.deleted,
-        prev_kvs: kvs(res.prev_kvs),
-    })
+    match state.propose(Command::DeleteRange(req)).await? {
+        CommandResponse::DeleteRange(res) => Ok(DeleteRangeResponse {
+            header: state.header(res.revision),
+            deleted: res.deleted,
+            prev_kvs: kvs(res.prev_kvs),
+        }),
+        other => Err(unexpected("delete range", &other)),
+    }
 }
 
-/// Serves a Txn request.
-pub(crate) fn do_txn(state: &State, t: TxnRequest) -> Result<TxnResponse, Status> {
+/// Serves a Txn request: a read-only one as a read (linearizable unless every range is
+/// serializable), any other through raft.
+pub(crate) async fn do_txn(state: &State, t: TxnRequest) -> Result<TxnResponse, Status> {
     let req = to_txn(&t)?;
     req.validate(state.store.config()).map_err(mvcc_status)?;
     state.check_size(t.encoded_len())?;
+    if txn_is_read_only(&req) {
+        if !txn_is_serializable(&req) {
+            state.read_barrier().await?;
+        }
+        let res = state.store.kv_txn(&req).map_err(mvcc_status)?;
+        return Ok(txn_response(state, res));
+    }
     if txn_has_puts(&t) {
         state.check_quota(t.encoded_len() + PUT_OVERHEAD)?;
     }
-    let res = state.store.kv_txn(&req).map_err(mvcc_status)?;
-    Ok(txn_response(state, res))
+    match state.propose(Command::Txn(req)).await? {
+        CommandResponse::Txn(res) => Ok(txn_response(state, res)),
+        other => Err(unexpected("txn", &other)),
+    }
 }
 
-/// Serves a Compact request. `physical` waits for the rows to be deleted; otherwise the
-/// request returns once the compaction revision moved (reads below it already fail).
+/// Serves a Compact request (through raft: every member compacts at the same point of the
+/// log). It returns once the compaction is applied on the member that proposed it, rows
+/// deleted, whatever `physical` says.
 pub(crate) async fn do_compact(
     state: Arc<State>,
     c: CompactionRequest,
 ) -> Result<CompactionResponse, Status> {
-    let store = state.store.clone();
-    let rev = c.revision;
-    if !c.physical {
-        if rev <= store.compact_revision() {
-            return Err(rpc::compacted());
-        }
-        if rev > store.current_revision() {
-            return Err(rpc::future_rev());
-        }
-    }
     let req = Compaction {
-        revision: rev,
+        revision: c.revision,
         physical: c.physical,
     };
-    let job = tokio::task::spawn_blocking(move || store.kv_compact(&req));
-    let joined = |r: Result<
-        mvcc_core::MvccResult<mvcc_core::CompactionResponse>,
-        tokio::task::JoinError,
-    >| {
-        r.map_err(|e| Status::internal(format!("rusd: compaction task failed: {e}")))?
-            .map(|_| ())
-            .map_err(mvcc_status)
-    };
-    if c.physical {
-        joined(job.await)?;
-    } else {
-        // Return once the compaction revision moved (reads below it fail from now on); the
-        // physical deletion goes on in the background.
-        while state.store.compact_revision() < rev {
-            if job.is_finished() {
-                joined(job.await)?;
-                break;
+    match state.propose(Command::Compaction(req)).await? {
+        CommandResponse::Compaction(_) => Ok(CompactionResponse {
+            header: state.header_now(),
+        }),
+        other => Err(unexpected("compaction", &other)),
+    }
+}
+
+/// Automatic compaction through raft: the leader alone decides (as mvcc-core's `Compactor`
+/// does, by revision count or by period) and proposes the compaction, so every member
+/// compacts at the same point of the log. Runs until `shutdown` turns true.
+pub async fn auto_compact_loop(
+    state: Arc<State>,
+    mode: CompactionMode,
+    interval: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut samples: std::collections::VecDeque<(std::time::Instant, i64)> =
+        std::collections::VecDeque::new();
+    let mut last_target = 0i64;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let leader = state.raft.as_ref().is_none_or(|r| r.is_leader());
+        let current = state.store.current_revision();
+        let target = match mode {
+            CompactionMode::Revision(n) => current - n,
+            CompactionMode::Periodic(period) => {
+                let now = std::time::Instant::now();
+                samples.push_back((now, current));
+                let mut target = 0;
+                while let Some(&(t, rev)) = samples.front() {
+                    if now.duration_since(t) >= period {
+                        target = rev;
+                        samples.pop_front();
+                    } else {
+                        break;
+                    }
+                }
+                if target > 0 {
+                    samples.push_front((now - period, target));
+                }
+                target
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        if !leader
+            || target <= 0
+            || target <= last_target
+            || target <= state.store.compact_revision()
+        {
+            continue;
+        }
+        last_target = target;
+        let req = Compaction {
+            revision: target,
+            physical: false,
+        };
+        match state.propose(Command::Compaction(req)).await {
+            Ok(_) => tracing::info!(revision = target, "auto compaction applied"),
+            Err(e) => {
+                tracing::warn!(revision = target, error = %e.message(), "auto compaction failed")
+            }
         }
     }
-    Ok(CompactionResponse {
-        header: state.header_now(),
-    })
 }
 
 #[tonic::async_trait]
@@ -332,17 +413,17 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
-        // Reads are served on the async worker: the index lookup is in memory and the row
-        // reads hit the engine's cache; a thread hop per read costs more than it saves.
-        let res = do_range(&self.state, request.get_ref());
+        // Reads are served on the async worker (after the ReadIndex wait when linearizable):
+        // the index lookup is in memory and the row reads hit the engine's cache; a thread
+        // hop per read costs more than it saves.
+        let res = do_range(&self.state, request.get_ref()).await;
         self.state.metrics.observe("etcdserverpb.KV", "Range", &res);
         res.map(Response::new)
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let st = self.state.clone();
         let p = request.into_inner();
-        let res = crate::state::write(&self.state, move || do_put(&st, p)).await;
+        let res = write_replicated(&self.state, do_put(&self.state, p)).await;
         self.state.metrics.observe("etcdserverpb.KV", "Put", &res);
         res.map(Response::new)
     }
@@ -351,9 +432,8 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let st = self.state.clone();
         let d = request.into_inner();
-        let res = crate::state::write(&self.state, move || do_delete(&st, d)).await;
+        let res = write_replicated(&self.state, do_delete(&self.state, d)).await;
         self.state
             .metrics
             .observe("etcdserverpb.KV", "DeleteRange", &res);
@@ -361,9 +441,8 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let st = self.state.clone();
         let t = request.into_inner();
-        let res = crate::state::write(&self.state, move || do_txn(&st, t)).await;
+        let res = write_replicated(&self.state, do_txn(&self.state, t)).await;
         self.state.metrics.observe("etcdserverpb.KV", "Txn", &res);
         res.map(Response::new)
     }

@@ -1,4 +1,8 @@
 //! The `Lease` service and the background task that revokes expired leases.
+//!
+//! Grants and revokes go through raft; keep-alives go to the leader (forwarded by a
+//! follower), which alone expires leases (`rusd_raft::node`). [`expiry_loop`] is the expiry of
+//! a server without a raft member.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -7,6 +11,7 @@ use std::time::Duration;
 
 use mvcc_core::MvccError;
 use prost::Message;
+use rusd_raft::{Command, CommandResponse};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -19,7 +24,7 @@ use crate::pb::etcdserverpb::{
     LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
     LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
-use crate::state::{blocking, State};
+use crate::state::{write_replicated, State};
 
 /// Approximate bytes a lease adds to the database.
 const LEASE_COST: usize = 64;
@@ -37,30 +42,62 @@ impl LeaseService {
     }
 }
 
-fn do_grant(state: &State, r: LeaseGrantRequest) -> Result<LeaseGrantResponse, Status> {
+/// Lease ids tried for a grant without an id before giving up on collisions.
+const GRANT_ATTEMPTS: usize = 16;
+
+async fn do_grant(state: &State, r: LeaseGrantRequest) -> Result<LeaseGrantResponse, Status> {
     state.check_size(r.encoded_len())?;
     state.check_quota(LEASE_COST)?;
     if r.ttl > MAX_LEASE_TTL {
         return Err(rpc::lease_ttl_too_large());
     }
     let ttl = r.ttl.max(MIN_LEASE_TTL);
-    let info = if r.id == 0 {
-        loop {
-            match state.store.lease_grant(state.next_lease_id(), ttl) {
-                Err(MvccError::LeaseExists(_)) => continue,
-                other => break other,
+    // The id is chosen here, before the proposal, so that every member applies the same one.
+    let mut attempts = 0;
+    let response = loop {
+        let id = if r.id == 0 {
+            state.next_lease_id()
+        } else {
+            r.id
+        };
+        match state.propose(Command::LeaseGrant { id, ttl }).await {
+            Err(status)
+                if r.id == 0
+                    && attempts < GRANT_ATTEMPTS
+                    && status.message() == rpc::lease_exists().message() =>
+            {
+                attempts += 1;
             }
+            other => break other?,
         }
-    } else {
-        state.store.lease_grant(r.id, ttl)
-    }
-    .map_err(mvcc_status)?;
+    };
+    let CommandResponse::LeaseGrant(info) = response else {
+        return Err(Status::internal(format!(
+            "rusd: unexpected response to lease grant: {response:?}"
+        )));
+    };
     Ok(LeaseGrantResponse {
         header: state.header_now(),
         id: info.id,
         ttl: info.ttl,
         error: String::new(),
     })
+}
+
+/// Renews lease `id` on the leader; etcd answers an unknown or expired lease with TTL 0.
+async fn keep_alive(state: &State, id: i64) -> Result<i64, Status> {
+    let Some(raft) = &state.raft else {
+        return match state.store.lease_keep_alive(id) {
+            Ok(ttl) => Ok(ttl),
+            Err(MvccError::LeaseNotFound(_)) => Ok(0),
+            Err(e) => Err(mvcc_status(e)),
+        };
+    };
+    match raft.lease_keep_alive(id).await {
+        Ok(ttl) => Ok(ttl),
+        Err(rusd_raft::RaftError::Command(rusd_raft::CommandError::LeaseNotFound(_))) => Ok(0),
+        Err(e) => Err(crate::state::raft_status(e)),
+    }
 }
 
 fn do_time_to_live(
@@ -93,6 +130,10 @@ pub async fn expiry_loop(
     interval: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    if state.raft.is_some() {
+        // The raft member's leader expires leases through the log.
+        return;
+    }
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -127,9 +168,8 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        let st = self.state.clone();
         let r = request.into_inner();
-        let res = blocking(move || do_grant(&st, r)).await;
+        let res = write_replicated(&self.state, do_grant(&self.state, r)).await;
         self.state
             .metrics
             .observe("etcdserverpb.Lease", "LeaseGrant", &res);
@@ -140,13 +180,17 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let st = self.state.clone();
         let id = request.into_inner().id;
-        let res = blocking(move || {
-            let rev = st.store.lease_revoke(id).map_err(mvcc_status)?;
-            Ok(LeaseRevokeResponse {
-                header: st.header(rev),
-            })
+        let st = &self.state;
+        let res = write_replicated(st, async move {
+            match st.propose(Command::LeaseRevoke { id }).await? {
+                CommandResponse::LeaseRevoke { revision } => Ok(LeaseRevokeResponse {
+                    header: st.header(revision),
+                }),
+                other => Err(Status::internal(format!(
+                    "rusd: unexpected response to lease revoke: {other:?}"
+                ))),
+            }
         })
         .await;
         self.state
@@ -183,12 +227,10 @@ impl Lease for LeaseService {
                     }
                     None => break,
                 };
-                let ttl = match state.store.lease_keep_alive(req.id) {
+                let ttl = match keep_alive(&state, req.id).await {
                     Ok(ttl) => ttl,
-                    // etcd answers an unknown or expired lease with TTL 0.
-                    Err(MvccError::LeaseNotFound(_)) => 0,
-                    Err(e) => {
-                        let _ = tx.send(Err(mvcc_status(e))).await;
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
                         break;
                     }
                 };

@@ -10,7 +10,8 @@ use rusd_server::config::{
 };
 use rusd_server::{ServerConfig, ServerError};
 
-/// rusd: an etcd v3 API server (single member) over a pluggable storage engine.
+/// rusd: an etcd v3 API server (a cluster member, replicated with raft) over a pluggable
+/// storage engine.
 #[derive(Debug, Parser)]
 #[command(name = "rusd", version, about)]
 struct Cli {
@@ -82,6 +83,33 @@ struct Cli {
     /// --cert-file/--key-file are given.
     #[arg(long, help_heading = "Security")]
     auto_tls: bool,
+    /// The initial members: `name=http://host:peerport,...` (empty: a one-member cluster).
+    #[arg(long, default_value = "")]
+    initial_cluster: String,
+    /// `new` to start a new cluster with --initial-cluster, `existing` to join a running one
+    /// that added this member with MemberAdd.
+    #[arg(long, default_value = "new")]
+    initial_cluster_state: String,
+    /// Token from which member and cluster ids are derived (keep it distinct per cluster).
+    #[arg(long, default_value = rusd_server::config::DEFAULT_CLUSTER_TOKEN)]
+    initial_cluster_token: String,
+    /// URLs to listen on for peer (raft) traffic; only the first is served. Empty: a free
+    /// loopback port (enough for a one-member cluster).
+    #[arg(long, default_value = "")]
+    listen_peer_urls: String,
+    /// Peer URLs advertised to the other members (default: --listen-peer-urls).
+    #[arg(long, default_value = "")]
+    initial_advertise_peer_urls: String,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval: u64,
+    /// Raft election timeout in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    election_timeout: u64,
+    /// Applied entries between two snapshots of the store (the raft log is purged behind
+    /// them).
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_count: u64,
     /// Log filter (RUST_LOG syntax), e.g. `info` or `rusd_server=debug`.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -135,6 +163,18 @@ fn config_from(cli: Cli) -> Result<ServerConfig, ServerError> {
             "TLS key/cert (--cert-file, --key-file) must be provided for https client URLs (or use --auto-tls)".into(),
         ));
     }
+    let initial_cluster = rusd_server::config::parse_initial_cluster(&cli.initial_cluster)?;
+    let cluster_state = rusd_server::config::parse_cluster_state(&cli.initial_cluster_state)?;
+    let peer_listen = split_urls(&cli.listen_peer_urls);
+    let peer_advertise = split_urls(&cli.initial_advertise_peer_urls);
+    for u in peer_listen.iter().chain(peer_advertise.iter()) {
+        rusd_server::config::parse_peer_url(u)?;
+    }
+    if cli.heartbeat_interval == 0 || cli.election_timeout <= cli.heartbeat_interval {
+        return Err(ServerError::Config(
+            "--election-timeout must be greater than --heartbeat-interval (> 0)".into(),
+        ));
+    }
     let data_dir = cli
         .data_dir
         .unwrap_or_else(|| PathBuf::from(format!("{}.rusd", cli.name)));
@@ -151,7 +191,17 @@ fn config_from(cli: Cli) -> Result<ServerConfig, ServerError> {
         .with_max_txn_ops(cli.max_txn_ops)
         .with_max_request_bytes(cli.max_request_bytes)
         .with_progress_notify_interval(progress)
-        .with_client_tls(tls))
+        .with_client_tls(tls)
+        .with_initial_cluster(initial_cluster)
+        .with_initial_cluster_state(cluster_state)
+        .with_initial_cluster_token(cli.initial_cluster_token)
+        .with_listen_peer_urls(peer_listen)
+        .with_initial_advertise_peer_urls(peer_advertise)
+        .with_raft_timing(
+            std::time::Duration::from_millis(cli.heartbeat_interval),
+            std::time::Duration::from_millis(cli.election_timeout),
+        )
+        .with_snapshot_count(cli.snapshot_count))
 }
 
 async fn wait_for_signal() -> std::io::Result<&'static str> {

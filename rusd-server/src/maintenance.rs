@@ -55,7 +55,7 @@ pub fn hash_kv(state: &State, revision: i64) -> Result<(u32, i64), Status> {
 fn status_response(state: &State) -> StatusResponse {
     let size = state.refresh_db_size() as i64;
     let rev = state.store.current_revision();
-    let index = u64::try_from(rev).unwrap_or(0);
+    let (index, applied) = state.raft_indexes();
     let errors = state
         .alarm_list()
         .into_iter()
@@ -70,13 +70,13 @@ fn status_response(state: &State) -> StatusResponse {
         header: state.header(rev),
         version: ETCD_VERSION.into(),
         db_size: size,
-        leader: state.member_id,
+        leader: state.leader_id(),
         raft_index: index,
-        raft_term: crate::state::RAFT_TERM,
-        raft_applied_index: index,
+        raft_term: state.raft_term(),
+        raft_applied_index: applied,
         errors,
         db_size_in_use: size,
-        is_learner: false,
+        is_learner: state.is_learner(),
         storage_version: String::new(),
         db_size_quota: state
             .quota

@@ -5,19 +5,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mvcc_core::engine::AnyBackend;
-use mvcc_core::{CommitMode, Compactor, MvccStore, StoreConfig};
-use storage_api::{Backend, BackendConfig};
+use mvcc_core::{CommitMode, Compactor, StoreConfig};
+use storage_api::BackendConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::cluster::ClusterService;
 use crate::config::{self, ServerConfig, GRPC_OVERHEAD_BYTES};
 use crate::error::ServerError;
 use crate::h2fix::AuthorityFix;
 use crate::kv::KvService;
 use crate::lease::LeaseService;
-use crate::maintenance::{AuthService, ClusterService, MaintenanceService};
+use crate::maintenance::{AuthService, MaintenanceService};
 use crate::pb::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -83,6 +84,11 @@ impl RunningServer {
     /// The store (for embedding and tests).
     pub fn store(&self) -> &Arc<Store> {
         &self.state.store
+    }
+
+    /// The raft member (for embedding and tests).
+    pub fn raft(&self) -> Option<&Arc<crate::state::Raft>> {
+        self.state.raft.as_ref()
     }
 
     /// Stops accepting, ends open streams, waits for in-flight requests (at most the configured
@@ -191,17 +197,15 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         None
     };
 
-    // `--durability sync` (ack = durable) runs the engine buffered and acknowledges each write
-    // only after a shared flush (group commit): concurrent clients share one fsync instead of
-    // paying one each, as etcd batches its WAL fsyncs.
-    let (engine_durability, commit_mode) = match cfg.durability {
-        storage_api::Durability::Sync => (
-            storage_api::Durability::Buffered {
-                interval: std::time::Duration::from_secs(1),
-            },
-            CommitMode::GroupSync,
-        ),
-        buffered => (buffered, CommitMode::Backend),
+    // The raft log is the write-ahead log: the engine always runs buffered and applies
+    // committed entries without a flush of its own (`CommitMode::Backend`). `--durability
+    // sync` (ack = durable) flushes the log once per append batch (group fsync: concurrent
+    // clients share it); `buffered` leaves the log to its engine's flush interval.
+    let engine_durability = match cfg.durability {
+        storage_api::Durability::Sync => storage_api::Durability::Buffered {
+            interval: std::time::Duration::from_secs(1),
+        },
+        buffered => buffered,
     };
     let backend_cfg = BackendConfig::new(cfg.data_dir.join("member"))
         .with_cache_size_mb(cfg.cache_size_mb)
@@ -209,19 +213,16 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let kind = cfg.backend;
     let max_req = cfg.max_request_bytes;
     let max_txn_ops = cfg.max_txn_ops;
-    let store: Store = tokio::task::spawn_blocking(move || -> Result<Store, ServerError> {
-        let backend = AnyBackend::open(kind, backend_cfg)?;
-        let store_cfg = StoreConfig::default()
-            .with_max_txn_ops(max_txn_ops)
-            .with_max_key_size(max_req.max(1))
-            .with_max_value_size(max_req.max(1))
-            .with_commit_mode(commit_mode);
-        Ok(MvccStore::with_config(backend, store_cfg)?)
-    })
-    .await
-    .map_err(|e| ServerError::Task(e.to_string()))??;
-    let store = Arc::new(store);
-
+    let backend = tokio::task::spawn_blocking(move || AnyBackend::open(kind, backend_cfg))
+        .await
+        .map_err(|e| ServerError::Task(e.to_string()))??;
+    let store_cfg = StoreConfig::default()
+        .with_max_txn_ops(max_txn_ops)
+        .with_max_key_size(max_req.max(1))
+        .with_max_value_size(max_req.max(1))
+        .with_commit_mode(CommitMode::Backend);
+    let raft = crate::cluster::start_member(&cfg, backend, store_cfg, &client_addrs).await?;
+    let store = raft.store();
     let advertise = if cfg.advertise_client_urls.is_empty() {
         listeners
             .iter()
@@ -247,14 +248,14 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         matches!(cfg.durability, storage_api::Durability::Sync),
         std::sync::atomic::Ordering::Relaxed,
     );
+    state.member_id = raft.id();
+    state.cluster_id = raft.cluster_id();
+    state.raft = Some(raft.clone());
+    state.data_dir = Some(cfg.data_dir.clone());
     let state = Arc::new(state);
+    crate::cluster::publish_self(state.clone(), shutdown_rx.clone());
 
-    // Background tasks.
-    tokio::spawn(crate::lease::expiry_loop(
-        state.clone(),
-        cfg.lease_check_interval,
-        shutdown_rx.clone(),
-    ));
+    // Background tasks (lease expiry is the raft leader's: `rusd_raft::node`).
     {
         let st = state.clone();
         let mut sd = shutdown_rx.clone();
@@ -269,14 +270,19 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             }
         });
     }
-    let compactor = cfg.auto_compaction.map(|mode| {
-        let mut c = Compactor::new(store.clone(), mode);
-        if let Some(d) = cfg.auto_compaction_check_interval {
-            c = c.with_check_interval(d);
-        }
-        c.run();
-        c
-    });
+    if let Some(mode) = cfg.auto_compaction {
+        // The leader proposes compactions through raft (mvcc-core's `Compactor` decides the
+        // same way but compacts only its own store).
+        let interval = cfg
+            .auto_compaction_check_interval
+            .unwrap_or_else(|| Compactor::new(store.clone(), mode).check_interval());
+        tokio::spawn(crate::kv::auto_compact_loop(
+            state.clone(),
+            mode,
+            interval,
+            shutdown_rx.clone(),
+        ));
+    }
     for (l, tls) in metrics_listeners {
         let tls = if tls { acceptor.clone() } else { None };
         tokio::spawn(crate::http::serve(
@@ -356,7 +362,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             MaintenanceServer::new(MaintenanceService::new(state.clone()))
                 .max_decoding_message_size(limit),
         )
-        .add_service(ClusterServer::new(ClusterService::new(state.clone())))
+        .add_service(ClusterServer::new(ClusterService::new(
+            state.clone(),
+            cfg.initial_cluster_token.clone(),
+        )))
         .add_service(AuthServer::new(AuthService::new(state.clone())));
     let mut sd = shutdown_rx.clone();
     let serve = tokio::spawn(router.serve_with_incoming_shutdown(
@@ -381,6 +390,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         client = ?client_addrs,
         metrics = ?metrics_addrs,
         member_id = format!("{:x}", state.member_id),
+        cluster_id = format!("{:x}", state.cluster_id),
         revision = store.current_revision(),
         "ready to serve client requests"
     );
@@ -388,6 +398,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let grace = cfg.shutdown_grace;
     let mut sd = shutdown_rx;
     let main_store = store.clone();
+    let main_raft = raft.clone();
     let main = tokio::spawn(async move {
         let mut serve = serve;
         let served = tokio::select! {
@@ -412,16 +423,12 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                 }
             },
         };
-        if let Some(c) = compactor {
-            c.stop();
-        }
-        let closed = tokio::task::spawn_blocking(move || -> Result<(), ServerError> {
-            main_store.flush()?;
-            main_store.backend().close()?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| ServerError::Task(e.to_string()))?;
+        // Stops raft, then flushes and closes the store and the raft log.
+        let closed = main_raft
+            .shutdown()
+            .await
+            .map_err(|e| ServerError::Task(format!("raft: {}", rusd_raft::error_line(&e))));
+        drop(main_store);
         tracing::info!("store flushed and closed");
         result.and(closed)
     });

@@ -11,6 +11,8 @@ use parking_lot::Mutex;
 use storage_api::Backend;
 use tonic::Status;
 
+use rusd_raft::{Command, CommandResponse};
+
 use crate::error::rpc;
 pub use crate::metrics::Metrics;
 use crate::pb::etcdserverpb::{AlarmMember, AlarmType, ResponseHeader};
@@ -19,7 +21,11 @@ use crate::pb::mvccpb;
 /// The store type of the server: an MVCC store over the engine chosen at start-up.
 pub type Store = MvccStore<AnyBackend>;
 
-/// Raft term reported in every header (a fresh single-member etcd is at term 2).
+/// The replication member of the server.
+pub type Raft = rusd_raft::RaftNode<AnyBackend>;
+
+/// Raft term reported in headers when the state has no raft member (an embedding without
+/// replication; a fresh single-member etcd is at term 2).
 pub const RAFT_TERM: u64 = 2;
 
 /// State shared by the services.
@@ -54,6 +60,11 @@ pub struct State {
     pub progress_notify_interval: Duration,
     /// Set to true when the server shuts down: streams end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The raft member every write goes through (`None`: writes go to the store directly,
+    /// for embeddings without replication).
+    pub raft: Option<Arc<Raft>>,
+    /// The data directory, probed for free space when raft stops on a storage failure.
+    pub data_dir: Option<std::path::PathBuf>,
     lease_seq: AtomicU64,
 }
 
@@ -101,7 +112,109 @@ impl State {
             metrics: Metrics::default(),
             progress_notify_interval,
             shutdown,
+            raft: None,
+            data_dir: None,
             lease_seq: AtomicU64::new(0),
+        }
+    }
+
+    /// The current raft term ([`RAFT_TERM`] without a raft member).
+    pub fn raft_term(&self) -> u64 {
+        self.raft.as_ref().map_or(RAFT_TERM, |r| r.term())
+    }
+
+    /// The leader's member id as this member knows it (0: none known).
+    pub fn leader_id(&self) -> u64 {
+        match &self.raft {
+            Some(r) => r.leader().unwrap_or(0),
+            None => self.member_id,
+        }
+    }
+
+    /// `(raft index, raft applied index)`; without a raft member, the revision twice.
+    pub fn raft_indexes(&self) -> (u64, u64) {
+        match &self.raft {
+            Some(r) => r.indexes(),
+            None => {
+                let rev = u64::try_from(self.store.current_revision()).unwrap_or(0);
+                (rev, rev)
+            }
+        }
+    }
+
+    /// True when this member is a raft learner.
+    pub fn is_learner(&self) -> bool {
+        self.raft.as_ref().is_some_and(|r| {
+            let m = r.metrics();
+            m.members.contains_key(&m.id) && !m.voters.contains(&m.id)
+        })
+    }
+
+    /// Proposes `cmd` through raft and returns the result of its application. Without a raft
+    /// member the command is applied to the store directly.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResponse, Status> {
+        let Some(raft) = &self.raft else {
+            let store = self.store.clone();
+            return blocking(move || apply_locally(&store, cmd)).await;
+        };
+        raft.write(cmd).await.map_err(|e| self.raft_status(e))
+    }
+
+    /// [`raft_status`], and etcd's NOSPACE answer for a replication failure while the data
+    /// directory's device is full (an engine may report the full device only as a sticky
+    /// error of a later call, without its cause).
+    pub fn raft_status(&self, e: rusd_raft::RaftError) -> Status {
+        let command = matches!(
+            e,
+            rusd_raft::RaftError::Command(_)
+                | rusd_raft::RaftError::NoLeader
+                | rusd_raft::RaftError::Timeout
+        );
+        let status = raft_status(e);
+        if !command && status.code() == tonic::Code::Unavailable && self.device_full() {
+            return rpc::no_space();
+        }
+        status
+    }
+
+    /// True when a 64 KiB file cannot be written and synced in the data directory for lack
+    /// of space.
+    fn device_full(&self) -> bool {
+        use std::io::Write;
+        let Some(dir) = &self.data_dir else {
+            return false;
+        };
+        let probe = tempfile::tempfile_in(dir).and_then(|mut f| {
+            f.write_all(&[0u8; 64 * 1024])?;
+            f.sync_all()
+        });
+        match probe {
+            Ok(()) => false,
+            Err(e) => storage_api::is_out_of_space(&e),
+        }
+    }
+
+    /// Makes a following read of the local store linearizable (raft ReadIndex; see
+    /// `rusd_raft::node`). A no-op without a raft member.
+    ///
+    /// A member whose raft stopped on a fatal error (e.g. its log hit a full disk) and that is
+    /// the only voter still serves reads from its store: nothing can commit without it, so the
+    /// store holds every committed write.
+    pub async fn read_barrier(&self) -> Result<(), Status> {
+        let Some(r) = &self.raft else {
+            return Ok(());
+        };
+        match r.linearizable_barrier().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if r.failure().is_some() {
+                    let m = r.metrics();
+                    if m.voters.len() == 1 && m.voters.contains(&m.id) {
+                        return Ok(());
+                    }
+                }
+                Err(self.raft_status(e))
+            }
         }
     }
 
@@ -111,7 +224,7 @@ impl State {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
             revision,
-            raft_term: RAFT_TERM,
+            raft_term: self.raft_term(),
         })
     }
 
@@ -231,6 +344,94 @@ impl State {
     }
 }
 
+/// etcd's errors of the replication layer.
+pub mod raft_errors {
+    use tonic::Status;
+
+    /// etcd `ErrGRPCNoLeader`.
+    pub fn no_leader() -> Status {
+        Status::unavailable("etcdserver: no leader")
+    }
+    /// etcd `ErrGRPCTimeout`.
+    pub fn timeout() -> Status {
+        Status::unavailable("etcdserver: request timed out")
+    }
+    /// etcd `ErrGRPCStopped`.
+    pub fn stopped() -> Status {
+        Status::unavailable("etcdserver: server stopped")
+    }
+    /// etcd `ErrGRPCMemberNotFound`.
+    pub fn member_not_found() -> Status {
+        Status::not_found("etcdserver: member not found")
+    }
+    /// etcd `ErrGRPCMemberExist`.
+    pub fn member_exists() -> Status {
+        Status::failed_precondition("etcdserver: member ID already exist")
+    }
+    /// etcd `ErrGRPCPeerURLExist`.
+    pub fn peer_url_exists() -> Status {
+        Status::failed_precondition("etcdserver: Peer URLs already exists")
+    }
+    /// etcd `ErrGRPCMemberNotLearner`.
+    pub fn member_not_learner() -> Status {
+        Status::failed_precondition("etcdserver: can only promote a learner member")
+    }
+    /// etcd `ErrGRPCLearnerNotReady`.
+    pub fn learner_not_ready() -> Status {
+        Status::failed_precondition(
+            "etcdserver: can only promote a learner member which is in sync with leader",
+        )
+    }
+    /// etcd `ErrGRPCMemberBadURLs`.
+    pub fn bad_urls() -> Status {
+        Status::invalid_argument("etcdserver: given member URLs are invalid")
+    }
+}
+
+/// The gRPC status of a replication failure: a command's own failure is the store's error
+/// (as without replication); the rest are etcd's errors of its raft layer.
+pub fn raft_status(e: rusd_raft::RaftError) -> Status {
+    use rusd_raft::RaftError as E;
+    match e {
+        E::Command(c) => crate::error::mvcc_status(c.to_mvcc()),
+        E::NoLeader => raft_errors::no_leader(),
+        E::Timeout => raft_errors::timeout(),
+        E::Stopped => raft_errors::stopped(),
+        E::LearnerNotReady(_) => raft_errors::learner_not_ready(),
+        E::Mvcc(m) => crate::error::mvcc_status(m),
+        // A full device under the raft log: etcd's NOSPACE answer (the caller raises the
+        // alarm); the member stops replicating until it is restarted.
+        other if storage_api::is_out_of_space(&other) => rpc::no_space(),
+        other => {
+            let line = rusd_raft::error_line(&other);
+            tracing::warn!(error = %line, "replication failed");
+            Status::unavailable(format!("etcdserver: {line}"))
+        }
+    }
+}
+
+/// Applies `cmd` to `store` (the path without replication).
+fn apply_locally(store: &Store, cmd: Command) -> Result<CommandResponse, Status> {
+    use crate::error::mvcc_status;
+    Ok(match cmd {
+        Command::Put(p) => CommandResponse::Put(store.kv_put(&p).map_err(mvcc_status)?),
+        Command::DeleteRange(d) => {
+            CommandResponse::DeleteRange(store.kv_delete_range(&d).map_err(mvcc_status)?)
+        }
+        Command::Txn(t) => CommandResponse::Txn(store.kv_txn(&t).map_err(mvcc_status)?),
+        Command::Compaction(c) => {
+            CommandResponse::Compaction(store.kv_compact(&c).map_err(mvcc_status)?)
+        }
+        Command::LeaseGrant { id, ttl } => {
+            CommandResponse::LeaseGrant(store.lease_grant(id, ttl).map_err(mvcc_status)?)
+        }
+        Command::LeaseRevoke { id } => CommandResponse::LeaseRevoke {
+            revision: store.lease_revoke(id).map_err(mvcc_status)?,
+        },
+        _ => CommandResponse::Done,
+    })
+}
+
 /// Converts a store key-value to the protocol's.
 pub fn to_pb_kv(kv: KeyValue) -> mvccpb::KeyValue {
     mvccpb::KeyValue {
@@ -270,6 +471,28 @@ where
     if let Err(status) = &res {
         // A full device refused the write (see `mvcc_status`): raise etcd's NOSPACE alarm, as
         // the quota check does, so every later write is refused until it is disarmed.
+        if status.code() == tonic::Code::ResourceExhausted
+            && status.message() == rpc::no_space().message()
+        {
+            state
+                .alarms
+                .lock()
+                .insert((state.member_id, AlarmType::Nospace as i32));
+        }
+    }
+    res
+}
+
+/// Runs a replicated write (`fut`) and records how long it took to commit
+/// ([`Metrics::observe_commit`]); a full device raises the NOSPACE alarm, as [`write`] does.
+pub async fn write_replicated<T>(
+    state: &State,
+    fut: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let started = std::time::Instant::now();
+    let res = fut.await;
+    state.metrics.observe_commit(started.elapsed());
+    if let Err(status) = &res {
         if status.code() == tonic::Code::ResourceExhausted
             && status.message() == rpc::no_space().message()
         {

@@ -36,9 +36,10 @@ async fn status_members_hash_snapshot_defrag_on_every_engine() {
         let s = c.status().await.unwrap();
         assert_eq!(s.version(), "3.5.0");
         assert_eq!(s.leader(), server.member_id());
+        // Raft log: the initial membership (0), the leader's blank entry (1), the 21 writes.
         assert_eq!(
             (s.raft_index(), s.raft_applied_index(), s.raft_term()),
-            (22, 22, 2)
+            (22, 22, 1)
         );
         assert!(!s.is_learner());
         assert!(s.errors().is_empty());
@@ -54,9 +55,32 @@ async fn status_members_hash_snapshot_defrag_on_every_engine() {
         );
         assert_eq!(me.client_urls(), &[server.client_url()]);
 
-        // Single member: no membership changes, no auth; leadership stays here.
+        // Membership: a learner is added, listed, refused promotion while it is not in sync
+        // (it never runs here), and removed. No auth; leadership stays here.
+        let added = c
+            .member_add(
+                ["http://127.0.0.1:1"],
+                Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+            )
+            .await
+            .unwrap();
+        let learner = added.member().unwrap().id();
+        assert!(added.member().unwrap().is_learner());
+        assert_eq!(added.member_list().len(), 2);
+        let (code, msg) = common::status(c.member_promote(learner).await);
+        assert_eq!(
+            (code, msg.as_str()),
+            (
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader"
+            )
+        );
         let (code, _) = common::status(c.member_add(["http://127.0.0.1:1"], None).await);
-        assert_eq!(code, Code::Unimplemented);
+        assert_eq!(code, Code::FailedPrecondition);
+        let left = c.member_remove(learner).await.unwrap();
+        assert_eq!(left.members().len(), 1);
+        let (code, _) = common::status(c.member_remove(learner).await);
+        assert_eq!(code, Code::NotFound);
         let (code, _) = common::status(c.auth_enable().await);
         assert_eq!(code, Code::Unimplemented);
         c.move_leader(server.member_id()).await.unwrap();

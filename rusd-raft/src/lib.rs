@@ -1,0 +1,98 @@
+//! # rusd-raft
+//!
+//! Replication of rusd's [`MvccStore`](mvcc_core::MvccStore) with
+//! [openraft](https://docs.rs/openraft/0.9) 0.9 (its stable line):
+//!
+//! * [`types`]: the openraft type configuration: etcd member ids (`u64`), [`Member`]s, the
+//!   replicated [`Command`]s (mvcc-core's own request types) and their responses;
+//! * [`log_store`]: the raft log, rusd's write-ahead log, on a dedicated storage-api engine
+//!   instance with one write batch and one flush per append (group fsync); why not
+//!   `raft-engine` is explained there;
+//! * [`state_machine`]: the store applying committed entries in buffered mode, with the last
+//!   applied log id written atomically with the data (etcd's consistent index); snapshots are
+//!   the engine-portable backend snapshot, so members may run different engines;
+//! * [`network`]: the peer gRPC service (AppendEntries, Vote, chunked InstallSnapshot, and
+//!   Forward for client requests reaching a follower);
+//! * [`node`]: [`RaftNode`], the API a server uses: start, write, linearizable barrier
+//!   (ReadIndex), membership, metrics, shutdown.
+//!
+//! The write path: a client write becomes a [`Command`], is proposed on the leader, appended
+//! to the leader's log and its followers' logs (each flushed before it acknowledges), and once
+//! a quorum holds it durably it is committed and applied on every member; the client gets the
+//! result of the application. Nothing is observable before it is committed: reads see the
+//! store, which only holds applied (committed) entries.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+// openraft's storage traits return its `StorageError` (224 bytes); the helpers that build it
+// return it too, rather than boxing it and unboxing at every trait boundary.
+#![allow(clippy::result_large_err)]
+
+pub mod error;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod state_machine;
+pub mod types;
+
+/// The peer service's protocol, generated from `proto/raftpb.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("rusdraftpb");
+}
+
+pub use error::{RaftError, RaftResult, WireError};
+pub use node::{
+    default_raft_config, InitialState, MembershipChange, RaftNode, RaftNodeConfig, RaftNodeMetrics,
+};
+pub use openraft;
+pub use openraft::ServerState;
+pub use state_machine::ApplyMeta;
+pub use types::{Applied, Command, CommandError, CommandResponse, Member, NodeId, TypeConfig};
+
+/// `err` and its sources as one line.
+pub fn error_line(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
+    }
+    line
+}
+
+/// FNV-1a, 64 bits: a stable hash for ids (not for security).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // Separator, so ("ab","c") and ("a","bc") differ.
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A member id computed as etcd does from what identifies a member: its peer URLs (sorted)
+/// and the cluster token. Never 0.
+pub fn member_id(peer_urls: &[String], token: &str) -> NodeId {
+    let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
+    urls.sort_unstable();
+    let mut parts: Vec<&[u8]> = urls.iter().map(|u| u.as_bytes()).collect();
+    parts.push(token.as_bytes());
+    fnv1a(&parts).max(1)
+}
+
+/// A cluster id computed as etcd does from the initial members' ids (sorted) and the cluster
+/// token. Never 0.
+pub fn cluster_id(member_ids: impl IntoIterator<Item = NodeId>, token: &str) -> u64 {
+    let mut ids: Vec<NodeId> = member_ids.into_iter().collect();
+    ids.sort_unstable();
+    let bytes: Vec<[u8; 8]> = ids.iter().map(|i| i.to_be_bytes()).collect();
+    let mut parts: Vec<&[u8]> = bytes.iter().map(|b| b.as_slice()).collect();
+    parts.push(token.as_bytes());
+    fnv1a(&parts).max(1)
+}

@@ -1,0 +1,911 @@
+//! [`RaftNode`]: one running member — openraft, its log and state machine, the peer service,
+//! request forwarding and the leader's lease expiry.
+//!
+//! # Writes
+//! [`RaftNode::write`] proposes a [`Command`] on the leader (`Raft::client_write`) and returns
+//! the response of its application. On a follower the command is forwarded to the leader over
+//! the peer service, which proposes it and answers with the response. A request refused
+//! *before* it was proposed (openraft's `ForwardToLeader`, including a proposal truncated away
+//! by a new leader, which can never commit) is retried on the new leader until the request
+//! timeout; any other failure (a timeout, a broken connection) is returned, since the command
+//! may have been applied: the client decides, as with etcd.
+//!
+//! # Linearizable reads: ReadIndex
+//! [`RaftNode::linearizable_barrier`] uses openraft's `ensure_linearizable`, i.e. ReadIndex:
+//! the leader confirms it is still leader with a round of heartbeats to a quorum, takes its
+//! commit index as the read index, and the read waits until the local store has applied it.
+//! A follower asks the leader for the read index (the leader confirms with its quorum) and
+//! waits for its own store to apply it, so every member serves linearizable reads. ReadIndex
+//! rather than a leader lease: a lease read is only safe with bounded clock drift and pauses
+//! (a paused leader that resumes after its lease ran out would serve stale reads), and these
+//! processes can be stopped with SIGSTOP; ReadIndex costs one heartbeat round per read batch
+//! and depends on no clock.
+//!
+//! # Leases
+//! Only the leader expires leases: a background task checks `MvccStore::expired_leases` and
+//! proposes [`Command::LeaseRevoke`] for each. When a member becomes leader it first renews
+//! every lease to its full TTL (etcd's `Promote`), because keep-alives went to the previous
+//! leader. Keep-alives are served by the leader (forwarded from followers).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mvcc_core::{AnyBackend, MvccStore, StoreConfig};
+use openraft::error::{ClientWriteError, RaftError as OpenraftError};
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use storage_api::{Backend, BackendConfig, BackendKind, Durability};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::error::{RaftError, RaftResult, WireError};
+use crate::log_store::LogStore;
+use crate::network::{decode, encode, ForwardHandler, Network, PeerClients, PeerService};
+use crate::pb::peer_reply::Result as ReplyResult;
+use crate::pb::raft_peer_server::RaftPeerServer;
+use crate::pb::PeerRequest;
+use crate::state_machine::StateMachine;
+use crate::types::{Applied, Command, CommandResponse, Member, NodeId, Raft};
+
+/// Cache budget of the raft log's engine in MiB. The log is appended and read back near its
+/// tail (replication, apply), so a small cache serves it; the engine default (256 MiB) made a
+/// member's RSS grow by about 100 MiB over 60 000 1 KiB writes.
+pub const LOG_CACHE_MB: u64 = 16;
+
+/// Whether a member starts a new cluster or joins an existing one (etcd's
+/// `--initial-cluster-state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialState {
+    /// The initial members form a new cluster (each one initialises it with the same
+    /// membership; a member that already holds state ignores this).
+    New,
+    /// The member joins a running cluster that added it (MemberAdd); it waits to be contacted
+    /// by the leader.
+    Existing,
+}
+
+/// Everything [`RaftNode::start`] needs.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RaftNodeConfig<B: Backend> {
+    /// This member's id.
+    pub id: NodeId,
+    /// This member's name.
+    pub name: String,
+    /// The cluster id (see [`crate::cluster_id`]); peers of another cluster are refused.
+    pub cluster_id: u64,
+    /// The bound listener of the peer service.
+    pub peer_listener: tokio::net::TcpListener,
+    /// The initial members (with [`InitialState::New`]; this member included).
+    pub initial_members: BTreeMap<NodeId, Member>,
+    /// New cluster or joining.
+    pub initial_state: InitialState,
+    /// The member's data directory; the raft log lives in `<data_dir>/raft-log`.
+    pub data_dir: PathBuf,
+    /// The state machine's engine, opened with `Durability::Buffered` (the log is the WAL).
+    pub backend: Arc<B>,
+    /// The store's configuration (its commit mode should be `CommitMode::Backend`).
+    pub store_config: StoreConfig,
+    /// The engine of the raft log (an instance of its own in `<data_dir>/raft-log`).
+    pub log_engine: BackendKind,
+    /// Flush the raft log before an append is reported durable (etcd's guarantee; default).
+    /// `false` leaves the log's durability to its engine's flush interval (1 s): an
+    /// acknowledged write can then be lost by a crash of a quorum.
+    pub log_sync: bool,
+    /// openraft's timings and snapshot policy.
+    pub raft_config: openraft::Config,
+    /// How long a write or a read barrier may take before [`RaftError::Timeout`].
+    pub request_timeout: Duration,
+    /// How often the leader looks for expired leases.
+    pub lease_check_interval: Duration,
+}
+
+impl<B: Backend> RaftNodeConfig<B> {
+    /// A configuration with etcd's defaults: heartbeat 100 ms, election timeout 1-2 s, a
+    /// snapshot every 10,000 entries keeping 5,000 entries behind it, a 7 s request timeout,
+    /// lease checks every 500 ms, the log on the same engine kind as `backend` (`log_engine`),
+    /// and a one-member new cluster of this member only (set `initial_members` for more).
+    pub fn new(
+        id: NodeId,
+        name: impl Into<String>,
+        peer_listener: tokio::net::TcpListener,
+        data_dir: impl Into<PathBuf>,
+        backend: Arc<B>,
+        log_engine: BackendKind,
+    ) -> Self {
+        let name = name.into();
+        let peer_url = peer_listener
+            .local_addr()
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default();
+        let mut initial_members = BTreeMap::new();
+        initial_members.insert(
+            id,
+            Member {
+                name: name.clone(),
+                peer_urls: vec![peer_url],
+                client_urls: Vec::new(),
+            },
+        );
+        RaftNodeConfig {
+            id,
+            name,
+            cluster_id: 0,
+            peer_listener,
+            initial_members,
+            initial_state: InitialState::New,
+            data_dir: data_dir.into(),
+            backend,
+            store_config: StoreConfig::default(),
+            log_engine,
+            log_sync: true,
+            raft_config: default_raft_config(),
+            request_timeout: Duration::from_secs(7),
+            lease_check_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// openraft's configuration with etcd's timings (see [`RaftNodeConfig::new`]).
+pub fn default_raft_config() -> openraft::Config {
+    openraft::Config {
+        cluster_name: "rusd".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+        max_in_snapshot_log_to_keep: 5_000,
+        max_payload_entries: 1_000,
+        ..openraft::Config::default()
+    }
+}
+
+/// A member's view of the cluster, for status and headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RaftNodeMetrics {
+    /// This member.
+    pub id: NodeId,
+    /// The leader this member knows of.
+    pub leader: Option<NodeId>,
+    /// The current term.
+    pub term: u64,
+    /// Index of the last entry in the log.
+    pub last_log_index: u64,
+    /// Index of the last applied entry.
+    pub applied_index: u64,
+    /// This member's role.
+    pub state: ServerState,
+    /// The voters.
+    pub voters: BTreeSet<NodeId>,
+    /// Every member (voters and learners).
+    pub members: BTreeMap<NodeId, Member>,
+}
+
+/// A membership change, as proposed on the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MembershipChange {
+    /// Add a learner (etcd `MemberAdd` with `is_learner`).
+    AddLearner {
+        /// The new member's id.
+        id: NodeId,
+        /// The new member.
+        member: Member,
+    },
+    /// Add a voter (etcd `MemberAdd`): added as a learner at once, and made a voter by the
+    /// leader as soon as it caught up (openraft changes voters by joint consensus, which
+    /// needs the new member running; etcd would count it in the quorum at once).
+    AddVoter {
+        /// The new member's id.
+        id: NodeId,
+        /// The new member.
+        member: Member,
+    },
+    /// Make a learner a voter (etcd `MemberPromote`).
+    Promote {
+        /// The learner.
+        id: NodeId,
+    },
+    /// Remove a member, voter or learner (etcd `MemberRemove`).
+    Remove {
+        /// The member.
+        id: NodeId,
+    },
+    /// Replace a member's description, e.g. its peer URLs (etcd `MemberUpdate`).
+    Update {
+        /// The member.
+        id: NodeId,
+        /// Its new description.
+        member: Member,
+    },
+}
+
+/// A request forwarded to the leader.
+#[derive(Debug, Serialize, Deserialize)]
+enum ForwardRequest {
+    Write(Command),
+    ReadIndex,
+    Membership(MembershipChange),
+    KeepAlive(i64),
+}
+
+/// The leader's answer to a [`ForwardRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+enum ForwardReply {
+    Write(Applied),
+    ReadIndex(Option<u64>),
+    Done,
+    KeepAlive(i64),
+}
+
+/// Where a request goes.
+enum Target {
+    Local,
+    Remote(NodeId, Member),
+}
+
+/// The part of a member shared with its peer service and background tasks.
+struct Core<B: Backend> {
+    id: NodeId,
+    cluster_id: u64,
+    raft: Raft,
+    clients: Arc<PeerClients>,
+    store: Arc<MvccStore<B>>,
+    request_timeout: Duration,
+}
+
+/// Pause between attempts while no leader is known.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+fn raft_err(e: impl std::error::Error) -> RaftError {
+    RaftError::Raft(crate::error_line(&e))
+}
+
+impl<B: Backend> Core<B> {
+    /// The leader to send a request to, waiting (until `deadline`) while none is known.
+    async fn target(&self, deadline: Instant) -> RaftResult<Target> {
+        let mut rx = self.raft.metrics();
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if let Err(e) = &m.running_state {
+                    return Err(raft_err(e.clone()));
+                }
+                if let Some(leader) = m.current_leader {
+                    if leader == self.id {
+                        return Ok(Target::Local);
+                    }
+                    if let Some(member) = m.membership_config.membership().get_node(&leader) {
+                        return Ok(Target::Remote(leader, member.clone()));
+                    }
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Err(_) => return Err(RaftError::NoLeader),
+                Ok(Err(_)) => return Err(RaftError::Stopped),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    /// Proposes `cmd` here (this member must be the leader). `Ok(None)`: not the leader, the
+    /// command was not proposed (safe to retry elsewhere).
+    async fn propose(&self, cmd: Command, deadline: Instant) -> RaftResult<Option<Applied>> {
+        match tokio::time::timeout_at(deadline, self.raft.client_write(cmd)).await {
+            Err(_) => Err(RaftError::Timeout),
+            Ok(Ok(resp)) => Ok(Some(resp.data)),
+            Ok(Err(e)) => match e {
+                OpenraftError::APIError(ClientWriteError::ForwardToLeader(_)) => Ok(None),
+                other => Err(raft_err(other)),
+            },
+        }
+    }
+
+    /// Sends `req` to the leader `member`. `Ok(None)`: the receiver is not the leader.
+    async fn forward(
+        &self,
+        peer: NodeId,
+        member: &Member,
+        req: &ForwardRequest,
+        deadline: Instant,
+    ) -> RaftResult<Option<ForwardReply>> {
+        let mut client = self.clients.client(member)?;
+        let mut request = tonic::Request::new(PeerRequest {
+            cluster_id: self.cluster_id,
+            payload: encode("forwarded request", req)?,
+        });
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let reply = match client.forward(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
+                return Err(RaftError::Timeout)
+            }
+            Err(source) => return Err(RaftError::Transport { peer, source }),
+        };
+        match reply.result {
+            Some(ReplyResult::Ok(b)) => Ok(Some(decode("forwarded reply", &b)?)),
+            Some(ReplyResult::Err(b)) => match decode::<WireError>("forwarded error", &b)? {
+                WireError::NotLeader(_) | WireError::NoLeader => Ok(None),
+                other => Err(other.into()),
+            },
+            None => Err(RaftError::InvalidArgument("empty forwarded reply".into())),
+        }
+    }
+
+    /// Runs `req` on the leader, wherever it is, retrying while there is none or it moved.
+    async fn on_leader(&self, req: ForwardRequest) -> RaftResult<ForwardReply> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let answered = match self.target(deadline).await? {
+                Target::Local => self.local(&req, deadline).await?,
+                Target::Remote(peer, member) => self.forward(peer, &member, &req, deadline).await?,
+            };
+            if let Some(reply) = answered {
+                return Ok(reply);
+            }
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(RaftError::NoLeader);
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Runs `req` on this member, which believes it is the leader. `Ok(None)`: it is not.
+    async fn local(
+        &self,
+        req: &ForwardRequest,
+        deadline: Instant,
+    ) -> RaftResult<Option<ForwardReply>> {
+        match req {
+            ForwardRequest::Write(cmd) => Ok(self
+                .propose(cmd.clone(), deadline)
+                .await?
+                .map(ForwardReply::Write)),
+            ForwardRequest::ReadIndex => {
+                match tokio::time::timeout_at(deadline, self.raft.get_read_log_id()).await {
+                    Err(_) => Err(RaftError::Timeout),
+                    Ok(Ok((read, _))) => Ok(Some(ForwardReply::ReadIndex(read.map(|l| l.index)))),
+                    Ok(Err(e)) if e.forward_to_leader().is_some() => Ok(None),
+                    Ok(Err(e)) => Err(raft_err(e)),
+                }
+            }
+            ForwardRequest::KeepAlive(id) => {
+                if !self.is_leader() {
+                    return Ok(None);
+                }
+                let ttl = self.store.lease_keep_alive(*id).map_err(|e| {
+                    match crate::types::CommandError::from_mvcc(&e) {
+                        Some(c) => RaftError::Command(c),
+                        None => RaftError::Mvcc(e),
+                    }
+                })?;
+                Ok(Some(ForwardReply::KeepAlive(ttl)))
+            }
+            ForwardRequest::Membership(change) => {
+                let result = tokio::time::timeout_at(deadline, self.change(change.clone())).await;
+                match result {
+                    Err(_) => Err(RaftError::Timeout),
+                    Ok(Ok(())) => Ok(Some(ForwardReply::Done)),
+                    Ok(Err(None)) => Ok(None),
+                    Ok(Err(Some(e))) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Applies a membership change on this member (the leader). `Err(None)`: not the leader.
+    async fn change(&self, change: MembershipChange) -> Result<(), Option<RaftError>> {
+        let map = |e: OpenraftError<NodeId, ClientWriteError<NodeId, Member>>| match e {
+            OpenraftError::APIError(ClientWriteError::ForwardToLeader(_)) => None,
+            other => Some(raft_err(other)),
+        };
+        match change {
+            MembershipChange::AddLearner { id, member } => {
+                self.raft
+                    .add_learner(id, member, false)
+                    .await
+                    .map_err(map)?;
+            }
+            MembershipChange::AddVoter { id, member } => {
+                self.raft
+                    .add_learner(id, member, false)
+                    .await
+                    .map_err(map)?;
+                // Promoted once it caught up: a voter that is not running yet would stall
+                // the joint configuration openraft changes membership through.
+                tokio::spawn(promote_when_caught_up(self.raft.clone(), id));
+            }
+            MembershipChange::Promote { id } => {
+                if !caught_up(&self.raft, id) {
+                    return Err(Some(RaftError::LearnerNotReady(id)));
+                }
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(map)?;
+            }
+            MembershipChange::Remove { id } => {
+                let voter = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == id);
+                if voter {
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(map)?;
+                } else {
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(map)?;
+                }
+            }
+            MembershipChange::Update { id, member } => {
+                self.raft
+                    .change_membership(
+                        ChangeMembers::SetNodes(BTreeMap::from([(id, member)])),
+                        true,
+                    )
+                    .await
+                    .map_err(map)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.current_leader == Some(self.id) && m.state == ServerState::Leader
+    }
+}
+
+impl<B: Backend> ForwardHandler for Core<B> {
+    async fn forward(&self, payload: Vec<u8>) -> Result<Vec<u8>, Vec<u8>> {
+        let wire = |e: WireError| postcard::to_stdvec(&e).unwrap_or_default();
+        let req: ForwardRequest = match decode("forwarded request", &payload) {
+            Ok(r) => r,
+            Err(e) => return Err(wire(e.to_wire())),
+        };
+        let deadline = Instant::now() + self.request_timeout;
+        match self.local(&req, deadline).await {
+            Ok(Some(reply)) => encode("forwarded reply", &reply).map_err(|e| wire(e.to_wire())),
+            Ok(None) => {
+                let leader = self.raft.metrics().borrow().current_leader;
+                Err(wire(WireError::NotLeader(leader)))
+            }
+            Err(e) => Err(wire(e.to_wire())),
+        }
+    }
+}
+
+/// A running member. See the [module docs](self).
+pub struct RaftNode<B: Backend> {
+    core: Arc<Core<B>>,
+    log: LogStore,
+    tasks: parking_lot::Mutex<Tasks>,
+    tasks_stop: watch::Sender<bool>,
+}
+
+/// The background tasks of a member, taken by [`RaftNode::shutdown`].
+#[derive(Default)]
+struct Tasks {
+    server_stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+    lease_task: Option<JoinHandle<()>>,
+}
+
+impl<B: Backend> std::fmt::Debug for RaftNode<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode")
+            .field("id", &self.core.id)
+            .field("cluster_id", &self.core.cluster_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> RaftNode<B> {
+    /// Starts the member: opens the raft log and the state machine (replaying the committed
+    /// entries the store has not applied yet), starts the peer service on the listener, and
+    /// with [`InitialState::New`] initialises the cluster with the initial members (a
+    /// one-member cluster elects itself at once).
+    pub async fn start(config: RaftNodeConfig<B>) -> RaftResult<Self> {
+        let RaftNodeConfig {
+            id,
+            name: _,
+            cluster_id,
+            peer_listener,
+            initial_members,
+            initial_state,
+            data_dir,
+            backend,
+            store_config,
+            log_engine,
+            log_sync,
+            raft_config,
+            request_timeout,
+            lease_check_interval,
+        } = config;
+        if initial_state == InitialState::New && !initial_members.contains_key(&id) {
+            return Err(RaftError::InvalidArgument(format!(
+                "member {id:x} is not among the initial members"
+            )));
+        }
+        let log_dir = data_dir.join("raft-log");
+        let log_backend = tokio::task::spawn_blocking(move || {
+            AnyBackend::open(
+                log_engine,
+                BackendConfig::new(log_dir)
+                    .with_cache_size_mb(LOG_CACHE_MB)
+                    .with_durability(Durability::Buffered {
+                        interval: Duration::from_secs(1),
+                    }),
+            )
+        })
+        .await
+        .map_err(raft_err)??;
+        let log = LogStore::open(log_backend, log_sync)?;
+        let sm = {
+            let backend = backend.clone();
+            tokio::task::spawn_blocking(move || StateMachine::open(backend, store_config))
+                .await
+                .map_err(raft_err)??
+        };
+        let store = sm.store();
+        let clients = Arc::new(PeerClients::default());
+        let network = Network::new(cluster_id, clients.clone());
+        let raft_config = Arc::new(raft_config.validate().map_err(raft_err)?);
+        let raft = Raft::new(id, raft_config, network, log.clone(), sm)
+            .await
+            .map_err(raft_err)?;
+        let core = Arc::new(Core {
+            id,
+            cluster_id,
+            raft: raft.clone(),
+            clients,
+            store,
+            request_timeout,
+        });
+
+        let service = RaftPeerServer::new(PeerService {
+            cluster_id,
+            raft: raft.clone(),
+            handler: core.clone(),
+        })
+        .max_decoding_message_size(crate::network::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::network::MAX_MESSAGE_BYTES);
+        let (server_stop, stop_rx) = oneshot::channel::<()>();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(peer_listener);
+        let server = tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %crate::error_line(&e), "peer service failed");
+            }
+        });
+
+        if initial_state == InitialState::New {
+            let initialized = raft.is_initialized().await.map_err(raft_err)?;
+            if !initialized {
+                match raft.initialize(initial_members).await {
+                    Ok(()) => tracing::info!(id, "initialised a new cluster"),
+                    // Another member's initialisation reached us first.
+                    Err(OpenraftError::APIError(e)) => {
+                        tracing::info!(id, reason = %e, "cluster already initialised")
+                    }
+                    Err(e) => return Err(raft_err(e)),
+                }
+            }
+        }
+
+        let (tasks_stop, stop) = watch::channel(false);
+        let lease_task = tokio::spawn(lease_expiry(core.clone(), lease_check_interval, stop));
+        Ok(RaftNode {
+            core,
+            log,
+            tasks: parking_lot::Mutex::new(Tasks {
+                server_stop: Some(server_stop),
+                server: Some(server),
+                lease_task: Some(lease_task),
+            }),
+            tasks_stop,
+        })
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> NodeId {
+        self.core.id
+    }
+
+    /// The cluster id.
+    pub fn cluster_id(&self) -> u64 {
+        self.core.cluster_id
+    }
+
+    /// The openraft handle (for what this API does not wrap).
+    pub fn raft(&self) -> &Raft {
+        &self.core.raft
+    }
+
+    /// The store (the same one for the member's whole life: installing a snapshot reloads
+    /// it in place).
+    pub fn store(&self) -> Arc<MvccStore<B>> {
+        self.core.store.clone()
+    }
+
+    /// Proposes `cmd` (on the leader, forwarded when this member is not) and returns the
+    /// result of its application. See the [module docs](self#writes).
+    pub async fn write(&self, cmd: Command) -> RaftResult<CommandResponse> {
+        match self.core.on_leader(ForwardRequest::Write(cmd)).await? {
+            ForwardReply::Write(Applied(result)) => result.map_err(RaftError::Command),
+            other => Err(RaftError::Raft(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Waits until a read of the local store is linearizable: ReadIndex (see the
+    /// [module docs](self#linearizable-reads-readindex)).
+    pub async fn linearizable_barrier(&self) -> RaftResult<()> {
+        let deadline = Instant::now() + self.core.request_timeout;
+        let index = match self.core.on_leader(ForwardRequest::ReadIndex).await? {
+            ForwardReply::ReadIndex(index) => index,
+            other => return Err(RaftError::Raft(format!("unexpected reply {other:?}"))),
+        };
+        let Some(index) = index else {
+            return Ok(());
+        };
+        let wait = self
+            .core
+            .raft
+            .wait(Some(deadline.saturating_duration_since(Instant::now())));
+        wait.applied_index_at_least(Some(index), "read index")
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::Timeout(..) => RaftError::Timeout,
+                _ => RaftError::Stopped,
+            })
+    }
+
+    /// Renews lease `id` on the leader; returns its TTL.
+    pub async fn lease_keep_alive(&self, id: i64) -> RaftResult<i64> {
+        match self.core.on_leader(ForwardRequest::KeepAlive(id)).await? {
+            ForwardReply::KeepAlive(ttl) => Ok(ttl),
+            other => Err(RaftError::Raft(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Applies a membership change on the leader.
+    pub async fn change_membership(&self, change: MembershipChange) -> RaftResult<()> {
+        match self
+            .core
+            .on_leader(ForwardRequest::Membership(change))
+            .await?
+        {
+            ForwardReply::Done => Ok(()),
+            other => Err(RaftError::Raft(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Adds a learner (etcd `MemberAdd --learner`).
+    pub async fn add_learner(&self, id: NodeId, member: Member) -> RaftResult<()> {
+        self.change_membership(MembershipChange::AddLearner { id, member })
+            .await
+    }
+
+    /// The current term (cheap: for response headers).
+    pub fn term(&self) -> u64 {
+        self.core.raft.metrics().borrow().current_term
+    }
+
+    /// The leader this member knows of (cheap).
+    pub fn leader(&self) -> Option<NodeId> {
+        self.core.raft.metrics().borrow().current_leader
+    }
+
+    /// Why raft stopped, once it stopped on a fatal error (a failed log write...): the member
+    /// then serves no write and no linearizable read until it is restarted.
+    pub fn failure(&self) -> Option<String> {
+        match &self.core.raft.metrics().borrow().running_state {
+            Ok(()) => None,
+            Err(e) => Some(crate::error_line(e)),
+        }
+    }
+
+    /// True when this member is the leader (cheap).
+    pub fn is_leader(&self) -> bool {
+        self.core.is_leader()
+    }
+
+    /// `(last log index, last applied index)` (cheap).
+    pub fn indexes(&self) -> (u64, u64) {
+        let m = self.core.raft.metrics();
+        let m = m.borrow();
+        (
+            m.last_log_index.unwrap_or(0),
+            m.last_applied.map_or(0, |l| l.index),
+        )
+    }
+
+    /// This member's view of the cluster.
+    pub fn metrics(&self) -> RaftNodeMetrics {
+        let m = self.core.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        RaftNodeMetrics {
+            id: self.core.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            state: m.state,
+            voters: membership.voter_ids().collect(),
+            members: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+        }
+    }
+
+    /// Waits until `pred` holds for this member's metrics, at most `timeout`.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&RaftNodeMetrics) -> bool,
+    ) -> RaftResult<RaftNodeMetrics> {
+        let deadline = Instant::now() + timeout;
+        let mut rx = self.core.raft.metrics();
+        loop {
+            let m = self.metrics();
+            if pred(&m) {
+                return Ok(m);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Err(_) => return Err(RaftError::Timeout),
+                Ok(Err(_)) => return Err(RaftError::Stopped),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    /// Stops the member: openraft, the peer service and the lease task; then flushes and
+    /// closes the store and the raft log.
+    pub async fn shutdown(&self) -> RaftResult<()> {
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        let Some(server_stop) = tasks.server_stop else {
+            // Already shut down.
+            return Ok(());
+        };
+        let _ = self.tasks_stop.send(true);
+        if let Some(t) = tasks.lease_task {
+            let _ = t.await;
+        }
+        let stopped = self.core.raft.shutdown().await.map_err(raft_err);
+        let _ = server_stop.send(());
+        if let Some(s) = tasks.server {
+            let _ = s.await;
+        }
+        let store = self.core.store.clone();
+        let log = self.log.backend().clone();
+        tokio::task::spawn_blocking(move || -> RaftResult<()> {
+            let closed = store.close();
+            let log_flushed = log.flush();
+            let log_closed = log.close();
+            closed?;
+            log_flushed?;
+            log_closed?;
+            Ok(())
+        })
+        .await
+        .map_err(raft_err)??;
+        stopped
+    }
+}
+
+/// How long a member added as a voter may take to catch up before the leader gives up
+/// promoting it (it stays a learner; MemberPromote can finish the job).
+const PROMOTION_WINDOW: Duration = Duration::from_secs(600);
+
+/// True when learner `id` is in sync with this member, the leader: its replicated index is
+/// within a tenth of the log (at least 10 entries) of the leader's last entry, as etcd's
+/// "learner ready" check.
+fn caught_up(raft: &Raft, id: NodeId) -> bool {
+    let m = raft.metrics();
+    let m = m.borrow();
+    let Some(repl) = &m.replication else {
+        return false;
+    };
+    let Some(Some(matched)) = repl.get(&id) else {
+        return false;
+    };
+    let last = m.last_log_index.unwrap_or(0);
+    last.saturating_sub(matched.index) <= (last / 10).max(10)
+}
+
+/// Makes learner `id` a voter once it caught up (while this member leads).
+async fn promote_when_caught_up(raft: Raft, id: NodeId) {
+    let deadline = Instant::now() + PROMOTION_WINDOW;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (leader, member) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            (
+                m.state == ServerState::Leader,
+                membership.get_node(&id).is_some(),
+            )
+        };
+        if !leader || !member {
+            tracing::info!(
+                member = id,
+                "promotion abandoned (not leader, or member removed)"
+            );
+            return;
+        }
+        if !caught_up(&raft, id) {
+            continue;
+        }
+        match raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(member = id, "new member caught up and promoted to voter");
+                return;
+            }
+            Err(e) => tracing::debug!(member = id, error = %e, "promotion failed; retrying"),
+        }
+    }
+    tracing::warn!(
+        member = id,
+        "new member did not catch up; it stays a learner"
+    );
+}
+
+/// The leader's lease expiry (see the [module docs](self#leases)).
+async fn lease_expiry<B: Backend>(
+    core: Arc<Core<B>>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut was_leader = false;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let leader = core.is_leader();
+        if !leader {
+            was_leader = false;
+            continue;
+        }
+        let store = core.store.clone();
+        if !was_leader {
+            // Keep-alives went to the previous leader: start every lease afresh.
+            store.lease_refresh_all();
+            was_leader = true;
+            continue;
+        }
+        for id in store.expired_leases() {
+            match core
+                .on_leader(ForwardRequest::Write(Command::LeaseRevoke { id }))
+                .await
+            {
+                Ok(_) => tracing::debug!(lease = id, "expired lease revoked"),
+                Err(e) => {
+                    tracing::warn!(lease = id, error = %crate::error_line(&e), "revoking an expired lease failed");
+                    break;
+                }
+            }
+        }
+    }
+}

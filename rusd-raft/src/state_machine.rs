@@ -1,0 +1,315 @@
+//! The state machine: an [`MvccStore`] that applies committed entries, and its snapshots.
+//!
+//! # Apply
+//! The store applies in buffered mode ([`CommitMode::Backend`](mvcc_core::CommitMode) over an
+//! engine opened with `Durability::Buffered`): durability comes from the raft log, flushed
+//! before an entry can commit. Before each entry the store is given the entry's log id and the
+//! last membership ([`MvccStore::set_apply_meta`]), which it writes in the same atomic backend
+//! write as the entry's data (etcd's consistent index); membership entries write it alone. On
+//! open, [`RaftStateMachine::applied_state`] reads it back and openraft re-applies the
+//! committed entries after it. An entry that writes nothing (a failed compare, a rejected
+//! request, a blank entry) does not move it: re-applying such an entry after a crash writes
+//! nothing again, so replay is exact (no revision is created twice).
+//!
+//! Applying is deterministic: the same entries give the same revisions, responses and backend
+//! rows on every member. Nothing time-based is decided here: only the leader proposes
+//! [`Command::LeaseRevoke`] for expired leases (see [`crate::node`]).
+//!
+//! Request-level failures ([`CommandError`]) are answered to the proposer; failures of the
+//! store itself (storage errors, a failed store) are returned to openraft, which stops the
+//! member rather than let it diverge.
+//!
+//! # Snapshots
+//! A snapshot is the engine-portable backend snapshot (`Backend::snapshot_to`), so members may
+//! run different engines and converge to byte-identical snapshots. Its raft metadata (last log
+//! id, membership) is read from the apply metadata row *inside* the image, so it matches the
+//! data exactly even while entries keep being applied. Before the image is taken the store's
+//! backend is flushed, so the state machine on disk is at least as new as any snapshot that
+//! lets openraft purge the log. Installing a snapshot restores the backend from it
+//! (`Backend::restore_validated`), flushes it and reloads the same [`MvccStore`] from it
+//! ([`MvccStore::reload`]): every holder of the store keeps a valid handle; its watchers end
+//! (their clients re-watch from their revision, as after a restart).
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use mvcc_core::store::META_APPLY;
+use mvcc_core::{MvccError, MvccStore, StoreConfig};
+use openraft::storage::RaftStateMachine;
+use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use storage_api::snapshot::ValidatedSnapshot;
+use storage_api::{Backend, Tree};
+
+use crate::types::{
+    Applied, Command, CommandError, CommandResponse, Entry, LogId, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
+};
+
+/// What the store records with every applied write (see the [module docs](self)).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyMeta {
+    /// The log id of the entry whose write carries this record.
+    pub last_applied: Option<LogId>,
+    /// The last membership applied at that point.
+    pub last_membership: StoredMembership,
+}
+
+impl ApplyMeta {
+    /// Encodes the record (JSON: tiny, self-describing, readable with any tool).
+    pub fn encode(&self) -> Result<Vec<u8>, StorageError> {
+        serde_json::to_vec(self).map_err(|e| sm_write_err(&e))
+    }
+
+    /// Decodes a record written by [`encode`](Self::encode).
+    pub fn decode(data: &[u8]) -> Result<Self, StorageError> {
+        serde_json::from_slice(data).map_err(|e| sm_read_err(&e))
+    }
+}
+
+fn sm_write_err(e: &(impl std::error::Error + 'static)) -> StorageError {
+    StorageIOError::write_state_machine(AnyError::new(e)).into()
+}
+
+fn sm_read_err(e: &(impl std::error::Error + 'static)) -> StorageError {
+    StorageIOError::read_state_machine(AnyError::new(e)).into()
+}
+
+fn snap_err(e: &(impl std::error::Error + 'static)) -> StorageError {
+    StorageIOError::read_snapshot(None, AnyError::new(e)).into()
+}
+
+/// The last snapshot built or installed: metadata and image.
+type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, Arc<Vec<u8>>)>>>;
+
+/// The openraft state machine over an [`MvccStore`].
+#[derive(Debug)]
+pub struct StateMachine<B: Backend> {
+    store: Arc<MvccStore<B>>,
+    meta: ApplyMeta,
+    current: CurrentSnapshot,
+}
+
+impl<B: Backend> StateMachine<B> {
+    /// Opens the store over `backend` (with `config`; its commit mode should be
+    /// [`CommitMode::Backend`](mvcc_core::CommitMode) over a buffered engine) and reads its
+    /// apply metadata.
+    pub fn open(backend: Arc<B>, config: StoreConfig) -> Result<Self, StorageError> {
+        let store =
+            MvccStore::with_config(backend.clone(), config.clone()).map_err(|e| sm_read_err(&e))?;
+        let meta = match store.apply_meta().map_err(|e| sm_read_err(&e))? {
+            Some(bytes) => ApplyMeta::decode(&bytes)?,
+            None => ApplyMeta::default(),
+        };
+        Ok(StateMachine {
+            store: Arc::new(store),
+            meta,
+            current: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> Arc<MvccStore<B>> {
+        self.store.clone()
+    }
+}
+
+/// Applies one command to `store`. `Err` only for failures of the store itself.
+fn execute<B: Backend>(store: &MvccStore<B>, cmd: &Command) -> Result<Applied, MvccError> {
+    let result = match cmd {
+        Command::Put(p) => store.kv_put(p).map(CommandResponse::Put),
+        Command::DeleteRange(d) => store.kv_delete_range(d).map(CommandResponse::DeleteRange),
+        Command::Txn(t) => store.kv_txn(t).map(CommandResponse::Txn),
+        Command::Compaction(c) => store.kv_compact(c).map(CommandResponse::Compaction),
+        Command::LeaseGrant { id, ttl } => store
+            .lease_grant(*id, *ttl)
+            .map(CommandResponse::LeaseGrant),
+        Command::LeaseRevoke { id } => store
+            .lease_revoke(*id)
+            .map(|revision| CommandResponse::LeaseRevoke { revision }),
+        Command::LeaseCheckpoint { .. } | Command::Noop => Ok(CommandResponse::Done),
+    };
+    match result {
+        Ok(r) => Ok(Applied(Ok(r))),
+        Err(e) => match CommandError::from_mvcc(&e) {
+            Some(ce) => Ok(Applied(Err(ce))),
+            None => Err(e),
+        },
+    }
+}
+
+/// Applies `entries` in order (blocking: runs on a blocking thread).
+fn apply_blocking<B: Backend>(
+    store: &MvccStore<B>,
+    meta: &mut ApplyMeta,
+    entries: Vec<Entry>,
+) -> Result<Vec<Applied>, StorageError> {
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let log_id = entry.log_id;
+        meta.last_applied = Some(log_id);
+        let applied_err = |e: &MvccError| -> StorageError {
+            StorageIOError::apply(log_id, AnyError::new(e)).into()
+        };
+        match entry.payload {
+            EntryPayload::Blank => out.push(Applied(Ok(CommandResponse::Done))),
+            EntryPayload::Normal(cmd) => {
+                store.set_apply_meta(meta.encode()?);
+                out.push(execute(store, &cmd).map_err(|e| applied_err(&e))?);
+            }
+            EntryPayload::Membership(m) => {
+                meta.last_membership = StoredMembership::new(Some(log_id), m);
+                store.set_apply_meta(meta.encode()?);
+                store.write_apply_meta().map_err(|e| applied_err(&e))?;
+                out.push(Applied(Ok(CommandResponse::Done)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
+    type SnapshotBuilder = SnapshotBuilder<B>;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.meta.last_applied, self.meta.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let store = self.store.clone();
+        let mut meta = self.meta.clone();
+        let (meta, result) = tokio::task::spawn_blocking(move || {
+            let r = apply_blocking(&store, &mut meta, entries);
+            (meta, r)
+        })
+        .await
+        .map_err(|e| sm_write_err(&e))?;
+        self.meta = meta;
+        result
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            store: self.store.clone(),
+            current: self.current.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let store = self.store.clone();
+        let image = data.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            let mut reader = image.as_slice();
+            let validated = ValidatedSnapshot::read_from(&mut reader).map_err(|e| snap_err(&e))?;
+            let backend = store.backend();
+            backend
+                .restore_validated(validated)
+                .map_err(|e| sm_write_err(&e))?;
+            backend.flush().map_err(|e| sm_write_err(&e))?;
+            store.reload().map_err(|e| sm_read_err(&e))
+        })
+        .await
+        .map_err(|e| sm_write_err(&e))??;
+        // The image's own record is authoritative; it equals `meta` for snapshots built here.
+        let stored = match self.store.apply_meta().map_err(|e| sm_read_err(&e))? {
+            Some(bytes) => ApplyMeta::decode(&bytes)?,
+            None => ApplyMeta::default(),
+        };
+        if stored.last_applied != meta.last_log_id {
+            tracing::warn!(
+                image = ?stored.last_applied,
+                meta = ?meta.last_log_id,
+                "snapshot metadata differs from the image's apply record; using the metadata"
+            );
+        }
+        self.meta = ApplyMeta {
+            last_applied: meta.last_log_id,
+            last_membership: meta.last_membership.clone(),
+        };
+        *self.current.lock() = Some((meta.clone(), Arc::new(data)));
+        tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<openraft::Snapshot<TypeConfig>>, StorageError> {
+        Ok(self
+            .current
+            .lock()
+            .as_ref()
+            .map(|(meta, data)| openraft::Snapshot {
+                meta: meta.clone(),
+                snapshot: Box::new(Cursor::new(data.as_ref().clone())),
+            }))
+    }
+}
+
+/// Builds snapshots of the current store (see the [module docs](self#snapshots)).
+#[derive(Debug)]
+pub struct SnapshotBuilder<B: Backend> {
+    store: Arc<MvccStore<B>>,
+    current: CurrentSnapshot,
+}
+
+/// Finds the apply record inside a snapshot image.
+fn meta_of_image(image: &[u8]) -> Result<ApplyMeta, StorageError> {
+    let mut reader = image;
+    let validated = ValidatedSnapshot::read_from(&mut reader).map_err(|e| snap_err(&e))?;
+    for entry in validated.entries().map_err(|e| snap_err(&e))? {
+        let entry = entry.map_err(|e| snap_err(&e))?;
+        if entry.tree == Tree::Meta && entry.key == META_APPLY {
+            return ApplyMeta::decode(&entry.value);
+        }
+    }
+    Ok(ApplyMeta::default())
+}
+
+impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<B> {
+    async fn build_snapshot(&mut self) -> Result<openraft::Snapshot<TypeConfig>, StorageError> {
+        let store = self.store.clone();
+        let (image, meta) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+            // Durable first: the log may be purged up to this snapshot.
+            store.flush().map_err(|e| sm_write_err(&e))?;
+            let image = store.backend().snapshot().map_err(|e| snap_err(&e))?;
+            let meta = meta_of_image(&image)?;
+            Ok((image, meta))
+        })
+        .await
+        .map_err(|e| sm_write_err(&e))??;
+        let snapshot_id = match meta.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+            None => "empty".to_string(),
+        };
+        let snap_meta = SnapshotMeta {
+            last_log_id: meta.last_applied,
+            last_membership: meta.last_membership,
+            snapshot_id,
+        };
+        let image = Arc::new(image);
+        *self.current.lock() = Some((snap_meta.clone(), image.clone()));
+        tracing::info!(last_log_id = ?snap_meta.last_log_id, bytes = image.len(), "built snapshot");
+        Ok(openraft::Snapshot {
+            meta: snap_meta,
+            snapshot: Box::new(Cursor::new(image.as_ref().clone())),
+        })
+    }
+}

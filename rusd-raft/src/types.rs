@@ -1,0 +1,273 @@
+//! The openraft type configuration: member ids, member descriptions, the replicated
+//! [`Command`]s and their [`CommandResponse`]s.
+//!
+//! # Why mvcc-core's own request types
+//! The log carries mvcc-core's request types ([`Put`], [`DeleteRange`], [`Txn`],
+//! [`Compaction`]) serialised through mvcc-core's optional `serde` feature rather than mirror
+//! types defined here: the request types are the data plane's single definition of every etcd
+//! field (and of its validation), so a mirror would be a second copy to keep in step with
+//! every new field, and a field forgotten in the mirror would be silently dropped on the way
+//! through the log. The price is that the log format follows those types: a field added to
+//! them must be added with `#[serde(default)]`-compatible care, which a reviewer sees in the
+//! one crate that defines them.
+
+use std::fmt;
+use std::io::Cursor;
+
+use mvcc_core::{
+    Compaction, CompactionResponse, DeleteRange, DeleteRangeResponse, LeaseInfo, MvccError, Put,
+    PutResponse, Txn, TxnResponse,
+};
+use serde::{Deserialize, Serialize};
+
+/// A member id: etcd's 64-bit member id.
+pub type NodeId = u64;
+
+/// A member as the cluster knows it (etcd's `Member`): its name and URLs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The member's name (`--name`); empty for a member added but not started yet.
+    pub name: String,
+    /// URLs the other members reach its peer service on.
+    pub peer_urls: Vec<String>,
+    /// URLs clients reach it on (may be empty until it started).
+    pub client_urls: Vec<String>,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.peer_urls.join(","))
+    }
+}
+
+/// A command replicated through the raft log and applied to every member's store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Command {
+    /// etcd `Put`.
+    Put(Put),
+    /// etcd `DeleteRange`.
+    DeleteRange(DeleteRange),
+    /// etcd `Txn` (a read-only txn may be proposed too; it then writes nothing).
+    Txn(Txn),
+    /// etcd `Compact`.
+    Compaction(Compaction),
+    /// etcd `LeaseGrant`: `id` 0 lets the store pick the next free id (deterministically:
+    /// greater than every existing one).
+    LeaseGrant {
+        /// The lease id, or 0.
+        id: i64,
+        /// The TTL in seconds.
+        ttl: i64,
+    },
+    /// etcd `LeaseRevoke`; also what the leader proposes for an expired lease.
+    LeaseRevoke {
+        /// The lease id.
+        id: i64,
+    },
+    /// etcd's lease checkpoint (the remaining TTL of a lease, so that a new leader does not
+    /// restart it at its full TTL). A documented no-op for now: mvcc-core keeps remaining TTLs
+    /// in memory only and refreshes every lease to its full TTL when a store is opened, as etcd
+    /// does without checkpointing. Kept in the log format so members can already carry it.
+    LeaseCheckpoint {
+        /// The lease id.
+        id: i64,
+        /// The remaining TTL in seconds.
+        remaining_ttl: i64,
+    },
+    /// Nothing (used by tests and to probe the write path).
+    Noop,
+}
+
+impl Command {
+    /// A short name of the command kind, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Put(_) => "put",
+            Command::DeleteRange(_) => "delete_range",
+            Command::Txn(_) => "txn",
+            Command::Compaction(_) => "compaction",
+            Command::LeaseGrant { .. } => "lease_grant",
+            Command::LeaseRevoke { .. } => "lease_revoke",
+            Command::LeaseCheckpoint { .. } => "lease_checkpoint",
+            Command::Noop => "noop",
+        }
+    }
+}
+
+/// What applying a [`Command`] produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum CommandResponse {
+    /// Of [`Command::Put`].
+    Put(PutResponse),
+    /// Of [`Command::DeleteRange`].
+    DeleteRange(DeleteRangeResponse),
+    /// Of [`Command::Txn`].
+    Txn(TxnResponse),
+    /// Of [`Command::Compaction`].
+    Compaction(CompactionResponse),
+    /// Of [`Command::LeaseGrant`].
+    LeaseGrant(LeaseInfo),
+    /// Of [`Command::LeaseRevoke`]: the store revision after the revoke.
+    LeaseRevoke {
+        /// The revision after the revoke.
+        revision: i64,
+    },
+    /// Of [`Command::LeaseCheckpoint`], [`Command::Noop`], and of raft's own entries (blank
+    /// and membership entries).
+    Done,
+}
+
+/// A deterministic failure of a command (the same on every member), carried back to the
+/// proposer: etcd's errors for the request, e.g. a compacted revision or an unknown lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// [`MvccError::Compacted`].
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    /// [`MvccError::FutureRevision`].
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// [`MvccError::LeaseNotFound`].
+    #[error("lease not found: {0}")]
+    LeaseNotFound(i64),
+    /// [`MvccError::LeaseExists`].
+    #[error("lease already exists: {0}")]
+    LeaseExists(i64),
+    /// [`MvccError::DuplicateKey`].
+    #[error("duplicate key given in txn request")]
+    DuplicateKey,
+    /// [`MvccError::TooManyOps`].
+    #[error("too many operations in txn request (max {0})")]
+    TooManyOps(usize),
+    /// [`MvccError::KeyNotFound`].
+    #[error("key not found")]
+    KeyNotFound,
+    /// [`MvccError::ValueProvided`].
+    #[error("value is provided")]
+    ValueProvided,
+    /// [`MvccError::LeaseProvided`].
+    #[error("lease is provided")]
+    LeaseProvided,
+    /// [`MvccError::EmptyKey`].
+    #[error("key is not provided")]
+    EmptyKey,
+    /// [`MvccError::KeyTooLarge`].
+    #[error("key is too large ({size} bytes, max {max})")]
+    KeyTooLarge {
+        /// Size of the key.
+        size: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// [`MvccError::ValueTooLarge`].
+    #[error("value is too large ({size} bytes, max {max})")]
+    ValueTooLarge {
+        /// Size of the value.
+        size: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// [`MvccError::InvalidArgument`].
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// [`MvccError::RevisionNotFound`] and any other request-level failure, as text.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CommandError {
+    /// The request-level failures of [`MvccError`] (deterministic: every member computes the
+    /// same one for the same entry). `None` for failures of the store itself (storage,
+    /// corruption, a failed store), which must stop the member instead of being answered.
+    pub fn from_mvcc(err: &MvccError) -> Option<CommandError> {
+        Some(match err {
+            MvccError::Compacted => CommandError::Compacted,
+            MvccError::FutureRevision => CommandError::FutureRevision,
+            MvccError::LeaseNotFound(id) => CommandError::LeaseNotFound(*id),
+            MvccError::LeaseExists(id) => CommandError::LeaseExists(*id),
+            MvccError::DuplicateKey => CommandError::DuplicateKey,
+            MvccError::TooManyOps { max } => CommandError::TooManyOps(*max),
+            MvccError::KeyNotFound => CommandError::KeyNotFound,
+            MvccError::ValueProvided => CommandError::ValueProvided,
+            MvccError::LeaseProvided => CommandError::LeaseProvided,
+            MvccError::EmptyKey => CommandError::EmptyKey,
+            MvccError::KeyTooLarge { size, max } => CommandError::KeyTooLarge {
+                size: *size,
+                max: *max,
+            },
+            MvccError::ValueTooLarge { size, max } => CommandError::ValueTooLarge {
+                size: *size,
+                max: *max,
+            },
+            MvccError::InvalidArgument(m) => CommandError::InvalidArgument(m.clone()),
+            MvccError::RevisionNotFound | MvccError::EmptyWatcherRange => {
+                CommandError::Other(err.to_string())
+            }
+            _ => return None,
+        })
+    }
+
+    /// The [`MvccError`] this stands for, so a server maps it to etcd's gRPC error as it maps
+    /// a local store's.
+    pub fn to_mvcc(&self) -> MvccError {
+        match self {
+            CommandError::Compacted => MvccError::Compacted,
+            CommandError::FutureRevision => MvccError::FutureRevision,
+            CommandError::LeaseNotFound(id) => MvccError::LeaseNotFound(*id),
+            CommandError::LeaseExists(id) => MvccError::LeaseExists(*id),
+            CommandError::DuplicateKey => MvccError::DuplicateKey,
+            CommandError::TooManyOps(max) => MvccError::TooManyOps { max: *max },
+            CommandError::KeyNotFound => MvccError::KeyNotFound,
+            CommandError::ValueProvided => MvccError::ValueProvided,
+            CommandError::LeaseProvided => MvccError::LeaseProvided,
+            CommandError::EmptyKey => MvccError::EmptyKey,
+            CommandError::KeyTooLarge { size, max } => MvccError::KeyTooLarge {
+                size: *size,
+                max: *max,
+            },
+            CommandError::ValueTooLarge { size, max } => MvccError::ValueTooLarge {
+                size: *size,
+                max: *max,
+            },
+            CommandError::InvalidArgument(m) => MvccError::InvalidArgument(m.clone()),
+            CommandError::Other(m) => MvccError::InvalidArgument(m.clone()),
+        }
+    }
+}
+
+/// The result of applying one log entry: the command's response or its deterministic error.
+pub type ApplyResult = Result<CommandResponse, CommandError>;
+
+/// The response type of the raft state machine, one per applied entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied(pub ApplyResult);
+
+openraft::declare_raft_types!(
+    /// rusd's openraft type configuration.
+    pub TypeConfig:
+        D = Command,
+        R = Applied,
+        NodeId = NodeId,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// An openraft log id of this configuration.
+pub type LogId = openraft::LogId<NodeId>;
+/// An openraft entry of this configuration.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// An openraft vote of this configuration.
+pub type Vote = openraft::Vote<NodeId>;
+/// openraft's stored membership of this configuration.
+pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
+/// openraft's snapshot metadata of this configuration.
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
+/// openraft's storage error of this configuration.
+pub type StorageError = openraft::StorageError<NodeId>;
+/// The openraft handle of this configuration.
+pub type Raft = openraft::Raft<TypeConfig>;

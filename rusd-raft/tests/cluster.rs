@@ -1,0 +1,690 @@
+//! In-process members on loopback gRPC: election, forwarding, convergence across engines,
+//! leader loss, catch-up by snapshot, restart and replay.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mvcc_core::{AnyBackend, Compare, CompareOp, Put, RequestOp, StoreConfig, Txn};
+use rusd_raft::{
+    Command, CommandError, CommandResponse, InitialState, Member, MembershipChange, NodeId,
+    RaftError, RaftNode, RaftNodeConfig,
+};
+use storage_api::{Backend, BackendConfig, BackendKind, Durability, MemoryBackend};
+use tokio::net::TcpListener;
+
+type Node = RaftNode<AnyBackend>;
+
+/// Upper bound of every wait in these tests.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn raft_config() -> rusd_raft::openraft::Config {
+    rusd_raft::openraft::Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        ..rusd_raft::default_raft_config()
+    }
+}
+
+fn open_backend(kind: BackendKind, dir: &Path) -> Arc<AnyBackend> {
+    let path = if kind == BackendKind::Memory {
+        // Volatile: the tests that restart a memory member restore it themselves.
+        std::path::PathBuf::new()
+    } else {
+        dir.join("db")
+    };
+    AnyBackend::open(
+        kind,
+        BackendConfig::new(path).with_durability(Durability::Buffered {
+            interval: Duration::from_millis(100),
+        }),
+    )
+    .unwrap()
+}
+
+struct Spec {
+    id: NodeId,
+    kind: BackendKind,
+    dir: std::path::PathBuf,
+}
+
+async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+fn member(id: NodeId, listener: &TcpListener) -> Member {
+    Member {
+        name: format!("m{id}"),
+        peer_urls: vec![format!("http://{}", listener.local_addr().unwrap())],
+        client_urls: Vec::new(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start(
+    spec: &Spec,
+    listener: TcpListener,
+    backend: Arc<AnyBackend>,
+    members: &BTreeMap<NodeId, Member>,
+    state: InitialState,
+    raft: rusd_raft::openraft::Config,
+) -> Node {
+    let mut config = RaftNodeConfig::new(
+        spec.id,
+        format!("m{}", spec.id),
+        listener,
+        &spec.dir,
+        backend,
+        BackendKind::Sled,
+    );
+    config.cluster_id = 77;
+    config.initial_members = members.clone();
+    config.initial_state = state;
+    config.raft_config = raft;
+    config.request_timeout = Duration::from_secs(10);
+    config.lease_check_interval = Duration::from_millis(100);
+    config.store_config = StoreConfig::default();
+    RaftNode::start(config).await.unwrap()
+}
+
+async fn leader_of(nodes: &[&Node]) -> NodeId {
+    let first = nodes[0]
+        .wait_for(WAIT, |m| m.leader.is_some())
+        .await
+        .unwrap()
+        .leader
+        .unwrap();
+    for n in nodes {
+        n.wait_for(WAIT, |m| m.leader == Some(first)).await.unwrap();
+    }
+    first
+}
+
+async fn converge(nodes: &[&Node]) {
+    let mut last = 0;
+    for n in nodes {
+        last = last.max(n.metrics().last_log_index);
+    }
+    for n in nodes {
+        n.wait_for(WAIT, |m| m.applied_index >= last).await.unwrap();
+    }
+}
+
+fn put(key: &str, value: &str) -> Command {
+    Command::Put(Put::new(key, value, 0))
+}
+
+fn revision_of(resp: CommandResponse) -> i64 {
+    match resp {
+        CommandResponse::Put(p) => p.revision,
+        CommandResponse::DeleteRange(d) => d.revision,
+        CommandResponse::Txn(t) => t.revision,
+        CommandResponse::LeaseRevoke { revision } => revision,
+        other => panic!("no revision in {other:?}"),
+    }
+}
+
+fn values(node: &Node, prefix: &str) -> BTreeMap<String, String> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    node.store()
+        .range(prefix.as_bytes(), &end, 0, 0, false)
+        .unwrap()
+        .kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                String::from_utf8(kv.key).unwrap(),
+                String::from_utf8(kv.value).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn image(node: &Node) -> Vec<u8> {
+    node.store().backend().snapshot().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_on_three_engines_replicate_forward_converge_and_survive_the_leader() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let kinds = [BackendKind::Memory, BackendKind::Sled, BackendKind::Redb];
+        let mut listeners = Vec::new();
+        let mut members = BTreeMap::new();
+        for (i, _) in kinds.iter().enumerate() {
+            let l = bind().await;
+            members.insert(i as NodeId + 1, member(i as NodeId + 1, &l));
+            listeners.push(l);
+        }
+        let mut nodes: Vec<Option<Node>> = Vec::new();
+        for (i, (kind, l)) in kinds.iter().zip(listeners).enumerate() {
+            let spec = Spec {
+                id: i as NodeId + 1,
+                kind: *kind,
+                dir: tmp.path().join(format!("m{}", i + 1)),
+            };
+            let backend = open_backend(spec.kind, &spec.dir);
+            nodes.push(Some(
+                start(
+                    &spec,
+                    l,
+                    backend,
+                    &members,
+                    InitialState::New,
+                    raft_config(),
+                )
+                .await,
+            ));
+        }
+        let all: Vec<&Node> = nodes.iter().flatten().collect();
+        let leader = leader_of(&all).await;
+        let li = (leader - 1) as usize;
+        let fi = (li + 1) % 3;
+        for n in &all {
+            assert_eq!(n.metrics().voters.len(), 3);
+        }
+
+        // Writes through the leader and (forwarded) through a follower: exact revisions.
+        let mut expected = BTreeMap::new();
+        for i in 0..10 {
+            let (k, v) = (format!("k/{i:02}"), format!("v{i}"));
+            let rev = revision_of(all[li].write(put(&k, &v)).await.unwrap());
+            assert_eq!(rev, 2 + i);
+            expected.insert(k, v);
+        }
+        for i in 10..20 {
+            let (k, v) = (format!("k/{i:02}"), format!("v{i}"));
+            let rev = revision_of(all[fi].write(put(&k, &v)).await.unwrap());
+            assert_eq!(rev, 2 + i);
+            expected.insert(k, v);
+        }
+        // A txn, a delete, a lease through the follower; etcd's errors come back.
+        let txn = Txn {
+            compare: vec![Compare::version("k/00", CompareOp::Equal, 1)],
+            success: vec![RequestOp::Put(Put::new("k/00", "txn", 0))],
+            failure: vec![],
+        };
+        match all[fi].write(Command::Txn(txn)).await.unwrap() {
+            CommandResponse::Txn(t) => assert_eq!((t.succeeded, t.revision), (true, 22)),
+            other => panic!("{other:?}"),
+        }
+        expected.insert("k/00".into(), "txn".into());
+        match all[fi]
+            .write(Command::LeaseGrant { id: 0, ttl: 100 })
+            .await
+            .unwrap()
+        {
+            CommandResponse::LeaseGrant(l) => assert_eq!((l.id, l.ttl), (1, 100)),
+            other => panic!("{other:?}"),
+        }
+        let lost = all[fi]
+            .write(Command::LeaseRevoke { id: 42 })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(lost, RaftError::Command(CommandError::LeaseNotFound(42))),
+            "{lost:?}"
+        );
+        let compact_err = all[li]
+            .write(Command::Compaction(mvcc_core::Compaction {
+                revision: 1000,
+                physical: false,
+            }))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                compact_err,
+                RaftError::Command(CommandError::FutureRevision)
+            ),
+            "{compact_err:?}"
+        );
+
+        // Linearizable read on a follower sees the last acknowledged write.
+        let last = revision_of(all[li].write(put("k/20", "v20")).await.unwrap());
+        assert_eq!(last, 23);
+        expected.insert("k/20".into(), "v20".into());
+        let other = (li + 2) % 3;
+        all[other].linearizable_barrier().await.unwrap();
+        assert_eq!(all[other].store().current_revision(), 23);
+        assert_eq!(values(all[other], "k/"), expected);
+
+        // Every member converges to the same bytes, whatever its engine.
+        converge(&all).await;
+        let images: Vec<Vec<u8>> = all.iter().map(|n| image(n)).collect();
+        assert_eq!(images[0], images[1]);
+        assert_eq!(images[1], images[2]);
+        for n in &all {
+            assert_eq!(values(n, "k/"), expected);
+            assert_eq!(n.store().current_revision(), 23);
+        }
+
+        // The leader goes away: a new leader within a few election timeouts, nothing lost.
+        let old = nodes[li].take().unwrap();
+        let stopped_at = std::time::Instant::now();
+        old.shutdown().await.unwrap();
+        let rest: Vec<&Node> = nodes.iter().flatten().collect();
+        let new_leader = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let m = rest[0].metrics();
+                if let Some(l) = m.leader {
+                    if l != leader && rest.iter().all(|n| n.metrics().leader == Some(l)) {
+                        return l;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("a new leader within 5 s (election timeout 300-600 ms)");
+        assert_ne!(new_leader, leader);
+        assert!(stopped_at.elapsed() < Duration::from_secs(5));
+        for i in 21..26 {
+            let (k, v) = (format!("k/{i:02}"), format!("v{i}"));
+            let rev = revision_of(rest[i % 2].write(put(&k, &v)).await.unwrap());
+            assert_eq!(rev, i as i64 + 3);
+            expected.insert(k, v);
+        }
+        converge(&rest).await;
+        for n in &rest {
+            assert_eq!(values(n, "k/"), expected);
+            assert_eq!(n.store().current_revision(), 28);
+        }
+        assert_eq!(image(rest[0]), image(rest[1]));
+        for n in nodes.into_iter().flatten() {
+            n.shutdown().await.unwrap();
+        }
+    })
+    .await
+    .expect("test took longer than 120 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_member_catches_up_by_snapshot_after_the_log_was_purged() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let raft = rusd_raft::openraft::Config {
+            snapshot_policy: rusd_raft::openraft::SnapshotPolicy::LogsSinceLast(20),
+            max_in_snapshot_log_to_keep: 0,
+            purge_batch_size: 1,
+            ..raft_config()
+        };
+        let l1 = bind().await;
+        let m1 = member(1, &l1);
+        let one = BTreeMap::from([(1, m1.clone())]);
+        let s1 = Spec {
+            id: 1,
+            kind: BackendKind::Sled,
+            dir: tmp.path().join("m1"),
+        };
+        let n1 = start(
+            &s1,
+            l1,
+            open_backend(s1.kind, &s1.dir),
+            &one,
+            InitialState::New,
+            raft.clone(),
+        )
+        .await;
+        leader_of(&[&n1]).await;
+        for i in 0..100 {
+            let rev = revision_of(n1.write(put(&format!("s/{i:03}"), "x")).await.unwrap());
+            assert_eq!(rev, i + 2);
+        }
+        // The log is purged behind a snapshot.
+        let purged = tokio::time::timeout(WAIT, async {
+            loop {
+                let p = n1.raft().metrics().borrow().purged;
+                if let Some(p) = p {
+                    if p.index >= 60 {
+                        return p.index;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("log purged");
+        assert!(purged >= 60);
+
+        // A redb learner joins; the entries it needs are gone, so it gets the snapshot.
+        let l2 = bind().await;
+        let m2 = member(2, &l2);
+        let s2 = Spec {
+            id: 2,
+            kind: BackendKind::Redb,
+            dir: tmp.path().join("m2"),
+        };
+        let n2 = start(
+            &s2,
+            l2,
+            open_backend(s2.kind, &s2.dir),
+            &BTreeMap::new(),
+            InitialState::Existing,
+            raft.clone(),
+        )
+        .await;
+        n1.add_learner(2, m2.clone()).await.unwrap();
+        converge(&[&n1, &n2]).await;
+        let snap = n2.raft().metrics().borrow().snapshot;
+        assert!(
+            snap.is_some_and(|s| s.index >= 60),
+            "the learner installed a snapshot: {snap:?}"
+        );
+        assert_eq!(n2.store().current_revision(), 101);
+        assert_eq!(values(&n2, "s/").len(), 100);
+        assert_eq!(image(&n1), image(&n2));
+
+        // Promoted, it takes writes (forwarded to the leader) and stays identical.
+        n2.change_membership(MembershipChange::Promote { id: 2 })
+            .await
+            .unwrap();
+        n2.wait_for(WAIT, |m| m.voters.len() == 2).await.unwrap();
+        let rev = revision_of(n2.write(put("s/new", "y")).await.unwrap());
+        assert_eq!(rev, 102);
+        converge(&[&n1, &n2]).await;
+        assert_eq!(image(&n1), image(&n2));
+        n2.shutdown().await.unwrap();
+        n1.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test took longer than 120 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_member_resumes_from_its_data_dir_without_applying_twice() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = Spec {
+            id: 1,
+            kind: BackendKind::Sled,
+            dir: tmp.path().join("m1"),
+        };
+        let l = bind().await;
+        let members = BTreeMap::from([(1, member(1, &l))]);
+        let n = start(
+            &spec,
+            l,
+            open_backend(spec.kind, &spec.dir),
+            &members,
+            InitialState::New,
+            raft_config(),
+        )
+        .await;
+        leader_of(&[&n]).await;
+        for i in 0..10 {
+            assert_eq!(
+                revision_of(n.write(put("r", &format!("{i}"))).await.unwrap()),
+                2 + i
+            );
+        }
+        // Index 0: the initial membership, 1: the leader's blank entry, 2..=11: the puts
+        // (metrics are published just after the writes are answered).
+        let m = n.wait_for(WAIT, |m| m.applied_index == 11).await.unwrap();
+        let (applied, term) = (m.applied_index, m.term);
+        n.shutdown().await.unwrap();
+
+        // Same address, same data dir: the store resumes at its revision; the log is not
+        // applied a second time (the key has exactly 10 versions).
+        let l = TcpListener::bind(members[&1].peer_urls[0].trim_start_matches("http://"))
+            .await
+            .unwrap();
+        let n = start(
+            &spec,
+            l,
+            open_backend(spec.kind, &spec.dir),
+            &members,
+            InitialState::New,
+            raft_config(),
+        )
+        .await;
+        leader_of(&[&n]).await;
+        // Leadership comes back in the same term (a single voter whose vote is committed) or
+        // in a new one, which then starts with one blank entry; nothing else is applied.
+        let m = n
+            .wait_for(WAIT, |m| {
+                m.state == rusd_raft::ServerState::Leader
+                    && m.applied_index == applied + u64::from(m.term > term)
+            })
+            .await
+            .unwrap();
+        assert!(m.term >= term);
+        let store = n.store();
+        assert_eq!(store.current_revision(), 11);
+        let kv = store.range(b"r", b"", 0, 0, false).unwrap().kvs.remove(0);
+        assert_eq!(
+            (kv.version, kv.mod_revision, kv.value),
+            (10, 11, b"9".to_vec())
+        );
+        assert_eq!(revision_of(n.write(put("r", "10")).await.unwrap()), 12);
+        n.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test took longer than 120 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_behind_the_log_replays_exactly_the_missing_entries() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = Spec {
+            id: 1,
+            kind: BackendKind::Memory,
+            dir: tmp.path().join("m1"),
+        };
+        let l = bind().await;
+        let members = BTreeMap::from([(1, member(1, &l))]);
+        let backend = open_backend(spec.kind, &spec.dir);
+        let n = start(
+            &spec,
+            l,
+            backend.clone(),
+            &members,
+            InitialState::New,
+            raft_config(),
+        )
+        .await;
+        leader_of(&[&n]).await;
+        for i in 0..5 {
+            assert_eq!(
+                revision_of(n.write(put("a", &format!("{i}"))).await.unwrap()),
+                2 + i
+            );
+        }
+        // What a crash would leave of a buffered store: its state at this point.
+        let durable = backend.snapshot().unwrap();
+        for i in 5..12 {
+            assert_eq!(
+                revision_of(n.write(put("a", &format!("{i}"))).await.unwrap()),
+                2 + i
+            );
+        }
+        n.write(Command::LeaseGrant { id: 5, ttl: 1000 })
+            .await
+            .unwrap();
+        n.write(put("b", "1")).await.unwrap();
+        let before = backend.snapshot().unwrap();
+        n.shutdown().await.unwrap();
+
+        // Restart over the older store state and the full log: the entries after the
+        // store's consistent index are applied once, and the store ends byte-identical.
+        let older = MemoryBackend::volatile();
+        older.restore(&durable).unwrap();
+        let older = Arc::new(AnyBackend::Memory(older));
+        let l = TcpListener::bind(members[&1].peer_urls[0].trim_start_matches("http://"))
+            .await
+            .unwrap();
+        let n = start(
+            &spec,
+            l,
+            older.clone(),
+            &members,
+            InitialState::New,
+            raft_config(),
+        )
+        .await;
+        leader_of(&[&n]).await;
+        let store = n.store();
+        assert_eq!(store.current_revision(), 14);
+        let kv = store.range(b"a", b"", 0, 0, false).unwrap().kvs.remove(0);
+        assert_eq!((kv.version, kv.mod_revision), (12, 13));
+        assert_eq!(store.leases(), vec![5]);
+        assert_eq!(older.snapshot().unwrap(), before);
+        n.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test took longer than 120 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_leader_expires_leases_and_every_member_applies_the_revoke() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut listeners = Vec::new();
+        let mut members = BTreeMap::new();
+        for id in 1..=3 {
+            let l = bind().await;
+            members.insert(id, member(id, &l));
+            listeners.push(l);
+        }
+        let mut nodes = Vec::new();
+        for (i, l) in listeners.into_iter().enumerate() {
+            let spec = Spec {
+                id: i as NodeId + 1,
+                kind: BackendKind::Memory,
+                dir: tmp.path().join(format!("m{}", i + 1)),
+            };
+            let backend = open_backend(spec.kind, &spec.dir);
+            nodes.push(
+                start(
+                    &spec,
+                    l,
+                    backend,
+                    &members,
+                    InitialState::New,
+                    raft_config(),
+                )
+                .await,
+            );
+        }
+        let all: Vec<&Node> = nodes.iter().collect();
+        let leader = leader_of(&all).await;
+        let follower = all.iter().find(|n| n.id() != leader).unwrap();
+        match follower
+            .write(Command::LeaseGrant { id: 9, ttl: 1 })
+            .await
+            .unwrap()
+        {
+            CommandResponse::LeaseGrant(l) => assert_eq!((l.id, l.ttl), (9, 1)),
+            other => panic!("{other:?}"),
+        }
+        let rev = revision_of(
+            follower
+                .write(Command::Put(Put::new("leased", "v", 9)))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(rev, 2);
+        // Keep-alives (forwarded to the leader) hold the lease past its TTL.
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            assert_eq!(follower.lease_keep_alive(9).await.unwrap(), 1);
+        }
+        for n in &all {
+            assert_eq!(n.store().leases(), vec![9]);
+        }
+        // Then it expires: the leader revokes it through the log, on every member, once.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                converge(&all).await;
+                if all.iter().all(|n| n.store().leases().is_empty()) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("lease revoked on every member");
+        for n in &all {
+            assert_eq!(n.store().current_revision(), 3);
+            assert!(values(n, "leased").is_empty());
+        }
+        let lost = follower.lease_keep_alive(9).await.unwrap_err();
+        assert!(
+            matches!(lost, RaftError::Command(CommandError::LeaseNotFound(9))),
+            "{lost:?}"
+        );
+        for n in nodes {
+            n.shutdown().await.unwrap();
+        }
+    })
+    .await
+    .expect("test took longer than 120 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_foreign_requests_get_typed_errors_not_panics() {
+    use rusd_raft::pb::peer_reply::Result as Reply;
+    use rusd_raft::pb::raft_peer_client::RaftPeerClient;
+    use rusd_raft::pb::PeerRequest;
+
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = Spec {
+            id: 1,
+            kind: BackendKind::Memory,
+            dir: tmp.path().join("m1"),
+        };
+        let l = bind().await;
+        let members = BTreeMap::from([(1, member(1, &l))]);
+        let url = members[&1].peer_urls[0].clone();
+        let n = start(
+            &spec,
+            l,
+            open_backend(spec.kind, &spec.dir),
+            &members,
+            InitialState::New,
+            raft_config(),
+        )
+        .await;
+        leader_of(&[&n]).await;
+        let mut client = RaftPeerClient::connect(url).await.unwrap();
+        let garbage = vec![0xff, 0x13, 0x00, 0x42, 0x99];
+        let req = |cluster_id: u64, payload: &[u8]| PeerRequest {
+            cluster_id,
+            payload: payload.to_vec(),
+        };
+        for status in [
+            client.append_entries(req(77, &garbage)).await.unwrap_err(),
+            client.vote(req(77, &garbage)).await.unwrap_err(),
+            client.install_snapshot(req(77, &garbage)).await.unwrap_err(),
+            client.append_entries(req(77, &[])).await.unwrap_err(),
+        ] {
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        }
+        let foreign = client.vote(req(78, &garbage)).await.unwrap_err();
+        assert_eq!(foreign.code(), tonic::Code::FailedPrecondition);
+        // A forwarded request that does not decode is answered with a typed error.
+        let reply = client.forward(req(77, &garbage)).await.unwrap().into_inner();
+        match reply.result {
+            Some(Reply::Err(bytes)) => {
+                let wire: rusd_raft::WireError = postcard::from_bytes(&bytes).unwrap();
+                assert!(
+                    matches!(&wire, rusd_raft::WireError::Other(m) if m.contains("cannot decode forwarded request")),
+                    "{wire:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The member is unharmed.
+        assert_eq!(revision_of(n.write(put("after", "1")).await.unwrap()), 2);
+        n.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test took longer than 60 s");
+}

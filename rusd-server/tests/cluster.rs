@@ -1,0 +1,285 @@
+//! Three `rusd` processes on loopback as one cluster (etcd's flags): writes through every
+//! endpoint with `etcd-client`, SIGKILL of the leader, a new leader, every acknowledged write
+//! readable, and the killed member restarted catches up.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions};
+
+const RUSD: &str = env!("CARGO_BIN_EXE_rusd");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    dir: PathBuf,
+    backend: &'static str,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
+    fn spawn(&mut self, cluster: &str, log: &Path) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log.join(format!("{}.log", self.name)))
+            .unwrap();
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let child = Command::new(RUSD)
+            .args([
+                "--name",
+                &self.name,
+                "--data-dir",
+                self.dir.to_str().unwrap(),
+                "--backend",
+                self.backend,
+                "--listen-client-urls",
+                &self.endpoint(),
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                cluster,
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "rusd-cluster-test",
+                "--heartbeat-interval",
+                "50",
+                "--election-timeout",
+                "300",
+                "--durability",
+                "sync",
+                "--log-level",
+                "info",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Kills every member still running, whatever happened.
+struct Cluster(Vec<Member>);
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.0 {
+            m.kill();
+        }
+    }
+}
+
+async fn connect(endpoint: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(c) = Client::connect([endpoint], None).await {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "cannot connect to {endpoint}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The leader every one of `clients` reports, once they agree (and it is not `not`).
+async fn agreed_leader(clients: &mut [Client], not: u64, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut leaders = Vec::new();
+        for c in clients.iter_mut() {
+            match tokio::time::timeout(Duration::from_secs(1), c.status()).await {
+                Ok(Ok(s)) => leaders.push(s.leader()),
+                _ => leaders.push(0),
+            }
+        }
+        let first = leaders[0];
+        if first != 0 && first != not && leaders.iter().all(|l| *l == first) {
+            return first;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agreed leader within {within:?}: {leaders:x?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn put(c: &mut Client, key: &str, value: &str) -> i64 {
+    let r = tokio::time::timeout(Duration::from_secs(10), c.put(key, value, None))
+        .await
+        .expect("put timed out")
+        .unwrap_or_else(|e| panic!("put {key}: {e}"));
+    r.header().unwrap().revision()
+}
+
+async fn check_all(c: &mut Client, acked: &BTreeMap<String, (String, i64)>, serializable: bool) {
+    let opts = GetOptions::new().with_prefix();
+    let opts = if serializable {
+        opts.with_serializable()
+    } else {
+        opts
+    };
+    let r = c.get("k/", Some(opts)).await.unwrap();
+    let got: BTreeMap<String, (String, i64)> = r
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_string(),
+                (kv.value_str().unwrap().to_string(), kv.mod_revision()),
+            )
+        })
+        .collect();
+    assert_eq!(&got, acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_survive_a_leader_kill_and_the_member_catches_up() {
+    tokio::time::timeout(Duration::from_secs(180), run())
+        .await
+        .expect("cluster test took longer than 180 s");
+}
+
+async fn run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backends = ["sled", "redb", "memory"];
+    let mut members: Vec<Member> = (0..3)
+        .map(|i| Member {
+            name: format!("m{}", i + 1),
+            client: free_port(),
+            peer: free_port(),
+            dir: tmp.path().join(format!("m{}", i + 1)),
+            backend: backends[i],
+            child: None,
+        })
+        .collect();
+    let cluster_flag = members
+        .iter()
+        .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+        .collect::<Vec<_>>()
+        .join(",");
+    for m in &mut members {
+        m.spawn(&cluster_flag, tmp.path());
+    }
+    let mut cluster = Cluster(members);
+    let mut clients = Vec::new();
+    for m in &cluster.0 {
+        clients.push(connect(&m.endpoint()).await);
+    }
+    let leader = agreed_leader(&mut clients, 0, Duration::from_secs(20)).await;
+
+    // Every member lists the three, with real ids; headers carry them.
+    let list = clients[0].member_list().await.unwrap();
+    assert_eq!(list.members().len(), 3);
+    let ids: Vec<u64> = list.members().iter().map(|m| m.id()).collect();
+    assert!(ids.contains(&leader));
+    let status = clients[1].status().await.unwrap();
+    let header = status.header().unwrap();
+    assert!(ids.contains(&header.member_id()));
+    assert!(header.raft_term() >= 1);
+
+    // Writes through every endpoint (followers forward to the leader): exact revisions.
+    let mut acked: BTreeMap<String, (String, i64)> = BTreeMap::new();
+    let mut next_rev = 2;
+    for i in 0..30 {
+        let (key, value) = (format!("k/{i:03}"), format!("v{i}"));
+        let rev = put(&mut clients[i % 3], &key, &value).await;
+        assert_eq!(rev, next_rev, "put {key}");
+        next_rev += 1;
+        acked.insert(key, (value, rev));
+    }
+    for c in clients.iter_mut() {
+        check_all(c, &acked, false).await;
+    }
+
+    // SIGKILL the leader.
+    let li = cluster
+        .0
+        .iter()
+        .position(|m| {
+            rusd_raft::member_id(
+                &[format!("http://127.0.0.1:{}", m.peer)],
+                "rusd-cluster-test",
+            ) == leader
+        })
+        .expect("the leader is one of the members");
+    cluster.0[li].kill();
+    let killed_at = Instant::now();
+    let mut survivors: Vec<Client> = (0..3)
+        .filter(|i| *i != li)
+        .map(|i| clients[i].clone())
+        .collect();
+    // Election timeout 300-600 ms: a new leader within a few of them.
+    let new_leader = agreed_leader(&mut survivors, leader, Duration::from_secs(5)).await;
+    assert_ne!(new_leader, leader);
+    assert!(killed_at.elapsed() < Duration::from_secs(5));
+
+    // Every acknowledged write survived; the clients continue, revisions continue exactly.
+    for c in survivors.iter_mut() {
+        check_all(c, &acked, false).await;
+    }
+    for i in 30..40 {
+        let (key, value) = (format!("k/{i:03}"), format!("v{i}"));
+        let rev = put(&mut survivors[i % 2], &key, &value).await;
+        assert_eq!(rev, next_rev, "put {key} after the leader change");
+        next_rev += 1;
+        acked.insert(key, (value, rev));
+    }
+    for c in survivors.iter_mut() {
+        check_all(c, &acked, false).await;
+    }
+
+    // The killed member restarts from its data dir and catches up.
+    let dir = tmp.path().to_path_buf();
+    cluster.0[li].spawn(&cluster_flag, &dir);
+    let mut back = connect(&cluster.0[li].endpoint()).await;
+    let target = survivors[0].status().await.unwrap().raft_index();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), back.status()).await {
+            if s.raft_applied_index() >= target && s.leader() == new_leader {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted member did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check_all(&mut back, &acked, true).await;
+    check_all(&mut back, &acked, false).await;
+    // And it takes writes again (forwarded to the leader).
+    let rev = put(&mut back, "k/zz", "last").await;
+    assert_eq!(rev, next_rev);
+    acked.insert("k/zz".into(), ("last".into(), rev));
+    for c in survivors.iter_mut() {
+        check_all(c, &acked, false).await;
+    }
+    drop(cluster);
+}
