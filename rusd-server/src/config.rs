@@ -67,6 +67,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// TLS of the client and metrics listeners (used by their `https` URLs).
     pub client_tls: crate::tls::TlsSettings,
+    /// Authentication: `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`.
+    pub auth: crate::auth::AuthSettings,
 }
 
 impl ServerConfig {
@@ -92,6 +94,7 @@ impl ServerConfig {
             lease_check_interval: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(5),
             client_tls: crate::tls::TlsSettings::default(),
+            auth: crate::auth::AuthSettings::default(),
         }
     }
 
@@ -158,6 +161,11 @@ impl ServerConfig {
     /// Sets the TLS of the client and metrics listeners.
     pub fn with_client_tls(mut self, tls: crate::tls::TlsSettings) -> Self {
         self.client_tls = tls;
+        self
+    }
+    /// Sets the authentication settings.
+    pub fn with_auth(mut self, auth: crate::auth::AuthSettings) -> Self {
+        self.auth = auth;
         self
     }
     /// Sets the progress-notify interval.

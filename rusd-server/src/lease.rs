@@ -127,6 +127,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        self.state.authorize_token(&request)?;
         let st = self.state.clone();
         let r = request.into_inner();
         let res = blocking(move || do_grant(&st, r)).await;
@@ -140,6 +141,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        self.state.authorize_lease_revoke(&request)?;
         let st = self.state.clone();
         let id = request.into_inner().id;
         let res = blocking(move || {
@@ -161,6 +163,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.state.authorize_token(&request)?;
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let state = self.state.clone();
@@ -213,6 +216,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.state.authorize_lease_time_to_live(&request)?;
         let res = do_time_to_live(&self.state, &request.into_inner());
         self.state
             .metrics
@@ -222,8 +226,9 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<LeaseLeasesRequest>,
+        request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.state.authorize_token(&request)?;
         let leases = self
             .state
             .store

@@ -54,6 +54,8 @@ pub struct State {
     pub progress_notify_interval: Duration,
     /// Set to true when the server shuts down: streams end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Authentication and RBAC (set once at start-up; unset = auth never enabled).
+    pub auth: std::sync::OnceLock<crate::auth::ServerAuth>,
     lease_seq: AtomicU64,
 }
 
@@ -101,6 +103,7 @@ impl State {
             metrics: Metrics::default(),
             progress_notify_interval,
             shutdown,
+            auth: std::sync::OnceLock::new(),
             lease_seq: AtomicU64::new(0),
         }
     }

@@ -41,6 +41,8 @@ impl WatchService {
 
 enum Cmd {
     Create(WatchCreateRequest),
+    /// A create request refused by the auth check (etcd `isWatchPermitted`).
+    Denied(WatchCreateRequest),
     Cancel(i64),
     Progress,
 }
@@ -102,6 +104,7 @@ impl StreamLoop {
             let alive = match wake {
                 Wake::CmdClosed => false,
                 Wake::Cmd(Cmd::Create(c)) => self.create(c),
+                Wake::Cmd(Cmd::Denied(c)) => self.send(crate::auth::watch_denied(&self.state, &c)),
                 Wake::Cmd(Cmd::Cancel(id)) => self.cancel(id),
                 Wake::Cmd(Cmd::Progress) => self.progress(None),
                 Wake::Event(i, Some(resp)) => self.deliver(i, resp),
@@ -335,6 +338,7 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let creds = crate::auth::Credentials::of(&request);
         let mut input = request.into_inner();
         let (out_tx, out_rx) = mpsc::channel(STREAM_BUFFER);
         let state = self.state.clone();
@@ -356,7 +360,11 @@ impl Watch for WatchService {
                             if c.key.is_empty() {
                                 c.key = vec![0];
                             }
-                            Cmd::Create(c)
+                            if state.watch_permitted(&creds, &c.key, &c.range_end) {
+                                Cmd::Create(c)
+                            } else {
+                                Cmd::Denied(c)
+                            }
                         }
                         RequestUnion::CancelRequest(c) => Cmd::Cancel(c.watch_id),
                         RequestUnion::ProgressRequest(_) => Cmd::Progress,
