@@ -1,0 +1,1674 @@
+//! Authentication and RBAC over gRPC: the denial table (every attempt refused with etcd's
+//! exact code and message and without side effect), the etcd-client crate with TLS and auth,
+//! the client certificate's common name as the user, persistence across a restart, and the
+//! JSON gateway's `Authorization` header.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use common::certs::{Ca, Pair};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, GetOptions, Identity, Permission, TlsOptions,
+};
+use rusd_server::auth::AuthSettings;
+use rusd_server::pb::authpb;
+use rusd_server::pb::etcdserverpb as pb;
+use rusd_server::pb::etcdserverpb::{
+    auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient,
+    lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
+};
+use rusd_server::tls::TlsSettings;
+use rusd_server::RunningServer;
+use storage_api::BackendKind;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+const ROOT_PW: &str = "rootpw";
+const ALICE_PW: &str = "alicepw";
+
+/// A request carrying `token` in etcd's `token` metadata key.
+fn req<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(t) = token {
+        r.metadata_mut().insert("token", t.parse().unwrap());
+    }
+    r
+}
+
+fn auth_settings(ttl: Duration) -> AuthSettings {
+    AuthSettings {
+        token_ttl: ttl,
+        bcrypt_cost: 4,
+        ..AuthSettings::default()
+    }
+}
+
+async fn start_plain(kind: BackendKind, dir: &Path, ttl: Duration) -> RunningServer {
+    common::start(kind, dir, |c| c.with_auth(auth_settings(ttl))).await
+}
+
+async fn channel(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn range(key: &str, end: &str) -> pb::RangeRequest {
+    pb::RangeRequest {
+        key: key.into(),
+        range_end: end.into(),
+        ..Default::default()
+    }
+}
+
+fn put(key: &str, lease: i64) -> pb::PutRequest {
+    pb::PutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        lease,
+        ..Default::default()
+    }
+}
+
+fn op_put(key: &str) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestPut(put(key, 0))),
+    }
+}
+
+fn op_range(key: &str) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestRange(range(key, ""))),
+    }
+}
+
+fn op_delete(key: &str) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestDeleteRange(
+            pb::DeleteRangeRequest {
+                key: key.into(),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+fn op_txn(t: pb::TxnRequest) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestTxn(t)),
+    }
+}
+
+/// `version(key) > 0`: true for an existing key.
+fn exists(key: &str) -> pb::Compare {
+    pb::Compare {
+        result: pb::compare::CompareResult::Greater as i32,
+        target: pb::compare::CompareTarget::Version as i32,
+        key: key.into(),
+        target_union: Some(pb::compare::TargetUnion::Version(0)),
+        ..Default::default()
+    }
+}
+
+fn perm(t: authpb::permission::Type, key: &str, end: &str) -> authpb::Permission {
+    authpb::Permission {
+        perm_type: t as i32,
+        key: key.into(),
+        range_end: end.into(),
+    }
+}
+
+/// A server with users and roles, auth enabled:
+/// * `root` (role root);
+/// * `alice`, role `app`: READWRITE on the prefix `/app/`;
+/// * `bob`, role `ro`: READ on the prefix `/ro/`;
+/// * `carol`: no role; `temp`, `changer`: role `app` (deleted / password changed by tests);
+/// * keys `/app/a`, `/ro/y`, `/secret/x`; lease `foreign` holds `/secret/lease`, lease `own`
+///   holds `/app/leased`.
+struct Fx {
+    server: RunningServer,
+    ch: Channel,
+    foreign_lease: i64,
+    own_lease: i64,
+}
+
+impl Fx {
+    async fn new(kind: BackendKind, dir: &Path, ttl: Duration) -> Fx {
+        let server = start_plain(kind, dir, ttl).await;
+        let ch = channel(&server.client_url()).await;
+        let mut a = AuthClient::new(ch.clone());
+        let users = [
+            ("root", ROOT_PW),
+            ("alice", ALICE_PW),
+            ("bob", "bobpw"),
+            ("carol", "carolpw"),
+            ("temp", "temppw"),
+            ("changer", "changerpw"),
+        ];
+        for (name, password) in users {
+            a.user_add(req(
+                pb::AuthUserAddRequest {
+                    name: name.into(),
+                    password: password.into(),
+                    ..Default::default()
+                },
+                None,
+            ))
+            .await
+            .unwrap();
+        }
+        for role in ["app", "ro"] {
+            a.role_add(req(pb::AuthRoleAddRequest { name: role.into() }, None))
+                .await
+                .unwrap();
+        }
+        use authpb::permission::Type;
+        for (role, p) in [
+            ("app", perm(Type::Readwrite, "/app/", "/app0")),
+            ("ro", perm(Type::Read, "/ro/", "/ro0")),
+        ] {
+            a.role_grant_permission(req(
+                pb::AuthRoleGrantPermissionRequest {
+                    name: role.into(),
+                    perm: Some(p),
+                },
+                None,
+            ))
+            .await
+            .unwrap();
+        }
+        for (user, role) in [
+            ("root", "root"),
+            ("alice", "app"),
+            ("bob", "ro"),
+            ("temp", "app"),
+            ("changer", "app"),
+        ] {
+            a.user_grant_role(req(
+                pb::AuthUserGrantRoleRequest {
+                    user: user.into(),
+                    role: role.into(),
+                },
+                None,
+            ))
+            .await
+            .unwrap();
+        }
+        let mut kv = KvClient::new(ch.clone());
+        let lease = LeaseClient::new(ch.clone());
+        let grant = || {
+            let mut l = lease.clone();
+            async move {
+                l.lease_grant(req(
+                    pb::LeaseGrantRequest {
+                        ttl: 600,
+                        ..Default::default()
+                    },
+                    None,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .id
+            }
+        };
+        let foreign_lease = grant().await;
+        let own_lease = grant().await;
+        for (k, l) in [
+            ("/app/a", 0),
+            ("/ro/y", 0),
+            ("/secret/x", 0),
+            ("/secret/lease", foreign_lease),
+            ("/app/leased", own_lease),
+        ] {
+            kv.put(req(put(k, l), None)).await.unwrap();
+        }
+        a.auth_enable(req(pb::AuthEnableRequest {}, None))
+            .await
+            .unwrap();
+        Fx {
+            server,
+            ch,
+            foreign_lease,
+            own_lease,
+        }
+    }
+
+    async fn token(&self, user: &str, password: &str) -> String {
+        AuthClient::new(self.ch.clone())
+            .authenticate(pb::AuthenticateRequest {
+                name: user.into(),
+                password: password.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+    }
+
+    fn kv(&self) -> KvClient<Channel> {
+        KvClient::new(self.ch.clone())
+    }
+    fn auth(&self) -> AuthClient<Channel> {
+        AuthClient::new(self.ch.clone())
+    }
+    fn lease(&self) -> LeaseClient<Channel> {
+        LeaseClient::new(self.ch.clone())
+    }
+    fn maint(&self) -> MaintenanceClient<Channel> {
+        MaintenanceClient::new(self.ch.clone())
+    }
+    fn cluster(&self) -> ClusterClient<Channel> {
+        ClusterClient::new(self.ch.clone())
+    }
+
+    /// Everything an attempt could change: the revision, every key-value, the leases, the auth
+    /// status, users and roles with their grants.
+    async fn snapshot(&self) -> Snapshot {
+        let store = self.server.store();
+        let all = store
+            .kv_range(&mvcc_core::Range {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            })
+            .unwrap();
+        let root = self.token("root", ROOT_PW).await;
+        let mut a = self.auth();
+        let status = a
+            .auth_status(req(pb::AuthStatusRequest {}, Some(&root)))
+            .await
+            .unwrap()
+            .into_inner();
+        let users = a
+            .user_list(req(pb::AuthUserListRequest {}, Some(&root)))
+            .await
+            .unwrap()
+            .into_inner()
+            .users;
+        let mut grants = Vec::new();
+        for u in &users {
+            let roles = a
+                .user_get(req(pb::AuthUserGetRequest { name: u.clone() }, Some(&root)))
+                .await
+                .unwrap()
+                .into_inner()
+                .roles;
+            grants.push(format!("{u}:{roles:?}"));
+        }
+        let roles = a
+            .role_list(req(pb::AuthRoleListRequest {}, Some(&root)))
+            .await
+            .unwrap()
+            .into_inner()
+            .roles;
+        for r in &roles {
+            let perms = a
+                .role_get(req(pb::AuthRoleGetRequest { role: r.clone() }, Some(&root)))
+                .await
+                .unwrap()
+                .into_inner()
+                .perm;
+            grants.push(format!("{r}:{perms:?}"));
+        }
+        Snapshot {
+            revision: store.current_revision(),
+            kvs: all
+                .kvs
+                .into_iter()
+                .map(|kv| (kv.key, kv.value, kv.mod_revision, kv.lease))
+                .collect(),
+            leases: store.leases().into_iter().collect(),
+            auth: (status.enabled, status.auth_revision),
+            grants,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    revision: i64,
+    kvs: Vec<(Vec<u8>, Vec<u8>, i64, i64)>,
+    leases: BTreeSet<i64>,
+    auth: (bool, u64),
+    grants: Vec<String>,
+}
+
+/// The denial table: rows of (attempt, code, message), checked as they are added.
+#[derive(Default)]
+struct Table {
+    rows: Vec<(String, Code, String)>,
+}
+
+impl Table {
+    fn check(&mut self, what: &str, got: Result<(), Status>, code: Code, message: &str) {
+        match got {
+            Err(s) => {
+                assert_eq!(
+                    (s.code(), s.message()),
+                    (code, message),
+                    "{what}: wrong refusal"
+                );
+            }
+            Ok(()) => panic!("{what}: allowed, expected {code:?} {message:?}"),
+        }
+        self.rows
+            .push((what.to_string(), code, message.to_string()));
+    }
+}
+
+/// Runs one attempt: snapshots the server, runs `$attempt`, checks the refusal and that the
+/// snapshot did not change.
+macro_rules! deny {
+    ($fx:expr, $table:expr, $what:expr, $attempt:expr, $code:expr, $msg:expr) => {{
+        let before = $fx.snapshot().await;
+        let got = $attempt.await.map(|_| ());
+        $table.check($what, got, $code, $msg);
+        let after = $fx.snapshot().await;
+        assert_eq!(before, after, "{}: side effect", $what);
+    }};
+}
+
+const EMPTY: &str = "etcdserver: user name is empty";
+const DENIED: &str = "etcdserver: permission denied";
+const BAD_TOKEN: &str = "etcdserver: invalid auth token";
+const AUTH_FAILED: &str = "etcdserver: authentication failed, invalid user ID or password";
+const WATCH_DENIED: &str =
+    "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
+
+/// Opens a watch stream with `token`, creates one watcher on `[key, end)` and returns the
+/// first response as a status: the cancel reason of a canceled watcher.
+async fn watch_once(ch: &Channel, token: Option<&str>, key: &str, end: &str) -> Result<(), Status> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+            pb::WatchCreateRequest {
+                key: key.into(),
+                range_end: end.into(),
+                ..Default::default()
+            },
+        )),
+    })
+    .await
+    .unwrap();
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let mut resp = WatchClient::new(ch.clone())
+        .watch(req(stream, token))
+        .await?
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), resp.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no watch response"))??
+        .ok_or_else(|| Status::aborted("watch stream ended"))?;
+    drop(tx);
+    assert!(first.created, "{first:?}");
+    assert_eq!(first.watch_id, 0, "{first:?}");
+    if first.canceled {
+        Err(Status::permission_denied(first.cancel_reason))
+    } else {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denial_table() {
+    use authpb::permission::Type;
+    let dir = tempfile::tempdir().unwrap();
+    let fx = Fx::new(BackendKind::Memory, dir.path(), Duration::from_secs(300)).await;
+    let mut t = Table::default();
+    let alice = fx.token("alice", ALICE_PW).await;
+    let bob = fx.token("bob", "bobpw").await;
+    let carol = fx.token("carol", "carolpw").await;
+    let a = Some(alice.as_str());
+
+    // No credentials.
+    deny!(
+        fx,
+        t,
+        "range without a token",
+        fx.kv().range(req(range("/app/a", ""), None)),
+        Code::InvalidArgument,
+        EMPTY
+    );
+    deny!(
+        fx,
+        t,
+        "put without a token",
+        fx.kv().put(req(put("/app/a", 0), None)),
+        Code::InvalidArgument,
+        EMPTY
+    );
+    deny!(
+        fx,
+        t,
+        "delete without a token",
+        fx.kv().delete_range(req(
+            pb::DeleteRangeRequest {
+                key: "/app/a".into(),
+                ..Default::default()
+            },
+            None
+        )),
+        Code::InvalidArgument,
+        EMPTY
+    );
+    deny!(
+        fx,
+        t,
+        "txn without a token",
+        fx.kv().txn(req(
+            pb::TxnRequest {
+                success: vec![op_put("/app/a")],
+                ..Default::default()
+            },
+            None
+        )),
+        Code::InvalidArgument,
+        EMPTY
+    );
+    deny!(
+        fx,
+        t,
+        "compaction without a token",
+        fx.kv().compact(req(
+            pb::CompactionRequest {
+                revision: 2,
+                physical: false
+            },
+            None
+        )),
+        Code::InvalidArgument,
+        EMPTY
+    );
+    deny!(
+        fx,
+        t,
+        "lease revoke without a token",
+        fx.lease()
+            .lease_revoke(req(pb::LeaseRevokeRequest { id: fx.own_lease }, None)),
+        Code::InvalidArgument,
+        EMPTY
+    );
+    deny!(
+        fx,
+        t,
+        "snapshot without a token",
+        fx.maint().snapshot(req(pb::SnapshotRequest {}, None)),
+        Code::InvalidArgument,
+        EMPTY
+    );
+    deny!(
+        fx,
+        t,
+        "user add without a token",
+        fx.auth().user_add(req(
+            pb::AuthUserAddRequest {
+                name: "eve".into(),
+                password: "x".into(),
+                ..Default::default()
+            },
+            None
+        )),
+        Code::InvalidArgument,
+        EMPTY
+    );
+    deny!(
+        fx,
+        t,
+        "auth disable without a token",
+        fx.auth().auth_disable(req(pb::AuthDisableRequest {}, None)),
+        Code::InvalidArgument,
+        EMPTY
+    );
+    deny!(
+        fx,
+        t,
+        "watch without a token",
+        watch_once(&fx.ch, None, "/app/", "/app0"),
+        Code::PermissionDenied,
+        WATCH_DENIED
+    );
+
+    // Authentication.
+    deny!(
+        fx,
+        t,
+        "authenticate with a wrong password",
+        fx.auth().authenticate(pb::AuthenticateRequest {
+            name: "alice".into(),
+            password: "nope".into()
+        }),
+        Code::InvalidArgument,
+        AUTH_FAILED
+    );
+    deny!(
+        fx,
+        t,
+        "authenticate an unknown user",
+        fx.auth().authenticate(pb::AuthenticateRequest {
+            name: "eve".into(),
+            password: "x".into()
+        }),
+        Code::InvalidArgument,
+        AUTH_FAILED
+    );
+    deny!(
+        fx,
+        t,
+        "garbage token",
+        fx.kv().range(req(range("/app/a", ""), Some("garbage"))),
+        Code::Unauthenticated,
+        BAD_TOKEN
+    );
+    deny!(
+        fx,
+        t,
+        "well-formed unknown token",
+        fx.kv()
+            .put(req(put("/app/a", 0), Some("abcdefghijklmnop.42"))),
+        Code::Unauthenticated,
+        BAD_TOKEN
+    );
+    {
+        let mut r = tonic::Request::new(range("/app/a", ""));
+        r.metadata_mut()
+            .insert("authorization", "garbage".parse().unwrap());
+        deny!(
+            fx,
+            t,
+            "garbage token in the authorization metadata key",
+            fx.kv().range(r),
+            Code::Unauthenticated,
+            BAD_TOKEN
+        );
+    }
+    let temp = fx.token("temp", "temppw").await;
+    let root = fx.token("root", ROOT_PW).await;
+    fx.auth()
+        .user_delete(req(
+            pb::AuthUserDeleteRequest {
+                name: "temp".into(),
+            },
+            Some(&root),
+        ))
+        .await
+        .unwrap();
+    deny!(
+        fx,
+        t,
+        "token of a deleted user",
+        fx.kv().put(req(put("/app/a", 0), Some(&temp))),
+        Code::Unauthenticated,
+        BAD_TOKEN
+    );
+    let changer = fx.token("changer", "changerpw").await;
+    fx.auth()
+        .user_change_password(req(
+            pb::AuthUserChangePasswordRequest {
+                name: "changer".into(),
+                password: "new".into(),
+                ..Default::default()
+            },
+            Some(&root),
+        ))
+        .await
+        .unwrap();
+    deny!(
+        fx,
+        t,
+        "token issued before a password change",
+        fx.kv().put(req(put("/app/a", 0), Some(&changer))),
+        Code::Unauthenticated,
+        BAD_TOKEN
+    );
+    deny!(
+        fx,
+        t,
+        "old password after a password change",
+        fx.auth().authenticate(pb::AuthenticateRequest {
+            name: "changer".into(),
+            password: "changerpw".into()
+        }),
+        Code::InvalidArgument,
+        AUTH_FAILED
+    );
+
+    // Key permissions.
+    deny!(
+        fx,
+        t,
+        "range outside the grant",
+        fx.kv().range(req(range("/secret/x", ""), a)),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "range starting inside and ending past the grant",
+        fx.kv().range(req(range("/app/", "/b"), a)),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "open-ended range from inside the grant",
+        fx.kv().range(req(range("/app/", "\0"), a)),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "range over every key",
+        fx.kv().range(req(range("\0", "\0"), a)),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "put outside the grant",
+        fx.kv().put(req(put("/secret/x", 0), a)),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "put on the prefix without its slash",
+        fx.kv().put(req(put("/app", 0), a)),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "delete outside the grant",
+        fx.kv().delete_range(req(
+            pb::DeleteRangeRequest {
+                key: "/secret/x".into(),
+                ..Default::default()
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "delete-range spanning past the grant",
+        fx.kv().delete_range(req(
+            pb::DeleteRangeRequest {
+                key: "/app/".into(),
+                range_end: "/b".into(),
+                ..Default::default()
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "read-only user puts",
+        fx.kv().put(req(put("/ro/y", 0), Some(&bob))),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "read-only user deletes",
+        fx.kv().delete_range(req(
+            pb::DeleteRangeRequest {
+                key: "/ro/y".into(),
+                ..Default::default()
+            },
+            Some(&bob)
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "user without roles reads",
+        fx.kv().range(req(range("/app/a", ""), Some(&carol))),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "txn compare on a key outside the grant",
+        fx.kv().txn(req(
+            pb::TxnRequest {
+                compare: vec![exists("/secret/x")],
+                success: vec![op_put("/app/a")],
+                ..Default::default()
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "txn success branch writes outside the grant",
+        fx.kv().txn(req(
+            pb::TxnRequest {
+                success: vec![op_put("/app/a"), op_put("/secret/x")],
+                ..Default::default()
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "txn failure branch writes outside the grant (compare picks success)",
+        fx.kv().txn(req(
+            pb::TxnRequest {
+                compare: vec![exists("/app/a")],
+                success: vec![op_put("/app/a")],
+                failure: vec![op_put("/secret/x")]
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "txn success branch reads outside the grant",
+        fx.kv().txn(req(
+            pb::TxnRequest {
+                success: vec![op_range("/secret/x")],
+                ..Default::default()
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "nested txn failure branch deletes outside the grant",
+        fx.kv().txn(req(
+            pb::TxnRequest {
+                success: vec![op_txn(pb::TxnRequest {
+                    failure: vec![op_delete("/secret/x")],
+                    ..Default::default()
+                })],
+                ..Default::default()
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "put attaching a lease that holds a foreign key",
+        fx.kv().put(req(put("/app/b", fx.foreign_lease), a)),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "lease revoke that would delete a key outside the grant",
+        fx.lease().lease_revoke(req(
+            pb::LeaseRevokeRequest {
+                id: fx.foreign_lease
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "lease time-to-live of a lease holding a foreign key",
+        fx.lease().lease_time_to_live(req(
+            pb::LeaseTimeToLiveRequest {
+                id: fx.foreign_lease,
+                keys: true
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "watch on a forbidden range",
+        watch_once(&fx.ch, a, "/secret/", "/secret0"),
+        Code::PermissionDenied,
+        WATCH_DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "watch by a user without roles",
+        watch_once(&fx.ch, Some(&carol), "/app/", "/app0"),
+        Code::PermissionDenied,
+        WATCH_DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "watch with an invalid token",
+        watch_once(&fx.ch, Some("garbage"), "/app/", "/app0"),
+        Code::PermissionDenied,
+        WATCH_DENIED
+    );
+
+    // Administration needs the root role.
+    deny!(
+        fx,
+        t,
+        "non-root compaction",
+        fx.kv().compact(req(
+            pb::CompactionRequest {
+                revision: 2,
+                physical: true
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "non-root defragment",
+        fx.maint().defragment(req(pb::DefragmentRequest {}, a)),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "non-root snapshot",
+        fx.maint().snapshot(req(pb::SnapshotRequest {}, a)),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "non-root hash",
+        fx.maint().hash(req(pb::HashRequest {}, a)),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "non-root hash-kv",
+        fx.maint()
+            .hash_kv(req(pb::HashKvRequest { revision: 0 }, a)),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "non-root alarm activate",
+        fx.maint().alarm(req(
+            pb::AlarmRequest {
+                action: pb::alarm_request::AlarmAction::Activate as i32,
+                member_id: fx.server.member_id(),
+                alarm: pb::AlarmType::Nospace as i32
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "non-root move-leader",
+        fx.maint().move_leader(req(
+            pb::MoveLeaderRequest {
+                target_id: fx.server.member_id()
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "non-root member add",
+        fx.cluster().member_add(req(
+            pb::MemberAddRequest {
+                peer_ur_ls: vec!["http://127.0.0.1:1".into()],
+                is_learner: false
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "non-root member remove",
+        fx.cluster().member_remove(req(
+            pb::MemberRemoveRequest {
+                id: fx.server.member_id()
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "non-root user add",
+        fx.auth().user_add(req(
+            pb::AuthUserAddRequest {
+                name: "eve".into(),
+                password: "x".into(),
+                ..Default::default()
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "non-root grants itself the root role",
+        fx.auth().user_grant_role(req(
+            pb::AuthUserGrantRoleRequest {
+                user: "alice".into(),
+                role: "root".into()
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "non-root widens its own role",
+        fx.auth().role_grant_permission(req(
+            pb::AuthRoleGrantPermissionRequest {
+                name: "app".into(),
+                perm: Some(perm(Type::Readwrite, "\0", "\0"))
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "non-root disables auth",
+        fx.auth().auth_disable(req(pb::AuthDisableRequest {}, a)),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "non-root lists users",
+        fx.auth().user_list(req(pb::AuthUserListRequest {}, a)),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "non-root reads another user",
+        fx.auth().user_get(req(
+            pb::AuthUserGetRequest {
+                name: "root".into()
+            },
+            a
+        )),
+        Code::PermissionDenied,
+        DENIED
+    );
+    deny!(
+        fx,
+        t,
+        "non-root reads a role it does not hold",
+        fx.auth()
+            .role_get(req(pb::AuthRoleGetRequest { role: "ro".into() }, a)),
+        Code::PermissionDenied,
+        DENIED
+    );
+
+    // Management errors of root.
+    let r = Some(root.as_str());
+    deny!(
+        fx,
+        t,
+        "delete the root user while auth is enabled",
+        fx.auth().user_delete(req(
+            pb::AuthUserDeleteRequest {
+                name: "root".into()
+            },
+            r
+        )),
+        Code::InvalidArgument,
+        "etcdserver: invalid auth management"
+    );
+    deny!(
+        fx,
+        t,
+        "revoke the root role from root while auth is enabled",
+        fx.auth().user_revoke_role(req(
+            pb::AuthUserRevokeRoleRequest {
+                name: "root".into(),
+                role: "root".into()
+            },
+            r
+        )),
+        Code::InvalidArgument,
+        "etcdserver: invalid auth management"
+    );
+    deny!(
+        fx,
+        t,
+        "add an existing user",
+        fx.auth().user_add(req(
+            pb::AuthUserAddRequest {
+                name: "alice".into(),
+                password: "x".into(),
+                ..Default::default()
+            },
+            r
+        )),
+        Code::FailedPrecondition,
+        "etcdserver: user name already exists"
+    );
+    deny!(
+        fx,
+        t,
+        "grant a role that does not exist",
+        fx.auth().user_grant_role(req(
+            pb::AuthUserGrantRoleRequest {
+                user: "alice".into(),
+                role: "nope".into()
+            },
+            r
+        )),
+        Code::FailedPrecondition,
+        "etcdserver: role name not found"
+    );
+    deny!(
+        fx,
+        t,
+        "grant a permission without a permission",
+        fx.auth().role_grant_permission(req(
+            pb::AuthRoleGrantPermissionRequest {
+                name: "app".into(),
+                perm: None
+            },
+            r
+        )),
+        Code::InvalidArgument,
+        "etcdserver: permission not given"
+    );
+
+    // Mid-session changes (simple tokens are not reissued: the next request sees the change).
+    let alice2 = fx.token("alice", ALICE_PW).await;
+    fx.kv()
+        .put(req(put("/app/a", 0), Some(&alice2)))
+        .await
+        .unwrap();
+    fx.auth()
+        .role_revoke_permission(req(
+            pb::AuthRoleRevokePermissionRequest {
+                role: "app".into(),
+                key: "/app/".into(),
+                range_end: "/app0".into(),
+            },
+            r,
+        ))
+        .await
+        .unwrap();
+    deny!(
+        fx,
+        t,
+        "permission revoked mid-session",
+        fx.kv().put(req(put("/app/a", 0), Some(&alice2))),
+        Code::PermissionDenied,
+        DENIED
+    );
+    fx.auth()
+        .role_grant_permission(req(
+            pb::AuthRoleGrantPermissionRequest {
+                name: "app".into(),
+                perm: Some(perm(Type::Readwrite, "/app/", "/app0")),
+            },
+            r,
+        ))
+        .await
+        .unwrap();
+    fx.kv()
+        .put(req(put("/app/a", 0), Some(&alice2)))
+        .await
+        .unwrap();
+    fx.auth()
+        .user_revoke_role(req(
+            pb::AuthUserRevokeRoleRequest {
+                name: "alice".into(),
+                role: "app".into(),
+            },
+            r,
+        ))
+        .await
+        .unwrap();
+    deny!(
+        fx,
+        t,
+        "role revoked from the user mid-session",
+        fx.kv().range(req(range("/app/a", ""), Some(&alice2))),
+        Code::PermissionDenied,
+        DENIED
+    );
+    fx.auth()
+        .auth_disable(req(pb::AuthDisableRequest {}, r))
+        .await
+        .unwrap();
+    fx.auth()
+        .auth_enable(req(pb::AuthEnableRequest {}, None))
+        .await
+        .unwrap();
+    deny!(
+        fx,
+        t,
+        "token issued before auth was disabled and enabled again",
+        fx.kv().range(req(range("/ro/y", ""), Some(&bob))),
+        Code::Unauthenticated,
+        BAD_TOKEN
+    );
+
+    // Expired token: a server with a 1 s TTL.
+    let dir2 = tempfile::tempdir().unwrap();
+    let short = Fx::new(BackendKind::Memory, dir2.path(), Duration::from_secs(1)).await;
+    let tok = short.token("alice", ALICE_PW).await;
+    short
+        .kv()
+        .put(req(put("/app/a", 0), Some(&tok)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut t2 = Table::default();
+    deny!(
+        short,
+        t2,
+        "expired token (--auth-token-ttl 1)",
+        short.kv().put(req(put("/app/a", 0), Some(&tok))),
+        Code::Unauthenticated,
+        BAD_TOKEN
+    );
+    t.rows.extend(t2.rows);
+    short.server.shutdown().await.unwrap();
+
+    // What stays open: lease grant without credentials (etcd does not check it), status.
+    fx.lease()
+        .lease_grant(req(
+            pb::LeaseGrantRequest {
+                ttl: 60,
+                ..Default::default()
+            },
+            None,
+        ))
+        .await
+        .unwrap();
+    fx.maint()
+        .status(req(pb::StatusRequest {}, None))
+        .await
+        .unwrap();
+
+    print_table(&t);
+    assert!(t.rows.len() >= 60, "{} rows", t.rows.len());
+    fx.server.shutdown().await.unwrap();
+}
+
+fn print_table(t: &Table) {
+    println!("| # | attempt | gRPC code | message |\n|---|---|---|---|");
+    for (i, (what, code, msg)) in t.rows.iter().enumerate() {
+        println!(
+            "| {} | {what} | {} {code:?} | `{msg}` |",
+            i + 1,
+            *code as i32
+        );
+    }
+}
+
+struct TlsSetup {
+    dir: tempfile::TempDir,
+    ca_path: std::path::PathBuf,
+    ca_pem: String,
+    server: Pair,
+    root: Pair,
+    alice: Pair,
+    nobody: Pair,
+    foreign: Pair,
+    expired: Pair,
+}
+
+fn tls_setup() -> TlsSetup {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, ca_path) = Ca::new(dir.path(), "ca");
+    let (other, _) = Ca::new(dir.path(), "foreign-ca");
+    TlsSetup {
+        server: ca.leaf(dir.path(), "server", "server", false),
+        root: ca.leaf(dir.path(), "root", "root", false),
+        alice: ca.leaf(dir.path(), "alice", "alice", false),
+        nobody: ca.leaf(dir.path(), "nobody", "nobody", false),
+        foreign: other.leaf(dir.path(), "mallory", "alice", false),
+        expired: ca.leaf(dir.path(), "old", "alice", true),
+        ca_pem: ca.pem.clone(),
+        ca_path,
+        dir,
+    }
+}
+
+async fn start_mtls(kind: BackendKind, data: &Path, s: &TlsSetup) -> RunningServer {
+    let tls = TlsSettings::default()
+        .with_cert(&s.server.cert, &s.server.key)
+        .with_trusted_ca(&s.ca_path)
+        .with_client_cert_auth(true);
+    common::start(kind, data, |c| {
+        c.with_listen_client_urls(vec!["https://127.0.0.1:0".into()])
+            .with_client_tls(tls)
+            .with_auth(auth_settings(Duration::from_secs(300)))
+    })
+    .await
+}
+
+fn mtls(s: &TlsSetup, client: Option<&Pair>) -> ConnectOptions {
+    let mut tls = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(s.ca_pem.clone()))
+        .domain_name("localhost");
+    if let Some(p) = client {
+        tls = tls.identity(Identity::from_pem(p.cert_pem.clone(), p.key_pem.clone()));
+    }
+    ConnectOptions::new()
+        .with_tls(tls)
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(5))
+}
+
+/// The etcd-client crate over mutual TLS with auth: setup as `root` by certificate, then users
+/// by password (`with_user`) and by certificate common name; refusals at the TLS layer; the
+/// auth state after a restart (sled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_client_with_tls_and_auth() {
+    let s = tls_setup();
+    let data = s.dir.path().join("data");
+    let server = start_mtls(BackendKind::Sled, &data, &s).await;
+    let url = server.client_url();
+    let mut admin = Client::connect([url.as_str()], Some(mtls(&s, Some(&s.root))))
+        .await
+        .unwrap();
+    admin.user_add("root", ROOT_PW, None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.user_add("alice", ALICE_PW, None).await.unwrap();
+    admin.role_add("app").await.unwrap();
+    admin
+        .role_grant_permission("app", Permission::read_write("/app/").with_prefix())
+        .await
+        .unwrap();
+    admin.user_grant_role("alice", "app").await.unwrap();
+    admin.put("/secret/x", "s", None).await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    // The certificate's CN is the user: root may do anything, alice only /app/.
+    let rev = admin.put("/secret/y", "s", None).await.unwrap();
+    assert_eq!(rev.header().unwrap().revision(), 3);
+    let mut by_cert = Client::connect([url.as_str()], Some(mtls(&s, Some(&s.alice))))
+        .await
+        .unwrap();
+    assert_eq!(
+        by_cert
+            .put("/app/a", "1", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision(),
+        4
+    );
+    assert_eq!(
+        common::status(by_cert.get("/secret/x", None).await),
+        (Code::PermissionDenied, DENIED.into())
+    );
+    let mut nobody = Client::connect([url.as_str()], Some(mtls(&s, Some(&s.nobody))))
+        .await
+        .unwrap();
+    assert_eq!(
+        common::status(nobody.get("/app/a", None).await),
+        (Code::PermissionDenied, DENIED.into())
+    );
+    assert_eq!(
+        common::status(nobody.compact(1, None).await),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: user name not found".into()
+        )
+    );
+
+    // A password user over TLS: the token wins over the certificate's CN (here: root's cert).
+    let mut alice = Client::connect(
+        [url.as_str()],
+        Some(mtls(&s, Some(&s.root)).with_user("alice", ALICE_PW)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        alice
+            .put("/app/b", "2", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision(),
+        5
+    );
+    let got = alice
+        .get("/app/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(got.kvs().len(), 2);
+    assert_eq!(
+        common::status(alice.put("/secret/x", "x", None).await),
+        (Code::PermissionDenied, DENIED.into())
+    );
+    let wrong = Client::connect(
+        [url.as_str()],
+        Some(mtls(&s, Some(&s.alice)).with_user("alice", "wrong")),
+    )
+    .await;
+    assert_eq!(
+        common::status(wrong.map(|_| ())),
+        (Code::InvalidArgument, AUTH_FAILED.into())
+    );
+
+    // TLS-layer refusals: nothing reaches the store.
+    let before = server.store().current_revision();
+    for (what, opts) in [
+        ("missing client certificate", mtls(&s, None)),
+        (
+            "client certificate of a foreign CA",
+            mtls(&s, Some(&s.foreign)),
+        ),
+        ("expired client certificate", mtls(&s, Some(&s.expired))),
+    ] {
+        let r = match Client::connect([url.as_str()], Some(opts)).await {
+            Ok(mut c) => c.put("/app/z", "z", None).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match r.expect_err(what) {
+            etcd_client::Error::GRpcStatus(st) => assert!(
+                matches!(
+                    st.code(),
+                    Code::Cancelled | Code::Unknown | Code::Unavailable
+                ),
+                "{what}: {st:?}"
+            ),
+            etcd_client::Error::TransportError(_) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    let plain = url.replace("https://", "http://");
+    let r = match Client::connect(
+        [plain.as_str()],
+        Some(
+            ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(3))
+                .with_timeout(Duration::from_secs(3)),
+        ),
+    )
+    .await
+    {
+        Ok(mut c) => c.put("/app/z", "z", None).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(r.is_err(), "plain text on a TLS port: {r:?}");
+    assert_eq!(server.store().current_revision(), before);
+
+    // Restart: users, roles, grants and the enabled flag are in the engine's auth tree.
+    drop((admin, by_cert, nobody, alice));
+    server.shutdown().await.unwrap();
+    let server = start_mtls(BackendKind::Sled, &data, &s).await;
+    let url = server.client_url();
+    let mut alice = Client::connect(
+        [url.as_str()],
+        Some(mtls(&s, Some(&s.alice)).with_user("alice", ALICE_PW)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        alice.get("/app/a", None).await.unwrap().kvs()[0].value(),
+        b"1"
+    );
+    assert_eq!(
+        common::status(alice.get("/secret/x", None).await),
+        (Code::PermissionDenied, DENIED.into())
+    );
+    assert_eq!(
+        common::status(alice.user_list().await.map(|_| ())),
+        (Code::PermissionDenied, DENIED.into())
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// The JSON gateway: `/v3/auth/authenticate`, the `Authorization` header, etcd's error body;
+/// `/health` and `/metrics` stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_with_authorization_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = Fx::new(BackendKind::Memory, dir.path(), Duration::from_secs(300)).await;
+    let addr = fx.server.client_addrs()[0];
+    let (status, body) = http_post(
+        addr,
+        "/v3/auth/authenticate",
+        r#"{"name":"alice","password":"alicepw"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = v["token"].as_str().unwrap().to_string();
+    // "/app/a" in base64.
+    let key = r#"{"key":"L2FwcC9h"}"#;
+    let (status, body) = http_post(addr, "/v3/kv/range", key, Some(&token)).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(body.contains(r#""kvs":[{"key":"L2FwcC9h""#), "{body}");
+    let (status, body) = http_post(addr, "/v3/kv/range", key, None).await;
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    assert_eq!(
+        body,
+        r#"{"error":"etcdserver: user name is empty","message":"etcdserver: user name is empty","code":3}"#
+    );
+    // "/secret/x"
+    let (status, body) = http_post(
+        addr,
+        "/v3/kv/put",
+        r#"{"key":"L3NlY3JldC94","value":"eA=="}"#,
+        Some(&token),
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 403 Forbidden");
+    assert_eq!(
+        body,
+        r#"{"error":"etcdserver: permission denied","message":"etcdserver: permission denied","code":7}"#
+    );
+    let (status, body) = http_post(addr, "/v3/kv/range", key, Some("garbage")).await;
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+    assert_eq!(
+        body,
+        r#"{"error":"etcdserver: invalid auth token","message":"etcdserver: invalid auth token","code":16}"#
+    );
+    let (status, body) = http_post(addr, "/v3/auth/status", "{}", Some(&token)).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains(r#""enabled":true"#), "{body}");
+    let (status, _) = common::http_get(addr, "/health").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let (status, _) = common::http_get(addr, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    fx.server.shutdown().await.unwrap();
+}
+
+async fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: {t}\r\n"))
+        .unwrap_or_default();
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// One TLS connection with a raw rustls client (optionally presenting `client`): the handshake,
+/// then HTTP/2's preface and a read. Returns the first error, or `"open"`.
+async fn tls_probe(addr: std::net::SocketAddr, ca_pem: &str, client: Option<&Pair>) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut cfg = match client {
+        Some(p) => b
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(p.cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(p.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = match connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => return e.to_string(),
+    };
+    if let Err(e) = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await {
+        return e.to_string();
+    }
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+        Ok(Ok(0)) => "closed".into(),
+        Ok(Ok(_)) => "open".into(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timeout".into(),
+    }
+}
+
+/// Plain text to a TLS port: the first bytes the server answers with.
+async fn plaintext_probe(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    format!("{out:02x?}")
+}
+
+/// The transport rows of the denial table: refusals before any gRPC request, on a server with
+/// `--client-cert-auth`; none reaches the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_denials() {
+    let s = tls_setup();
+    let server = start_mtls(BackendKind::Memory, &s.dir.path().join("data"), &s).await;
+    let addr = server.client_addrs()[0];
+    let before = server.store().current_revision();
+    let rows = [
+        (
+            "client certificate from a foreign CA",
+            tls_probe(addr, &s.ca_pem, Some(&s.foreign)).await,
+        ),
+        (
+            "missing client certificate with --client-cert-auth",
+            tls_probe(addr, &s.ca_pem, None).await,
+        ),
+        (
+            "expired client certificate",
+            tls_probe(addr, &s.ca_pem, Some(&s.expired)).await,
+        ),
+        (
+            "plaintext client to the TLS port",
+            plaintext_probe(addr).await,
+        ),
+        (
+            "trusted client certificate (control)",
+            tls_probe(addr, &s.ca_pem, Some(&s.alice)).await,
+        ),
+    ];
+    let expected = [
+        "received fatal alert: UnknownCA",
+        "received fatal alert: CertificateRequired",
+        "received fatal alert: CertificateExpired",
+        // A TLS alert record: fatal (2), decode_error (50).
+        "[15, 03, 03, 00, 02, 02, 32]",
+        "open",
+    ];
+    for ((what, got), want) in rows.iter().zip(expected) {
+        println!("| {what} | `{got}` |");
+        assert_eq!(got, want, "{what}");
+    }
+    assert_eq!(server.store().current_revision(), before);
+    server.shutdown().await.unwrap();
+}
