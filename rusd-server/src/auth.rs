@@ -39,8 +39,7 @@ use crate::pb::etcdserverpb::{
     AuthUserGrantRoleRequest, AuthUserGrantRoleResponse, AuthUserListRequest, AuthUserListResponse,
     AuthUserRevokeRoleRequest, AuthUserRevokeRoleResponse, AuthenticateRequest,
     AuthenticateResponse, CompactionRequest, DeleteRangeRequest, LeaseRevokeRequest,
-    LeaseTimeToLiveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
-    WatchResponse,
+    LeaseTimeToLiveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchResponse,
 };
 use crate::state::{blocking, State};
 use crate::tls::ClientConnInfo;
@@ -121,6 +120,19 @@ impl ServerAuth {
 /// etcd's gRPC status of an auth error (code from [`AuthError::grpc_code`], etcd's message).
 pub fn auth_status(e: AuthError) -> Status {
     Status::new(Code::from_i32(e.grpc_code()), e.to_string())
+}
+
+/// An auth error as etcd's `auth` package words it (`auth: ...`), with code `Unknown`: what
+/// etcd 3.4 sends where it returns the error untranslated.
+pub fn etcd_internal(e: &AuthError) -> Status {
+    let text = match e {
+        AuthError::UserEmpty => "auth: user name is empty".to_string(),
+        AuthError::UserNotFound => "auth: user not found".to_string(),
+        AuthError::PermissionDenied => "auth: permission denied".to_string(),
+        AuthError::InvalidAuthToken => "auth: invalid auth token".to_string(),
+        other => other.to_string(),
+    };
+    Status::new(Code::Unknown, text)
 }
 
 /// What a request brings to identify its user.
@@ -378,6 +390,24 @@ impl State {
         self.authorize_with(|| Credentials::of(req), |a, i| a.check_admin(i))
     }
 
+    /// Defragment, Snapshot, Hash and HashKV (etcd `authMaintenanceServer.isAuthenticated`):
+    /// the root role, refused as etcd 3.4 refuses them: its internal `auth:` error text with
+    /// code `Unknown` (these errors are not translated to gRPC errors there).
+    pub fn authorize_maintenance<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(auth) = self.enabled_auth() else {
+            return Ok(());
+        };
+        let creds = Credentials::of(req);
+        let info = match &creds.token {
+            Some(token) => match auth.store.user_from_token(token) {
+                Ok(info) => info.unwrap_or_default(),
+                Err(e) => return Err(etcd_internal(&e)),
+            },
+            None => self.auth_info(&creds)?,
+        };
+        auth.store.check_admin(&info).map_err(|e| etcd_internal(&e))
+    }
+
     /// Requests that need only a valid token, if one is given (LeaseGrant, LeaseKeepAlive,
     /// LeaseLeases, Status, MemberList as etcd): an invalid or expired token is refused.
     pub fn authorize_token<T>(&self, req: &Request<T>) -> Result<(), Status> {
@@ -400,10 +430,14 @@ impl State {
     }
 
     /// Watch creation (etcd `isWatchPermitted`): read permission on the range, with the
-    /// credentials the stream was opened with. False when denied (or the token is invalid).
-    pub fn watch_permitted(&self, creds: &Credentials, key: &[u8], range_end: &[u8]) -> bool {
+    /// credentials the stream was opened with (an invalid token is refused too).
+    pub fn authorize_watch(
+        &self,
+        creds: &Credentials,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<(), Status> {
         self.authorize_with(|| creds.clone(), |a, i| a.check_watch(i, key, range_end))
-            .is_ok()
     }
 
     /// The one entry of every auth-management change: `by` must hold the root role while auth
@@ -424,19 +458,29 @@ impl State {
     }
 }
 
-/// etcd's answer to a watch the user may not read: created and canceled at once, with the
-/// request's watch id and gRPC's text of "permission denied" as the cancel reason.
-pub fn watch_denied(state: &State, c: &WatchCreateRequest) -> WatchResponse {
-    let denied = auth_status(AuthError::PermissionDenied);
+/// etcd's answer to a watch creation refused by [`State::authorize_watch`]: created and
+/// canceled at once, watch id -1 (`clientv3.InvalidWatchID`), and as cancel reason gRPC's text
+/// of the refusal: "invalid auth token", "revision of auth store is old" and "user name is
+/// empty" as such, anything else as "permission denied" (etcd `serverWatchStream.recvLoop`).
+pub fn watch_denied(state: &State, refusal: &Status) -> WatchResponse {
+    let kept = [
+        AuthError::InvalidAuthToken,
+        AuthError::AuthOldRevision,
+        AuthError::UserEmpty,
+    ]
+    .into_iter()
+    .map(auth_status)
+    .find(|s| s.code() == refusal.code() && s.message() == refusal.message());
+    let reason = kept.unwrap_or_else(|| auth_status(AuthError::PermissionDenied));
     WatchResponse {
         header: state.header_now(),
-        watch_id: c.watch_id,
+        watch_id: -1,
         created: true,
         canceled: true,
         cancel_reason: format!(
             "rpc error: code = {} desc = {}",
-            go_code_name(denied.code()),
-            denied.message()
+            go_code_name(reason.code()),
+            reason.message()
         ),
         ..WatchResponse::default()
     }

@@ -239,11 +239,11 @@ pub fn watch(
         let id = int(c, &["watch_id"])?;
         let start = int(c, &["start_revision"])?;
         let (key, range_end) = (bytes_field(c, &["key"])?, bytes_field(c, &["range_end"])?);
-        if !state.watch_permitted(creds, &key, &range_end) {
-            let denied = crate::auth::watch_denied(state, &Default::default());
+        if let Err(refusal) = state.authorize_watch(creds, &key, &range_end) {
+            let denied = crate::auth::watch_denied(state, &refusal);
             let mut j = Obj::new();
             j.header(denied.header.as_ref());
-            j.int("watch_id", id);
+            j.int("watch_id", denied.watch_id);
             j.boolean("created", true);
             j.boolean("canceled", true);
             j.str("cancel_reason", &denied.cancel_reason);

@@ -285,7 +285,7 @@ impl maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        self.state.authorize_admin(&request)?;
+        self.state.authorize_maintenance(&request)?;
         let st = self.state.clone();
         let res = blocking(move || {
             st.store
@@ -305,7 +305,7 @@ impl maintenance_server::Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        self.state.authorize_admin(&request)?;
+        self.state.authorize_maintenance(&request)?;
         let st = self.state.clone();
         let res = blocking(move || {
             let (hash, rev) = hash_kv(&st, 0)?;
@@ -325,7 +325,7 @@ impl maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        self.state.authorize_admin(&request)?;
+        self.state.authorize_maintenance(&request)?;
         let st = self.state.clone();
         let revision = request.into_inner().revision;
         let res = blocking(move || {
@@ -350,7 +350,7 @@ impl maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        self.state.authorize_admin(&request)?;
+        self.state.authorize_maintenance(&request)?;
         let (tx, rx) = mpsc::channel(16);
         let st = self.state.clone();
         tokio::task::spawn_blocking(move || stream_snapshot(&st, &tx));

@@ -42,7 +42,7 @@ impl WatchService {
 enum Cmd {
     Create(WatchCreateRequest),
     /// A create request refused by the auth check (etcd `isWatchPermitted`).
-    Denied(WatchCreateRequest),
+    Denied(Status),
     Cancel(i64),
     Progress,
 }
@@ -104,7 +104,7 @@ impl StreamLoop {
             let alive = match wake {
                 Wake::CmdClosed => false,
                 Wake::Cmd(Cmd::Create(c)) => self.create(c),
-                Wake::Cmd(Cmd::Denied(c)) => self.send(crate::auth::watch_denied(&self.state, &c)),
+                Wake::Cmd(Cmd::Denied(s)) => self.send(crate::auth::watch_denied(&self.state, &s)),
                 Wake::Cmd(Cmd::Cancel(id)) => self.cancel(id),
                 Wake::Cmd(Cmd::Progress) => self.progress(None),
                 Wake::Event(i, Some(resp)) => self.deliver(i, resp),
@@ -360,10 +360,9 @@ impl Watch for WatchService {
                             if c.key.is_empty() {
                                 c.key = vec![0];
                             }
-                            if state.watch_permitted(&creds, &c.key, &c.range_end) {
-                                Cmd::Create(c)
-                            } else {
-                                Cmd::Denied(c)
+                            match state.authorize_watch(&creds, &c.key, &c.range_end) {
+                                Ok(()) => Cmd::Create(c),
+                                Err(refusal) => Cmd::Denied(refusal),
                             }
                         }
                         RequestUnion::CancelRequest(c) => Cmd::Cancel(c.watch_id),
