@@ -54,9 +54,15 @@ fn free_port() -> u16 {
 impl Etcd {
     /// Starts etcd with `extra` flags and waits until it answers on its client port.
     pub fn start(extra: &[&str]) -> Etcd {
+        Etcd::start_with("http", extra, &[])
+    }
+
+    /// Starts etcd serving `scheme` (`http` or `https`) with `extra` flags; `ctl` are the
+    /// etcdctl flags (certificates) of the readiness check.
+    pub fn start_with(scheme: &str, extra: &[&str], ctl: &[String]) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
+        let url = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let child = Command::new("etcd")
             .arg("--name=default")
@@ -83,6 +89,7 @@ impl Etcd {
             let out = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
                 .arg(format!("--endpoints={}", etcd.url))
+                .args(ctl)
                 .args(["--command-timeout=2s", "endpoint", "health"])
                 .output();
             if out.map(|o| o.status.success()).unwrap_or(false) {
