@@ -54,11 +54,17 @@ async fn status_members_hash_snapshot_defrag_on_every_engine() {
         );
         assert_eq!(me.client_urls(), &[server.client_url()]);
 
-        // Single member: no membership changes, no auth; leadership stays here.
+        // Single member: no membership changes; auth needs a root user first (tests/auth.rs);
+        // leadership stays here.
         let (code, _) = common::status(c.member_add(["http://127.0.0.1:1"], None).await);
         assert_eq!(code, Code::Unimplemented);
-        let (code, _) = common::status(c.auth_enable().await);
-        assert_eq!(code, Code::Unimplemented);
+        assert_eq!(
+            common::status(c.auth_enable().await),
+            (
+                Code::FailedPrecondition,
+                "etcdserver: root user does not exist".to_string()
+            )
+        );
         c.move_leader(server.member_id()).await.unwrap();
         let (code, msg) = common::status(c.move_leader(server.member_id() ^ 1).await);
         assert_eq!(
