@@ -1834,3 +1834,114 @@ async fn tls_denials() {
     assert_eq!(server.store().current_revision(), before);
     server.shutdown().await.unwrap();
 }
+
+/// `--auth-token jwt,...` (ES256, keys generated at test time): tokens are JWTs, carry the auth
+/// revision, and every older JWT is refused with "revision of auth store is old" after an auth
+/// change, as etcd; a malformed `--auth-token` is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let (priv_path, pub_path) = (dir.path().join("jwt.key"), dir.path().join("jwt.pub"));
+    std::fs::write(&priv_path, key.serialize_pem()).unwrap();
+    std::fs::write(&pub_path, key.public_key_pem()).unwrap();
+    let settings = AuthSettings {
+        token: format!(
+            "jwt,pub-key={},priv-key={},sign-method=ES256,ttl=10m",
+            pub_path.display(),
+            priv_path.display()
+        ),
+        ..auth_settings(Duration::from_secs(300))
+    };
+    let server = common::start(BackendKind::Memory, &dir.path().join("data"), |c| {
+        c.with_auth(settings)
+    })
+    .await;
+    let ch = channel(&server.client_url()).await;
+    let mut a = AuthClient::new(ch.clone());
+    for (name, pw) in [("root", ROOT_PW), ("alice", ALICE_PW)] {
+        a.user_add(req(
+            pb::AuthUserAddRequest {
+                name: name.into(),
+                password: pw.into(),
+                ..Default::default()
+            },
+            None,
+        ))
+        .await
+        .unwrap();
+    }
+    a.user_grant_role(req(
+        pb::AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        },
+        None,
+    ))
+    .await
+    .unwrap();
+    a.auth_enable(req(pb::AuthEnableRequest {}, None))
+        .await
+        .unwrap();
+    let auth = a.clone();
+    let token = |name: &str, pw: &str| {
+        let mut a = auth.clone();
+        let (name, pw) = (name.to_string(), pw.to_string());
+        async move {
+            a.authenticate(pb::AuthenticateRequest { name, password: pw })
+                .await
+                .unwrap()
+                .into_inner()
+                .token
+        }
+    };
+    let root = token("root", ROOT_PW).await;
+    assert_eq!(root.split('.').count(), 3, "{root}");
+    let mut kv = KvClient::new(ch.clone());
+    kv.put(req(put("/k", 0), Some(&root))).await.unwrap();
+    let alice = token("alice", ALICE_PW).await;
+    assert_eq!(
+        kv.range(req(range("/k", ""), Some(&alice)))
+            .await
+            .map(|_| ())
+            .map_err(|s| (s.code(), s.message().to_string())),
+        Err((Code::PermissionDenied, DENIED.to_string()))
+    );
+    // An auth change: root's JWT (older revision) is refused on key requests from now on.
+    a.role_add(req(
+        pb::AuthRoleAddRequest { name: "r".into() },
+        Some(&root),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        kv.range(req(range("/k", ""), Some(&root)))
+            .await
+            .map(|_| ())
+            .map_err(|s| (s.code(), s.message().to_string())),
+        Err((
+            Code::InvalidArgument,
+            "etcdserver: revision of auth store is old".to_string()
+        ))
+    );
+    let fresh = token("root", ROOT_PW).await;
+    kv.range(req(range("/k", ""), Some(&fresh))).await.unwrap();
+    server.shutdown().await.unwrap();
+
+    let bad = rusd_server::start(
+        rusd_server::ServerConfig::new(dir.path().join("bad"))
+            .with_listen_client_urls(vec!["http://127.0.0.1:0".into()])
+            .with_auth(AuthSettings {
+                token: "jwt,sign-method".into(),
+                ..AuthSettings::default()
+            }),
+    )
+    .await;
+    assert_eq!(
+        bad.err().map(|e| e.to_string()),
+        Some(
+            "invalid configuration: --auth-token \"jwt,sign-method\": auth: invalid auth options"
+                .to_string()
+        )
+    );
+}
