@@ -1945,3 +1945,125 @@ async fn jwt_tokens() {
         )
     );
 }
+
+/// The `rusd` binary with `--auth-token`, `--auth-token-ttl` and `--bcrypt-cost`: users, roles
+/// and the enabled flag survive a SIGTERM restart (redb); a bad `--auth-token` stops the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_flags_and_restart() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let spawn = |p: u16, token: &str| {
+        Command::new(env!("CARGO_BIN_EXE_rusd"))
+            .args([
+                "--data-dir",
+                dir.path().to_str().unwrap(),
+                "--backend",
+                "redb",
+            ])
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{p}"))
+            .args([
+                "--auth-token",
+                token,
+                "--auth-token-ttl",
+                "1",
+                "--bcrypt-cost",
+                "4",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    async fn connect(url: &str, opts: Option<ConnectOptions>) -> Client {
+        let addr = url.trim_start_matches("http://").to_string();
+        for _ in 0..600 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                if let Ok(c) = Client::connect([url], opts.clone()).await {
+                    return c;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("rusd did not start on {url}");
+    }
+    let stop = |mut child: std::process::Child| {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+    };
+    let p = port();
+    let url = format!("http://127.0.0.1:{p}");
+    let child = spawn(p, "simple");
+    let mut c = connect(&url, None).await;
+    c.user_add("root", ROOT_PW, None).await.unwrap();
+    c.user_grant_role("root", "root").await.unwrap();
+    c.user_add("alice", ALICE_PW, None).await.unwrap();
+    c.role_add("app").await.unwrap();
+    c.role_grant_permission("app", Permission::read_write("/app/").with_prefix())
+        .await
+        .unwrap();
+    c.user_grant_role("alice", "app").await.unwrap();
+    c.auth_enable().await.unwrap();
+    drop(c);
+    stop(child);
+
+    let p = port();
+    let url = format!("http://127.0.0.1:{p}");
+    let child = spawn(p, "simple");
+    let mut anon = connect(&url, None).await;
+    assert_eq!(
+        common::status(anon.get("/app/a", None).await),
+        (Code::InvalidArgument, EMPTY.into())
+    );
+    let mut alice = connect(
+        &url,
+        Some(ConnectOptions::new().with_user("alice", ALICE_PW)),
+    )
+    .await;
+    alice.put("/app/a", "1", None).await.unwrap();
+    assert_eq!(
+        common::status(alice.put("/secret", "1", None).await),
+        (Code::PermissionDenied, DENIED.into())
+    );
+    // --auth-token-ttl 1: an unused simple token expires (raw token, no client refresh).
+    let token = AuthClient::new(channel(&url).await)
+        .authenticate(pb::AuthenticateRequest {
+            name: "alice".into(),
+            password: ALICE_PW.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut kv = KvClient::new(channel(&url).await);
+    kv.range(req(range("/app/a", ""), Some(&token)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let err = kv
+        .range(req(range("/app/a", ""), Some(&token)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::Unauthenticated, BAD_TOKEN)
+    );
+    drop((anon, alice));
+    stop(child);
+
+    let out = spawn(port(), "bogus").wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--auth-token \"bogus\": auth: invalid auth options"),
+        "{stderr}"
+    );
+}
