@@ -189,7 +189,8 @@ pub fn grpc_request<T>(message: T, creds: &Credentials) -> Request<T> {
     req
 }
 
-/// Keys attached to a lease (empty for an unknown lease).
+/// Keys attached to a lease (empty for an unknown lease). Looked up before the auth store's
+/// state is locked for a check (the lookup may wait for a group commit).
 fn lease_keys(state: &State, lease: i64) -> Vec<Vec<u8>> {
     if lease == 0 {
         return Vec::new();
@@ -199,6 +200,17 @@ fn lease_keys(state: &State, lease: i64) -> Vec<Vec<u8>> {
         .lease_time_to_live(lease)
         .map(|i| i.keys)
         .unwrap_or_default()
+}
+
+/// Calls `f` with every non-zero lease of the transaction's puts (nested included).
+fn txn_leases(t: &Txn, f: &mut impl FnMut(i64)) {
+    for op in t.success.iter().chain(&t.failure) {
+        match op {
+            mvcc_core::RequestOp::Put(p) if p.lease != 0 => f(p.lease),
+            mvcc_core::RequestOp::Txn(n) => txn_leases(n, f),
+            _ => {}
+        }
+    }
 }
 
 /// The keys of a protobuf transaction (values left out), for the permission check.
@@ -316,7 +328,8 @@ impl State {
                     prev_kv: p.prev_kv,
                     ..Put::default()
                 };
-                a.check_put_with_leases(i, &put, &|l| lease_keys(self, l))
+                let attached = lease_keys(self, p.lease);
+                a.check_put_with_leases(i, &put, &|_| attached.clone())
             },
         )
     }
@@ -344,7 +357,14 @@ impl State {
     pub fn authorize_txn(&self, req: &Request<TxnRequest>) -> Result<(), Status> {
         self.authorize_with(
             || Credentials::of(req),
-            |a, i| a.check_txn_with_leases(i, &txn_keys(req.get_ref()), &|l| lease_keys(self, l)),
+            |a, i| {
+                let txn = txn_keys(req.get_ref());
+                let mut leases = std::collections::HashMap::new();
+                txn_leases(&txn, &mut |l| {
+                    leases.entry(l).or_insert_with(|| lease_keys(self, l));
+                });
+                a.check_txn_with_leases(i, &txn, &|l| leases.get(&l).cloned().unwrap_or_default())
+            },
         )
     }
 

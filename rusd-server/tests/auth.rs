@@ -1324,6 +1324,82 @@ async fn run_table(target: Target, strict: bool) -> Table {
         .status(req(pb::StatusRequest {}, None))
         .await
         .unwrap();
+    // What the grant allows, leases included (alice gets her role back).
+    let root2 = fx.token("root", ROOT_PW).await;
+    fx.auth()
+        .user_grant_role(req(
+            pb::AuthUserGrantRoleRequest {
+                user: "alice".into(),
+                role: "app".into(),
+            },
+            Some(&root2),
+        ))
+        .await
+        .unwrap();
+    let alice4 = fx.token("alice", ALICE_PW).await;
+    let a4 = Some(alice4.as_str());
+    fx.kv()
+        .put(req(put("/app/b", fx.own_lease), a4))
+        .await
+        .unwrap();
+    let nested = pb::TxnRequest {
+        compare: vec![exists("/app/a")],
+        success: vec![op_txn(pb::TxnRequest {
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(put(
+                    "/app/c",
+                    fx.own_lease,
+                ))),
+            }],
+            failure: vec![op_delete("/app/zz"), op_range("/app/a")],
+            ..Default::default()
+        })],
+        failure: vec![op_range("/app/")],
+    };
+    assert!(
+        fx.kv()
+            .txn(req(nested, a4))
+            .await
+            .unwrap()
+            .into_inner()
+            .succeeded
+    );
+    let ttl = fx
+        .lease()
+        .lease_time_to_live(req(
+            pb::LeaseTimeToLiveRequest {
+                id: fx.own_lease,
+                keys: true,
+            },
+            a4,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // etcd lists them in no particular order.
+    let mut keys = ttl.keys;
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            b"/app/b".to_vec(),
+            b"/app/c".to_vec(),
+            b"/app/leased".to_vec()
+        ]
+    );
+    fx.lease()
+        .lease_revoke(req(pb::LeaseRevokeRequest { id: fx.own_lease }, a4))
+        .await
+        .unwrap();
+    let left = fx
+        .kv()
+        .range(req(range("/app/", "/app0"), a4))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(left.kvs.len(), 1, "{left:?}");
+    watch_once(&fx.ch, a4, "/app/", "/app0").await.unwrap();
+
     let alice3 = fx.token("alice", ALICE_PW).await;
     // Last: etcd 3.4 lets any user raise an alarm, and a NOSPACE alarm then replaces its
     // auth-checking applier (every later auth check would pass there).
