@@ -136,13 +136,14 @@ pub fn etcd_internal(e: &AuthError) -> Status {
 }
 
 /// What a request brings to identify its user.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Credentials {
     /// The `token` metadata value (else `authorization`); a value that is not visible ASCII
     /// is kept as an empty string, an invalid token.
     pub token: Option<String>,
-    /// The common name of the verified client certificate, if any.
-    pub common_name: Option<String>,
+    /// The connection (its verified client certificate, if any). Its common name is parsed
+    /// only when it is needed: no token and `--client-cert-auth`.
+    pub peer: Option<ClientConnInfo>,
 }
 
 impl Credentials {
@@ -154,13 +155,18 @@ impl Credentials {
             .map(|v| v.to_str().map(str::to_owned).unwrap_or_default());
         Credentials {
             token,
-            common_name: conn.and_then(ClientConnInfo::common_name),
+            peer: conn.cloned(),
         }
     }
 
     /// The credentials of a gRPC request.
     pub fn of<T>(req: &Request<T>) -> Credentials {
         Credentials::from_parts(req.metadata(), req.extensions().get::<ClientConnInfo>())
+    }
+
+    /// The common name of the verified client certificate, if any.
+    pub fn common_name(&self) -> Option<String> {
+        self.peer.as_ref().and_then(ClientConnInfo::common_name)
     }
 }
 
@@ -171,7 +177,7 @@ pub fn http_credentials(headers: &hyper::HeaderMap) -> Credentials {
         token: headers
             .get(hyper::header::AUTHORIZATION)
             .map(|v| v.to_str().map(str::to_owned).unwrap_or_default()),
-        common_name: None,
+        peer: None,
     }
 }
 
@@ -286,8 +292,8 @@ impl State {
                 .map_err(auth_status);
         }
         if auth.client_cert_auth {
-            if let Some(cn) = &creds.common_name {
-                return Ok(auth.store.user_from_common_name(cn).unwrap_or_default());
+            if let Some(cn) = creds.common_name() {
+                return Ok(auth.store.user_from_common_name(&cn).unwrap_or_default());
             }
         }
         Ok(AuthInfo::default())
