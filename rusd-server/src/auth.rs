@@ -466,6 +466,20 @@ impl State {
         self.authorize_with(|| creds.clone(), |a, i| a.check_watch(i, key, range_end))
     }
 
+    /// Counts a request refused by an `authorize_*` check in `grpc_server_handled_total`
+    /// (as etcd counts it), for `map_err` on the check.
+    pub fn refused(
+        &self,
+        service: &'static str,
+        method: &'static str,
+    ) -> impl FnOnce(Status) -> Status + '_ {
+        move |status| {
+            self.metrics
+                .observe(service, method, &Err::<(), _>(status.clone()));
+            status
+        }
+    }
+
     /// The one entry of every auth-management change: `by` must hold the root role while auth
     /// is enabled (etcd `authApplierV3` `needAdminPermission`), then `cmd` is applied in one
     /// backend batch and flushed. Passwords in `cmd` are already hashed, so the command can be

@@ -332,7 +332,9 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
-        self.state.authorize_range(&request)?;
+        self.state
+            .authorize_range(&request)
+            .map_err(self.state.refused("etcdserverpb.KV", "Range"))?;
         // Reads are served on the async worker: the index lookup is in memory and the row
         // reads hit the engine's cache; a thread hop per read costs more than it saves.
         let res = do_range(&self.state, request.get_ref());
@@ -341,7 +343,9 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        self.state.authorize_put(&request)?;
+        self.state
+            .authorize_put(&request)
+            .map_err(self.state.refused("etcdserverpb.KV", "Put"))?;
         let st = self.state.clone();
         let p = request.into_inner();
         let res = crate::state::write(&self.state, move || do_put(&st, p)).await;
@@ -353,7 +357,9 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        self.state.authorize_delete_range(&request)?;
+        self.state
+            .authorize_delete_range(&request)
+            .map_err(self.state.refused("etcdserverpb.KV", "DeleteRange"))?;
         let st = self.state.clone();
         let d = request.into_inner();
         let res = crate::state::write(&self.state, move || do_delete(&st, d)).await;
@@ -364,7 +370,9 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        self.state.authorize_txn(&request)?;
+        self.state
+            .authorize_txn(&request)
+            .map_err(self.state.refused("etcdserverpb.KV", "Txn"))?;
         let st = self.state.clone();
         let t = request.into_inner();
         let res = crate::state::write(&self.state, move || do_txn(&st, t)).await;
@@ -376,7 +384,9 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        self.state.authorize_compaction(&request)?;
+        self.state
+            .authorize_compaction(&request)
+            .map_err(self.state.refused("etcdserverpb.KV", "Compact"))?;
         let res = do_compact(self.state.clone(), request.into_inner()).await;
         self.state
             .metrics

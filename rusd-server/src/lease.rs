@@ -127,7 +127,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        self.state.authorize_token(&request)?;
+        self.state
+            .authorize_token(&request)
+            .map_err(self.state.refused("etcdserverpb.Lease", "LeaseGrant"))?;
         let st = self.state.clone();
         let r = request.into_inner();
         let res = blocking(move || do_grant(&st, r)).await;
@@ -141,7 +143,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        self.state.authorize_lease_revoke(&request)?;
+        self.state
+            .authorize_lease_revoke(&request)
+            .map_err(self.state.refused("etcdserverpb.Lease", "LeaseRevoke"))?;
         let st = self.state.clone();
         let id = request.into_inner().id;
         let res = blocking(move || {
@@ -163,7 +167,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        self.state.authorize_token(&request)?;
+        self.state
+            .authorize_token(&request)
+            .map_err(self.state.refused("etcdserverpb.Lease", "LeaseKeepAlive"))?;
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let state = self.state.clone();
@@ -216,7 +222,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        self.state.authorize_lease_time_to_live(&request)?;
+        self.state
+            .authorize_lease_time_to_live(&request)
+            .map_err(self.state.refused("etcdserverpb.Lease", "LeaseTimeToLive"))?;
         let res = do_time_to_live(&self.state, &request.into_inner());
         self.state
             .metrics
@@ -228,7 +236,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        self.state.authorize_token(&request)?;
+        self.state
+            .authorize_token(&request)
+            .map_err(self.state.refused("etcdserverpb.Lease", "LeaseLeases"))?;
         let leases = self
             .state
             .store

@@ -261,7 +261,9 @@ impl maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
-        self.state.authorize_alarm(&request)?;
+        self.state
+            .authorize_alarm(&request)
+            .map_err(self.state.refused("etcdserverpb.Maintenance", "Alarm"))?;
         let res = alarm(&self.state, request.get_ref());
         self.state
             .metrics
@@ -285,7 +287,9 @@ impl maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        self.state.authorize_maintenance(&request)?;
+        self.state
+            .authorize_maintenance(&request)
+            .map_err(self.state.refused("etcdserverpb.Maintenance", "Defragment"))?;
         let st = self.state.clone();
         let res = blocking(move || {
             st.store
@@ -305,7 +309,9 @@ impl maintenance_server::Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        self.state.authorize_maintenance(&request)?;
+        self.state
+            .authorize_maintenance(&request)
+            .map_err(self.state.refused("etcdserverpb.Maintenance", "Hash"))?;
         let st = self.state.clone();
         let res = blocking(move || {
             let (hash, rev) = hash_kv(&st, 0)?;
@@ -325,7 +331,9 @@ impl maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        self.state.authorize_maintenance(&request)?;
+        self.state
+            .authorize_maintenance(&request)
+            .map_err(self.state.refused("etcdserverpb.Maintenance", "HashKV"))?;
         let st = self.state.clone();
         let revision = request.into_inner().revision;
         let res = blocking(move || {
@@ -350,7 +358,9 @@ impl maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        self.state.authorize_maintenance(&request)?;
+        self.state
+            .authorize_maintenance(&request)
+            .map_err(self.state.refused("etcdserverpb.Maintenance", "Snapshot"))?;
         let (tx, rx) = mpsc::channel(16);
         let st = self.state.clone();
         tokio::task::spawn_blocking(move || stream_snapshot(&st, &tx));
@@ -365,7 +375,9 @@ impl maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        self.state.authorize_admin(&request)?;
+        self.state
+            .authorize_admin(&request)
+            .map_err(self.state.refused("etcdserverpb.Maintenance", "MoveLeader"))?;
         if request.get_ref().target_id != self.state.member_id {
             return Err(Status::new(
                 Code::FailedPrecondition,
@@ -414,7 +426,9 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        self.state.authorize_admin(&request)?;
+        self.state
+            .authorize_admin(&request)
+            .map_err(self.state.refused("etcdserverpb.Cluster", "MemberAdd"))?;
         Err(rpc::unsupported("membership change"))
     }
 
@@ -422,7 +436,9 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        self.state.authorize_admin(&request)?;
+        self.state
+            .authorize_admin(&request)
+            .map_err(self.state.refused("etcdserverpb.Cluster", "MemberRemove"))?;
         Err(rpc::unsupported("membership change"))
     }
 
@@ -430,7 +446,9 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        self.state.authorize_admin(&request)?;
+        self.state
+            .authorize_admin(&request)
+            .map_err(self.state.refused("etcdserverpb.Cluster", "MemberUpdate"))?;
         Err(rpc::unsupported("membership change"))
     }
 
@@ -452,7 +470,9 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        self.state.authorize_admin(&request)?;
+        self.state
+            .authorize_admin(&request)
+            .map_err(self.state.refused("etcdserverpb.Cluster", "MemberPromote"))?;
         Err(rpc::unsupported("membership change"))
     }
 }

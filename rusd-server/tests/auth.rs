@@ -1776,8 +1776,21 @@ async fn gateway_with_authorization_header() {
     assert!(body.contains(r#""enabled":true"#), "{body}");
     let (status, _) = common::http_get(addr, "/health").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
-    let (status, _) = common::http_get(addr, "/metrics").await;
+    let (status, metrics) = common::http_get(addr, "/metrics").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
+    // Refusals are counted as etcd counts them (the put above, the two ranges).
+    let handled = |code: &str, method: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("grpc_server_handled_total{"))
+            .filter(|l| l.contains(&format!("grpc_code=\"{code}\"")))
+            .filter(|l| l.contains(&format!("grpc_method=\"{method}\"")))
+            .filter_map(|l| l.rsplit(' ').next())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(handled("PermissionDenied", "Put"), vec!["1"], "{metrics}");
+    assert_eq!(handled("InvalidArgument", "Range"), vec!["1"]);
+    assert_eq!(handled("Unauthenticated", "Range"), vec!["1"]);
     server.shutdown().await.unwrap();
 }
 
