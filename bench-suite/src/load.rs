@@ -5,7 +5,7 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use rand::{RngCore, SeedableRng};
 
 use crate::measure::Latencies;
@@ -65,22 +65,167 @@ fn url(endpoint: &str) -> String {
     }
 }
 
-async fn connect(endpoints: &[String], request_timeout: Duration) -> Result<Client, String> {
+async fn connect(
+    endpoints: &[String],
+    request_timeout: Duration,
+    security: Option<&Security>,
+) -> Result<Client, String> {
     let urls: Vec<String> = endpoints.iter().map(|e| url(e)).collect();
-    let options = ConnectOptions::new()
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
         .with_timeout(request_timeout);
+    if let Some(s) = security {
+        options = options.with_tls(
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(s.ca_pem.clone()))
+                .identity(Identity::from_pem(
+                    s.client_cert_pem.clone(),
+                    s.client_key_pem.clone(),
+                ))
+                .domain_name("localhost"),
+        );
+        if let Some((user, password)) = &s.user {
+            options = options.with_user(user.clone(), password.clone());
+        }
+    }
     Client::connect(&urls, Some(options))
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", urls.join(",")))
 }
 
+/// TLS and authentication of `versus-etcd --tls-auth`: a CA, a server certificate and a client
+/// certificate generated in a directory (the same files for every server), and the user the
+/// load runs as.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// CA certificate file.
+    pub ca: std::path::PathBuf,
+    /// Server certificate and key files.
+    pub server_cert: std::path::PathBuf,
+    /// Server key file.
+    pub server_key: std::path::PathBuf,
+    /// CA certificate (PEM).
+    pub ca_pem: String,
+    /// Client certificate (PEM).
+    pub client_cert_pem: String,
+    /// Client key (PEM).
+    pub client_key_pem: String,
+    /// The user and password requests run as (`None`: the certificate's CN, during setup).
+    pub user: Option<(String, String)>,
+}
+
+/// The user of the load under `--tls-auth` and its password; its role grants READWRITE on the
+/// prefix [`BENCH_PREFIX`] (every key below 10,000,000 operations).
+pub const BENCH_USER: (&str, &str) = ("bench", "bench-password");
+/// The prefix granted to [`BENCH_USER`].
+pub const BENCH_PREFIX: &str = "0";
+
+impl Security {
+    /// Generates the CA, the server certificate (localhost, 127.0.0.1) and a client certificate
+    /// into `dir`.
+    pub fn generate(dir: &std::path::Path) -> Result<Security, String> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+        };
+        let e = |e: rcgen::Error| e.to_string();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "bench-ca");
+        ca_params.distinguished_name = dn;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().map_err(e)?;
+        let ca_cert = ca_params.self_signed(&ca_key).map_err(e)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |cn: &str| -> Result<(String, String), String> {
+            let mut p =
+                CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                    .map_err(e)?;
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, cn);
+            p.distinguished_name = dn;
+            p.extended_key_usages = vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let key = KeyPair::generate().map_err(e)?;
+            let cert = p.signed_by(&key, &issuer).map_err(e)?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
+        let (server_pem, server_key_pem) = leaf("server")?;
+        let (client_cert_pem, client_key_pem) = leaf("root")?;
+        let write = |name: &str, pem: &str| -> Result<std::path::PathBuf, String> {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).map_err(|err| format!("{}: {err}", path.display()))?;
+            Ok(path)
+        };
+        Ok(Security {
+            ca: write("ca.pem", &ca_cert.pem())?,
+            server_cert: write("server.pem", &server_pem)?,
+            server_key: write("server-key.pem", &server_key_pem)?,
+            ca_pem: ca_cert.pem(),
+            client_cert_pem,
+            client_key_pem,
+            user: None,
+        })
+    }
+
+    /// The server flags (the same for etcd and rusd).
+    pub fn server_flags(&self) -> Vec<String> {
+        vec![
+            format!("--cert-file={}", self.server_cert.display()),
+            format!("--key-file={}", self.server_key.display()),
+            format!("--trusted-ca-file={}", self.ca.display()),
+            "--client-cert-auth".to_string(),
+            "--bcrypt-cost=10".to_string(),
+        ]
+    }
+
+    /// The same, running as [`BENCH_USER`].
+    pub fn as_bench_user(&self) -> Security {
+        Security {
+            user: Some((BENCH_USER.0.to_string(), BENCH_USER.1.to_string())),
+            ..self.clone()
+        }
+    }
+}
+
+/// Creates `root`, the role `bench` (READWRITE on the prefix [`BENCH_PREFIX`]) and the user
+/// [`BENCH_USER`] with it, then enables auth.
+pub async fn setup_auth(endpoints: &[String], security: &Security) -> Result<(), String> {
+    let mut c = connect(endpoints, Duration::from_secs(10), Some(security)).await?;
+    let e = |e: etcd_client::Error| e.to_string();
+    c.user_add("root", "root-password", None).await.map_err(e)?;
+    c.user_grant_role("root", "root").await.map_err(e)?;
+    c.role_add("bench").await.map_err(e)?;
+    c.role_grant_permission(
+        "bench",
+        etcd_client::Permission::read_write(BENCH_PREFIX).with_prefix(),
+    )
+    .await
+    .map_err(e)?;
+    c.user_add(BENCH_USER.0, BENCH_USER.1, None)
+        .await
+        .map_err(e)?;
+    c.user_grant_role(BENCH_USER.0, "bench").await.map_err(e)?;
+    c.auth_enable().await.map_err(e)?;
+    Ok(())
+}
+
 /// Waits until the endpoint answers a range request (etcd listens before it has elected
 /// itself leader), for at most `timeout`.
 pub async fn wait_ready(endpoints: &[String], timeout: Duration) -> Result<(), String> {
+    wait_ready_with(endpoints, timeout, None).await
+}
+
+/// [`wait_ready`] over TLS.
+pub async fn wait_ready_with(
+    endpoints: &[String],
+    timeout: Duration,
+    security: Option<&Security>,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
-        let last = match connect(endpoints, Duration::from_secs(2)).await {
+        let last = match connect(endpoints, Duration::from_secs(2), security).await {
             Ok(mut c) => match c.get("bench-probe", None).await {
                 Ok(_) => return Ok(()),
                 Err(e) => e.to_string(),
@@ -199,10 +344,22 @@ pub async fn run(
     server_pid: Option<u32>,
     config: LoadConfig,
 ) -> Result<LoadRun, String> {
+    run_with(endpoints, server, engine, server_pid, config, None).await
+}
+
+/// [`run`] over TLS, as the user of `security` (`versus-etcd --tls-auth`).
+pub async fn run_with(
+    endpoints: &[String],
+    server: &str,
+    engine: Option<&str>,
+    server_pid: Option<u32>,
+    config: LoadConfig,
+    security: Option<&Security>,
+) -> Result<LoadRun, String> {
     config.validate()?;
     let mut clients = Vec::with_capacity(config.clients);
     for _ in 0..config.clients {
-        clients.push(connect(endpoints, config.request_timeout).await?);
+        clients.push(connect(endpoints, config.request_timeout, security).await?);
     }
     let put = measured_phase(&clients, config, Op::Put, server_pid).await?;
     let range = measured_phase(&clients, config, Op::Range, server_pid).await?;

@@ -152,6 +152,11 @@ struct LoadArgs {
     /// Value size in bytes (keys are 8 bytes).
     #[arg(long, default_value_t = 256)]
     value_size: usize,
+    /// versus-etcd: every server over mutual TLS with `--client-cert-auth` and auth enabled
+    /// (the same generated certificates for all; the load runs as a user whose role grants
+    /// READWRITE on the key prefix `0`).
+    #[arg(long)]
+    tls_auth: bool,
 }
 
 impl Cli {
@@ -566,6 +571,19 @@ mod etcd_mode {
             });
         }
         let parent = cli.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let certs = tempfile::Builder::new()
+            .prefix("rusd-versus-certs-")
+            .tempdir_in(&parent)
+            .map_err(|e| e.to_string())?;
+        let security = if args.tls_auth {
+            Some(load::Security::generate(certs.path())?)
+        } else {
+            None
+        };
+        let (scheme, extra) = match &security {
+            Some(s) => ("https", s.server_flags()),
+            None => ("http", Vec::new()),
+        };
         let rt = runtime()?;
         let mut runs: Vec<LoadRun> = Vec::new();
         let mut failures = Vec::new();
@@ -584,33 +602,49 @@ mod etcd_mode {
                     config.clients,
                     config.ops
                 );
-                let server = match ServerProcess::start(spec, &parent, START_TIMEOUT) {
-                    Ok(s) => s,
-                    Err(StartError::Exited(log))
-                        if !explicit && log.contains("not compiled into this rusd build") =>
-                    {
-                        let engine = spec.engine().unwrap_or_default().to_string();
-                        let note = format!("{engine} not compiled into {}", rusd.display());
-                        eprintln!("  skipped: {note}");
-                        notes.push(note);
-                        skipped.push(engine);
-                        continue;
-                    }
-                    Err(e) => {
-                        failures.push(format!("{}: {e}", spec.label()));
-                        continue;
-                    }
-                };
+                let server =
+                    match ServerProcess::start_with(spec, &parent, START_TIMEOUT, scheme, &extra) {
+                        Ok(mut s) => {
+                            if security.is_some() {
+                                s.label = format!("{} TLS+auth", s.label);
+                            }
+                            s
+                        }
+                        Err(StartError::Exited(log))
+                            if !explicit && log.contains("not compiled into this rusd build") =>
+                        {
+                            let engine = spec.engine().unwrap_or_default().to_string();
+                            let note = format!("{engine} not compiled into {}", rusd.display());
+                            eprintln!("  skipped: {note}");
+                            notes.push(note);
+                            skipped.push(engine);
+                            continue;
+                        }
+                        Err(e) => {
+                            failures.push(format!("{}: {e}", spec.label()));
+                            continue;
+                        }
+                    };
                 let endpoints = [server.endpoint.clone()];
+                let as_user = security.as_ref().map(load::Security::as_bench_user);
                 let result = rt
-                    .block_on(load::wait_ready(&endpoints, START_TIMEOUT))
+                    .block_on(load::wait_ready_with(
+                        &endpoints,
+                        START_TIMEOUT,
+                        security.as_ref(),
+                    ))
+                    .and_then(|()| match &security {
+                        Some(s) => rt.block_on(load::setup_auth(&endpoints, s)),
+                        None => Ok(()),
+                    })
                     .and_then(|()| {
-                        rt.block_on(load::run(
+                        rt.block_on(load::run_with(
                             &endpoints,
                             &server.label,
                             spec.engine(),
                             Some(server.pid()),
                             *config,
+                            as_user.as_ref(),
                         ))
                     });
                 match result {
@@ -635,8 +669,15 @@ mod etcd_mode {
             Some((_, v)) => format!("etcd {v} (WAL always fsynced)"),
             None => "no etcd (not on PATH)".to_string(),
         };
+        let tls_note = if security.is_some() {
+            "; every server over mutual TLS (`--client-cert-auth`, same generated certificates) \
+             with auth enabled, the load running as a user with a READWRITE grant on the key \
+             prefix `0` (simple tokens, bcrypt cost 10)"
+        } else {
+            ""
+        };
         let md = format!(
-            "{ops} puts of 8-byte keys with {}-byte values per run, then {ops} single-key ranges; \
+            "{ops} puts of 8-byte keys with {}-byte values per run, then {ops} single-key ranges{tls_note}; \
              every server fresh on loopback with an empty data dir; {etcd_note} vs rusd \
              `--durability {durability}`{}; clients and server share this machine's {cores} cores; \
              peak RSS = the server's VmHWM at the end of the run{}.\n\n{}",
@@ -664,6 +705,7 @@ mod etcd_mode {
             "value_size": args.value_size,
             "key_size": 8,
             "durability": durability,
+            "tls_auth": security.is_some(),
             "etcd_version": etcd.as_ref().map(|(_, v)| v.clone()),
             "cores": cores,
             "targets": {
@@ -675,7 +717,12 @@ mod etcd_mode {
             "runs": runs,
             "checks": checks,
         });
-        write_out(&cli.out, "versus-etcd", &json, &md)?;
+        let stem = if security.is_some() {
+            "versus-etcd-tls-auth"
+        } else {
+            "versus-etcd"
+        };
+        write_out(&cli.out, stem, &json, &md)?;
         if failures.is_empty() {
             Ok(())
         } else {

@@ -358,8 +358,13 @@ impl ServerSpec {
     /// The command line listening for clients on `ports[0]` (etcd: peers on `ports[1]`) with
     /// its data in `data_dir`.
     pub fn command(&self, data_dir: &Path, ports: &[u16]) -> Command {
+        self.command_with(data_dir, ports, "http")
+    }
+
+    /// [`ServerSpec::command`] with client URLs of `scheme` (`http` or `https`).
+    pub fn command_with(&self, data_dir: &Path, ports: &[u16], scheme: &str) -> Command {
         let client_port = ports.first().copied().unwrap_or(2379);
-        let client = format!("http://127.0.0.1:{client_port}");
+        let client = format!("{scheme}://127.0.0.1:{client_port}");
         match self {
             ServerSpec::Etcd { bin, .. } => {
                 let peer = format!("http://127.0.0.1:{}", ports.get(1).copied().unwrap_or(2380));
@@ -447,13 +452,26 @@ impl ServerProcess {
     /// Starts `spec` with a fresh data directory under `parent` on free loopback ports and
     /// waits (up to `timeout`) until its client port accepts connections.
     pub fn start(spec: &ServerSpec, parent: &Path, timeout: Duration) -> Result<Self, StartError> {
+        ServerProcess::start_with(spec, parent, timeout, "http", &[])
+    }
+
+    /// [`ServerProcess::start`] with client URLs of `scheme` and `extra` flags (TLS, auth);
+    /// the endpoint is then `<scheme>://127.0.0.1:<port>`.
+    pub fn start_with(
+        spec: &ServerSpec,
+        parent: &Path,
+        timeout: Duration,
+        scheme: &str,
+        extra: &[String],
+    ) -> Result<Self, StartError> {
         let dir = tempfile::Builder::new()
             .prefix("rusd-versus-")
             .tempdir_in(parent)?;
         let ports = free_loopback_ports(spec.ports_needed())?;
         let log = fs::File::create(dir.path().join("server.log"))?;
         let child = spec
-            .command(&dir.path().join("data"), &ports)
+            .command_with(&dir.path().join("data"), &ports, scheme)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -470,6 +488,9 @@ impl ServerProcess {
                 return Err(StartError::Exited(server.log_tail()));
             }
             if TcpStream::connect(&server.endpoint).is_ok() {
+                if scheme != "http" {
+                    server.endpoint = format!("{scheme}://{}", server.endpoint);
+                }
                 return Ok(server);
             }
             if Instant::now() > deadline {

@@ -119,6 +119,9 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.state
+            .authorize_admin(&request)
+            .map_err(self.state.refused("etcdserverpb.Cluster", "MemberAdd"))?;
         let res = async {
             let r = request.into_inner();
             Self::check_urls(&r.peer_ur_ls)?;
@@ -176,6 +179,9 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.state
+            .authorize_admin(&request)
+            .map_err(self.state.refused("etcdserverpb.Cluster", "MemberRemove"))?;
         let res = async {
             let id = request.into_inner().id;
             let raft = self.raft()?;
@@ -200,6 +206,9 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.state
+            .authorize_admin(&request)
+            .map_err(self.state.refused("etcdserverpb.Cluster", "MemberUpdate"))?;
         let res = async {
             let r = request.into_inner();
             Self::check_urls(&r.peer_ur_ls)?;
@@ -254,6 +263,9 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.state
+            .authorize_admin(&request)
+            .map_err(self.state.refused("etcdserverpb.Cluster", "MemberPromote"))?;
         let res = async {
             let id = request.into_inner().id;
             let raft = self.raft()?;

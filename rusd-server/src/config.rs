@@ -87,6 +87,8 @@ pub struct ServerConfig {
     pub election_timeout: Duration,
     /// Applied entries between two snapshots of the store (etcd `--snapshot-count`).
     pub snapshot_count: u64,
+    /// Authentication: `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`.
+    pub auth: crate::auth::AuthSettings,
 }
 
 /// etcd's `--initial-cluster-state`.
@@ -135,6 +137,7 @@ impl ServerConfig {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             snapshot_count: 10_000,
+            auth: crate::auth::AuthSettings::default(),
         }
     }
 
@@ -238,6 +241,11 @@ impl ServerConfig {
     /// Sets the TLS of the client and metrics listeners.
     pub fn with_client_tls(mut self, tls: crate::tls::TlsSettings) -> Self {
         self.client_tls = tls;
+        self
+    }
+    /// Sets the authentication settings.
+    pub fn with_auth(mut self, auth: crate::auth::AuthSettings) -> Self {
+        self.auth = auth;
         self
     }
     /// Sets the progress-notify interval.

@@ -18,8 +18,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use serde_json::{Map, Value};
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 
+use crate::auth::Credentials;
 use crate::http::response;
 use crate::kv::KvService;
 use crate::lease::LeaseService;
@@ -38,8 +39,15 @@ use crate::state::State;
 const MAX_TXN_DEPTH: usize = 16;
 
 /// Answers one unary gateway request: `path` is the URL path, `body` the JSON request.
-pub async fn handle_unary(state: &Arc<State>, path: &str, body: &[u8]) -> Response<Full<Bytes>> {
-    let mut r = match dispatch(state, path, body).await {
+///
+/// `creds` are the request's credentials (the `Authorization` header's token).
+pub async fn handle_unary(
+    state: &Arc<State>,
+    path: &str,
+    body: &[u8],
+    creds: &Credentials,
+) -> Response<Full<Bytes>> {
+    let mut r = match dispatch(state, path, body, creds).await {
         Ok(json) => response(StatusCode::OK, "application/json", json),
         Err(status) => error_response(&status),
     };
@@ -65,27 +73,35 @@ pub fn cors<B>(r: &mut Response<B>) {
     }
 }
 
-async fn dispatch(state: &Arc<State>, path: &str, body: &[u8]) -> Result<String, Status> {
+async fn dispatch(
+    state: &Arc<State>,
+    path: &str,
+    body: &[u8],
+    creds: &Credentials,
+) -> Result<String, Status> {
     let kv = || KvService::new(state.clone());
+    macro_rules! req {
+        ($r:expr) => {
+            crate::auth::grpc_request($r, creds)
+        };
+    }
     let lease = || LeaseService::new(state.clone());
     match path {
         "/v3/kv/range" => {
             let r = range_request(&parse(body)?)?;
-            Ok(range_json(&kv().range(Request::new(r)).await?.into_inner()))
+            Ok(range_json(&kv().range(req!(r)).await?.into_inner()))
         }
         "/v3/kv/put" => {
             let r = put_request(&parse(body)?)?;
-            Ok(put_json(&kv().put(Request::new(r)).await?.into_inner()))
+            Ok(put_json(&kv().put(req!(r)).await?.into_inner()))
         }
         "/v3/kv/deleterange" => {
             let r = delete_request(&parse(body)?)?;
-            Ok(delete_json(
-                &kv().delete_range(Request::new(r)).await?.into_inner(),
-            ))
+            Ok(delete_json(&kv().delete_range(req!(r)).await?.into_inner()))
         }
         "/v3/kv/txn" => {
             let r = txn_request(&parse(body)?, 0)?;
-            Ok(txn_json(&kv().txn(Request::new(r)).await?.into_inner()))
+            Ok(txn_json(&kv().txn(req!(r)).await?.into_inner()))
         }
         "/v3/kv/compaction" => {
             let o = parse(body)?;
@@ -93,7 +109,7 @@ async fn dispatch(state: &Arc<State>, path: &str, body: &[u8]) -> Result<String,
                 revision: int(&o, &["revision"])?,
                 physical: boolean(&o, &["physical"])?,
             };
-            let resp = kv().compact(Request::new(r)).await?.into_inner();
+            let resp = kv().compact(req!(r)).await?.into_inner();
             Ok(header_only(resp.header.as_ref()))
         }
         "/v3/lease/grant" => {
@@ -102,7 +118,7 @@ async fn dispatch(state: &Arc<State>, path: &str, body: &[u8]) -> Result<String,
                 ttl: int(&o, &["TTL", "ttl"])?,
                 id: int(&o, &["ID", "id"])?,
             };
-            let resp = lease().lease_grant(Request::new(r)).await?.into_inner();
+            let resp = lease().lease_grant(req!(r)).await?.into_inner();
             let mut j = Obj::new();
             j.header(resp.header.as_ref());
             j.int("ID", resp.id);
@@ -115,7 +131,7 @@ async fn dispatch(state: &Arc<State>, path: &str, body: &[u8]) -> Result<String,
             let r = LeaseRevokeRequest {
                 id: int(&o, &["ID", "id"])?,
             };
-            let resp = lease().lease_revoke(Request::new(r)).await?.into_inner();
+            let resp = lease().lease_revoke(req!(r)).await?.into_inner();
             Ok(header_only(resp.header.as_ref()))
         }
         "/v3/lease/timetolive" | "/v3/kv/lease/timetolive" => {
@@ -124,10 +140,7 @@ async fn dispatch(state: &Arc<State>, path: &str, body: &[u8]) -> Result<String,
                 id: int(&o, &["ID", "id"])?,
                 keys: boolean(&o, &["keys"])?,
             };
-            let resp = lease()
-                .lease_time_to_live(Request::new(r))
-                .await?
-                .into_inner();
+            let resp = lease().lease_time_to_live(req!(r)).await?.into_inner();
             let mut j = Obj::new();
             j.header(resp.header.as_ref());
             j.int("ID", resp.id);
@@ -139,7 +152,7 @@ async fn dispatch(state: &Arc<State>, path: &str, body: &[u8]) -> Result<String,
         "/v3/lease/leases" | "/v3/kv/lease/leases" => {
             parse(body)?;
             let resp = lease()
-                .lease_leases(Request::new(LeaseLeasesRequest {}))
+                .lease_leases(req!(LeaseLeasesRequest {}))
                 .await?
                 .into_inner();
             let mut j = Obj::new();
@@ -154,11 +167,15 @@ async fn dispatch(state: &Arc<State>, path: &str, body: &[u8]) -> Result<String,
             );
             Ok(j.finish())
         }
-        "/v3/lease/keepalive" | "/v3/kv/lease/keepalive" => keep_alive(state, body).await,
+        "/v3/lease/keepalive" | "/v3/kv/lease/keepalive" => {
+            state.authorize_token(&req!(()))?;
+            keep_alive(state, body).await
+        }
+        p if p.starts_with("/v3/auth/") => auth(state, p, body, creds).await,
         "/v3/maintenance/status" => {
             parse(body)?;
             let resp = MaintenanceService::new(state.clone())
-                .status(Request::new(StatusRequest {}))
+                .status(req!(StatusRequest {}))
                 .await?
                 .into_inner();
             let mut j = Obj::new();
@@ -210,6 +227,7 @@ async fn keep_alive(state: &Arc<State>, body: &[u8]) -> Result<String, Status> {
 pub fn watch(
     state: &Arc<State>,
     body: &[u8],
+    creds: &Credentials,
 ) -> Result<tokio::sync::mpsc::Receiver<Bytes>, Status> {
     let mut watchers = Vec::new();
     let mut lines = Vec::new();
@@ -220,13 +238,21 @@ pub fn watch(
         };
         let id = int(c, &["watch_id"])?;
         let start = int(c, &["start_revision"])?;
+        let (key, range_end) = (bytes_field(c, &["key"])?, bytes_field(c, &["range_end"])?);
+        if let Err(refusal) = state.authorize_watch(creds, &key, &range_end) {
+            let denied = crate::auth::watch_denied(state, &refusal);
+            let mut j = Obj::new();
+            j.header(denied.header.as_ref());
+            j.int("watch_id", denied.watch_id);
+            j.boolean("created", true);
+            j.boolean("canceled", true);
+            j.str("cancel_reason", &denied.cancel_reason);
+            lines.push(result_line(j.finish()));
+            continue;
+        }
         let w = state
             .store
-            .watch(
-                &bytes_field(c, &["key"])?,
-                &bytes_field(c, &["range_end"])?,
-                start,
-            )
+            .watch(&key, &range_end, start)
             .map_err(crate::error::mvcc_status)?;
         let mut j = Obj::new();
         j.header(state.header_now().as_ref());
@@ -570,6 +596,240 @@ fn txn_request(o: &Map<String, Value>, depth: usize) -> Result<TxnRequest, Statu
         success: ops("success")?,
         failure: ops("failure")?,
     })
+}
+
+fn string(o: &Map<String, Value>, names: &[&str]) -> Result<String, Status> {
+    match lookup(o, names) {
+        None => Ok(String::new()),
+        Some((Value::String(s), _)) => Ok(s.clone()),
+        Some((other, name)) => Err(bad(format!("{name}: {other} is not a string"))),
+    }
+}
+
+/// The `/v3/auth/...` endpoints of etcd's gateway, answered by [`crate::auth::AuthService`].
+async fn auth(
+    state: &Arc<State>,
+    path: &str,
+    body: &[u8],
+    creds: &Credentials,
+) -> Result<String, Status> {
+    use crate::auth::AuthService;
+    use crate::pb::authpb;
+    use crate::pb::etcdserverpb::auth_server::Auth as _;
+    use crate::pb::etcdserverpb::*;
+    let svc = AuthService::new(state.clone());
+    macro_rules! req {
+        ($r:expr) => {
+            crate::auth::grpc_request($r, creds)
+        };
+    }
+    let o = parse(body)?;
+    let name = || string(&o, &["name"]);
+    let role = || string(&o, &["role"]);
+    let header = |h: Option<&ResponseHeader>| Ok(header_only(h));
+    match path {
+        "/v3/auth/authenticate" => {
+            let r = AuthenticateRequest {
+                name: name()?,
+                password: string(&o, &["password"])?,
+            };
+            let resp = svc.authenticate(req!(r)).await?.into_inner();
+            let mut j = Obj::new();
+            j.header(resp.header.as_ref());
+            j.str("token", &resp.token);
+            Ok(j.finish())
+        }
+        "/v3/auth/status" => {
+            let resp = svc
+                .auth_status(req!(AuthStatusRequest {}))
+                .await?
+                .into_inner();
+            let mut j = Obj::new();
+            j.header(resp.header.as_ref());
+            j.boolean("enabled", resp.enabled);
+            j.uint("authRevision", resp.auth_revision);
+            Ok(j.finish())
+        }
+        "/v3/auth/enable" => header(
+            svc.auth_enable(req!(AuthEnableRequest {}))
+                .await?
+                .get_ref()
+                .header
+                .as_ref(),
+        ),
+        "/v3/auth/disable" => header(
+            svc.auth_disable(req!(AuthDisableRequest {}))
+                .await?
+                .get_ref()
+                .header
+                .as_ref(),
+        ),
+        "/v3/auth/user/add" => {
+            let no_password = match object(&o, &["options"])? {
+                Some(opts) => boolean(opts, &["no_password"])?,
+                None => false,
+            };
+            let r = AuthUserAddRequest {
+                name: name()?,
+                password: string(&o, &["password"])?,
+                options: Some(authpb::UserAddOptions { no_password }),
+                hashed_password: string(&o, &["hashedPassword", "hashed_password"])?,
+            };
+            header(svc.user_add(req!(r)).await?.get_ref().header.as_ref())
+        }
+        "/v3/auth/user/get" => {
+            let resp = svc
+                .user_get(req!(AuthUserGetRequest { name: name()? }))
+                .await?
+                .into_inner();
+            let mut j = Obj::new();
+            j.header(resp.header.as_ref());
+            j.list("roles", resp.roles.iter().map(|r| quote(r)));
+            Ok(j.finish())
+        }
+        "/v3/auth/user/list" => {
+            let resp = svc
+                .user_list(req!(AuthUserListRequest {}))
+                .await?
+                .into_inner();
+            let mut j = Obj::new();
+            j.header(resp.header.as_ref());
+            j.list("users", resp.users.iter().map(|u| quote(u)));
+            Ok(j.finish())
+        }
+        "/v3/auth/user/delete" => header(
+            svc.user_delete(req!(AuthUserDeleteRequest { name: name()? }))
+                .await?
+                .get_ref()
+                .header
+                .as_ref(),
+        ),
+        "/v3/auth/user/changepw" => {
+            let r = AuthUserChangePasswordRequest {
+                name: name()?,
+                password: string(&o, &["password"])?,
+                hashed_password: string(&o, &["hashedPassword", "hashed_password"])?,
+            };
+            header(
+                svc.user_change_password(req!(r))
+                    .await?
+                    .get_ref()
+                    .header
+                    .as_ref(),
+            )
+        }
+        "/v3/auth/user/grant" => {
+            let r = AuthUserGrantRoleRequest {
+                user: string(&o, &["user"])?,
+                role: role()?,
+            };
+            header(
+                svc.user_grant_role(req!(r))
+                    .await?
+                    .get_ref()
+                    .header
+                    .as_ref(),
+            )
+        }
+        "/v3/auth/user/revoke" => {
+            let r = AuthUserRevokeRoleRequest {
+                name: name()?,
+                role: role()?,
+            };
+            header(
+                svc.user_revoke_role(req!(r))
+                    .await?
+                    .get_ref()
+                    .header
+                    .as_ref(),
+            )
+        }
+        "/v3/auth/role/add" => header(
+            svc.role_add(req!(AuthRoleAddRequest { name: name()? }))
+                .await?
+                .get_ref()
+                .header
+                .as_ref(),
+        ),
+        "/v3/auth/role/get" => {
+            let resp = svc
+                .role_get(req!(AuthRoleGetRequest { role: role()? }))
+                .await?
+                .into_inner();
+            let mut j = Obj::new();
+            j.header(resp.header.as_ref());
+            j.list(
+                "perm",
+                resp.perm.iter().map(|p| {
+                    let mut o = Obj::new();
+                    if let Ok(t) = authpb::permission::Type::try_from(p.perm_type) {
+                        if p.perm_type != 0 {
+                            o.str("permType", t.as_str_name());
+                        }
+                    }
+                    o.bytes("key", &p.key);
+                    o.bytes("range_end", &p.range_end);
+                    o.finish()
+                }),
+            );
+            Ok(j.finish())
+        }
+        "/v3/auth/role/list" => {
+            let resp = svc
+                .role_list(req!(AuthRoleListRequest {}))
+                .await?
+                .into_inner();
+            let mut j = Obj::new();
+            j.header(resp.header.as_ref());
+            j.list("roles", resp.roles.iter().map(|r| quote(r)));
+            Ok(j.finish())
+        }
+        "/v3/auth/role/delete" => header(
+            svc.role_delete(req!(AuthRoleDeleteRequest { role: role()? }))
+                .await?
+                .get_ref()
+                .header
+                .as_ref(),
+        ),
+        "/v3/auth/role/grant" => {
+            let perm = match object(&o, &["perm"])? {
+                Some(p) => Some(authpb::Permission {
+                    perm_type: enumeration(p, &["permType", "perm_type"], |s| {
+                        authpb::permission::Type::from_str_name(s).map(|t| t as i32)
+                    })?,
+                    key: bytes_field(p, &["key"])?,
+                    range_end: bytes_field(p, &["range_end"])?,
+                }),
+                None => None,
+            };
+            let r = AuthRoleGrantPermissionRequest {
+                name: name()?,
+                perm,
+            };
+            header(
+                svc.role_grant_permission(req!(r))
+                    .await?
+                    .get_ref()
+                    .header
+                    .as_ref(),
+            )
+        }
+        "/v3/auth/role/revoke" => {
+            let r = AuthRoleRevokePermissionRequest {
+                role: role()?,
+                key: bytes_field(&o, &["key"])?,
+                range_end: bytes_field(&o, &["range_end"])?,
+            };
+            header(
+                svc.role_revoke_permission(req!(r))
+                    .await?
+                    .get_ref()
+                    .header
+                    .as_ref(),
+            )
+        }
+        _ => Err(Status::new(Code::NotFound, "Not Found")),
+    }
 }
 
 // ---- encoding ----

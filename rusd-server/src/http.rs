@@ -144,6 +144,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>, gateway: bool) -> Res
 
 /// `/v3/watch`: reads the request body, then streams the watchers' result lines.
 async fn watch(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
+    let creds = crate::auth::http_credentials(req.headers());
     let limit = state.max_request_bytes.saturating_add(64 * 1024);
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
@@ -156,7 +157,7 @@ async fn watch(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
             .map(|b| b.boxed())
         }
     };
-    match crate::gateway::watch(&state, &body) {
+    match crate::gateway::watch(&state, &body, &creds) {
         Ok(rx) => {
             use tokio_stream::StreamExt as _;
             let frames = tokio_stream::wrappers::ReceiverStream::new(rx)
@@ -209,6 +210,7 @@ async fn handle_unary(
                     "method not allowed\n".into(),
                 );
             }
+            let creds = crate::auth::http_credentials(req.headers());
             let limit = state.max_request_bytes.saturating_add(64 * 1024);
             let body = match Limited::new(req.into_body(), limit).collect().await {
                 Ok(b) => b.to_bytes(),
@@ -220,7 +222,7 @@ async fn handle_unary(
                     )
                 }
             };
-            crate::gateway::handle_unary(&state, p, &body).await
+            crate::gateway::handle_unary(&state, p, &body, &creds).await
         }
         _ if get => response(
             StatusCode::NOT_FOUND,

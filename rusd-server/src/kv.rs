@@ -413,6 +413,9 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        self.state
+            .authorize_range(&request)
+            .map_err(self.state.refused("etcdserverpb.KV", "Range"))?;
         // Reads are served on the async worker (after the ReadIndex wait when linearizable):
         // the index lookup is in memory and the row reads hit the engine's cache; a thread
         // hop per read costs more than it saves.
@@ -422,6 +425,9 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.state
+            .authorize_put(&request)
+            .map_err(self.state.refused("etcdserverpb.KV", "Put"))?;
         let p = request.into_inner();
         let res = write_replicated(&self.state, do_put(&self.state, p)).await;
         self.state.metrics.observe("etcdserverpb.KV", "Put", &res);
@@ -432,6 +438,9 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        self.state
+            .authorize_delete_range(&request)
+            .map_err(self.state.refused("etcdserverpb.KV", "DeleteRange"))?;
         let d = request.into_inner();
         let res = write_replicated(&self.state, do_delete(&self.state, d)).await;
         self.state
@@ -441,6 +450,9 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        self.state
+            .authorize_txn(&request)
+            .map_err(self.state.refused("etcdserverpb.KV", "Txn"))?;
         let t = request.into_inner();
         let res = write_replicated(&self.state, do_txn(&self.state, t)).await;
         self.state.metrics.observe("etcdserverpb.KV", "Txn", &res);
@@ -451,6 +463,9 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        self.state
+            .authorize_compaction(&request)
+            .map_err(self.state.refused("etcdserverpb.KV", "Compact"))?;
         let res = do_compact(self.state.clone(), request.into_inner()).await;
         self.state
             .metrics

@@ -168,6 +168,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        self.state
+            .authorize_token(&request)
+            .map_err(self.state.refused("etcdserverpb.Lease", "LeaseGrant"))?;
         let r = request.into_inner();
         let res = write_replicated(&self.state, do_grant(&self.state, r)).await;
         self.state
@@ -180,6 +183,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        self.state
+            .authorize_lease_revoke(&request)
+            .map_err(self.state.refused("etcdserverpb.Lease", "LeaseRevoke"))?;
         let id = request.into_inner().id;
         let st = &self.state;
         let res = write_replicated(st, async move {
@@ -205,6 +211,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.state
+            .authorize_token(&request)
+            .map_err(self.state.refused("etcdserverpb.Lease", "LeaseKeepAlive"))?;
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let state = self.state.clone();
@@ -255,6 +264,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.state
+            .authorize_lease_time_to_live(&request)
+            .map_err(self.state.refused("etcdserverpb.Lease", "LeaseTimeToLive"))?;
         let res = do_time_to_live(&self.state, &request.into_inner());
         self.state
             .metrics
@@ -264,8 +276,11 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<LeaseLeasesRequest>,
+        request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.state
+            .authorize_token(&request)
+            .map_err(self.state.refused("etcdserverpb.Lease", "LeaseLeases"))?;
         let leases = self
             .state
             .store

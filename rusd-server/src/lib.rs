@@ -8,7 +8,7 @@
 //!   stops accepting, ends open streams, flushes and closes the store.
 //! * Services: [`kv::KvService`], [`watch::WatchService`], [`lease::LeaseService`],
 //!   [`maintenance::MaintenanceService`], [`maintenance::ClusterService`],
-//!   [`maintenance::AuthService`] (authentication is never enabled).
+//!   [`auth::AuthService`] (etcd's users, roles and permissions, checked on every request).
 //! * [`http`]: `/health`, `/readyz`, `/livez`, `/version`, Prometheus `/metrics`
 //!   ([`metrics`], etcd's names) and etcd's v3 JSON gateway ([`gateway`]) over HTTP/1.1, on the
 //!   client URLs next to gRPC ([`sniff`]) and on the metrics URLs (without the gateway).
@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod error;

@@ -110,6 +110,15 @@ struct Cli {
     /// them).
     #[arg(long, default_value_t = 10_000)]
     snapshot_count: u64,
+    /// Token type: `simple` or `jwt,pub-key=<path>,priv-key=<path>,sign-method=<alg>,ttl=<dur>`.
+    #[arg(long, default_value = "simple", help_heading = "Auth")]
+    auth_token: String,
+    /// Lifetime of a simple token in seconds (refreshed on every use).
+    #[arg(long, default_value_t = rusd_server::auth::DEFAULT_AUTH_TOKEN_TTL_SECS, help_heading = "Auth")]
+    auth_token_ttl: u64,
+    /// bcrypt cost of hashed passwords (4..=31).
+    #[arg(long, default_value_t = 10, help_heading = "Auth")]
+    bcrypt_cost: u32,
     /// Log filter (RUST_LOG syntax), e.g. `info` or `rusd_server=debug`.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -201,7 +210,12 @@ fn config_from(cli: Cli) -> Result<ServerConfig, ServerError> {
             std::time::Duration::from_millis(cli.heartbeat_interval),
             std::time::Duration::from_millis(cli.election_timeout),
         )
-        .with_snapshot_count(cli.snapshot_count))
+        .with_snapshot_count(cli.snapshot_count)
+        .with_auth(rusd_server::auth::AuthSettings {
+            token: cli.auth_token,
+            token_ttl: std::time::Duration::from_secs(cli.auth_token_ttl),
+            bcrypt_cost: cli.bcrypt_cost,
+        }))
 }
 
 async fn wait_for_signal() -> std::io::Result<&'static str> {

@@ -1,4 +1,4 @@
-//! The `Maintenance`, `Cluster` and `Auth` services.
+//! The `Maintenance` and `Cluster` services (the `Auth` service is in [`crate::auth`]).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::pin::Pin;
@@ -261,6 +261,9 @@ impl maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
+        self.state
+            .authorize_alarm(&request)
+            .map_err(self.state.refused("etcdserverpb.Maintenance", "Alarm"))?;
         let res = alarm(&self.state, request.get_ref());
         self.state
             .metrics
@@ -282,8 +285,11 @@ impl maintenance_server::Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _request: Request<DefragmentRequest>,
+        request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.state
+            .authorize_maintenance(&request)
+            .map_err(self.state.refused("etcdserverpb.Maintenance", "Defragment"))?;
         let st = self.state.clone();
         let res = blocking(move || {
             st.store
@@ -302,7 +308,10 @@ impl maintenance_server::Maintenance for MaintenanceService {
         res.map(Response::new)
     }
 
-    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.state
+            .authorize_maintenance(&request)
+            .map_err(self.state.refused("etcdserverpb.Maintenance", "Hash"))?;
         let st = self.state.clone();
         let res = blocking(move || {
             let (hash, rev) = hash_kv(&st, 0)?;
@@ -322,6 +331,9 @@ impl maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.state
+            .authorize_maintenance(&request)
+            .map_err(self.state.refused("etcdserverpb.Maintenance", "HashKV"))?;
         let st = self.state.clone();
         let revision = request.into_inner().revision;
         let res = blocking(move || {
@@ -344,8 +356,11 @@ impl maintenance_server::Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _request: Request<SnapshotRequest>,
+        request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.state
+            .authorize_maintenance(&request)
+            .map_err(self.state.refused("etcdserverpb.Maintenance", "Snapshot"))?;
         let (tx, rx) = mpsc::channel(16);
         let st = self.state.clone();
         tokio::task::spawn_blocking(move || stream_snapshot(&st, &tx));
@@ -360,6 +375,9 @@ impl maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.state
+            .authorize_admin(&request)
+            .map_err(self.state.refused("etcdserverpb.Maintenance", "MoveLeader"))?;
         if request.get_ref().target_id != self.state.member_id {
             return Err(Status::new(
                 Code::FailedPrecondition,
@@ -376,212 +394,5 @@ impl maintenance_server::Maintenance for MaintenanceService {
         _request: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
         Err(rpc::unsupported("downgrade"))
-    }
-}
-
-/// The `Cluster` service of a single-member cluster.
-#[derive(Debug, Clone)]
-pub struct ClusterService {
-    state: Arc<State>,
-}
-
-impl ClusterService {
-    /// A service over `state`.
-    pub fn new(state: Arc<State>) -> Self {
-        ClusterService { state }
-    }
-
-    fn members(&self) -> Vec<Member> {
-        vec![Member {
-            id: self.state.member_id,
-            name: self.state.name.clone(),
-            peer_ur_ls: Vec::new(),
-            client_ur_ls: self.state.client_urls.clone(),
-            is_learner: false,
-        }]
-    }
-}
-
-#[tonic::async_trait]
-impl cluster_server::Cluster for ClusterService {
-    async fn member_add(
-        &self,
-        _request: Request<MemberAddRequest>,
-    ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(rpc::unsupported("membership change"))
-    }
-
-    async fn member_remove(
-        &self,
-        _request: Request<MemberRemoveRequest>,
-    ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(rpc::unsupported("membership change"))
-    }
-
-    async fn member_update(
-        &self,
-        _request: Request<MemberUpdateRequest>,
-    ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(rpc::unsupported("membership change"))
-    }
-
-    async fn member_list(
-        &self,
-        _request: Request<MemberListRequest>,
-    ) -> Result<Response<MemberListResponse>, Status> {
-        let res = Ok(MemberListResponse {
-            header: self.state.header_now(),
-            members: self.members(),
-        });
-        self.state
-            .metrics
-            .observe("etcdserverpb.Cluster", "MemberList", &res);
-        res.map(Response::new)
-    }
-
-    async fn member_promote(
-        &self,
-        _request: Request<MemberPromoteRequest>,
-    ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(rpc::unsupported("membership change"))
-    }
-}
-
-/// The `Auth` service: authentication is never enabled on rusd.
-#[derive(Debug, Clone)]
-pub struct AuthService {
-    state: Arc<State>,
-}
-
-impl AuthService {
-    /// A service over `state`.
-    pub fn new(state: Arc<State>) -> Self {
-        AuthService { state }
-    }
-}
-
-#[tonic::async_trait]
-impl auth_server::Auth for AuthService {
-    async fn auth_status(
-        &self,
-        _request: Request<AuthStatusRequest>,
-    ) -> Result<Response<AuthStatusResponse>, Status> {
-        Ok(Response::new(AuthStatusResponse {
-            header: self.state.header_now(),
-            enabled: false,
-            auth_revision: 0,
-        }))
-    }
-
-    async fn authenticate(
-        &self,
-        _request: Request<AuthenticateRequest>,
-    ) -> Result<Response<AuthenticateResponse>, Status> {
-        Err(rpc::auth_not_enabled())
-    }
-
-    async fn auth_enable(
-        &self,
-        _request: Request<AuthEnableRequest>,
-    ) -> Result<Response<AuthEnableResponse>, Status> {
-        Err(rpc::unsupported("auth"))
-    }
-
-    async fn auth_disable(
-        &self,
-        _request: Request<AuthDisableRequest>,
-    ) -> Result<Response<AuthDisableResponse>, Status> {
-        Err(rpc::unsupported("auth"))
-    }
-
-    async fn user_add(
-        &self,
-        _request: Request<AuthUserAddRequest>,
-    ) -> Result<Response<AuthUserAddResponse>, Status> {
-        Err(rpc::unsupported("auth"))
-    }
-
-    async fn user_get(
-        &self,
-        _request: Request<AuthUserGetRequest>,
-    ) -> Result<Response<AuthUserGetResponse>, Status> {
-        Err(rpc::unsupported("auth"))
-    }
-
-    async fn user_list(
-        &self,
-        _request: Request<AuthUserListRequest>,
-    ) -> Result<Response<AuthUserListResponse>, Status> {
-        Err(rpc::unsupported("auth"))
-    }
-
-    async fn user_delete(
-        &self,
-        _request: Request<AuthUserDeleteRequest>,
-    ) -> Result<Response<AuthUserDeleteResponse>, Status> {
-        Err(rpc::unsupported("auth"))
-    }
-
-    async fn user_change_password(
-        &self,
-        _request: Request<AuthUserChangePasswordRequest>,
-    ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        Err(rpc::unsupported("auth"))
-    }
-
-    async fn user_grant_role(
-        &self,
-        _request: Request<AuthUserGrantRoleRequest>,
-    ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
-        Err(rpc::unsupported("auth"))
-    }
-
-    async fn user_revoke_role(
-        &self,
-        _request: Request<AuthUserRevokeRoleRequest>,
-    ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
-        Err(rpc::unsupported("auth"))
-    }
-
-    async fn role_add(
-        &self,
-        _request: Request<AuthRoleAddRequest>,
-    ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        Err(rpc::unsupported("auth"))
-    }
-
-    async fn role_get(
-        &self,
-        _request: Request<AuthRoleGetRequest>,
-    ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        Err(rpc::unsupported("auth"))
-    }
-
-    async fn role_list(
-        &self,
-        _request: Request<AuthRoleListRequest>,
-    ) -> Result<Response<AuthRoleListResponse>, Status> {
-        Err(rpc::unsupported("auth"))
-    }
-
-    async fn role_delete(
-        &self,
-        _request: Request<AuthRoleDeleteRequest>,
-    ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
-        Err(rpc::unsupported("auth"))
-    }
-
-    async fn role_grant_permission(
-        &self,
-        _request: Request<AuthRoleGrantPermissionRequest>,
-    ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        Err(rpc::unsupported("auth"))
-    }
-
-    async fn role_revoke_permission(
-        &self,
-        _request: Request<AuthRoleRevokePermissionRequest>,
-    ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
-        Err(rpc::unsupported("auth"))
     }
 }

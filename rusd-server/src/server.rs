@@ -12,13 +12,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::auth::AuthService;
 use crate::cluster::ClusterService;
 use crate::config::{self, ServerConfig, GRPC_OVERHEAD_BYTES};
 use crate::error::ServerError;
 use crate::h2fix::AuthorityFix;
 use crate::kv::KvService;
 use crate::lease::LeaseService;
-use crate::maintenance::{AuthService, MaintenanceService};
+use crate::maintenance::MaintenanceService;
 use crate::pb::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -252,8 +253,23 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     state.cluster_id = raft.cluster_id();
     state.raft = Some(raft.clone());
     state.data_dir = Some(cfg.data_dir.clone());
+    {
+        // Authentication: the `auth` tree of the same engine.
+        let (backend, settings) = (store.backend().clone(), cfg.auth.clone());
+        let cert_auth = cfg.client_tls.client_cert_auth;
+        let auth = tokio::task::spawn_blocking(move || {
+            crate::auth::ServerAuth::open(backend, &settings, cert_auth)
+        })
+        .await
+        .map_err(|e| ServerError::Task(e.to_string()))??;
+        let _ = state.auth.set(auth);
+    }
     let state = Arc::new(state);
     crate::cluster::publish_self(state.clone(), shutdown_rx.clone());
+    tokio::spawn(crate::auth::token_sweeper(
+        state.clone(),
+        shutdown_rx.clone(),
+    ));
 
     // Background tasks (lease expiry is the raft leader's: `rusd_raft::node`).
     {

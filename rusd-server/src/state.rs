@@ -65,6 +65,8 @@ pub struct State {
     pub raft: Option<Arc<Raft>>,
     /// The data directory, probed for free space when raft stops on a storage failure.
     pub data_dir: Option<std::path::PathBuf>,
+    /// Authentication and RBAC (set once at start-up; unset = auth never enabled).
+    pub auth: std::sync::OnceLock<crate::auth::ServerAuth>,
     lease_seq: AtomicU64,
 }
 
@@ -114,6 +116,7 @@ impl State {
             shutdown,
             raft: None,
             data_dir: None,
+            auth: std::sync::OnceLock::new(),
             lease_seq: AtomicU64::new(0),
         }
     }

@@ -50,6 +50,8 @@ impl WatchService {
 
 enum Cmd {
     Create(WatchCreateRequest),
+    /// A create request refused by the auth check (etcd `isWatchPermitted`).
+    Denied(Status),
     Cancel(i64),
     Progress,
 }
@@ -104,6 +106,9 @@ impl StreamLoop {
                 cmd = cmds.recv() => match cmd {
                     None => false,
                     Some(Cmd::Create(c)) => self.create(c).await,
+                    Some(Cmd::Denied(st)) => {
+                        self.send(crate::auth::watch_denied(&self.state, &st)).await
+                    }
                     Some(Cmd::Cancel(id)) => self.cancel(id).await,
                     Some(Cmd::Progress) => {
                         self.stream.request_progress();
@@ -324,6 +329,7 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let creds = crate::auth::Credentials::of(&request);
         let mut input = request.into_inner();
         let (out_tx, out_rx) = mpsc::channel(STREAM_BUFFER);
         let state = self.state.clone();
@@ -352,7 +358,10 @@ impl Watch for WatchService {
                             if c.key.is_empty() {
                                 c.key = vec![0];
                             }
-                            Cmd::Create(c)
+                            match state.authorize_watch(&creds, &c.key, &c.range_end) {
+                                Ok(()) => Cmd::Create(c),
+                                Err(refusal) => Cmd::Denied(refusal),
+                            }
                         }
                         RequestUnion::CancelRequest(c) => Cmd::Cancel(c.watch_id),
                         RequestUnion::ProgressRequest(_) => Cmd::Progress,

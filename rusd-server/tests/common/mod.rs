@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod etcd;
 
 use std::path::Path;
 use std::time::Duration;
