@@ -55,11 +55,19 @@ pub fn get_many_matches_get<B: Backend>() {
     let mut batch = WriteBatch::new();
     for i in 0..200u32 {
         // Revision-like keys: big-endian, so byte order is numeric order.
-        batch.put(Tree::Kv, i.to_be_bytes().to_vec(), format!("v{i}").into_bytes());
+        batch.put(
+            Tree::Kv,
+            i.to_be_bytes().to_vec(),
+            format!("v{i}").into_bytes(),
+        );
     }
     batch.put(Tree::Kv, Vec::new(), b"empty-key".to_vec());
     batch.put(Tree::Kv, vec![0xff, 0xff, 0xff, 0xff, 0x00], Vec::new());
-    batch.put(Tree::Index, 7u32.to_be_bytes().to_vec(), b"other tree".to_vec());
+    batch.put(
+        Tree::Index,
+        7u32.to_be_bytes().to_vec(),
+        b"other tree".to_vec(),
+    );
     db.write(&batch).unwrap();
 
     let check = |tree: Tree, keys: &[Vec<u8>], what: &str| {
@@ -76,10 +84,16 @@ pub fn get_many_matches_get<B: Backend>() {
     );
     let sorted: Vec<Vec<u8>> = (0..200).step_by(3).map(be).collect();
     let got = check(Tree::Kv, &sorted, "sorted keys");
-    assert!(got.iter().all(Option::is_some), "a present key read as None");
+    assert!(
+        got.iter().all(Option::is_some),
+        "a present key read as None"
+    );
     let dense: Vec<Vec<u8>> = (50..150).map(be).collect();
     check(Tree::Kv, &dense, "adjacent keys");
-    let unsorted: Vec<Vec<u8>> = [150u32, 3, 199, 0, 77, 76, 150].into_iter().map(be).collect();
+    let unsorted: Vec<Vec<u8>> = [150u32, 3, 199, 0, 77, 76, 150]
+        .into_iter()
+        .map(be)
+        .collect();
     let got = check(Tree::Kv, &unsorted, "unsorted keys with a duplicate");
     assert_eq!(got[0], Some(b"v150".to_vec()));
     assert_eq!(got[6], Some(b"v150".to_vec()));
@@ -91,7 +105,10 @@ pub fn get_many_matches_get<B: Backend>() {
     );
     let edges = vec![Vec::new(), vec![0xff, 0xff, 0xff, 0xff, 0x00], vec![0xff]];
     let got = check(Tree::Kv, &edges, "empty key, empty value, absent 0xff");
-    assert_eq!(got, vec![Some(b"empty-key".to_vec()), Some(Vec::new()), None]);
+    assert_eq!(
+        got,
+        vec![Some(b"empty-key".to_vec()), Some(Vec::new()), None]
+    );
     let got = check(Tree::Index, &[be(7), be(8)], "another tree");
     assert_eq!(got, vec![Some(b"other tree".to_vec()), None]);
     assert_eq!(
