@@ -16,8 +16,9 @@
 //! [`restore_validated`](Backend::restore_validated)) is exactly one redb write transaction,
 //! atomic across all five tables: readers and crash recovery see all of it or none of it.
 //! redb runs one write transaction at a time, so writers are serialised by the engine;
-//! reads ([`get`](Backend::get), [`scan`](Backend::scan), [`snapshot_to`](Backend::snapshot_to))
-//! run in read transactions, never block writers and are never blocked by them.
+//! reads ([`get`](Backend::get), [`get_many`](Backend::get_many), [`scan`](Backend::scan),
+//! [`snapshot_to`](Backend::snapshot_to)) run in read transactions (one per call), never block
+//! writers and are never blocked by them.
 //! [`snapshot_to`](Backend::snapshot_to) reads all five tables from one read transaction, so
 //! the image is a single commit.
 //!
@@ -307,6 +308,23 @@ impl Backend for RedbBackend {
                 .map_err(|e| engine_err("reading a key", e))?
                 .map(|guard| guard.value().to_vec());
             Ok(value)
+        })
+    }
+
+    /// Every key from one read transaction and one table open (one commit's view).
+    fn get_many(&self, tree: Tree, keys: &[&[u8]]) -> StorageResult<Vec<Option<Vec<u8>>>> {
+        self.shared.with_db(|db| {
+            let tx = Shared::read_tx(db)?;
+            let t = tx
+                .open_table(table(tree))
+                .map_err(|e| engine_err("opening a table", e))?;
+            keys.iter()
+                .map(|key| {
+                    t.get(*key)
+                        .map(|v| v.map(|guard| guard.value().to_vec()))
+                        .map_err(|e| engine_err("reading a key", e))
+                })
+                .collect()
         })
     }
 

@@ -28,7 +28,8 @@
 //!   and snapshots are thus consistent point-in-time views, exactly like the reference
 //!   backend, at the cost of serialising writers with each other (sled already serialises
 //!   every transaction and batch process-wide through its global concurrency lock) and
-//!   blocking writers while a scan or a snapshot runs. Point reads take no gate.
+//!   blocking writers while a scan or a snapshot runs. [`get_many`](Backend::get_many) holds it
+//!   shared too, so its answers are one view; a single [`get`](Backend::get) takes no gate.
 //!
 //! # Durability
 //! See [`SledBackend`] for the exact guarantee of each [`Durability`] mode.
@@ -656,6 +657,22 @@ impl Backend for SledBackend {
                 .get(key)
                 .map(|v| v.map(|v| v.to_vec()))
                 .map_err(|e| sled_err(format!("reading tree {tree}"), e))
+        })
+    }
+
+    /// Every key under the shared write gate, so the answers are one point-in-time view (as a
+    /// [`scan`](Backend::scan)'s), with the tree looked up once.
+    fn get_many(&self, tree: Tree, keys: &[&[u8]]) -> StorageResult<Vec<Option<Vec<u8>>>> {
+        self.with_inner(|inner| {
+            let _gate = self.gate.read();
+            let t = inner.tree(tree);
+            keys.iter()
+                .map(|key| {
+                    t.get(key)
+                        .map(|v| v.map(|v| v.to_vec()))
+                        .map_err(|e| sled_err(format!("reading tree {tree}"), e))
+                })
+                .collect()
         })
     }
 

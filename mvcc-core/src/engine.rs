@@ -144,6 +144,10 @@ impl Backend for AnyBackend {
         dispatch!(self, b => b.get(tree, key))
     }
 
+    fn get_many(&self, tree: Tree, keys: &[&[u8]]) -> StorageResult<Vec<Option<Vec<u8>>>> {
+        dispatch!(self, b => b.get_many(tree, keys))
+    }
+
     fn delete(&self, tree: Tree, key: &[u8]) -> StorageResult<()> {
         dispatch!(self, b => b.delete(tree, key))
     }

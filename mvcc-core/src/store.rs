@@ -68,7 +68,7 @@ use crate::error::{MvccError, MvccResult};
 use crate::group_commit::{CommitMode, GroupCommit};
 use crate::kv::KeyValue;
 use crate::lease::{Clock, LeaseTable, SystemClock};
-use crate::revision::Revision;
+use crate::revision::{Revision, REVISION_BYTES};
 use crate::tree_index::{KeyRange, TreeIndex};
 use crate::watch::{Event, WatchHub};
 
@@ -818,11 +818,54 @@ impl<B: Backend> MvccStore<B> {
     pub(crate) fn load_kv(&self, rev: Revision, at: i64) -> MvccResult<KeyValue> {
         match self.backend.get(Tree::Kv, &rev.to_bytes())? {
             Some(v) => KeyValue::decode_owned(v),
-            None if at < self.compact_revision() => Err(MvccError::Compacted),
-            None => Err(MvccError::Corruption(format!(
-                "range failed to find revision pair {rev}"
-            ))),
+            None => Err(self.missing_row(rev, at)),
         }
+    }
+
+    /// The error of a read at `at` that found no row for revision `rev`: compacted away, or a
+    /// corrupt store.
+    fn missing_row(&self, rev: Revision, at: i64) -> MvccError {
+        if at < self.compact_revision() {
+            MvccError::Compacted
+        } else {
+            MvccError::Corruption(format!("range failed to find revision pair {rev}"))
+        }
+    }
+
+    /// Reads the rows of `revs` (puts) for a read at `at`, answered in the order of `revs`.
+    ///
+    /// One [`Backend::get_many`] call in ascending revision order (the rows' storage order, so
+    /// the engine walks its `kv` tree forward, from one read view); the answers are put back in
+    /// the order of `revs` (key order, as the index returns them).
+    pub(crate) fn load_kvs(&self, revs: &[Revision], at: i64) -> MvccResult<Vec<KeyValue>> {
+        match revs {
+            [] => return Ok(Vec::new()),
+            [rev] => return Ok(vec![self.load_kv(*rev, at)?]),
+            _ => {}
+        }
+        // Positions of `revs` in ascending revision order.
+        let mut order: Vec<u32> = (0..revs.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| revs[i as usize]);
+        let row_keys: Vec<[u8; REVISION_BYTES]> =
+            order.iter().map(|&i| revs[i as usize].to_bytes()).collect();
+        let refs: Vec<&[u8]> = row_keys.iter().map(|k| k.as_slice()).collect();
+        let rows = self.backend.get_many(Tree::Kv, &refs)?;
+        if rows.len() != revs.len() {
+            return Err(MvccError::Corruption(format!(
+                "the backend answered {} rows for {} revisions",
+                rows.len(),
+                revs.len()
+            )));
+        }
+        let mut kvs = vec![KeyValue::default(); revs.len()];
+        for (&i, row) in order.iter().zip(rows) {
+            let i = i as usize;
+            kvs[i] = match row {
+                Some(v) => KeyValue::decode_owned(v)?,
+                None => return Err(self.missing_row(revs[i], at)),
+            };
+        }
+        Ok(kvs)
     }
 
     /// Reads `range` at revision `at` from the index and backend.
@@ -845,11 +888,7 @@ impl<B: Backend> MvccStore<B> {
         if count_only {
             return Ok((Vec::new(), count));
         }
-        let mut kvs = Vec::with_capacity(revs.len());
-        for rev in revs {
-            kvs.push(self.load_kv(rev, at)?);
-        }
-        Ok((kvs, count))
+        Ok((self.load_kvs(&revs, at)?, count))
     }
 
     /// [`read_at`](Self::read_at) of the single key `key`.

@@ -46,6 +46,22 @@ pub trait Backend: Send + Sync + 'static {
     /// The value of `key` in `tree`, if present.
     fn get(&self, tree: Tree, key: &[u8]) -> StorageResult<Option<Vec<u8>>>;
 
+    /// The values of `keys` in `tree`, one answer per key in the order of `keys` (`None` for an
+    /// absent key; duplicates are answered each time).
+    ///
+    /// Answers exactly what a [`get`](Backend::get) per key would. An engine overrides it to
+    /// serve the whole call from one read view (one lock, one read transaction, one table open;
+    /// the memory, sled and redb engines do) and may be fastest when `keys` are in ascending
+    /// order, as the MVCC layer passes revision keys; any order is correct. After [`close`](Backend::close) it fails with
+    /// [`StorageError::Closed`](crate::StorageError::Closed), even for an empty `keys`.
+    /// The provided implementation is a loop over [`get`](Backend::get).
+    fn get_many(&self, tree: Tree, keys: &[&[u8]]) -> StorageResult<Vec<Option<Vec<u8>>>> {
+        if self.is_closed() {
+            return Err(crate::StorageError::Closed);
+        }
+        keys.iter().map(|key| self.get(tree, key)).collect()
+    }
+
     /// Removes `key` from `tree`; removing an absent key succeeds.
     fn delete(&self, tree: Tree, key: &[u8]) -> StorageResult<()>;
 

@@ -41,7 +41,7 @@ use crate::tree::Tree;
 pub enum FaultOp {
     /// `put`, `delete`, `batch_put`, `batch_delete`, `write`.
     Write,
-    /// `get`, `scan`, `scan_prefix`.
+    /// `get`, `get_many`, `scan`, `scan_prefix`.
     Read,
     /// `flush`.
     Flush,
@@ -275,6 +275,10 @@ impl<B: Backend> Backend for FaultyBackend<B> {
 
     fn get(&self, tree: Tree, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
         self.run(FaultOp::Read, || self.inner.get(tree, key))
+    }
+
+    fn get_many(&self, tree: Tree, keys: &[&[u8]]) -> StorageResult<Vec<Option<Vec<u8>>>> {
+        self.run(FaultOp::Read, || self.inner.get_many(tree, keys))
     }
 
     fn delete(&self, tree: Tree, key: &[u8]) -> StorageResult<()> {

@@ -47,6 +47,76 @@ pub fn put_get_roundtrip<B: Backend>() {
     assert_eq!(f.db().get(Tree::Kv, b"foo0").unwrap(), None);
 }
 
+/// `get_many` answers exactly what one `get` per key answers, in the order asked: sorted,
+/// unsorted, duplicated, missing and empty keys, the empty input, other trees untouched.
+pub fn get_many_matches_get<B: Backend>() {
+    let f = Fixture::<B>::new();
+    let db = f.db();
+    let mut batch = WriteBatch::new();
+    for i in 0..200u32 {
+        // Revision-like keys: big-endian, so byte order is numeric order.
+        batch.put(
+            Tree::Kv,
+            i.to_be_bytes().to_vec(),
+            format!("v{i}").into_bytes(),
+        );
+    }
+    batch.put(Tree::Kv, Vec::new(), b"empty-key".to_vec());
+    batch.put(Tree::Kv, vec![0xff, 0xff, 0xff, 0xff, 0x00], Vec::new());
+    batch.put(
+        Tree::Index,
+        7u32.to_be_bytes().to_vec(),
+        b"other tree".to_vec(),
+    );
+    db.write(&batch).unwrap();
+
+    let check = |tree: Tree, keys: &[Vec<u8>], what: &str| {
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let got = db.get_many(tree, &refs).unwrap();
+        let want: Vec<Option<Vec<u8>>> = keys.iter().map(|k| db.get(tree, k).unwrap()).collect();
+        assert_eq!(got, want, "get_many differs from get: {what}");
+        got
+    };
+    let be = |i: u32| i.to_be_bytes().to_vec();
+    assert!(
+        check(Tree::Kv, &[], "empty input").is_empty(),
+        "empty input gives answers"
+    );
+    let sorted: Vec<Vec<u8>> = (0..200).step_by(3).map(be).collect();
+    let got = check(Tree::Kv, &sorted, "sorted keys");
+    assert!(
+        got.iter().all(Option::is_some),
+        "a present key read as None"
+    );
+    let dense: Vec<Vec<u8>> = (50..150).map(be).collect();
+    check(Tree::Kv, &dense, "adjacent keys");
+    let unsorted: Vec<Vec<u8>> = [150u32, 3, 199, 0, 77, 76, 150]
+        .into_iter()
+        .map(be)
+        .collect();
+    let got = check(Tree::Kv, &unsorted, "unsorted keys with a duplicate");
+    assert_eq!(got[0], Some(b"v150".to_vec()));
+    assert_eq!(got[6], Some(b"v150".to_vec()));
+    let missing: Vec<Vec<u8>> = vec![be(200), be(5), vec![0], be(1000), be(6)];
+    let got = check(Tree::Kv, &missing, "missing keys between present ones");
+    assert_eq!(
+        got,
+        vec![None, Some(b"v5".to_vec()), None, None, Some(b"v6".to_vec())]
+    );
+    let edges = vec![Vec::new(), vec![0xff, 0xff, 0xff, 0xff, 0x00], vec![0xff]];
+    let got = check(Tree::Kv, &edges, "empty key, empty value, absent 0xff");
+    assert_eq!(
+        got,
+        vec![Some(b"empty-key".to_vec()), Some(Vec::new()), None]
+    );
+    let got = check(Tree::Index, &[be(7), be(8)], "another tree");
+    assert_eq!(got, vec![Some(b"other tree".to_vec()), None]);
+    assert_eq!(
+        check(Tree::Lease, &sorted, "an empty tree"),
+        vec![None; sorted.len()]
+    );
+}
+
 /// A key never written reads as `None` in every tree of a fresh store.
 pub fn get_missing_is_none<B: Backend>() {
     let f = Fixture::<B>::new();
@@ -498,6 +568,8 @@ pub fn operations_after_close_fail<B: Backend>() {
     assert!(db.is_closed(), "is_closed() is false after close");
     assert_closed("put", db.put(Tree::Kv, b"k", b"v"));
     assert_closed("get", db.get(Tree::Kv, b"k"));
+    assert_closed("get_many", db.get_many(Tree::Kv, &[b"k", b"l"]));
+    assert_closed("get_many(empty)", db.get_many(Tree::Kv, &[]));
     assert_closed("delete", db.delete(Tree::Kv, b"k"));
     assert_closed("batch_put", db.batch_put(Tree::Kv, &[kv(b"a", b"b")]));
     assert_closed("batch_delete", db.batch_delete(Tree::Kv, &[b"a".to_vec()]));

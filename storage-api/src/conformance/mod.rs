@@ -38,6 +38,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $module $backend;
             put_get_roundtrip,
             get_missing_is_none,
+            get_many_matches_get,
             overwrite_replaces_value,
             delete_removes_key,
             delete_absent_is_ok,

@@ -419,6 +419,14 @@ impl Backend for MemoryBackend {
         self.with_trees(|t| t[tree.id() as usize].get(key).cloned())
     }
 
+    /// Every key under one read lock of the maps.
+    fn get_many(&self, tree: Tree, keys: &[&[u8]]) -> StorageResult<Vec<Option<Vec<u8>>>> {
+        self.with_trees(|t| {
+            let map = &t[tree.id() as usize];
+            keys.iter().map(|key| map.get(*key).cloned()).collect()
+        })
+    }
+
     fn delete(&self, tree: Tree, key: &[u8]) -> StorageResult<()> {
         self.commit(&[Op::Delete(tree, key)])
     }
