@@ -49,10 +49,10 @@ struct Cli {
     #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
     /// Storage engine: memory, sled, redb or rocksdb (only engines compiled into this build).
-    #[arg(long, default_value = mvcc_core::engine::DEFAULT_KIND.name())]
+    #[arg(long, default_value = mvcc_core::engine::DEFAULT_KIND.name(), help_heading = "rusd (not in etcd)")]
     backend: String,
     /// Cache budget of the storage engine in MiB.
-    #[arg(long, default_value_t = storage_api::DEFAULT_CACHE_SIZE_MB)]
+    #[arg(long, default_value_t = storage_api::DEFAULT_CACHE_SIZE_MB, help_heading = "rusd (not in etcd)")]
     cache_size_mb: u64,
     /// When writes become durable. `sync` (the default, etcd's guarantee): a write is
     /// acknowledged, and visible to reads and watches, only once it is on stable storage
@@ -61,7 +61,7 @@ struct Cli {
     /// are acknowledged from memory and flushed within the interval; a process crash (sled,
     /// redb, memory) or a power loss (every engine) can lose up to the last interval of
     /// acknowledged writes, never part of one.
-    #[arg(long, default_value = "sync")]
+    #[arg(long, default_value = "sync", help_heading = "rusd (not in etcd)")]
     durability: String,
     /// Interval of progress notifications to watchers that ask for them (Go duration).
     #[arg(long, default_value = "10m")]
@@ -84,31 +84,31 @@ struct Cli {
     #[arg(long, help_heading = "Security")]
     auto_tls: bool,
     /// The initial members: `name=http://host:peerport,...` (empty: a one-member cluster).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", help_heading = "Clustering")]
     initial_cluster: String,
     /// `new` to start a new cluster with --initial-cluster, `existing` to join a running one
     /// that added this member with MemberAdd.
-    #[arg(long, default_value = "new")]
+    #[arg(long, default_value = "new", help_heading = "Clustering")]
     initial_cluster_state: String,
     /// Token from which member and cluster ids are derived (keep it distinct per cluster).
-    #[arg(long, default_value = rusd_server::config::DEFAULT_CLUSTER_TOKEN)]
+    #[arg(long, default_value = rusd_server::config::DEFAULT_CLUSTER_TOKEN, help_heading = "Clustering")]
     initial_cluster_token: String,
     /// URLs to listen on for peer (raft) traffic; only the first is served. Empty: a free
     /// loopback port (enough for a one-member cluster).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", help_heading = "Clustering")]
     listen_peer_urls: String,
     /// Peer URLs advertised to the other members (default: --listen-peer-urls).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", help_heading = "Clustering")]
     initial_advertise_peer_urls: String,
     /// Raft heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, help_heading = "Clustering")]
     heartbeat_interval: u64,
     /// Raft election timeout in milliseconds.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, help_heading = "Clustering")]
     election_timeout: u64,
     /// Applied entries between two snapshots of the store (the raft log is purged behind
     /// them).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, help_heading = "Clustering")]
     snapshot_count: u64,
     /// Token type: `simple` or `jwt,pub-key=<path>,priv-key=<path>,sign-method=<alg>,ttl=<dur>`.
     #[arg(long, default_value = "simple", help_heading = "Auth")]
@@ -120,7 +120,7 @@ struct Cli {
     #[arg(long, default_value_t = 10, help_heading = "Auth")]
     bcrypt_cost: u32,
     /// Log filter (RUST_LOG syntax), e.g. `info` or `rusd_server=debug`.
-    #[arg(long, default_value = "info")]
+    #[arg(long, default_value = "info", help_heading = "rusd (not in etcd)")]
     log_level: String,
 }
 

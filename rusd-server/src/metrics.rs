@@ -6,12 +6,14 @@
 //! 0.0.4 that etcd serves (counter families named with their `_total` suffix, no `# EOF`), so
 //! etcd's dashboards, `etcdctl check datascale` and Prometheus parse it unchanged.
 //!
-//! What the etcd-named metrics measure in rusd (a single member without raft or WAL):
+//! What the etcd-named metrics measure in rusd:
 //!
-//! * `etcd_server_has_leader` is 1, `etcd_server_leader_changes_seen_total` is 1 (the member
-//!   became leader once, at start-up).
-//! * `etcd_server_proposals_committed_total` (a gauge, as etcd's): store revisions committed,
-//!   the current revision.
+//! * `etcd_server_has_leader` and `etcd_server_is_leader`: this member's raft view (1 when it
+//!   knows a leader / is the leader); `etcd_server_leader_changes_seen_total` counts from 1 (the
+//!   leader seen at start-up).
+//! * `etcd_server_proposals_committed_total` and `..._applied_total` (gauges, as etcd's): the
+//!   raft log's last index and the last applied index (without raft, for an embedding: the
+//!   current revision).
 //! * `etcd_mvcc_put_total`, `etcd_mvcc_range_total`, `etcd_mvcc_delete_total`,
 //!   `etcd_mvcc_txn_total`: successful `Put`, `Range`, `DeleteRange` and `Txn` requests (gRPC and
 //!   gateway); operations inside a txn count in `etcd_mvcc_txn_total` only.
@@ -353,12 +355,25 @@ impl Metrics {
     pub fn render(&self, state: &State) -> String {
         let store = &state.store;
         let g = &self.gauges;
-        g.has_leader.set(1);
-        g.is_leader.set(1);
         let rev = store.current_revision();
         let compacted = store.compact_revision().max(0);
-        g.proposals_committed.set(rev);
-        g.proposals_applied.set(rev);
+        match &state.raft {
+            Some(raft) => {
+                let (last_log, applied) = raft.indexes();
+                g.has_leader.set(i64::from(raft.leader().is_some()));
+                g.is_leader.set(i64::from(raft.is_leader()));
+                g.proposals_committed
+                    .set(i64::try_from(last_log.max(applied)).unwrap_or(i64::MAX));
+                g.proposals_applied
+                    .set(i64::try_from(applied).unwrap_or(i64::MAX));
+            }
+            None => {
+                g.has_leader.set(1);
+                g.is_leader.set(1);
+                g.proposals_committed.set(rev);
+                g.proposals_applied.set(rev);
+            }
+        }
         g.version
             .get_or_create(&vec![("server_version".into(), ETCD_VERSION.into())])
             .set(1);

@@ -403,7 +403,12 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         engine = %kind,
         durability = ?cfg.durability,
         data_dir = %cfg.data_dir.display(),
-        client = ?client_addrs,
+        client_urls = %client_addrs
+            .iter()
+            .zip(&client_tls)
+            .map(|(a, tls)| format!("{}://{a}", if *tls { "https" } else { "http" }))
+            .collect::<Vec<_>>()
+            .join(","),
         metrics = ?metrics_addrs,
         member_id = format!("{:x}", state.member_id),
         cluster_id = format!("{:x}", state.cluster_id),
