@@ -519,33 +519,10 @@ pub fn watch_denied(state: &State, refusal: &Status) -> WatchResponse {
         canceled: true,
         cancel_reason: format!(
             "rpc error: code = {} desc = {}",
-            go_code_name(reason.code()),
+            crate::metrics::code_name(reason.code()),
             reason.message()
         ),
         ..WatchResponse::default()
-    }
-}
-
-/// grpc-go's name of a status code (`codes.Code.String()`).
-fn go_code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "Canceled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
     }
 }
 

@@ -283,6 +283,18 @@ pub fn watch(
     Ok(rx)
 }
 
+/// `{"header":..,"<field>":["name",..]}`: the answer of the auth list and get calls.
+fn names_json(
+    header: Option<&crate::pb::etcdserverpb::ResponseHeader>,
+    field: &str,
+    names: &[String],
+) -> String {
+    let mut j = Obj::new();
+    j.header(header);
+    j.list(field, names.iter().map(|n| quote(n)));
+    j.finish()
+}
+
 fn result_line(json: String) -> Bytes {
     Bytes::from(format!("{{\"result\":{json}}}\n"))
 }
@@ -682,20 +694,14 @@ async fn auth(
                 .user_get(req!(AuthUserGetRequest { name: name()? }))
                 .await?
                 .into_inner();
-            let mut j = Obj::new();
-            j.header(resp.header.as_ref());
-            j.list("roles", resp.roles.iter().map(|r| quote(r)));
-            Ok(j.finish())
+            Ok(names_json(resp.header.as_ref(), "roles", &resp.roles))
         }
         "/v3/auth/user/list" => {
             let resp = svc
                 .user_list(req!(AuthUserListRequest {}))
                 .await?
                 .into_inner();
-            let mut j = Obj::new();
-            j.header(resp.header.as_ref());
-            j.list("users", resp.users.iter().map(|u| quote(u)));
-            Ok(j.finish())
+            Ok(names_json(resp.header.as_ref(), "users", &resp.users))
         }
         "/v3/auth/user/delete" => header(
             svc.user_delete(req!(AuthUserDeleteRequest { name: name()? }))
@@ -779,10 +785,7 @@ async fn auth(
                 .role_list(req!(AuthRoleListRequest {}))
                 .await?
                 .into_inner();
-            let mut j = Obj::new();
-            j.header(resp.header.as_ref());
-            j.list("roles", resp.roles.iter().map(|r| quote(r)));
-            Ok(j.finish())
+            Ok(names_json(resp.header.as_ref(), "roles", &resp.roles))
         }
         "/v3/auth/role/delete" => header(
             svc.role_delete(req!(AuthRoleDeleteRequest { role: role()? }))
