@@ -128,6 +128,21 @@ pub fn health(state: &State) -> (bool, String) {
             })
             .to_string(),
         )
+    } else if let Some(reason) = state.raft.as_ref().and_then(|r| r.failure()) {
+        (
+            false,
+            serde_json::json!({
+                "health": "false",
+                "reason": format!("RAFT FAILED: {reason}"),
+            })
+            .to_string(),
+        )
+    } else if state.raft.as_ref().is_some_and(|r| r.leader().is_none()) {
+        // etcd's answer while the member knows no leader (lost quorum, election running).
+        (
+            false,
+            r#"{"health":"false","reason":"RAFT NO LEADER"}"#.to_string(),
+        )
     } else {
         (true, r#"{"health":"true","reason":""}"#.to_string())
     }
