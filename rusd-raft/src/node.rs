@@ -21,6 +21,11 @@
 //! processes can be stopped with SIGSTOP; ReadIndex costs one heartbeat round per read batch
 //! and depends on no clock.
 //!
+//! # Leadership
+//! A member that becomes leader (or restarts as the lone voter, whose leadership openraft
+//! restores without a new term) proposes a [`Command::Noop`] at once, so that every entry
+//! of its log is committed and applied before long, as raft's no-op at the start of a term.
+//!
 //! # Leases
 //! Only the leader expires leases: a background task checks `MvccStore::expired_leases` and
 //! proposes [`Command::LeaseRevoke`] for each. When a member becomes leader it first renews
@@ -243,11 +248,100 @@ enum Target {
     Remote(NodeId, Member),
 }
 
+/// A command waiting for the batcher, and where its result goes (`Ok(None)`: this member is
+/// not the leader, nothing was proposed).
+struct Proposal {
+    cmd: Command,
+    reply: oneshot::Sender<RaftResult<Option<Applied>>>,
+}
+
+/// Most commands proposed as one entry.
+const MAX_BATCH: usize = 256;
+/// Batches in flight at once (one being flushed while the next gathers).
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Group commit on the leader: openraft 0.9 appends and flushes every proposal on its own, so
+/// concurrent client commands are gathered and proposed as one [`Command::Batch`] entry (one
+/// append, one flush), while the previous batch is being made durable.
+async fn batcher(
+    raft: Raft,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Proposal>,
+    timeout: Duration,
+) {
+    let inflight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            propose_batch(&raft, batch, timeout).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Proposes `batch` as one entry and hands every caller its own result.
+async fn propose_batch(raft: &Raft, batch: Vec<Proposal>, timeout: Duration) {
+    let (mut cmds, replies): (Vec<Command>, Vec<_>) =
+        batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+    let single = cmds.len() == 1;
+    let cmd = match cmds.pop() {
+        Some(only) if single => only,
+        Some(last) => {
+            cmds.push(last);
+            Command::Batch(cmds)
+        }
+        None => return,
+    };
+    let result = tokio::time::timeout(timeout, raft.client_write(cmd)).await;
+    let fail = |replies: Vec<oneshot::Sender<RaftResult<Option<Applied>>>>,
+                err: &dyn Fn() -> RaftResult<Option<Applied>>| {
+        for r in replies {
+            let _ = r.send(err());
+        }
+    };
+    match result {
+        Err(_) => fail(replies, &|| Err(RaftError::Timeout)),
+        Ok(Err(OpenraftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            fail(replies, &|| Ok(None))
+        }
+        Ok(Err(e)) => {
+            let line = crate::error_line(&e);
+            fail(replies, &|| Err(RaftError::Raft(line.clone())))
+        }
+        Ok(Ok(resp)) if single => {
+            for r in replies {
+                let _ = r.send(Ok(Some(resp.data.clone())));
+            }
+        }
+        Ok(Ok(resp)) => match resp.data.0 {
+            Ok(CommandResponse::Batch(results)) if results.len() == replies.len() => {
+                for (r, result) in replies.into_iter().zip(results) {
+                    let _ = r.send(Ok(Some(Applied(result))));
+                }
+            }
+            other => {
+                let line = format!("unexpected response to a batch: {other:?}");
+                fail(replies, &|| Err(RaftError::Raft(line.clone())))
+            }
+        },
+    }
+}
+
 /// The part of a member shared with its peer service and background tasks.
 struct Core<B: Backend> {
     id: NodeId,
     cluster_id: u64,
     raft: Raft,
+    proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
     clients: Arc<PeerClients>,
     store: Arc<MvccStore<B>>,
     request_timeout: Duration,
@@ -290,13 +384,19 @@ impl<B: Backend> Core<B> {
     /// Proposes `cmd` here (this member must be the leader). `Ok(None)`: not the leader, the
     /// command was not proposed (safe to retry elsewhere).
     async fn propose(&self, cmd: Command, deadline: Instant) -> RaftResult<Option<Applied>> {
-        match tokio::time::timeout_at(deadline, self.raft.client_write(cmd)).await {
+        if matches!(cmd, Command::Batch(_)) {
+            return Err(RaftError::InvalidArgument(
+                "a batch is not a client command".into(),
+            ));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.proposals
+            .send(Proposal { cmd, reply })
+            .map_err(|_| RaftError::Stopped)?;
+        match tokio::time::timeout_at(deadline, rx).await {
             Err(_) => Err(RaftError::Timeout),
-            Ok(Ok(resp)) => Ok(Some(resp.data)),
-            Ok(Err(e)) => match e {
-                OpenraftError::APIError(ClientWriteError::ForwardToLeader(_)) => Ok(None),
-                other => Err(raft_err(other)),
-            },
+            Ok(Err(_)) => Err(RaftError::Stopped),
+            Ok(Ok(result)) => result,
         }
     }
 
@@ -497,6 +597,7 @@ struct Tasks {
     server_stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
     lease_task: Option<JoinHandle<()>>,
+    batch_task: Option<JoinHandle<()>>,
 }
 
 impl<B: Backend> std::fmt::Debug for RaftNode<B> {
@@ -560,10 +661,13 @@ impl<B: Backend> RaftNode<B> {
         let raft = Raft::new(id, raft_config, network, log.clone(), sm)
             .await
             .map_err(raft_err)?;
+        let (proposals, proposals_rx) = tokio::sync::mpsc::unbounded_channel();
+        let batch_task = tokio::spawn(batcher(raft.clone(), proposals_rx, request_timeout));
         let core = Arc::new(Core {
             id,
             cluster_id,
             raft: raft.clone(),
+            proposals,
             clients,
             store,
             request_timeout,
@@ -604,8 +708,39 @@ impl<B: Backend> RaftNode<B> {
             }
         }
 
+        // A lone voter leads at once: its first entry (see "Leadership") is proposed before
+        // `start` returns, so the whole log is applied when it starts serving.
+        let mut rx = raft.metrics();
+        let lone = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                let voters: BTreeSet<NodeId> = rx
+                    .borrow_and_update()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .collect();
+                if !voters.is_empty() {
+                    return voters == BTreeSet::from([id]);
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        let mut led = false;
+        if lone {
+            match core.on_leader(ForwardRequest::Write(Command::Noop)).await {
+                Ok(_) => led = true,
+                Err(e) => {
+                    tracing::warn!(error = %crate::error_line(&e), "leader's first entry failed")
+                }
+            }
+        }
+
         let (tasks_stop, stop) = watch::channel(false);
-        let lease_task = tokio::spawn(lease_expiry(core.clone(), lease_check_interval, stop));
+        let lease_task = tokio::spawn(lease_expiry(core.clone(), lease_check_interval, stop, led));
         Ok(RaftNode {
             core,
             log,
@@ -613,6 +748,7 @@ impl<B: Backend> RaftNode<B> {
                 server_stop: Some(server_stop),
                 server: Some(server),
                 lease_task: Some(lease_task),
+                batch_task: Some(batch_task),
             }),
             tasks_stop,
         })
@@ -782,6 +918,9 @@ impl<B: Backend> RaftNode<B> {
             let _ = t.await;
         }
         let stopped = self.core.raft.shutdown().await.map_err(raft_err);
+        if let Some(t) = tasks.batch_task {
+            t.abort();
+        }
         let _ = server_stop.send(());
         if let Some(s) = tasks.server {
             let _ = s.await;
@@ -869,8 +1008,10 @@ async fn lease_expiry<B: Backend>(
     core: Arc<Core<B>>,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
+    led: bool,
 ) {
-    let mut was_leader = false;
+    // `led`: `start` already proposed this leadership's first entry.
+    let mut was_leader = led;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -886,6 +1027,12 @@ async fn lease_expiry<B: Backend>(
             // Keep-alives went to the previous leader: start every lease afresh.
             store.lease_refresh_all();
             was_leader = true;
+            // An entry of this leadership commits (and so applies) every entry before it,
+            // also after a restart that restored the leadership of a lone voter in its old
+            // term without a new entry (openraft 0.9).
+            if let Err(e) = core.on_leader(ForwardRequest::Write(Command::Noop)).await {
+                tracing::warn!(error = %crate::error_line(&e), "leader's first entry failed");
+            }
             continue;
         }
         for id in store.expired_leases() {

@@ -446,10 +446,12 @@ pub async fn start_member(
         .map_err(|e| ServerError::Task(format!("raft: {}", rusd_raft::error_line(&e))))?;
     let raft = Arc::new(raft);
     if cfg.initial_cluster.len() <= 1 {
-        // A one-member cluster elects itself at once: serve clients only once it has.
+        // A one-member cluster elects itself at once: serve clients only once it has, and
+        // has applied its whole log (its first entry as leader commits what a crash left
+        // uncommitted), so that no read misses an acknowledged write.
         let _ = raft
             .wait_for(cfg.election_timeout.saturating_mul(5), |m| {
-                m.leader.is_some()
+                m.leader.is_some() && m.applied_index >= m.last_log_index
             })
             .await;
     }
