@@ -5,9 +5,11 @@
 //!
 //! * [`types`]: the openraft type configuration: etcd member ids (`u64`), [`Member`]s, the
 //!   replicated [`Command`]s (mvcc-core's own request types) and their responses;
-//! * [`log_store`]: the raft log, rusd's write-ahead log, on a dedicated storage-api engine
-//!   instance with one write batch and one flush per append (group fsync); why not
-//!   `raft-engine` is explained there;
+//! * [`file_log`]: the raft log, rusd's write-ahead log: one append-only file, one `write`
+//!   and one `fdatasync` per append (group fsync), the unpurged entries in memory (etcd's
+//!   design); [`log_store`] is the alternative on a dedicated storage-api engine instance
+//!   (one write batch and one engine flush per append), slower because of the engine's flush;
+//!   why not `raft-engine` is explained there;
 //! * [`state_machine`]: the store applying committed entries in buffered mode, with the last
 //!   applied log id written atomically with the data (etcd's consistent index); snapshots are
 //!   the engine-portable backend snapshot, so members may run different engines;
@@ -70,6 +72,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod error;
+pub mod file_log;
 pub mod log_store;
 pub mod network;
 pub mod node;

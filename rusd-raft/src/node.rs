@@ -47,6 +47,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{RaftError, RaftResult, WireError};
+use crate::file_log::FileLog;
 use crate::log_store::LogStore;
 use crate::network::{decode, encode, ForwardHandler, Network, PeerClients, PeerService};
 use crate::pb::peer_reply::Result as ReplyResult;
@@ -89,8 +90,10 @@ pub struct RaftNodeConfig<B: Backend> {
     pub backend: Arc<B>,
     /// The store's configuration (its commit mode should be `CommitMode::Backend`).
     pub store_config: StoreConfig,
-    /// The engine of the raft log (an instance of its own in `<data_dir>/raft-log`).
-    pub log_engine: BackendKind,
+    /// Where the raft log lives: `None` (the default) for the log file of
+    /// [`crate::file_log`] in `<data_dir>/raft-wal`; `Some(kind)` for an instance of that
+    /// storage engine of its own in `<data_dir>/raft-log` ([`crate::log_store`]).
+    pub log_engine: Option<BackendKind>,
     /// Flush the raft log before an append is reported durable (etcd's guarantee; default).
     /// `false` leaves the log's durability to its engine's flush interval (1 s): an
     /// acknowledged write can then be lost by a crash of a quorum.
@@ -106,7 +109,7 @@ pub struct RaftNodeConfig<B: Backend> {
 impl<B: Backend> RaftNodeConfig<B> {
     /// A configuration with etcd's defaults: heartbeat 100 ms, election timeout 1-2 s, a
     /// snapshot every 10,000 entries keeping 5,000 entries behind it, a 7 s request timeout,
-    /// lease checks every 500 ms, the log on the same engine kind as `backend` (`log_engine`),
+    /// lease checks every 500 ms, the raft log in its own file (`log_engine` `None`),
     /// and a one-member new cluster of this member only (set `initial_members` for more).
     pub fn new(
         id: NodeId,
@@ -114,7 +117,6 @@ impl<B: Backend> RaftNodeConfig<B> {
         peer_listener: tokio::net::TcpListener,
         data_dir: impl Into<PathBuf>,
         backend: Arc<B>,
-        log_engine: BackendKind,
     ) -> Self {
         let name = name.into();
         let peer_url = peer_listener
@@ -140,7 +142,7 @@ impl<B: Backend> RaftNodeConfig<B> {
             data_dir: data_dir.into(),
             backend,
             store_config: StoreConfig::default(),
-            log_engine,
+            log_engine: None,
             log_sync: true,
             raft_config: default_raft_config(),
             request_timeout: Duration::from_secs(7),
@@ -586,7 +588,7 @@ impl<B: Backend> ForwardHandler for Core<B> {
 /// A running member. See the [module docs](self).
 pub struct RaftNode<B: Backend> {
     core: Arc<Core<B>>,
-    log: LogStore,
+    log_close: Box<dyn Fn() -> RaftResult<()> + Send + Sync>,
     tasks: parking_lot::Mutex<Tasks>,
     tasks_stop: watch::Sender<bool>,
 }
@@ -636,18 +638,6 @@ impl<B: Backend> RaftNode<B> {
                 "member {id:x} is not among the initial members"
             )));
         }
-        let log_dir = data_dir.join("raft-log");
-        let log_backend = tokio::task::spawn_blocking(move || {
-            AnyBackend::open(
-                log_engine,
-                BackendConfig::new(log_dir).with_durability(Durability::Buffered {
-                    interval: Duration::from_secs(1),
-                }),
-            )
-        })
-        .await
-        .map_err(raft_err)??;
-        let log = LogStore::open(log_backend, log_sync)?;
         let sm = {
             let backend = backend.clone();
             tokio::task::spawn_blocking(move || StateMachine::open(backend, store_config))
@@ -658,9 +648,44 @@ impl<B: Backend> RaftNode<B> {
         let clients = Arc::new(PeerClients::default());
         let network = Network::new(cluster_id, clients.clone());
         let raft_config = Arc::new(raft_config.validate().map_err(raft_err)?);
-        let raft = Raft::new(id, raft_config, network, log.clone(), sm)
-            .await
-            .map_err(raft_err)?;
+        let (raft, log_close): (Raft, Box<dyn Fn() -> RaftResult<()> + Send + Sync>) =
+            match log_engine {
+                None => {
+                    let dir = data_dir.join("raft-wal");
+                    let log = tokio::task::spawn_blocking(move || FileLog::open(dir, log_sync))
+                        .await
+                        .map_err(raft_err)??;
+                    let raft = Raft::new(id, raft_config, network, log.clone(), sm)
+                        .await
+                        .map_err(raft_err)?;
+                    (raft, Box::new(move || Ok(log.close()?)))
+                }
+                Some(kind) => {
+                    let log_dir = data_dir.join("raft-log");
+                    let log_backend = tokio::task::spawn_blocking(move || {
+                        AnyBackend::open(
+                            kind,
+                            BackendConfig::new(log_dir).with_durability(Durability::Buffered {
+                                interval: Duration::from_secs(1),
+                            }),
+                        )
+                    })
+                    .await
+                    .map_err(raft_err)??;
+                    let log = LogStore::open(log_backend.clone(), log_sync)?;
+                    let raft = Raft::new(id, raft_config, network, log, sm)
+                        .await
+                        .map_err(raft_err)?;
+                    (
+                        raft,
+                        Box::new(move || {
+                            log_backend.flush()?;
+                            log_backend.close()?;
+                            Ok(())
+                        }),
+                    )
+                }
+            };
         let (proposals, proposals_rx) = tokio::sync::mpsc::unbounded_channel();
         let batch_task = tokio::spawn(batcher(raft.clone(), proposals_rx, request_timeout));
         let core = Arc::new(Core {
@@ -743,7 +768,7 @@ impl<B: Backend> RaftNode<B> {
         let lease_task = tokio::spawn(lease_expiry(core.clone(), lease_check_interval, stop, led));
         Ok(RaftNode {
             core,
-            log,
+            log_close,
             tasks: parking_lot::Mutex::new(Tasks {
                 server_stop: Some(server_stop),
                 server: Some(server),
@@ -926,18 +951,12 @@ impl<B: Backend> RaftNode<B> {
             let _ = s.await;
         }
         let store = self.core.store.clone();
-        let log = self.log.backend().clone();
-        tokio::task::spawn_blocking(move || -> RaftResult<()> {
-            let closed = store.close();
-            let log_flushed = log.flush();
-            let log_closed = log.close();
-            closed?;
-            log_flushed?;
-            log_closed?;
-            Ok(())
-        })
-        .await
-        .map_err(raft_err)??;
+        let closed = tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(raft_err)?;
+        let log_closed = (self.log_close)();
+        closed?;
+        log_closed?;
         stopped
     }
 }

@@ -77,8 +77,9 @@ async fn start(
         listener,
         &spec.dir,
         backend,
-        BackendKind::Sled,
     );
+    // Member 2 keeps its log on a storage engine, the others in the log file.
+    config.log_engine = (spec.id == 2).then_some(BackendKind::Sled);
     config.cluster_id = 77;
     config.initial_members = members.clone();
     config.initial_state = state;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use mvcc_core::{AnyBackend, StoreConfig};
+use rusd_raft::file_log::FileLog;
 use rusd_raft::log_store::LogStore;
 use rusd_raft::openraft::testing::{StoreBuilder, Suite};
 use rusd_raft::openraft::StorageError;
@@ -46,4 +47,24 @@ fn openraft_storage_suite_on_redb() {
 #[test]
 fn openraft_storage_suite_on_memory() {
     Suite::test_all(Builder(BackendKind::Memory)).unwrap();
+}
+
+struct FileBuilder;
+
+impl StoreBuilder<TypeConfig, FileLog, StateMachine<MemoryBackend>, tempfile::TempDir>
+    for FileBuilder
+{
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, FileLog, StateMachine<MemoryBackend>), StorageError<u64>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = FileLog::open(dir.path().join("raft-wal"), true)?;
+        let sm = StateMachine::open(MemoryBackend::volatile(), StoreConfig::default())?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_on_the_log_file() {
+    Suite::test_all(FileBuilder).unwrap();
 }

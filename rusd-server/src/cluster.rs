@@ -391,10 +391,10 @@ pub async fn start_member(
     };
 
     // A store written without replication?
-    let log_dir = cfg.data_dir.join("raft-log");
+    let log_dirs = [cfg.data_dir.join("raft-wal"), cfg.data_dir.join("raft-log")];
     let adopt = {
         let b = backend.clone();
-        let has_log = log_dir.exists();
+        let has_log = log_dirs.iter().any(|d| d.exists());
         tokio::task::spawn_blocking(move || -> Result<bool, ServerError> {
             if has_log || b.get(Tree::Meta, META_APPLY)?.is_some() {
                 return Ok(false);
@@ -414,14 +414,7 @@ pub async fn start_member(
     }
 
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
-    let mut rc = RaftNodeConfig::new(
-        id,
-        cfg.name.clone(),
-        listener,
-        &cfg.data_dir,
-        backend,
-        cfg.backend,
-    );
+    let mut rc = RaftNodeConfig::new(id, cfg.name.clone(), listener, &cfg.data_dir, backend);
     rc.cluster_id = rusd_raft::cluster_id([], token);
     rc.initial_members = members;
     rc.initial_state = match cfg.initial_cluster_state {
