@@ -5,9 +5,11 @@
 //!
 //! * [`types`]: the openraft type configuration: etcd member ids (`u64`), [`Member`]s, the
 //!   replicated [`Command`]s (mvcc-core's own request types) and their responses;
-//! * [`log_store`]: the raft log, rusd's write-ahead log, on a dedicated storage-api engine
-//!   instance with one write batch and one flush per append (group fsync); why not
-//!   `raft-engine` is explained there;
+//! * [`file_log`]: the raft log, rusd's write-ahead log: one append-only file, one `write`
+//!   and one `fdatasync` per append (group fsync), the unpurged entries in memory (etcd's
+//!   design); [`log_store`] is the alternative on a dedicated storage-api engine instance
+//!   (one write batch and one engine flush per append), slower because of the engine's flush;
+//!   why not `raft-engine` is explained there;
 //! * [`state_machine`]: the store applying committed entries in buffered mode, with the last
 //!   applied log id written atomically with the data (etcd's consistent index); snapshots are
 //!   the engine-portable backend snapshot, so members may run different engines;
@@ -21,6 +23,48 @@
 //! a quorum holds it durably it is committed and applied on every member; the client gets the
 //! result of the application. Nothing is observable before it is committed: reads see the
 //! store, which only holds applied (committed) entries.
+//!
+//! # Running a cluster (the `rusd` binary, etcd's flags)
+//! Three members on one machine:
+//!
+//! ```text
+//! rusd --name m1 --data-dir m1 --listen-client-urls http://127.0.0.1:2379 \
+//!      --listen-peer-urls http://127.0.0.1:2380 \
+//!      --initial-cluster m1=http://127.0.0.1:2380,m2=http://127.0.0.1:2382,m3=http://127.0.0.1:2384
+//! rusd --name m2 --data-dir m2 --listen-client-urls http://127.0.0.1:2381 \
+//!      --listen-peer-urls http://127.0.0.1:2382 --initial-cluster <same>
+//! rusd --name m3 --data-dir m3 --listen-client-urls http://127.0.0.1:2383 \
+//!      --listen-peer-urls http://127.0.0.1:2384 --initial-cluster <same>
+//! ```
+//!
+//! Member ids are derived from the peer URLs and `--initial-cluster-token` (default
+//! `etcd-cluster`), as etcd derives them; every member of a new cluster initialises it with
+//! the same membership. Without cluster flags `rusd` is a one-member cluster (same data
+//! directory layout: the store in `<data-dir>/member`, the raft log in
+//! `<data-dir>/raft-log`; a data directory written before replication is adopted).
+//!
+//! * **Add a member**: `etcdctl member add m4 --peer-urls=http://127.0.0.1:2386`, then start it
+//!   with `--initial-cluster-state existing` and its `--listen-peer-urls`. It joins as a learner,
+//!   catches up (by snapshot if the log was purged) and the leader makes it a voter once it is
+//!   in sync; `--learner` keeps it a learner until `etcdctl member promote`.
+//! * **Replace a dead member**: `etcdctl member remove <id>`, then add a new one as above with
+//!   an empty data directory.
+//! * **Back up**: `etcdctl snapshot save` on any member gives the portable store image (see
+//!   `storage_api::snapshot`). Restoring a cluster from it is not automated yet.
+//!
+//! # Guarantees
+//! * A write is acknowledged once its entry is durable (flushed) in the logs of a quorum and
+//!   applied on the member that answers; it survives the loss of any minority of members,
+//!   process kills and (with `--durability sync`, the default) power loss.
+//! * Nothing is observable before it is committed: members apply only committed entries.
+//! * Reads are linearizable by default (ReadIndex on the leader, also for reads served by a
+//!   follower); `serializable` reads are served from the local store at once and may be stale.
+//! * A minority partition cannot commit writes nor serve linearizable reads; writes and
+//!   linearizable reads there fail after the request timeout with `etcdserver: request timed
+//!   out` / `no leader`.
+//! * Leases are expired by the leader only; a new leader renews every lease to its full TTL
+//!   (etcd without checkpointing). `LeaseTimeToLive` is answered from the local store, so on a
+//!   follower the remaining TTL is the TTL counted from when that member applied the grant.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 // openraft's storage traits return its `StorageError` (224 bytes); the helpers that build it
@@ -28,6 +72,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod error;
+pub mod file_log;
 pub mod log_store;
 pub mod network;
 pub mod node;

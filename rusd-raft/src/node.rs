@@ -21,6 +21,11 @@
 //! processes can be stopped with SIGSTOP; ReadIndex costs one heartbeat round per read batch
 //! and depends on no clock.
 //!
+//! # Leadership
+//! A member that becomes leader (or restarts as the lone voter, whose leadership openraft
+//! restores without a new term) proposes a [`Command::Noop`] at once, so that every entry
+//! of its log is committed and applied before long, as raft's no-op at the start of a term.
+//!
 //! # Leases
 //! Only the leader expires leases: a background task checks `MvccStore::expired_leases` and
 //! proposes [`Command::LeaseRevoke`] for each. When a member becomes leader it first renews
@@ -42,6 +47,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{RaftError, RaftResult, WireError};
+use crate::file_log::FileLog;
 use crate::log_store::LogStore;
 use crate::network::{decode, encode, ForwardHandler, Network, PeerClients, PeerService};
 use crate::pb::peer_reply::Result as ReplyResult;
@@ -50,9 +56,10 @@ use crate::pb::PeerRequest;
 use crate::state_machine::StateMachine;
 use crate::types::{Applied, Command, CommandResponse, Member, NodeId, Raft};
 
-/// Cache budget of the raft log's engine in MiB. The log is appended and read back near its
-/// tail (replication, apply), so a small cache serves it; the engine default (256 MiB) made a
-/// member's RSS grow by about 100 MiB over 60 000 1 KiB writes.
+/// Cache budget of the raft log's engine in MiB, when the log runs on an engine (`log_engine`).
+/// The log is appended and read back near its tail (replication, apply), so a small cache
+/// serves it; the engine default (256 MiB) made a member's RSS grow by about 100 MiB over
+/// 60 000 1 KiB writes.
 pub const LOG_CACHE_MB: u64 = 16;
 
 /// Whether a member starts a new cluster or joins an existing one (etcd's
@@ -89,8 +96,10 @@ pub struct RaftNodeConfig<B: Backend> {
     pub backend: Arc<B>,
     /// The store's configuration (its commit mode should be `CommitMode::Backend`).
     pub store_config: StoreConfig,
-    /// The engine of the raft log (an instance of its own in `<data_dir>/raft-log`).
-    pub log_engine: BackendKind,
+    /// Where the raft log lives: `None` (the default) for the log file of
+    /// [`crate::file_log`] in `<data_dir>/raft-wal`; `Some(kind)` for an instance of that
+    /// storage engine of its own in `<data_dir>/raft-log` ([`crate::log_store`]).
+    pub log_engine: Option<BackendKind>,
     /// Flush the raft log before an append is reported durable (etcd's guarantee; default).
     /// `false` leaves the log's durability to its engine's flush interval (1 s): an
     /// acknowledged write can then be lost by a crash of a quorum.
@@ -106,7 +115,7 @@ pub struct RaftNodeConfig<B: Backend> {
 impl<B: Backend> RaftNodeConfig<B> {
     /// A configuration with etcd's defaults: heartbeat 100 ms, election timeout 1-2 s, a
     /// snapshot every 10,000 entries keeping 5,000 entries behind it, a 7 s request timeout,
-    /// lease checks every 500 ms, the log on the same engine kind as `backend` (`log_engine`),
+    /// lease checks every 500 ms, the raft log in its own file (`log_engine` `None`),
     /// and a one-member new cluster of this member only (set `initial_members` for more).
     pub fn new(
         id: NodeId,
@@ -114,7 +123,6 @@ impl<B: Backend> RaftNodeConfig<B> {
         peer_listener: tokio::net::TcpListener,
         data_dir: impl Into<PathBuf>,
         backend: Arc<B>,
-        log_engine: BackendKind,
     ) -> Self {
         let name = name.into();
         let peer_url = peer_listener
@@ -140,7 +148,7 @@ impl<B: Backend> RaftNodeConfig<B> {
             data_dir: data_dir.into(),
             backend,
             store_config: StoreConfig::default(),
-            log_engine,
+            log_engine: None,
             log_sync: true,
             raft_config: default_raft_config(),
             request_timeout: Duration::from_secs(7),
@@ -248,11 +256,100 @@ enum Target {
     Remote(NodeId, Member),
 }
 
+/// A command waiting for the batcher, and where its result goes (`Ok(None)`: this member is
+/// not the leader, nothing was proposed).
+struct Proposal {
+    cmd: Command,
+    reply: oneshot::Sender<RaftResult<Option<Applied>>>,
+}
+
+/// Most commands proposed as one entry.
+const MAX_BATCH: usize = 256;
+/// Batches in flight at once (one being flushed while the next gathers).
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Group commit on the leader: openraft 0.9 appends and flushes every proposal on its own, so
+/// concurrent client commands are gathered and proposed as one [`Command::Batch`] entry (one
+/// append, one flush), while the previous batch is being made durable.
+async fn batcher(
+    raft: Raft,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Proposal>,
+    timeout: Duration,
+) {
+    let inflight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            propose_batch(&raft, batch, timeout).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Proposes `batch` as one entry and hands every caller its own result.
+async fn propose_batch(raft: &Raft, batch: Vec<Proposal>, timeout: Duration) {
+    let (mut cmds, replies): (Vec<Command>, Vec<_>) =
+        batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+    let single = cmds.len() == 1;
+    let cmd = match cmds.pop() {
+        Some(only) if single => only,
+        Some(last) => {
+            cmds.push(last);
+            Command::Batch(cmds)
+        }
+        None => return,
+    };
+    let result = tokio::time::timeout(timeout, raft.client_write(cmd)).await;
+    let fail = |replies: Vec<oneshot::Sender<RaftResult<Option<Applied>>>>,
+                err: &dyn Fn() -> RaftResult<Option<Applied>>| {
+        for r in replies {
+            let _ = r.send(err());
+        }
+    };
+    match result {
+        Err(_) => fail(replies, &|| Err(RaftError::Timeout)),
+        Ok(Err(OpenraftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            fail(replies, &|| Ok(None))
+        }
+        Ok(Err(e)) => {
+            let line = crate::error_line(&e);
+            fail(replies, &|| Err(RaftError::Raft(line.clone())))
+        }
+        Ok(Ok(resp)) if single => {
+            for r in replies {
+                let _ = r.send(Ok(Some(resp.data.clone())));
+            }
+        }
+        Ok(Ok(resp)) => match resp.data.0 {
+            Ok(CommandResponse::Batch(results)) if results.len() == replies.len() => {
+                for (r, result) in replies.into_iter().zip(results) {
+                    let _ = r.send(Ok(Some(Applied(result))));
+                }
+            }
+            other => {
+                let line = format!("unexpected response to a batch: {other:?}");
+                fail(replies, &|| Err(RaftError::Raft(line.clone())))
+            }
+        },
+    }
+}
+
 /// The part of a member shared with its peer service and background tasks.
 struct Core<B: Backend> {
     id: NodeId,
     cluster_id: u64,
     raft: Raft,
+    proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
     clients: Arc<PeerClients>,
     store: Arc<MvccStore<B>>,
     request_timeout: Duration,
@@ -295,13 +392,19 @@ impl<B: Backend> Core<B> {
     /// Proposes `cmd` here (this member must be the leader). `Ok(None)`: not the leader, the
     /// command was not proposed (safe to retry elsewhere).
     async fn propose(&self, cmd: Command, deadline: Instant) -> RaftResult<Option<Applied>> {
-        match tokio::time::timeout_at(deadline, self.raft.client_write(cmd)).await {
+        if matches!(cmd, Command::Batch(_)) {
+            return Err(RaftError::InvalidArgument(
+                "a batch is not a client command".into(),
+            ));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.proposals
+            .send(Proposal { cmd, reply })
+            .map_err(|_| RaftError::Stopped)?;
+        match tokio::time::timeout_at(deadline, rx).await {
             Err(_) => Err(RaftError::Timeout),
-            Ok(Ok(resp)) => Ok(Some(resp.data)),
-            Ok(Err(e)) => match e {
-                OpenraftError::APIError(ClientWriteError::ForwardToLeader(_)) => Ok(None),
-                other => Err(raft_err(other)),
-            },
+            Ok(Err(_)) => Err(RaftError::Stopped),
+            Ok(Ok(result)) => result,
         }
     }
 
@@ -491,7 +594,7 @@ impl<B: Backend> ForwardHandler for Core<B> {
 /// A running member. See the [module docs](self).
 pub struct RaftNode<B: Backend> {
     core: Arc<Core<B>>,
-    log: LogStore,
+    log_close: Box<dyn Fn() -> RaftResult<()> + Send + Sync>,
     tasks: parking_lot::Mutex<Tasks>,
     tasks_stop: watch::Sender<bool>,
 }
@@ -502,6 +605,7 @@ struct Tasks {
     server_stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
     lease_task: Option<JoinHandle<()>>,
+    batch_task: Option<JoinHandle<()>>,
 }
 
 impl<B: Backend> std::fmt::Debug for RaftNode<B> {
@@ -540,20 +644,6 @@ impl<B: Backend> RaftNode<B> {
                 "member {id:x} is not among the initial members"
             )));
         }
-        let log_dir = data_dir.join("raft-log");
-        let log_backend = tokio::task::spawn_blocking(move || {
-            AnyBackend::open(
-                log_engine,
-                BackendConfig::new(log_dir)
-                    .with_cache_size_mb(LOG_CACHE_MB)
-                    .with_durability(Durability::Buffered {
-                        interval: Duration::from_secs(1),
-                    }),
-            )
-        })
-        .await
-        .map_err(raft_err)??;
-        let log = LogStore::open(log_backend, log_sync)?;
         let sm = {
             let backend = backend.clone();
             tokio::task::spawn_blocking(move || StateMachine::open(backend, store_config))
@@ -564,13 +654,53 @@ impl<B: Backend> RaftNode<B> {
         let clients = Arc::new(PeerClients::default());
         let network = Network::new(cluster_id, clients.clone());
         let raft_config = Arc::new(raft_config.validate().map_err(raft_err)?);
-        let raft = Raft::new(id, raft_config, network, log.clone(), sm)
-            .await
-            .map_err(raft_err)?;
+        let (raft, log_close): (Raft, Box<dyn Fn() -> RaftResult<()> + Send + Sync>) =
+            match log_engine {
+                None => {
+                    let dir = data_dir.join("raft-wal");
+                    let log = tokio::task::spawn_blocking(move || FileLog::open(dir, log_sync))
+                        .await
+                        .map_err(raft_err)??;
+                    let raft = Raft::new(id, raft_config, network, log.clone(), sm)
+                        .await
+                        .map_err(raft_err)?;
+                    (raft, Box::new(move || Ok(log.close()?)))
+                }
+                Some(kind) => {
+                    let log_dir = data_dir.join("raft-log");
+                    let log_backend = tokio::task::spawn_blocking(move || {
+                        AnyBackend::open(
+                            kind,
+                            BackendConfig::new(log_dir)
+                                .with_cache_size_mb(LOG_CACHE_MB)
+                                .with_durability(Durability::Buffered {
+                                    interval: Duration::from_secs(1),
+                                }),
+                        )
+                    })
+                    .await
+                    .map_err(raft_err)??;
+                    let log = LogStore::open(log_backend.clone(), log_sync)?;
+                    let raft = Raft::new(id, raft_config, network, log, sm)
+                        .await
+                        .map_err(raft_err)?;
+                    (
+                        raft,
+                        Box::new(move || {
+                            log_backend.flush()?;
+                            log_backend.close()?;
+                            Ok(())
+                        }),
+                    )
+                }
+            };
+        let (proposals, proposals_rx) = tokio::sync::mpsc::unbounded_channel();
+        let batch_task = tokio::spawn(batcher(raft.clone(), proposals_rx, request_timeout));
         let core = Arc::new(Core {
             id,
             cluster_id,
             raft: raft.clone(),
+            proposals,
             clients,
             store,
             request_timeout,
@@ -611,15 +741,47 @@ impl<B: Backend> RaftNode<B> {
             }
         }
 
+        // A lone voter leads at once: its first entry (see "Leadership") is proposed before
+        // `start` returns, so the whole log is applied when it starts serving.
+        let mut rx = raft.metrics();
+        let lone = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                let voters: BTreeSet<NodeId> = rx
+                    .borrow_and_update()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .collect();
+                if !voters.is_empty() {
+                    return voters == BTreeSet::from([id]);
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        let mut led = false;
+        if lone {
+            match core.on_leader(ForwardRequest::Write(Command::Noop)).await {
+                Ok(_) => led = true,
+                Err(e) => {
+                    tracing::warn!(error = %crate::error_line(&e), "leader's first entry failed")
+                }
+            }
+        }
+
         let (tasks_stop, stop) = watch::channel(false);
-        let lease_task = tokio::spawn(lease_expiry(core.clone(), lease_check_interval, stop));
+        let lease_task = tokio::spawn(lease_expiry(core.clone(), lease_check_interval, stop, led));
         Ok(RaftNode {
             core,
-            log,
+            log_close,
             tasks: parking_lot::Mutex::new(Tasks {
                 server_stop: Some(server_stop),
                 server: Some(server),
                 lease_task: Some(lease_task),
+                batch_task: Some(batch_task),
             }),
             tasks_stop,
         })
@@ -789,23 +951,20 @@ impl<B: Backend> RaftNode<B> {
             let _ = t.await;
         }
         let stopped = self.core.raft.shutdown().await.map_err(raft_err);
+        if let Some(t) = tasks.batch_task {
+            t.abort();
+        }
         let _ = server_stop.send(());
         if let Some(s) = tasks.server {
             let _ = s.await;
         }
         let store = self.core.store.clone();
-        let log = self.log.backend().clone();
-        tokio::task::spawn_blocking(move || -> RaftResult<()> {
-            let closed = store.close();
-            let log_flushed = log.flush();
-            let log_closed = log.close();
-            closed?;
-            log_flushed?;
-            log_closed?;
-            Ok(())
-        })
-        .await
-        .map_err(raft_err)??;
+        let closed = tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(raft_err)?;
+        let log_closed = (self.log_close)();
+        closed?;
+        log_closed?;
         stopped
     }
 }
@@ -876,8 +1035,10 @@ async fn lease_expiry<B: Backend>(
     core: Arc<Core<B>>,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
+    led: bool,
 ) {
-    let mut was_leader = false;
+    // `led`: `start` already proposed this leadership's first entry.
+    let mut was_leader = led;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -893,6 +1054,12 @@ async fn lease_expiry<B: Backend>(
             // Keep-alives went to the previous leader: start every lease afresh.
             store.lease_refresh_all();
             was_leader = true;
+            // An entry of this leadership commits (and so applies) every entry before it,
+            // also after a restart that restored the leadership of a lone voter in its old
+            // term without a new entry (openraft 0.9).
+            if let Err(e) = core.on_leader(ForwardRequest::Write(Command::Noop)).await {
+                tracing::warn!(error = %crate::error_line(&e), "leader's first entry failed");
+            }
             continue;
         }
         for id in store.expired_leases() {

@@ -5,11 +5,14 @@
 //! engine opened with `Durability::Buffered`): durability comes from the raft log, flushed
 //! before an entry can commit. Before each entry the store is given the entry's log id and the
 //! last membership ([`MvccStore::set_apply_meta`]), which it writes in the same atomic backend
-//! write as the entry's data (etcd's consistent index); membership entries write it alone. On
-//! open, [`RaftStateMachine::applied_state`] reads it back and openraft re-applies the
-//! committed entries after it. An entry that writes nothing (a failed compare, a rejected
-//! request, a blank entry) does not move it: re-applying such an entry after a crash writes
-//! nothing again, so replay is exact (no revision is created twice).
+//! write as the entry's data (etcd's consistent index); membership entries write it alone, and
+//! every apply call ends with one write of it (so that it names the last applied entry even
+//! when that entry wrote nothing). On open, [`RaftStateMachine::applied_state`] reads it back
+//! and openraft re-applies the committed entries after it. An entry that writes nothing (a
+//! failed compare, a rejected request, a blank entry) may be re-applied after a crash: it
+//! writes nothing again, so replay is exact (no revision is created twice). A
+//! [`Command::Batch`] entry records after each of its commands how many are done
+//! ([`ApplyMeta::partial`]), and a replay skips those.
 //!
 //! Applying is deterministic: the same entries give the same revisions, responses and backend
 //! rows on every member. Nothing time-based is decided here: only the leader proposes
@@ -54,6 +57,11 @@ pub struct ApplyMeta {
     pub last_applied: Option<LogId>,
     /// The last membership applied at that point.
     pub last_membership: StoredMembership,
+    /// Set while a [`Command::Batch`] entry is applied: its log id and how many of its
+    /// commands the write carrying this record completes (`last_applied` is then the entry
+    /// before it). After a crash the entry is applied again, skipping those.
+    #[serde(default)]
+    pub partial: Option<(LogId, usize)>,
 }
 
 impl ApplyMeta {
@@ -129,6 +137,9 @@ fn execute<B: Backend>(store: &MvccStore<B>, cmd: &Command) -> Result<Applied, M
             .lease_revoke(*id)
             .map(|revision| CommandResponse::LeaseRevoke { revision }),
         Command::LeaseCheckpoint { .. } | Command::Noop => Ok(CommandResponse::Done),
+        Command::Batch(_) => Err(MvccError::InvalidArgument(
+            "a batch inside a batch".to_string(),
+        )),
     };
     match result {
         Ok(r) => Ok(Applied(Ok(r))),
@@ -148,23 +159,71 @@ fn apply_blocking<B: Backend>(
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
         let log_id = entry.log_id;
+        let prev = meta.last_applied;
         meta.last_applied = Some(log_id);
         let applied_err = |e: &MvccError| -> StorageError {
             StorageIOError::apply(log_id, AnyError::new(e)).into()
         };
         match entry.payload {
             EntryPayload::Blank => out.push(Applied(Ok(CommandResponse::Done))),
+            EntryPayload::Normal(Command::Batch(cmds)) => {
+                // Each command commits its own backend write: all but the last record the
+                // batch as partially applied (see `ApplyMeta::partial`).
+                let skip = match meta.partial {
+                    Some((id, done)) if id == log_id => done,
+                    _ => 0,
+                };
+                let total = cmds.len();
+                let mut results = Vec::with_capacity(total);
+                for (i, cmd) in cmds.iter().enumerate() {
+                    if i < skip {
+                        results.push(Err(CommandError::Other(
+                            "applied before a restart".to_string(),
+                        )));
+                        continue;
+                    }
+                    let record = if i + 1 == total {
+                        ApplyMeta {
+                            last_applied: Some(log_id),
+                            last_membership: meta.last_membership.clone(),
+                            partial: None,
+                        }
+                    } else {
+                        ApplyMeta {
+                            last_applied: prev,
+                            last_membership: meta.last_membership.clone(),
+                            partial: Some((log_id, i + 1)),
+                        }
+                    };
+                    store.set_apply_meta(record.encode()?);
+                    let Applied(result) = execute(store, cmd).map_err(|e| applied_err(&e))?;
+                    results.push(result);
+                }
+                meta.partial = None;
+                out.push(Applied(Ok(CommandResponse::Batch(results))));
+            }
             EntryPayload::Normal(cmd) => {
+                meta.partial = None;
                 store.set_apply_meta(meta.encode()?);
                 out.push(execute(store, &cmd).map_err(|e| applied_err(&e))?);
             }
             EntryPayload::Membership(m) => {
+                meta.partial = None;
                 meta.last_membership = StoredMembership::new(Some(log_id), m);
                 store.set_apply_meta(meta.encode()?);
                 store.write_apply_meta().map_err(|e| applied_err(&e))?;
                 out.push(Applied(Ok(CommandResponse::Done)));
             }
         }
+    }
+    // The last entry may have written nothing (a blank entry, a failed compare): record the
+    // position once per call, so a snapshot taken from now on names the last applied entry.
+    if let Some(last) = meta.last_applied {
+        store.set_apply_meta(meta.encode()?);
+        store
+            .write_apply_meta()
+            .map_err(|e| StorageIOError::apply(last, AnyError::new(&e)).into())
+            .map_err(|e: StorageError| e)?;
     }
     Ok(out)
 }
@@ -243,6 +302,9 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         self.meta = ApplyMeta {
             last_applied: meta.last_log_id,
             last_membership: meta.last_membership.clone(),
+            partial: stored
+                .partial
+                .filter(|_| stored.last_applied == meta.last_log_id),
         };
         *self.current.lock() = Some((meta.clone(), Arc::new(data)));
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");

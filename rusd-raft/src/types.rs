@@ -77,6 +77,10 @@ pub enum Command {
     },
     /// Nothing (used by tests and to probe the write path).
     Noop,
+    /// Several client commands proposed as one log entry (group commit: openraft 0.9 appends
+    /// and flushes each proposal on its own, so the leader batches concurrent writes). Applied
+    /// in order, each as it would be alone; never nested.
+    Batch(Vec<Command>),
 }
 
 impl Command {
@@ -91,6 +95,7 @@ impl Command {
             Command::LeaseRevoke { .. } => "lease_revoke",
             Command::LeaseCheckpoint { .. } => "lease_checkpoint",
             Command::Noop => "noop",
+            Command::Batch(_) => "batch",
         }
     }
 }
@@ -117,6 +122,8 @@ pub enum CommandResponse {
     /// Of [`Command::LeaseCheckpoint`], [`Command::Noop`], and of raft's own entries (blank
     /// and membership entries).
     Done,
+    /// Of [`Command::Batch`]: one result per command, in order.
+    Batch(Vec<ApplyResult>),
 }
 
 /// A deterministic failure of a command (the same on every member), carried back to the

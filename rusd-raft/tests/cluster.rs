@@ -77,8 +77,9 @@ async fn start(
         listener,
         &spec.dir,
         backend,
-        BackendKind::Sled,
     );
+    // Member 2 keeps its log on a storage engine, the others in the log file.
+    config.log_engine = (spec.id == 2).then_some(BackendKind::Sled);
     config.cluster_id = 77;
     config.initial_members = members.clone();
     config.initial_state = state;
@@ -423,9 +424,9 @@ async fn a_restarted_member_resumes_from_its_data_dir_without_applying_twice() {
                 2 + i
             );
         }
-        // Index 0: the initial membership, 1: the leader's blank entry, 2..=11: the puts
-        // (metrics are published just after the writes are answered).
-        let m = n.wait_for(WAIT, |m| m.applied_index == 11).await.unwrap();
+        // Index 0: the initial membership, 1: the leader's blank entry, 2: its no-op entry,
+        // 3..=12: the puts (metrics are published just after the writes are answered).
+        let m = n.wait_for(WAIT, |m| m.applied_index == 12).await.unwrap();
         let (applied, term) = (m.applied_index, m.term);
         n.shutdown().await.unwrap();
 
@@ -444,16 +445,18 @@ async fn a_restarted_member_resumes_from_its_data_dir_without_applying_twice() {
         )
         .await;
         leader_of(&[&n]).await;
-        // Leadership comes back in the same term (a single voter whose vote is committed) or
-        // in a new one, which then starts with one blank entry; nothing else is applied.
+        // Leadership comes back in the same term (a lone voter whose vote is committed) or in
+        // a new one (one blank entry); either way the leader proposes one no-op entry, and
+        // nothing else is applied.
         let m = n
             .wait_for(WAIT, |m| {
                 m.state == rusd_raft::ServerState::Leader
-                    && m.applied_index == applied + u64::from(m.term > term)
+                    && m.applied_index == applied + 1 + u64::from(m.term > term)
             })
             .await
             .unwrap();
         assert!(m.term >= term);
+        assert_eq!(m.last_log_index, m.applied_index);
         let store = n.store();
         assert_eq!(store.current_revision(), 11);
         let kv = store.range(b"r", b"", 0, 0, false).unwrap().kvs.remove(0);
@@ -509,6 +512,7 @@ async fn a_store_behind_the_log_replays_exactly_the_missing_entries() {
             .unwrap();
         n.write(put("b", "1")).await.unwrap();
         let before = backend.snapshot().unwrap();
+        let last = n.metrics().last_log_index;
         n.shutdown().await.unwrap();
 
         // Restart over the older store state and the full log: the entries after the
@@ -529,12 +533,30 @@ async fn a_store_behind_the_log_replays_exactly_the_missing_entries() {
         )
         .await;
         leader_of(&[&n]).await;
+        // Everything in the log is applied once the leader's first entry commits.
+        n.wait_for(WAIT, |m| {
+            m.last_log_index > last && m.applied_index == m.last_log_index
+        })
+        .await
+        .unwrap();
         let store = n.store();
         assert_eq!(store.current_revision(), 14);
         let kv = store.range(b"a", b"", 0, 0, false).unwrap().kvs.remove(0);
         assert_eq!((kv.version, kv.mod_revision), (12, 13));
         assert_eq!(store.leases(), vec![5]);
-        assert_eq!(older.snapshot().unwrap(), before);
+        // Byte-identical to the store before the restart, up to the apply record, which now
+        // names the leader's new no-op entry.
+        let strip = |image: Vec<u8>| -> Vec<(storage_api::Tree, Vec<u8>, Vec<u8>)> {
+            let v =
+                storage_api::snapshot::ValidatedSnapshot::read_from(&mut image.as_slice()).unwrap();
+            v.entries()
+                .unwrap()
+                .map(Result::unwrap)
+                .filter(|e| e.key != mvcc_core::store::META_APPLY)
+                .map(|e| (e.tree, e.key, e.value))
+                .collect()
+        };
+        assert_eq!(strip(older.snapshot().unwrap()), strip(before));
         n.shutdown().await.unwrap();
     })
     .await

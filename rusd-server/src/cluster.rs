@@ -403,10 +403,10 @@ pub async fn start_member(
     };
 
     // A store written without replication?
-    let log_dir = cfg.data_dir.join("raft-log");
+    let log_dirs = [cfg.data_dir.join("raft-wal"), cfg.data_dir.join("raft-log")];
     let adopt = {
         let b = backend.clone();
-        let has_log = log_dir.exists();
+        let has_log = log_dirs.iter().any(|d| d.exists());
         tokio::task::spawn_blocking(move || -> Result<bool, ServerError> {
             if has_log || b.get(Tree::Meta, META_APPLY)?.is_some() {
                 return Ok(false);
@@ -426,14 +426,7 @@ pub async fn start_member(
     }
 
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
-    let mut rc = RaftNodeConfig::new(
-        id,
-        cfg.name.clone(),
-        listener,
-        &cfg.data_dir,
-        backend,
-        cfg.backend,
-    );
+    let mut rc = RaftNodeConfig::new(id, cfg.name.clone(), listener, &cfg.data_dir, backend);
     rc.cluster_id = rusd_raft::cluster_id([], token);
     rc.initial_members = members;
     rc.initial_state = match cfg.initial_cluster_state {
@@ -458,10 +451,12 @@ pub async fn start_member(
         .map_err(|e| ServerError::Task(format!("raft: {}", rusd_raft::error_line(&e))))?;
     let raft = Arc::new(raft);
     if cfg.initial_cluster.len() <= 1 {
-        // A one-member cluster elects itself at once: serve clients only once it has.
+        // A one-member cluster elects itself at once: serve clients only once it has, and
+        // has applied its whole log (its first entry as leader commits what a crash left
+        // uncommitted), so that no read misses an acknowledged write.
         let _ = raft
             .wait_for(cfg.election_timeout.saturating_mul(5), |m| {
-                m.leader.is_some()
+                m.leader.is_some() && m.applied_index >= m.last_log_index
             })
             .await;
     }

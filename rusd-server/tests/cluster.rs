@@ -1,6 +1,7 @@
 //! Three `rusd` processes on loopback as one cluster (etcd's flags): writes through every
 //! endpoint with `etcd-client`, SIGKILL of the leader, a new leader, every acknowledged write
-//! readable, and the killed member restarted catches up.
+//! readable, the killed member restarted catches up, and a fourth member is added (a learner
+//! promoted once in sync) and removed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,10 @@ impl Member {
     }
 
     fn spawn(&mut self, cluster: &str, log: &Path) {
+        self.spawn_as(cluster, "new", log);
+    }
+
+    fn spawn_as(&mut self, cluster: &str, state: &str, log: &Path) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -57,7 +62,7 @@ impl Member {
                 "--initial-cluster",
                 cluster,
                 "--initial-cluster-state",
-                "new",
+                state,
                 "--initial-cluster-token",
                 "rusd-cluster-test",
                 "--heartbeat-interval",
@@ -281,5 +286,49 @@ async fn run() {
     for c in survivors.iter_mut() {
         check_all(c, &acked, false).await;
     }
+
+    // MemberAdd a fourth member, start it with `existing`: it catches up, is promoted to
+    // voter, publishes its name, serves reads and writes; then MemberRemove.
+    let mut m4 = Member {
+        name: "m4".into(),
+        client: free_port(),
+        peer: free_port(),
+        dir: tmp.path().join("m4"),
+        backend: "sled",
+        child: None,
+    };
+    let peer4 = format!("http://127.0.0.1:{}", m4.peer);
+    let id4 = rusd_raft::member_id(std::slice::from_ref(&peer4), "rusd-cluster-test");
+    let added = back.member_add([peer4.as_str()], None).await.unwrap();
+    assert_eq!(added.member().unwrap().id(), id4);
+    assert_eq!(added.member_list().len(), 4);
+    let cluster4 = format!("{cluster_flag},m4={peer4}");
+    m4.spawn_as(&cluster4, "existing", &dir);
+    cluster.0.push(m4);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = survivors[0].member_list().await.unwrap();
+        let m = list.members().iter().find(|m| m.id() == id4).cloned();
+        if m.as_ref()
+            .is_some_and(|m| !m.is_learner() && m.name() == "m4" && !m.client_urls().is_empty())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "m4 not promoted/published: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut c4 = connect(&cluster.0[3].endpoint()).await;
+    check_all(&mut c4, &acked, false).await;
+    let rev = put(&mut c4, "k/zz4", "four").await;
+    assert_eq!(rev, next_rev + 1);
+    acked.insert("k/zz4".into(), ("four".into(), rev));
+    check_all(&mut survivors[1], &acked, false).await;
+    let left = survivors[0].member_remove(id4).await.unwrap();
+    assert_eq!(left.members().len(), 3);
+    assert!(left.members().iter().all(|m| m.id() != id4));
+    check_all(&mut survivors[0], &acked, false).await;
     drop(cluster);
 }

@@ -156,7 +156,8 @@ async fn metrics_have_etcd_names_types_and_counts() {
         }
         let gauges = [
             ("etcd_server_has_leader", 1.0),
-            ("etcd_server_proposals_committed_total", 5.0),
+            // The raft log's index: the initial membership, the leader's no-op, 4 writes.
+            ("etcd_server_proposals_committed_total", 6.0),
             ("etcd_debugging_mvcc_keys_total", 3.0),
             ("etcd_debugging_mvcc_current_revision", 5.0),
             ("etcd_debugging_mvcc_watcher_total", 1.0),

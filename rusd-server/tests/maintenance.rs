@@ -36,10 +36,11 @@ async fn status_members_hash_snapshot_defrag_on_every_engine() {
         let s = c.status().await.unwrap();
         assert_eq!(s.version(), "3.5.0");
         assert_eq!(s.leader(), server.member_id());
-        // Raft log: the initial membership (0), the leader's blank entry (1), the 21 writes.
+        // Raft log: the initial membership (0), the leader's blank entry (1), its no-op entry
+        // (2, see rusd_raft::node "Leadership"), the 21 writes.
         assert_eq!(
             (s.raft_index(), s.raft_applied_index(), s.raft_term()),
-            (22, 22, 1)
+            (23, 23, 1)
         );
         assert!(!s.is_learner());
         assert!(s.errors().is_empty());
