@@ -660,6 +660,22 @@ impl Watcher {
     /// Blocks for the next response; `None` once the watcher is cancelled and drained (or its
     /// store closed).
     pub fn recv(&self) -> Option<WatchResponse> {
+        self.recv_until(None)
+    }
+
+    /// The next response if one is ready (after catching up from storage if needed).
+    pub fn try_recv(&self) -> Option<WatchResponse> {
+        self.poll().ok().flatten()
+    }
+
+    /// Waits at most `timeout` for the next response.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<WatchResponse> {
+        self.recv_until(Some(Instant::now() + timeout))
+    }
+
+    /// Waits for the next response until `deadline` (`None`: no deadline), catching up from
+    /// storage whenever the watcher is unsynced and the queue is empty.
+    fn recv_until(&self, deadline: Option<Instant>) -> Option<WatchResponse> {
         loop {
             match self.poll() {
                 Ok(Some(r)) => return Some(r),
@@ -673,43 +689,17 @@ impl Watcher {
                 // Cancelled, or the store closed: what is queued, then the end.
                 return self.stream.try_recv();
             }
-            match self.stream.rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(r) => return Some(r),
-                Err(flume::RecvTimeoutError::Timeout) => {}
-                Err(flume::RecvTimeoutError::Disconnected) => return None,
-            }
-        }
-    }
-
-    /// The next response if one is ready (after catching up from storage if needed).
-    pub fn try_recv(&self) -> Option<WatchResponse> {
-        self.poll().ok().flatten()
-    }
-
-    /// Waits at most `timeout` for the next response.
-    pub fn recv_timeout(&self, timeout: Duration) -> Option<WatchResponse> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.poll() {
-                Ok(Some(r)) => return Some(r),
-                Ok(None) => {}
-                Err(_) => return None,
-            }
-            if self.stream.needs_catch_up() {
-                continue;
-            }
-            if !self.stream.hub.contains(self.id) {
-                return self.stream.try_recv();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            match self
-                .stream
-                .rx
-                .recv_timeout(left.min(Duration::from_millis(50)))
-            {
+            let wait = match deadline {
+                None => Duration::from_millis(50),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    left.min(Duration::from_millis(50))
+                }
+            };
+            match self.stream.rx.recv_timeout(wait) {
                 Ok(r) => return Some(r),
                 Err(flume::RecvTimeoutError::Timeout) => {}
                 Err(flume::RecvTimeoutError::Disconnected) => return None,
