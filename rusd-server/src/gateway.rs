@@ -254,26 +254,31 @@ pub fn watch(
             .store
             .watch(&key, &range_end, start)
             .map_err(crate::error::mvcc_status)?;
+        let opts = WatchOpts {
+            prev_kv: boolean(c, &["prev_kv"])?,
+            no_put: filter(c, "NOPUT", 0)?,
+            no_delete: filter(c, "NODELETE", 1)?,
+        };
         let mut j = Obj::new();
         j.header(state.header_now().as_ref());
         j.int("watch_id", id);
         j.boolean("created", true);
         lines.push(result_line(j.finish()));
-        watchers.push((id, w));
+        watchers.push((id, w, opts));
     }
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     for line in lines {
         tx.try_send(line)
             .map_err(|_| Status::resource_exhausted("too many watch requests"))?;
     }
-    for (id, w) in watchers {
+    for (id, w, opts) in watchers {
         let tx = tx.clone();
         let st = state.clone();
         st.metrics
             .watchers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
-            forward_events(&st, id, &w, &tx);
+            forward_events(&st, id, &w, opts, &tx);
             w.cancel();
             st.metrics
                 .watchers
@@ -299,22 +304,67 @@ fn result_line(json: String) -> Bytes {
     Bytes::from(format!("{{\"result\":{json}}}\n"))
 }
 
+/// The options of a gateway `create_request` that shape its events.
+#[derive(Debug, Clone, Copy)]
+struct WatchOpts {
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+}
+
+/// True when `create_request.filters` holds the filter `name` (grpc-gateway accepts the enum's
+/// name or its number).
+fn filter(c: &Map<String, Value>, name: &str, number: i64) -> Result<bool, Status> {
+    match c.get("filters") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Array(items)) => Ok(items.iter().any(|v| match v {
+            Value::String(s) => s == name,
+            Value::Number(n) => n.as_i64() == Some(number),
+            _ => false,
+        })),
+        Some(other) => Err(bad(format!("filters: {other} is not a list"))),
+    }
+}
+
 /// Sends a watcher's events as result lines until the client leaves or the server stops.
 fn forward_events(
     state: &State,
     id: i64,
     w: &mvcc_core::Watcher,
+    opts: WatchOpts,
     tx: &tokio::sync::mpsc::Sender<Bytes>,
 ) {
     loop {
         match w.recv_timeout(std::time::Duration::from_millis(100)) {
             Some(resp) => {
-                let events = resp.events.iter().map(|ev| {
+                let kept: Vec<&mvcc_core::Event> = resp
+                    .events
+                    .iter()
+                    .filter(|ev| match ev.kind {
+                        mvcc_core::EventKind::Put => !opts.no_put,
+                        mvcc_core::EventKind::Delete => !opts.no_delete,
+                    })
+                    .collect();
+                if kept.is_empty() && !resp.canceled && !resp.events.is_empty() {
+                    continue;
+                }
+                let events = kept.into_iter().map(|ev| {
                     let mut e = Obj::new();
-                    if ev.kind == mvcc_core::EventKind::Delete {
+                    let is_put = ev.kind == mvcc_core::EventKind::Put;
+                    if !is_put {
                         e.raw("type", "\"DELETE\"");
                     }
                     e.raw("kv", &kv_json(&crate::state::to_pb_kv(ev.kv.clone())));
+                    if opts.prev_kv && !(is_put && ev.kv.version == 1) {
+                        let prev = state
+                            .store
+                            .range(&ev.kv.key, &[], ev.kv.mod_revision - 1, 0, false)
+                            .ok()
+                            .and_then(|r| r.kvs.into_iter().next());
+                        if let Some(prev) = prev {
+                            e.raw("prev_kv", &kv_json(&crate::state::to_pb_kv(prev)));
+                        }
+                    }
                     e.finish()
                 });
                 let mut j = Obj::new();

@@ -522,3 +522,61 @@ async fn gateway_watch_streams_as_etcd() {
         .unwrap()
         .unwrap();
 }
+
+/// `/v3/watch` with `prev_kv` and a `NOPUT` filter: only the deletion arrives, with the value
+/// it deleted.
+#[tokio::test]
+async fn gateway_watch_prev_kv_and_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.client_addrs()[0];
+    let (cluster, member) = (
+        server.cluster_id().to_string(),
+        server.member_id().to_string(),
+    );
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = r#"{"create_request":{"key":"Zm9v","prev_kv":true,"filters":["NOPUT"]}}"#;
+    s.write_all(
+        format!(
+            "POST /v3/watch HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let expected = [
+        r#"{"result":{"header":{"cluster_id":"{C}","member_id":"{M}","revision":"1","raft_term":"1"},"created":true}}"#,
+        r#"{"result":{"header":{"cluster_id":"{C}","member_id":"{M}","revision":"4","raft_term":"1"},"events":[{"type":"DELETE","kv":{"key":"Zm9v","mod_revision":"4"},"prev_kv":{"key":"Zm9v","create_revision":"2","mod_revision":"3","version":"2","value":"YmF6"}}]}}"#,
+    ]
+    .map(|l| l.replace("{C}", &cluster).replace("{M}", &member));
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut lines = Vec::new();
+    let mut wrote = false;
+    while lines.len() < expected.len() {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&buf[..n]);
+        lines = String::from_utf8_lossy(&raw)
+            .split(['\r', '\n'])
+            .filter(|l| l.starts_with(r#"{"result""#))
+            .map(str::to_string)
+            .collect();
+        if !lines.is_empty() && !wrote {
+            wrote = true;
+            for (path, body) in [
+                ("/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#),
+                ("/v3/kv/put", r#"{"key":"Zm9v","value":"YmF6"}"#),
+                ("/v3/kv/deleterange", r#"{"key":"Zm9v"}"#),
+            ] {
+                assert_eq!(post(addr, path, body).await.0, 200);
+            }
+        }
+    }
+    assert_eq!(lines, expected);
+    server.shutdown().await.unwrap();
+}
