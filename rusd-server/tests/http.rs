@@ -461,17 +461,6 @@ async fn gateway_watch_streams_as_etcd() {
         server.cluster_id().to_string(),
         server.member_id().to_string(),
     );
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let body = r#"{"create_request":{"key":"Zm9v"}}"#;
-    s.write_all(
-        format!(
-            "POST /v3/watch HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
     // The result lines of the chunked answer, as etcd 3.4.23 sent them (ids replaced).
     let expected = [
         r#"{"result":{"header":{"cluster_id":"{C}","member_id":"{M}","revision":"1","raft_term":"1"},"created":true}}"#,
@@ -479,38 +468,12 @@ async fn gateway_watch_streams_as_etcd() {
         r#"{"result":{"header":{"cluster_id":"{C}","member_id":"{M}","revision":"3","raft_term":"1"},"events":[{"type":"DELETE","kv":{"key":"Zm9v","mod_revision":"3"}}]}}"#,
     ]
     .map(|l| l.replace("{C}", &cluster).replace("{M}", &member));
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    let mut lines = Vec::new();
-    let mut wrote = false;
-    while lines.len() < expected.len() {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&raw));
-        raw.extend_from_slice(&buf[..n]);
-        lines = String::from_utf8_lossy(&raw)
-            .split(['\r', '\n'])
-            .filter(|l| l.starts_with(r#"{"result""#))
-            .map(str::to_string)
-            .collect();
-        if !lines.is_empty() && !wrote {
-            wrote = true;
-            assert_eq!(
-                post(addr, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#)
-                    .await
-                    .0,
-                200
-            );
-            assert_eq!(
-                post(addr, "/v3/kv/deleterange", r#"{"key":"Zm9v"}"#)
-                    .await
-                    .0,
-                200
-            );
-        }
-    }
+    let body = r#"{"create_request":{"key":"Zm9v"}}"#;
+    let writes = [
+        ("/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#),
+        ("/v3/kv/deleterange", r#"{"key":"Zm9v"}"#),
+    ];
+    let (lines, raw, mut s) = watch_lines(addr, body, &writes, expected.len()).await;
     assert_eq!(lines, expected);
     let head = String::from_utf8_lossy(&raw).to_string();
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
@@ -534,8 +497,31 @@ async fn gateway_watch_prev_kv_and_filters() {
         server.cluster_id().to_string(),
         server.member_id().to_string(),
     );
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let expected = [
+        r#"{"result":{"header":{"cluster_id":"{C}","member_id":"{M}","revision":"1","raft_term":"1"},"created":true}}"#,
+        r#"{"result":{"header":{"cluster_id":"{C}","member_id":"{M}","revision":"4","raft_term":"1"},"events":[{"type":"DELETE","kv":{"key":"Zm9v","mod_revision":"4"},"prev_kv":{"key":"Zm9v","create_revision":"2","mod_revision":"3","version":"2","value":"YmF6"}}]}}"#,
+    ]
+    .map(|l| l.replace("{C}", &cluster).replace("{M}", &member));
     let body = r#"{"create_request":{"key":"Zm9v","prev_kv":true,"filters":["NOPUT"]}}"#;
+    let writes = [
+        ("/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#),
+        ("/v3/kv/put", r#"{"key":"Zm9v","value":"YmF6"}"#),
+        ("/v3/kv/deleterange", r#"{"key":"Zm9v"}"#),
+    ];
+    let (lines, _, _) = watch_lines(addr, body, &writes, expected.len()).await;
+    assert_eq!(lines, expected);
+    server.shutdown().await.unwrap();
+}
+
+/// Opens `/v3/watch` with `body`, makes the `writes` (gateway POSTs) once the first result line
+/// arrived, and returns the first `n` result lines, the raw answer and the open connection.
+async fn watch_lines(
+    addr: std::net::SocketAddr,
+    body: &str,
+    writes: &[(&str, &str)],
+    n: usize,
+) -> (Vec<String>, Vec<u8>, tokio::net::TcpStream) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(
         format!(
             "POST /v3/watch HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
@@ -545,22 +531,17 @@ async fn gateway_watch_prev_kv_and_filters() {
     )
     .await
     .unwrap();
-    let expected = [
-        r#"{"result":{"header":{"cluster_id":"{C}","member_id":"{M}","revision":"1","raft_term":"1"},"created":true}}"#,
-        r#"{"result":{"header":{"cluster_id":"{C}","member_id":"{M}","revision":"4","raft_term":"1"},"events":[{"type":"DELETE","kv":{"key":"Zm9v","mod_revision":"4"},"prev_kv":{"key":"Zm9v","create_revision":"2","mod_revision":"3","version":"2","value":"YmF6"}}]}}"#,
-    ]
-    .map(|l| l.replace("{C}", &cluster).replace("{M}", &member));
     let mut raw = Vec::new();
     let mut buf = [0u8; 4096];
     let mut lines = Vec::new();
     let mut wrote = false;
-    while lines.len() < expected.len() {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+    while lines.len() < n {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
             .await
             .unwrap()
             .unwrap();
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&raw));
-        raw.extend_from_slice(&buf[..n]);
+        assert!(got > 0, "closed early: {}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&buf[..got]);
         lines = String::from_utf8_lossy(&raw)
             .split(['\r', '\n'])
             .filter(|l| l.starts_with(r#"{"result""#))
@@ -568,15 +549,10 @@ async fn gateway_watch_prev_kv_and_filters() {
             .collect();
         if !lines.is_empty() && !wrote {
             wrote = true;
-            for (path, body) in [
-                ("/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#),
-                ("/v3/kv/put", r#"{"key":"Zm9v","value":"YmF6"}"#),
-                ("/v3/kv/deleterange", r#"{"key":"Zm9v"}"#),
-            ] {
+            for (path, body) in writes {
                 assert_eq!(post(addr, path, body).await.0, 200);
             }
         }
     }
-    assert_eq!(lines, expected);
-    server.shutdown().await.unwrap();
+    (lines, raw, s)
 }
