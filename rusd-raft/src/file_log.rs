@@ -11,7 +11,7 @@
 //!
 //! # Format
 //! `<dir>/raft.wal` is a sequence of records `len: u32 BE | crc32(body): u32 BE | body`, the
-//! body a [`postcard`]-encoded [`Record`]: appended entries, a truncation, a purge, the vote,
+//! body a [`postcard`]-encoded `Record`: appended entries, a truncation, a purge, the vote,
 //! the committed log id. Opening replays the records in order; a torn or corrupt tail (a crash
 //! in the middle of a write) ends the replay and is cut off. When the file holds much more
 //! than the live entries it is rewritten (a new file with the current state, `fdatasync`ed,

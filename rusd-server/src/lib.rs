@@ -1,13 +1,13 @@
 //! # rusd-server
 //!
 //! `rusd`: an etcd v3 server (the v3.5 gRPC protocol: `etcdserverpb`, `mvccpb`) over
-//! [`mvcc_core`], single member, with the storage engine (memory, sled, redb, RocksDB) chosen
+//! [`mvcc_core`], one member or a raft cluster, with the storage engine (memory, sled, redb, RocksDB) chosen
 //! at start-up. Unmodified etcd clients and `etcdctl` work against it.
 //!
 //! * [`start`] opens the store, binds the listeners and serves; [`RunningServer::shutdown`]
 //!   stops accepting, ends open streams, flushes and closes the store.
 //! * Services: [`kv::KvService`], [`watch::WatchService`], [`lease::LeaseService`],
-//!   [`maintenance::MaintenanceService`], [`maintenance::ClusterService`],
+//!   [`maintenance::MaintenanceService`], [`cluster::ClusterService`],
 //!   [`auth::AuthService`] (etcd's users, roles and permissions, checked on every request).
 //! * [`http`]: `/health`, `/readyz`, `/livez`, `/version`, Prometheus `/metrics`
 //!   ([`metrics`], etcd's names) and etcd's v3 JSON gateway ([`gateway`]) over HTTP/1.1, on the

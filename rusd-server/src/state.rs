@@ -487,7 +487,7 @@ where
 }
 
 /// Runs a replicated write (`fut`) and records how long it took to commit
-/// ([`Metrics::observe_commit`]); a full device raises the NOSPACE alarm, as [`write`] does.
+/// ([`Metrics::observe_commit`]); a full device raises the NOSPACE alarm, as [`write()`] does.
 pub async fn write_replicated<T>(
     state: &State,
     fut: impl std::future::Future<Output = Result<T, Status>>,
