@@ -1,7 +1,9 @@
 //! etcd's v3 JSON gateway (grpc-gateway) on the client port: `POST /v3/kv/range`, `/v3/kv/put`,
 //! `/v3/kv/deleterange`, `/v3/kv/txn`, `/v3/kv/compaction`, `/v3/lease/grant`,
 //! `/v3/lease/revoke`, `/v3/lease/timetolive`, `/v3/lease/leases`, `/v3/lease/keepalive` (one
-//! `{"result":..}` line per JSON object of the request body), `/v3/maintenance/status`, and `/v3/watch` (streamed, see [`watch`]).
+//! `{"result":..}` line per JSON object of the request body), `/v3/maintenance/status`, and
+//! `/v3/watch` (full duplex: creates, cancels and progress requests are served as the body's
+//! objects arrive, [`WatchBodyDecoder`]; answers as [`watch_response_line`]s).
 //!
 //! Requests are decoded from protobuf JSON as etcd's gateway accepts it (proto field names or
 //! lowerCamelCase, bytes in base64, 64-bit integers as strings or numbers, enums by name or
@@ -30,7 +32,7 @@ use crate::pb::etcdserverpb::{
     response_op, CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse,
     LeaseGrantRequest, LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest,
     PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, StatusRequest,
-    TxnRequest, TxnResponse,
+    TxnRequest, TxnResponse, WatchRequest, WatchResponse,
 };
 use crate::pb::mvccpb::KeyValue;
 use crate::state::State;
@@ -221,71 +223,132 @@ async fn keep_alive(state: &Arc<State>, body: &[u8]) -> Result<String, Status> {
     Ok(out)
 }
 
-/// `/v3/watch`: creates the watchers of the `create_request`s in the request body and returns
-/// the stream of `{"result":{...}}` lines (the `created` answers, then events) that lasts until
-/// the client disconnects or the server stops.
-pub fn watch(
-    state: &Arc<State>,
-    body: &[u8],
-    creds: &Credentials,
-) -> Result<tokio::sync::mpsc::Receiver<Bytes>, Status> {
-    let mut watchers = Vec::new();
-    let mut lines = Vec::new();
-    for value in serde_json::Deserializer::from_slice(body).into_iter::<Value>() {
-        let value = value.map_err(|e| Status::unknown(e.to_string()))?;
-        let Some(c) = object(as_object(&value)?, &["create_request"])? else {
-            continue;
-        };
-        let id = int(c, &["watch_id"])?;
-        let start = int(c, &["start_revision"])?;
-        let (key, range_end) = (bytes_field(c, &["key"])?, bytes_field(c, &["range_end"])?);
-        if let Err(refusal) = state.authorize_watch(creds, &key, &range_end) {
-            let denied = crate::auth::watch_denied(state, &refusal);
-            let mut j = Obj::new();
-            j.header(denied.header.as_ref());
-            j.int("watch_id", denied.watch_id);
-            j.boolean("created", true);
-            j.boolean("canceled", true);
-            j.str("cancel_reason", &denied.cancel_reason);
-            lines.push(result_line(j.finish()));
-            continue;
+/// One JSON object of a `/v3/watch` request body as the `WatchRequest` it stands for
+/// (`create_request`, `cancel_request` or `progress_request`, as grpc-gateway decodes them);
+/// `None` for an object that holds none of them (grpc-gateway forwards an empty request, which
+/// etcd ignores).
+pub fn watch_request(value: &Value) -> Result<Option<WatchRequest>, Status> {
+    use crate::pb::etcdserverpb::{
+        watch_request::RequestUnion, WatchCancelRequest, WatchCreateRequest, WatchProgressRequest,
+    };
+    let o = as_object(value)?;
+    let union = if let Some(c) = object(o, &["create_request"])? {
+        let mut filters = Vec::new();
+        if filter(c, "NOPUT", 0)? {
+            filters.push(0);
         }
-        let w = state
-            .store
-            .watch(&key, &range_end, start)
-            .map_err(crate::error::mvcc_status)?;
-        let opts = WatchOpts {
+        if filter(c, "NODELETE", 1)? {
+            filters.push(1);
+        }
+        RequestUnion::CreateRequest(WatchCreateRequest {
+            key: bytes_field(c, &["key"])?,
+            range_end: bytes_field(c, &["range_end"])?,
+            start_revision: int(c, &["start_revision"])?,
+            progress_notify: boolean(c, &["progress_notify"])?,
+            filters,
             prev_kv: boolean(c, &["prev_kv"])?,
-            no_put: filter(c, "NOPUT", 0)?,
-            no_delete: filter(c, "NODELETE", 1)?,
-        };
-        let mut j = Obj::new();
-        j.header(state.header_now().as_ref());
-        j.int("watch_id", id);
-        j.boolean("created", true);
-        lines.push(result_line(j.finish()));
-        watchers.push((id, w, opts));
+            watch_id: int(c, &["watch_id"])?,
+            fragment: boolean(c, &["fragment"])?,
+        })
+    } else if let Some(c) = object(o, &["cancel_request"])? {
+        RequestUnion::CancelRequest(WatchCancelRequest {
+            watch_id: int(c, &["watch_id"])?,
+        })
+    } else if object(o, &["progress_request"])?.is_some() {
+        RequestUnion::ProgressRequest(WatchProgressRequest {})
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(WatchRequest {
+        request_union: Some(union),
+    }))
+}
+
+/// Splits a streamed `/v3/watch` request body into its JSON objects as their bytes arrive.
+#[derive(Debug, Default)]
+pub struct WatchBodyDecoder {
+    buf: Vec<u8>,
+}
+
+impl WatchBodyDecoder {
+    /// An empty decoder.
+    pub fn new() -> Self {
+        Self::default()
     }
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    for line in lines {
-        tx.try_send(line)
-            .map_err(|_| Status::resource_exhausted("too many watch requests"))?;
+
+    /// Bytes received but not yet part of a complete JSON object.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
     }
-    for (id, w, opts) in watchers {
-        let tx = tx.clone();
-        let st = state.clone();
-        st.metrics
-            .watchers
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || {
-            forward_events(&st, id, &w, opts, &tx);
-            w.cancel();
-            st.metrics
-                .watchers
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        });
+
+    /// Appends `chunk` and returns the requests of every JSON object it completes, in order;
+    /// an error for the first object that is not valid JSON or not a valid request.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<WatchRequest>, Status> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        let mut consumed = 0;
+        let mut values = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
+        loop {
+            match values.next() {
+                None => {
+                    consumed = self.buf.len();
+                    break;
+                }
+                Some(Ok(v)) => {
+                    consumed = values.byte_offset();
+                    if let Some(r) = watch_request(&v)? {
+                        out.push(r);
+                    }
+                }
+                Some(Err(e)) if e.is_eof() => break,
+                Some(Err(e)) => return Err(bad(e.to_string())),
+            }
+        }
+        self.buf.drain(..consumed);
+        Ok(out)
     }
-    Ok(rx)
+}
+
+/// A watch response as a `/v3/watch` result line (grpc-gateway's `{"result":{..}}` framing,
+/// etcd's JSON: default values omitted, 64-bit integers as strings, bytes in base64).
+pub fn watch_response_line(r: &WatchResponse) -> Bytes {
+    let mut j = Obj::new();
+    j.header(r.header.as_ref());
+    j.int("watch_id", r.watch_id);
+    j.boolean("created", r.created);
+    j.boolean("canceled", r.canceled);
+    j.int("compact_revision", r.compact_revision);
+    j.str("cancel_reason", &r.cancel_reason);
+    j.boolean("fragment", r.fragment);
+    j.list(
+        "events",
+        r.events.iter().map(|ev| {
+            let mut e = Obj::new();
+            if ev.r#type == crate::pb::mvccpb::event::EventType::Delete as i32 {
+                e.raw("type", "\"DELETE\"");
+            }
+            if let Some(kv) = &ev.kv {
+                e.raw("kv", &kv_json(kv));
+            }
+            if let Some(prev) = &ev.prev_kv {
+                e.raw("prev_kv", &kv_json(prev));
+            }
+            e.finish()
+        }),
+    );
+    result_line(j.finish())
+}
+
+/// An error in the middle of a `/v3/watch` stream, as grpc-gateway writes it.
+pub fn watch_error_line(status: &Status) -> Bytes {
+    let code = http_status(status.code());
+    Bytes::from(format!(
+        "{{\"error\":{{\"grpc_code\":{},\"http_code\":{},\"message\":{},\"http_status\":{}}}}}\n",
+        status.code() as i32,
+        code.as_u16(),
+        quote(status.message()),
+        quote(code.canonical_reason().unwrap_or(""))
+    ))
 }
 
 /// `{"header":..,"<field>":["name",..]}`: the answer of the auth list and get calls.
@@ -304,14 +367,6 @@ fn result_line(json: String) -> Bytes {
     Bytes::from(format!("{{\"result\":{json}}}\n"))
 }
 
-/// The options of a gateway `create_request` that shape its events.
-#[derive(Debug, Clone, Copy)]
-struct WatchOpts {
-    prev_kv: bool,
-    no_put: bool,
-    no_delete: bool,
-}
-
 /// True when `create_request.filters` holds the filter `name` (grpc-gateway accepts the enum's
 /// name or its number).
 fn filter(c: &Map<String, Value>, name: &str, number: i64) -> Result<bool, Status> {
@@ -323,66 +378,6 @@ fn filter(c: &Map<String, Value>, name: &str, number: i64) -> Result<bool, Statu
             _ => false,
         })),
         Some(other) => Err(bad(format!("filters: {other} is not a list"))),
-    }
-}
-
-/// Sends a watcher's events as result lines until the client leaves or the server stops.
-fn forward_events(
-    state: &State,
-    id: i64,
-    w: &mvcc_core::Watcher,
-    opts: WatchOpts,
-    tx: &tokio::sync::mpsc::Sender<Bytes>,
-) {
-    loop {
-        match w.recv_timeout(std::time::Duration::from_millis(100)) {
-            Some(resp) => {
-                let kept: Vec<&mvcc_core::Event> = resp
-                    .events
-                    .iter()
-                    .filter(|ev| match ev.kind {
-                        mvcc_core::EventKind::Put => !opts.no_put,
-                        mvcc_core::EventKind::Delete => !opts.no_delete,
-                    })
-                    .collect();
-                if kept.is_empty() && !resp.canceled && !resp.events.is_empty() {
-                    continue;
-                }
-                let events = kept.into_iter().map(|ev| {
-                    let mut e = Obj::new();
-                    let is_put = ev.kind == mvcc_core::EventKind::Put;
-                    if !is_put {
-                        e.raw("type", "\"DELETE\"");
-                    }
-                    e.raw("kv", &kv_json(&crate::state::to_pb_kv(ev.kv.clone())));
-                    if opts.prev_kv && !(is_put && ev.kv.version == 1) {
-                        let prev = state
-                            .store
-                            .range(&ev.kv.key, &[], ev.kv.mod_revision - 1, 0, false)
-                            .ok()
-                            .and_then(|r| r.kvs.into_iter().next());
-                        if let Some(prev) = prev {
-                            e.raw("prev_kv", &kv_json(&crate::state::to_pb_kv(prev)));
-                        }
-                    }
-                    e.finish()
-                });
-                let mut j = Obj::new();
-                j.header(state.header(resp.revision).as_ref());
-                j.int("watch_id", id);
-                j.boolean("canceled", resp.canceled);
-                j.int("compact_revision", resp.compact_revision);
-                j.list("events", events);
-                if tx.blocking_send(result_line(j.finish())).is_err() || resp.canceled {
-                    return;
-                }
-            }
-            None => {
-                if tx.is_closed() || *state.shutdown.borrow() || !w.is_active() {
-                    return;
-                }
-            }
-        }
     }
 }
 

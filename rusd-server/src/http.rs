@@ -18,9 +18,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tonic::Status;
 
 use crate::config::ETCD_VERSION;
-use crate::pb::etcdserverpb::AlarmType;
+use crate::pb::etcdserverpb::{AlarmType, WatchRequest};
 use crate::state::State;
 
 /// Longest a connection may take to send a request head.
@@ -157,36 +158,92 @@ async fn handle(req: Request<Incoming>, state: Arc<State>, gateway: bool) -> Res
     handle_unary(req, state, gateway).await.map(|b| b.boxed())
 }
 
-/// `/v3/watch`: reads the request body, then streams the watchers' result lines.
+/// `/v3/watch`: a full-duplex stream, as etcd's grpc-gateway: every JSON object of the request
+/// body is a `WatchRequest` (create, cancel, progress) served as it arrives, by the same stream
+/// machinery as gRPC ([`crate::watch::serve`]); every response is a `{"result":..}` line. The
+/// stream lasts after the body ends, until the client disconnects or the server stops. A body
+/// object that is not valid JSON or not a valid request ends the stream with grpc-gateway's
+/// `{"error":..}` line; an unfinished object larger than the request size limit too.
 async fn watch(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
+    use tokio_stream::StreamExt as _;
     let creds = crate::auth::http_credentials(req.headers());
     let limit = state.max_request_bytes.saturating_add(64 * 1024);
-    let body = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "text/plain",
-                format!("cannot read the request body: {e}\n"),
-            )
-            .map(|b| b.boxed())
+    let mut body = req.into_body();
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Result<WatchRequest, Status>>(16);
+    let (line_tx, line_rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let responses = crate::watch::serve(
+        state.clone(),
+        creds,
+        tokio_stream::wrappers::ReceiverStream::new(in_rx),
+    );
+    // Body reader: JSON objects → watch requests.
+    let error_tx = line_tx.clone();
+    tokio::spawn(async move {
+        let mut decoder = crate::gateway::WatchBodyDecoder::new();
+        loop {
+            let chunk = match body.frame().await {
+                None => break,
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue,
+                },
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "gateway watch body failed");
+                    let _ = in_tx.send(Err(Status::cancelled(e.to_string()))).await;
+                    break;
+                }
+            };
+            let requests = decoder.push(&chunk).and_then(|r| {
+                if decoder.pending() > limit {
+                    Err(Status::invalid_argument(format!(
+                        "request body object larger than {limit} bytes"
+                    )))
+                } else {
+                    Ok(r)
+                }
+            });
+            match requests {
+                Ok(requests) => {
+                    for r in requests {
+                        if in_tx.send(Ok(r)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(status) => {
+                    let _ = error_tx
+                        .send(crate::gateway::watch_error_line(&status))
+                        .await;
+                    let _ = in_tx.send(Err(status)).await;
+                    return;
+                }
+            }
         }
-    };
-    match crate::gateway::watch(&state, &body, &creds) {
-        Ok(rx) => {
-            use tokio_stream::StreamExt as _;
-            let frames = tokio_stream::wrappers::ReceiverStream::new(rx)
-                .map(|b| Ok::<_, Infallible>(hyper::body::Frame::data(b)));
-            let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("application/json"),
-            );
-            crate::gateway::cors(&mut r);
-            r
+        // End of body: the stream goes on (see `crate::watch::serve`).
+        drop(in_tx);
+    });
+    // Responses → result lines.
+    tokio::spawn(async move {
+        let mut responses = tokio_stream::wrappers::ReceiverStream::new(responses);
+        while let Some(r) = responses.next().await {
+            let line = match r {
+                Ok(r) => crate::gateway::watch_response_line(&r),
+                Err(_) => break, // already reported by the body reader
+            };
+            if line_tx.send(line).await.is_err() {
+                break;
+            }
         }
-        Err(status) => crate::gateway::error_response(&status).map(|b| b.boxed()),
-    }
+    });
+    let frames = tokio_stream::wrappers::ReceiverStream::new(line_rx)
+        .map(|b| Ok::<_, Infallible>(hyper::body::Frame::data(b)));
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    crate::gateway::cors(&mut r);
+    r
 }
 
 async fn handle_unary(

@@ -330,57 +330,85 @@ impl Watch for WatchService {
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let creds = crate::auth::Credentials::of(&request);
-        let mut input = request.into_inner();
-        let (out_tx, out_rx) = mpsc::channel(STREAM_BUFFER);
-        let state = self.state.clone();
-        let (cmds, cmd_rx) = mpsc::channel::<Cmd>(64);
-        let lp = StreamLoop {
-            state: state.clone(),
-            out: out_tx,
-            stream: Arc::new(state.store.watch_stream(STREAM_QUEUE)),
-            watchers: HashMap::new(),
-            next_id: 0,
-        };
-        tokio::spawn(lp.run(cmd_rx));
-        let mut shutdown = state.shutdown.clone();
-        state.metrics.watch_streams.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    n = input.next() => n,
-                    _ = shutdown.changed() => None,
-                };
-                let cmd = match next {
-                    Some(Ok(WatchRequest {
-                        request_union: Some(u),
-                    })) => match u {
-                        RequestUnion::CreateRequest(mut c) => {
-                            if c.key.is_empty() {
-                                c.key = vec![0];
-                            }
-                            match state.authorize_watch(&creds, &c.key, &c.range_end) {
-                                Ok(()) => Cmd::Create(c),
-                                Err(refusal) => Cmd::Denied(refusal),
-                            }
+        let out = serve(self.state.clone(), creds, request.into_inner());
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+}
+
+/// Serves one watch stream: the requests of `input` (creates, checked against `creds`;
+/// cancels; progress requests) drive one stream task whose responses come out of the returned
+/// receiver. Shared by the gRPC service and the JSON gateway's `/v3/watch`.
+///
+/// As etcd's `serverWatchStream`, the end of `input` (the client closed its sending side, or
+/// an HTTP request body ended) does not end the stream: its watchers keep sending until the
+/// receiver is dropped or the server shuts down. An error from `input` ends the stream.
+pub fn serve<S>(
+    state: Arc<State>,
+    creds: crate::auth::Credentials,
+    mut input: S,
+) -> mpsc::Receiver<Result<WatchResponse, Status>>
+where
+    S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+{
+    let (out_tx, out_rx) = mpsc::channel(STREAM_BUFFER);
+    let (cmds, cmd_rx) = mpsc::channel::<Cmd>(64);
+    let probe = out_tx.clone();
+    let lp = StreamLoop {
+        state: state.clone(),
+        out: out_tx,
+        stream: Arc::new(state.store.watch_stream(STREAM_QUEUE)),
+        watchers: HashMap::new(),
+        next_id: 0,
+    };
+    tokio::spawn(lp.run(cmd_rx));
+    let mut shutdown = state.shutdown.clone();
+    state.metrics.watch_streams.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                n = input.next() => n,
+                _ = shutdown.changed() => break,
+            };
+            let cmd = match next {
+                Some(Ok(WatchRequest {
+                    request_union: Some(u),
+                })) => match u {
+                    RequestUnion::CreateRequest(mut c) => {
+                        if c.key.is_empty() {
+                            c.key = vec![0];
                         }
-                        RequestUnion::CancelRequest(c) => Cmd::Cancel(c.watch_id),
-                        RequestUnion::ProgressRequest(_) => Cmd::Progress,
-                    },
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "watch stream failed");
-                        break;
+                        match state.authorize_watch(&creds, &c.key, &c.range_end) {
+                            Ok(()) => Cmd::Create(c),
+                            Err(refusal) => Cmd::Denied(refusal),
+                        }
                     }
-                    None => break,
-                };
-                if cmds.send(cmd).await.is_err() {
+                    RequestUnion::CancelRequest(c) => Cmd::Cancel(c.watch_id),
+                    RequestUnion::ProgressRequest(_) => Cmd::Progress,
+                },
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "watch stream failed");
+                    let _ = probe.send(Err(e)).await;
                     break;
                 }
+                None => {
+                    // The client will send nothing more; its watchers stay (etcd `recvLoop`
+                    // returns nil on EOF and the send loop goes on).
+                    tokio::select! {
+                        _ = probe.closed() => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    break;
+                }
+            };
+            if cmds.send(cmd).await.is_err() {
+                break;
             }
-            // Dropping `cmds` ends the stream's task, which cancels its watchers.
-            drop(cmds);
-            state.metrics.watch_streams.fetch_sub(1, Ordering::Relaxed);
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
-    }
+        }
+        // Dropping `cmds` ends the stream's task, which cancels its watchers.
+        drop(cmds);
+        drop(probe);
+        state.metrics.watch_streams.fetch_sub(1, Ordering::Relaxed);
+    });
+    out_rx
 }

@@ -556,3 +556,151 @@ async fn watch_lines(
     }
     (lines, raw, s)
 }
+
+/// `/v3/watch` is full duplex, as etcd's grpc-gateway: objects of a request body that is still
+/// open (chunked) are served as they arrive: a create, a cancel in mid-stream (no event after
+/// it), a progress request, a second create; a body object that is not JSON ends the stream
+/// with grpc-gateway's error line.
+#[tokio::test]
+async fn gateway_watch_is_full_duplex_with_cancel_and_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.client_addrs()[0];
+    let (cluster, member) = (
+        server.cluster_id().to_string(),
+        server.member_id().to_string(),
+    );
+    let header = |rev: i64| {
+        format!(
+            r#""header":{{"cluster_id":"{cluster}","member_id":"{member}","revision":"{rev}","raft_term":"1"}}"#
+        )
+    };
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("POST /v3/watch HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut reader = LineReader::default();
+    // An object split over two chunks.
+    send_chunk(&mut s, r#"{"create_request":{"key":"Zm9v","#).await;
+    send_chunk(&mut s, r#""watch_id":"5"}}"#).await;
+    assert_eq!(
+        reader.next(&mut s).await,
+        format!(
+            r#"{{"result":{{{},"watch_id":"5","created":true}}}}"#,
+            header(1)
+        )
+    );
+    assert_eq!(
+        post(addr, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        reader.next(&mut s).await,
+        format!(
+            r#"{{"result":{{{},"watch_id":"5","events":[{{"kv":{{"key":"Zm9v","create_revision":"2","mod_revision":"2","version":"1","value":"YmFy"}}}}]}}}}"#,
+            header(2)
+        )
+    );
+    send_chunk(&mut s, r#"{"cancel_request":{"watch_id":5}}"#).await;
+    assert_eq!(
+        reader.next(&mut s).await,
+        format!(
+            r#"{{"result":{{{},"watch_id":"5","canceled":true}}}}"#,
+            header(2)
+        )
+    );
+    // No event after the cancel: the next line answers the progress request, at revision 3.
+    assert_eq!(
+        post(addr, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmF6"}"#)
+            .await
+            .0,
+        200
+    );
+    send_chunk(&mut s, "\n{\"progress_request\":{}}\n").await;
+    assert_eq!(
+        reader.next(&mut s).await,
+        format!(r#"{{"result":{{{},"watch_id":"-1"}}}}"#, header(3))
+    );
+    send_chunk(
+        &mut s,
+        r#"{"create_request":{"key":"Zm9v","start_revision":"3","watch_id":"6"}}"#,
+    )
+    .await;
+    assert_eq!(
+        reader.next(&mut s).await,
+        format!(
+            r#"{{"result":{{{},"watch_id":"6","created":true}}}}"#,
+            header(3)
+        )
+    );
+    assert_eq!(
+        reader.next(&mut s).await,
+        format!(
+            r#"{{"result":{{{},"watch_id":"6","events":[{{"kv":{{"key":"Zm9v","create_revision":"2","mod_revision":"3","version":"2","value":"YmF6"}}}}]}}}}"#,
+            header(3)
+        )
+    );
+    send_chunk(&mut s, "{nope").await;
+    send_chunk(&mut s, "}").await;
+    assert_eq!(
+        reader.next(&mut s).await,
+        r#"{"error":{"grpc_code":3,"http_code":400,"message":"key must be a string at line 1 column 2","http_status":"Bad Request"}}"#
+    );
+    // The stream ends after the error (the terminating chunk of the answer).
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !reader.raw_tail().ends_with(b"0\r\n\r\n") {
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            reader.raw.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap();
+    server.shutdown().await.unwrap();
+}
+
+async fn send_chunk(s: &mut tokio::net::TcpStream, data: &str) {
+    s.write_all(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes())
+        .await
+        .unwrap();
+}
+
+/// The JSON lines of a chunked HTTP answer, one at a time.
+#[derive(Default)]
+struct LineReader {
+    raw: Vec<u8>,
+    taken: usize,
+}
+
+impl LineReader {
+    async fn next(&mut self, s: &mut tokio::net::TcpStream) -> String {
+        loop {
+            let text = String::from_utf8_lossy(&self.raw).to_string();
+            let lines: Vec<&str> = text
+                .split(['\r', '\n'])
+                .filter(|l| l.starts_with(r#"{"result""#) || l.starts_with(r#"{"error""#))
+                .collect();
+            if lines.len() > self.taken {
+                self.taken += 1;
+                return lines[self.taken - 1].to_string();
+            }
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("a watch line within 10 s")
+                .unwrap();
+            assert!(n > 0, "closed early: {text}");
+            self.raw.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn raw_tail(&self) -> &[u8] {
+        &self.raw[self.raw.len().saturating_sub(5)..]
+    }
+}
