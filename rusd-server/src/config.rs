@@ -14,6 +14,10 @@ use crate::error::ServerError;
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 /// etcd's default `--max-request-bytes` (1.5 MiB).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// etcd's default `--max-concurrent-streams`: no limit (`math.MaxUint32`).
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = u32::MAX;
+/// Default `--max-watchers-per-stream` (rusd's own limit; etcd has none).
+pub const DEFAULT_MAX_WATCHERS_PER_STREAM: usize = 10_000;
 /// etcd's default backend quota (2 GiB), used when `--quota-backend-bytes` is 0.
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// Extra bytes gRPC accepts on top of `max_request_bytes` (etcd's `grpcOverheadBytes`).
@@ -59,6 +63,14 @@ pub struct ServerConfig {
     pub max_txn_ops: usize,
     /// Maximum size of a client request in bytes.
     pub max_request_bytes: usize,
+    /// Maximum concurrent gRPC streams per client connection (etcd
+    /// `--max-concurrent-streams`, HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`): a client
+    /// opening more has the excess refused with `REFUSED_STREAM` (or queued by its HTTP/2
+    /// library until one ends).
+    pub max_concurrent_streams: u32,
+    /// Maximum watchers on one watch stream (rusd's own limit; etcd has none): a create
+    /// beyond it is answered created and canceled at once, with a cancel reason.
+    pub max_watchers_per_stream: usize,
     /// Interval of progress notifications to watchers created with `progress_notify`.
     pub progress_notify_interval: Duration,
     /// How often expired leases are revoked.
@@ -125,6 +137,8 @@ impl ServerConfig {
             quota_backend_bytes: Some(DEFAULT_QUOTA_BYTES),
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_watchers_per_stream: DEFAULT_MAX_WATCHERS_PER_STREAM,
             progress_notify_interval: DEFAULT_PROGRESS_NOTIFY_INTERVAL,
             lease_check_interval: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(5),
@@ -236,6 +250,16 @@ impl ServerConfig {
     /// Sets the maximum request size.
     pub fn with_max_request_bytes(mut self, n: usize) -> Self {
         self.max_request_bytes = n;
+        self
+    }
+    /// Sets the maximum concurrent streams per client connection.
+    pub fn with_max_concurrent_streams(mut self, n: u32) -> Self {
+        self.max_concurrent_streams = n;
+        self
+    }
+    /// Sets the maximum watchers per watch stream.
+    pub fn with_max_watchers_per_stream(mut self, n: usize) -> Self {
+        self.max_watchers_per_stream = n;
         self
     }
     /// Sets the TLS of the client and metrics listeners.

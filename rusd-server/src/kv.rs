@@ -25,7 +25,7 @@ use crate::pb::etcdserverpb::{
     PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest,
     TxnResponse,
 };
-use crate::state::{to_pb_kv, write_replicated, State};
+use crate::state::{blocking, to_pb_kv, write_replicated, State};
 
 /// Approximate bytes a put adds to the database beyond its key and value.
 const PUT_OVERHEAD: usize = 64;
@@ -259,12 +259,25 @@ fn txn_is_serializable(t: &Txn) -> bool {
 
 /// Serves a Range request: linearizable (raft ReadIndex, then the local store) unless
 /// `serializable`, which reads the local store at once.
-pub(crate) async fn do_range(state: &State, r: &RangeRequest) -> Result<RangeResponse, Status> {
+///
+/// Where it runs: a single-key read (one index lookup, one row read) and a `count_only` range
+/// (the in-memory index only) are served on the async worker, since a thread hop per read
+/// costs more than the read; every other range (its row count is up to the client) runs on
+/// the blocking pool, so a large range never holds an async worker.
+pub(crate) async fn do_range(
+    state: &Arc<State>,
+    r: &RangeRequest,
+) -> Result<RangeResponse, Status> {
     let req = to_range(r)?;
     if !req.serializable {
         state.read_barrier().await?;
     }
-    let res = state.store.kv_range(&req).map_err(mvcc_status)?;
+    let res = if req.range_end.is_empty() || req.count_only {
+        state.store.kv_range(&req).map_err(mvcc_status)?
+    } else {
+        let st = state.clone();
+        blocking(move || st.store.kv_range(&req).map_err(mvcc_status)).await?
+    };
     Ok(range_response(state, res))
 }
 
@@ -304,8 +317,8 @@ pub(crate) async fn do_delete(
 }
 
 /// Serves a Txn request: a read-only one as a read (linearizable unless every range is
-/// serializable), any other through raft.
-pub(crate) async fn do_txn(state: &State, t: TxnRequest) -> Result<TxnResponse, Status> {
+/// serializable) on the blocking pool, any other through raft.
+pub(crate) async fn do_txn(state: &Arc<State>, t: TxnRequest) -> Result<TxnResponse, Status> {
     let req = to_txn(&t)?;
     req.validate(state.store.config()).map_err(mvcc_status)?;
     state.check_size(t.encoded_len())?;
@@ -313,7 +326,8 @@ pub(crate) async fn do_txn(state: &State, t: TxnRequest) -> Result<TxnResponse, 
         if !txn_is_serializable(&req) {
             state.read_barrier().await?;
         }
-        let res = state.store.kv_txn(&req).map_err(mvcc_status)?;
+        let st = state.clone();
+        let res = blocking(move || st.store.kv_txn(&req).map_err(mvcc_status)).await?;
         return Ok(txn_response(state, res));
     }
     if txn_has_puts(&t) {
@@ -416,9 +430,8 @@ impl Kv for KvService {
         self.state
             .authorize_range(&request)
             .map_err(self.state.refused("etcdserverpb.KV", "Range"))?;
-        // Reads are served on the async worker (after the ReadIndex wait when linearizable):
-        // the index lookup is in memory and the row reads hit the engine's cache; a thread
-        // hop per read costs more than it saves.
+        // Single-key reads on the async worker, larger ranges on the blocking pool
+        // (see `do_range`), after the ReadIndex wait when linearizable.
         let res = do_range(&self.state, request.get_ref()).await;
         self.state.metrics.observe("etcdserverpb.KV", "Range", &res);
         res.map(Response::new)

@@ -48,6 +48,13 @@ struct Cli {
     /// Maximum client request size in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
+    /// Maximum concurrent streams that each client connection can open at a time (HTTP/2
+    /// SETTINGS_MAX_CONCURRENT_STREAMS; default: no limit, as etcd).
+    #[arg(long, default_value_t = rusd_server::config::DEFAULT_MAX_CONCURRENT_STREAMS)]
+    max_concurrent_streams: u32,
+    /// Maximum watchers on one watch stream; a create beyond it is canceled at once.
+    #[arg(long, default_value_t = rusd_server::config::DEFAULT_MAX_WATCHERS_PER_STREAM, help_heading = "rusd (not in etcd)")]
+    max_watchers_per_stream: usize,
     /// Storage engine: memory, sled, redb or rocksdb (only engines compiled into this build).
     #[arg(long, default_value = mvcc_core::engine::DEFAULT_KIND.name(), help_heading = "rusd (not in etcd)")]
     backend: String,
@@ -199,6 +206,8 @@ fn config_from(cli: Cli) -> Result<ServerConfig, ServerError> {
         .with_quota_backend_bytes(quota)
         .with_max_txn_ops(cli.max_txn_ops)
         .with_max_request_bytes(cli.max_request_bytes)
+        .with_max_concurrent_streams(cli.max_concurrent_streams)
+        .with_max_watchers_per_stream(cli.max_watchers_per_stream)
         .with_progress_notify_interval(progress)
         .with_client_tls(tls)
         .with_initial_cluster(initial_cluster)

@@ -244,6 +244,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         cfg.progress_notify_interval,
         shutdown_rx.clone(),
     );
+    state.max_watchers_per_stream = cfg.max_watchers_per_stream;
     state.inline_writes = matches!(cfg.durability, storage_api::Durability::Buffered { .. });
     state.metrics.sync_durability.store(
         matches!(cfg.durability, storage_api::Durability::Sync),
@@ -365,8 +366,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     drop(conn_tx);
     let limit = cfg.max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES);
     let router = tonic::transport::Server::builder()
-        // etcd's default --max-concurrent-streams (a stream per watch or keep-alive).
-        .max_concurrent_streams(u32::MAX)
+        // etcd --max-concurrent-streams (default: no limit; a stream per watch or keep-alive).
+        .max_concurrent_streams(cfg.max_concurrent_streams)
         .add_service(KvServer::new(KvService::new(state.clone())).max_decoding_message_size(limit))
         .add_service(
             WatchServer::new(WatchService::new(state.clone())).max_decoding_message_size(limit),

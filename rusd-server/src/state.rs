@@ -58,6 +58,8 @@ pub struct State {
     pub metrics: Metrics,
     /// Progress-notify interval for watchers.
     pub progress_notify_interval: Duration,
+    /// Maximum watchers per watch stream (`--max-watchers-per-stream`).
+    pub max_watchers_per_stream: usize,
     /// Set to true when the server shuts down: streams end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// The raft member every write goes through (`None`: writes go to the store directly,
@@ -113,6 +115,7 @@ impl State {
             db_size: AtomicU64::new(size),
             metrics: Metrics::default(),
             progress_notify_interval,
+            max_watchers_per_stream: crate::config::DEFAULT_MAX_WATCHERS_PER_STREAM,
             shutdown,
             raft: None,
             data_dir: None,

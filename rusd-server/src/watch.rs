@@ -164,6 +164,14 @@ impl StreamLoop {
                 ))
                 .await;
         }
+        if self.watchers.len() >= self.state.max_watchers_per_stream {
+            return self
+                .send(fail(format!(
+                    "rusd: too many watchers on this stream (--max-watchers-per-stream {})",
+                    self.state.max_watchers_per_stream
+                )))
+                .await;
+        }
         if c.start_revision < 0 {
             return self.send(fail(MvccError::Compacted.to_string())).await;
         }
