@@ -307,11 +307,18 @@ async fn phase(clients: &[Client], config: LoadConfig, op: Op) -> Result<LoadPha
 }
 
 /// CPU seconds used by the server (when its pid is known) and by this process.
-fn cpu_now(server_pid: Option<u32>) -> (Option<f64>, Option<f64>) {
-    (
-        server_pid.and_then(cpu_seconds_of),
-        cpu_seconds_of(std::process::id()),
-    )
+/// CPU seconds of the server processes (summed; `None` without pids or when one is
+/// unreadable) and of this process.
+fn cpu_now(server_pids: &[u32]) -> (Option<f64>, Option<f64>) {
+    let server = if server_pids.is_empty() {
+        None
+    } else {
+        server_pids
+            .iter()
+            .map(|&p| cpu_seconds_of(p))
+            .sum::<Option<f64>>()
+    };
+    (server, cpu_seconds_of(std::process::id()))
 }
 
 fn cpu_delta(
@@ -326,11 +333,11 @@ async fn measured_phase(
     clients: &[Client],
     config: LoadConfig,
     op: Op,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
 ) -> Result<LoadPhase, String> {
-    let before = cpu_now(server_pid);
+    let before = cpu_now(server_pids);
     let phase = phase(clients, config, op).await?;
-    let (server, client) = cpu_delta(before, cpu_now(server_pid));
+    let (server, client) = cpu_delta(before, cpu_now(server_pids));
     Ok(phase.with_cpu(server, client))
 }
 
@@ -344,15 +351,18 @@ pub async fn run(
     server_pid: Option<u32>,
     config: LoadConfig,
 ) -> Result<LoadRun, String> {
-    run_with(endpoints, server, engine, server_pid, config, None).await
+    let pids: Vec<u32> = server_pid.into_iter().collect();
+    run_with(endpoints, server, engine, &pids, config, None).await
 }
 
-/// [`run`] over TLS, as the user of `security` (`versus-etcd --tls-auth`).
+/// [`run`] against the processes `server_pids` (one server, or every member of a cluster:
+/// their CPU times and peak RSSes are summed), over TLS as the user of `security` when given
+/// (`versus-etcd --tls-auth`).
 pub async fn run_with(
     endpoints: &[String],
     server: &str,
     engine: Option<&str>,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
     config: LoadConfig,
     security: Option<&Security>,
 ) -> Result<LoadRun, String> {
@@ -361,8 +371,8 @@ pub async fn run_with(
     for _ in 0..config.clients {
         clients.push(connect(endpoints, config.request_timeout, security).await?);
     }
-    let put = measured_phase(&clients, config, Op::Put, server_pid).await?;
-    let range = measured_phase(&clients, config, Op::Range, server_pid).await?;
+    let put = measured_phase(&clients, config, Op::Put, server_pids).await?;
+    let range = measured_phase(&clients, config, Op::Range, server_pids).await?;
     Ok(LoadRun {
         server: server.to_string(),
         engine: engine.map(str::to_string),
@@ -370,7 +380,14 @@ pub async fn run_with(
         value_size: config.value_size,
         put,
         range,
-        peak_rss: server_pid.and_then(crate::versus::peak_rss_of),
+        peak_rss: if server_pids.is_empty() {
+            None
+        } else {
+            server_pids
+                .iter()
+                .map(|&p| crate::versus::peak_rss_of(p))
+                .sum::<Option<u64>>()
+        },
     })
 }
 

@@ -157,6 +157,11 @@ struct LoadArgs {
     /// READWRITE on the key prefix `0`).
     #[arg(long)]
     tls_auth: bool,
+    /// versus-etcd: members per server (3 or 5: etcd and rusd each run as one cluster of
+    /// that many processes on this machine; the clients use every member's endpoint; CPU and
+    /// peak RSS are summed over the members).
+    #[arg(long, default_value_t = 1)]
+    members: usize,
 }
 
 impl Cli {
@@ -401,7 +406,9 @@ mod etcd_mode {
     use std::time::Duration;
 
     use bench_suite::load::{self, LoadConfig};
-    use bench_suite::versus::{self, LoadRun, ServerProcess, ServerSpec, StartError};
+    use bench_suite::versus::{
+        self, ClusterProcess, Deployment, LoadRun, ServerProcess, ServerSpec, StartError,
+    };
     use storage_api::BackendKind;
 
     use super::{Cli, DurabilityArg, LoadArgs};
@@ -506,6 +513,12 @@ mod etcd_mode {
     /// `rusd-bench versus-etcd`.
     pub fn versus_etcd(cli: &Cli, args: &LoadArgs) -> Result<(), String> {
         let configs = configs(cli, args)?;
+        if args.members == 0 || args.members > 7 {
+            return Err(format!("--members {}: 1 to 7", args.members));
+        }
+        if args.members > 1 && args.tls_auth {
+            return Err("--tls-auth runs single members only (--members 1)".into());
+        }
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let rusd = exe.with_file_name("rusd");
         if !rusd.is_file() {
@@ -602,30 +615,36 @@ mod etcd_mode {
                     config.clients,
                     config.ops
                 );
-                let server =
-                    match ServerProcess::start_with(spec, &parent, START_TIMEOUT, scheme, &extra) {
-                        Ok(mut s) => {
-                            if security.is_some() {
-                                s.label = format!("{} TLS+auth", s.label);
-                            }
-                            s
+                let started = if args.members > 1 {
+                    ClusterProcess::start(spec, &parent, START_TIMEOUT, args.members)
+                        .map(Deployment::Cluster)
+                } else {
+                    ServerProcess::start_with(spec, &parent, START_TIMEOUT, scheme, &extra)
+                        .map(Deployment::Single)
+                };
+                let server = match started {
+                    Ok(mut s) => {
+                        if security.is_some() {
+                            s.set_label(format!("{} TLS+auth", s.label()));
                         }
-                        Err(StartError::Exited(log))
-                            if !explicit && log.contains("not compiled into this rusd build") =>
-                        {
-                            let engine = spec.engine().unwrap_or_default().to_string();
-                            let note = format!("{engine} not compiled into {}", rusd.display());
-                            eprintln!("  skipped: {note}");
-                            notes.push(note);
-                            skipped.push(engine);
-                            continue;
-                        }
-                        Err(e) => {
-                            failures.push(format!("{}: {e}", spec.label()));
-                            continue;
-                        }
-                    };
-                let endpoints = [server.endpoint.clone()];
+                        s
+                    }
+                    Err(StartError::Exited(log))
+                        if !explicit && log.contains("not compiled into this rusd build") =>
+                    {
+                        let engine = spec.engine().unwrap_or_default().to_string();
+                        let note = format!("{engine} not compiled into {}", rusd.display());
+                        eprintln!("  skipped: {note}");
+                        notes.push(note);
+                        skipped.push(engine);
+                        continue;
+                    }
+                    Err(e) => {
+                        failures.push(format!("{}: {e}", spec.label()));
+                        continue;
+                    }
+                };
+                let endpoints = server.endpoints();
                 let as_user = security.as_ref().map(load::Security::as_bench_user);
                 let result = rt
                     .block_on(load::wait_ready_with(
@@ -640,9 +659,9 @@ mod etcd_mode {
                     .and_then(|()| {
                         rt.block_on(load::run_with(
                             &endpoints,
-                            &server.label,
+                            server.label(),
                             spec.engine(),
-                            Some(server.pid()),
+                            &server.pids(),
                             *config,
                             as_user.as_ref(),
                         ))
@@ -669,10 +688,19 @@ mod etcd_mode {
             Some((_, v)) => format!("etcd {v} (WAL always fsynced)"),
             None => "no etcd (not on PATH)".to_string(),
         };
+        let members_note;
         let tls_note = if security.is_some() {
             "; every server over mutual TLS (`--client-cert-auth`, same generated certificates) \
              with auth enabled, the load running as a user with a READWRITE grant on the key \
              prefix `0` (simple tokens, bcrypt cost 10)"
+        } else if args.members > 1 {
+            members_note = format!(
+                "; every server as a cluster of {} members on this machine (ranges \
+                 linearizable; the clients use every member's endpoint); CPU and peak RSS \
+                 summed over the members",
+                args.members
+            );
+            &members_note
         } else {
             ""
         };
@@ -706,6 +734,7 @@ mod etcd_mode {
             "key_size": 8,
             "durability": durability,
             "tls_auth": security.is_some(),
+            "members": args.members,
             "etcd_version": etcd.as_ref().map(|(_, v)| v.clone()),
             "cores": cores,
             "targets": {
@@ -718,11 +747,13 @@ mod etcd_mode {
             "checks": checks,
         });
         let stem = if security.is_some() {
-            "versus-etcd-tls-auth"
+            "versus-etcd-tls-auth".to_string()
+        } else if args.members > 1 {
+            format!("versus-etcd-{}-members", args.members)
         } else {
-            "versus-etcd"
+            "versus-etcd".to_string()
         };
-        write_out(&cli.out, stem, &json, &md)?;
+        write_out(&cli.out, &stem, &json, &md)?;
         if failures.is_empty() {
             Ok(())
         } else {

@@ -400,6 +400,49 @@ impl ServerSpec {
         }
     }
 
+    /// The command line of member `index` of a cluster of `peers` (`(client port, peer port)`
+    /// per member; etcd's `--initial-cluster` flags for both servers), with its data in
+    /// `data_dir`.
+    pub fn member_command(&self, data_dir: &Path, index: usize, peers: &[(u16, u16)]) -> Command {
+        let url = |port: u16| format!("http://127.0.0.1:{port}");
+        let cluster = peers
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}={}", url(*peer)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let (client, peer) = peers.get(index).copied().unwrap_or((2379, 2380));
+        let mut c = match self {
+            ServerSpec::Etcd { bin, .. } => {
+                let mut c = Command::new(bin);
+                c.args(["--advertise-client-urls", &url(client)]);
+                c
+            }
+            ServerSpec::Rusd {
+                bin,
+                engine,
+                durability,
+            } => {
+                let mut c = Command::new(bin);
+                c.args(["--backend", engine])
+                    .args(["--durability", durability]);
+                c
+            }
+        };
+        c.arg("--name")
+            .arg(format!("m{index}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen-client-urls", &url(client)])
+            .args(["--listen-peer-urls", &url(peer)])
+            .args(["--initial-advertise-peer-urls", &url(peer)])
+            .args(["--initial-cluster", &cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "rusd-bench"])
+            .args(["--log-level", "warn"]);
+        c
+    }
+
     fn ports_needed(&self) -> usize {
         match self {
             ServerSpec::Etcd { .. } => 2,
@@ -535,6 +578,155 @@ impl ServerProcess {
             }
         }
         // `Drop` kills and reaps whatever is still running.
+    }
+}
+
+/// The members of a cluster started for a run (all on loopback, each with a fresh data
+/// directory); stopping or dropping it stops every member.
+#[derive(Debug)]
+pub struct ClusterProcess {
+    /// The members, in `--initial-cluster` order.
+    pub members: Vec<ServerProcess>,
+    /// Label in the table (the server's, with the member count).
+    pub label: String,
+}
+
+impl ClusterProcess {
+    /// Starts `size` members of `spec` as one new cluster under `parent` and waits (up to
+    /// `timeout`) until every client port accepts connections. Every member is spawned before
+    /// any is waited for: a member may open its client port only once a leader is elected.
+    pub fn start(
+        spec: &ServerSpec,
+        parent: &Path,
+        timeout: Duration,
+        size: usize,
+    ) -> Result<Self, StartError> {
+        let ports = free_loopback_ports(2 * size)?;
+        let peers: Vec<(u16, u16)> = ports.chunks(2).map(|p| (p[0], p[1])).collect();
+        let mut members = Vec::with_capacity(size);
+        for i in 0..size {
+            let dir = tempfile::Builder::new()
+                .prefix("rusd-versus-")
+                .tempdir_in(parent)?;
+            let log = fs::File::create(dir.path().join("server.log"))?;
+            let child = spec
+                .member_command(&dir.path().join("data"), i, &peers)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?;
+            members.push(ServerProcess {
+                child,
+                dir,
+                endpoint: format!("127.0.0.1:{}", peers[i].0),
+                label: format!("{} m{i}", spec.label()),
+            });
+        }
+        let mut cluster = ClusterProcess {
+            members,
+            label: format!("{} ×{size}", spec.label()),
+        };
+        let deadline = Instant::now() + timeout;
+        for i in 0..size {
+            loop {
+                if cluster.members[i].child.try_wait()?.is_some() {
+                    return Err(StartError::Exited(cluster.log_tail()));
+                }
+                if TcpStream::connect(&cluster.members[i].endpoint).is_ok() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(StartError::Timeout(cluster.log_tail()));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Every member's client endpoint.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint.clone()).collect()
+    }
+
+    /// Every member's process id.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().map(ServerProcess::pid).collect()
+    }
+
+    /// The last log lines of every member.
+    pub fn log_tail(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}:\n{}", m.label, m.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Stops every member (SIGTERM, then SIGKILL after `grace`).
+    pub fn stop(self, grace: Duration) {
+        for m in self.members {
+            m.stop(grace);
+        }
+    }
+}
+
+/// What a run measures: one server or a cluster.
+#[derive(Debug)]
+pub enum Deployment {
+    /// One process.
+    Single(ServerProcess),
+    /// Several members.
+    Cluster(ClusterProcess),
+}
+
+impl Deployment {
+    /// The client endpoints (every member's for a cluster).
+    pub fn endpoints(&self) -> Vec<String> {
+        match self {
+            Deployment::Single(s) => vec![s.endpoint.clone()],
+            Deployment::Cluster(c) => c.endpoints(),
+        }
+    }
+
+    /// The process ids whose CPU and peak RSS the run sums.
+    pub fn pids(&self) -> Vec<u32> {
+        match self {
+            Deployment::Single(s) => vec![s.pid()],
+            Deployment::Cluster(c) => c.pids(),
+        }
+    }
+
+    /// Label in the table.
+    pub fn label(&self) -> &str {
+        match self {
+            Deployment::Single(s) => &s.label,
+            Deployment::Cluster(c) => &c.label,
+        }
+    }
+
+    /// Relabels the run.
+    pub fn set_label(&mut self, label: String) {
+        match self {
+            Deployment::Single(s) => s.label = label,
+            Deployment::Cluster(c) => c.label = label,
+        }
+    }
+
+    /// The last log lines.
+    pub fn log_tail(&self) -> String {
+        match self {
+            Deployment::Single(s) => s.log_tail(),
+            Deployment::Cluster(c) => c.log_tail(),
+        }
+    }
+
+    /// Stops every process.
+    pub fn stop(self, grace: Duration) {
+        match self {
+            Deployment::Single(s) => s.stop(grace),
+            Deployment::Cluster(c) => c.stop(grace),
+        }
     }
 }
 
@@ -697,6 +889,44 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).expect("chmod");
         assert_eq!(find_on_path("fake", &path), Some(exe));
+    }
+
+    #[test]
+    fn member_commands_form_one_cluster_on_loopback() {
+        let peers = [(2001, 2002), (2003, 2004), (2005, 2006)];
+        for spec in [
+            ServerSpec::Etcd {
+                bin: "/usr/bin/etcd".into(),
+                version: "3.4.23".into(),
+            },
+            ServerSpec::Rusd {
+                bin: "rusd".into(),
+                engine: "sled".into(),
+                durability: "sync".into(),
+            },
+        ] {
+            let c = spec.member_command(Path::new("/d"), 1, &peers);
+            let args: Vec<String> = c
+                .get_args()
+                .map(|a| a.to_string_lossy().to_string())
+                .collect();
+            let value = |flag: &str| {
+                let i = args.iter().position(|a| a == flag).unwrap();
+                args[i + 1].clone()
+            };
+            assert_eq!(value("--name"), "m1");
+            assert_eq!(value("--listen-client-urls"), "http://127.0.0.1:2003");
+            assert_eq!(value("--listen-peer-urls"), "http://127.0.0.1:2004");
+            assert_eq!(
+                value("--initial-advertise-peer-urls"),
+                "http://127.0.0.1:2004"
+            );
+            assert_eq!(
+                value("--initial-cluster"),
+                "m0=http://127.0.0.1:2002,m1=http://127.0.0.1:2004,m2=http://127.0.0.1:2006"
+            );
+            assert_eq!(value("--initial-cluster-state"), "new");
+        }
     }
 
     #[test]
