@@ -59,6 +59,9 @@ enum Scenario {
     Restore,
 }
 
+/// A lease id, its attached keys and its checkpointed remaining TTL.
+type LeaseState = (i64, Vec<Vec<u8>>, i64);
+
 /// Everything a client can observe of a store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fingerprint {
@@ -71,7 +74,7 @@ struct Fingerprint {
     /// Leases with their keys and checkpointed remaining TTLs; `None` when the store refuses
     /// lease reads because a flush failed (`MvccError::Failed`: the lease table may hold
     /// changes that are not durable).
-    leases: Option<Vec<(i64, Vec<Vec<u8>>, i64)>>,
+    leases: Option<Vec<LeaseState>>,
 }
 
 impl Fingerprint {
