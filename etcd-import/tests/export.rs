@@ -469,6 +469,56 @@ fn remaining_ttl_of_an_earlier_import_is_still_honoured() {
     store.close().expect("close");
 }
 
+/// A real etcd 3.4 resumes an exported lease from rusd's checkpoint, as rusd does.
+#[test]
+fn etcd_resumes_an_exported_lease_from_its_checkpoint() {
+    if !etcd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    build_rusd_store(&src, BackendKind::Sled);
+    let store = open_rusd(&src, BackendKind::Sled);
+    store.lease_checkpoint(L1, 42).expect("checkpoint");
+    store.close().expect("close");
+    let file = dir.path().join("e.db");
+    export(&src, &file, None, true).expect("export");
+    let data_dir = dir.path().join("etcd");
+    let peer = common::free_port();
+    let out = ctl(&[
+        "snapshot",
+        "restore",
+        &file.display().to_string(),
+        &format!("--data-dir={}", data_dir.display()),
+        "--name=imp",
+        &format!("--initial-cluster=imp=http://127.0.0.1:{peer}"),
+        &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let etcd = Etcd::start_with_peer(&data_dir, peer);
+    let ttl = |id: i64| -> (i64, i64) {
+        let out = etcd.ctl(&["lease", "timetolive", &format!("{id:x}"), "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        (
+            v["granted-ttl"].as_i64().expect("granted-ttl"),
+            v["ttl"].as_i64().expect("ttl"),
+        )
+    };
+    // The real clock runs in etcd: at most the 42 s checkpointed, well above 0.
+    let (granted, left) = ttl(L1);
+    assert_eq!(granted, 600);
+    assert!((30..=42).contains(&left), "L1 ttl {left}");
+    // L3 has no checkpoint: its full TTL.
+    let (granted, left) = ttl(L3);
+    assert_eq!(granted, 900);
+    assert!(left > 880, "L3 ttl {left}");
+    etcd.stop();
+}
+
 /// A store big enough for two branch levels in the `key` bucket and a 1 MiB value on 257
 /// pages: etcd's own consistency check (`snapshot status`) and a restored etcd agree with rusd.
 #[test]
