@@ -130,8 +130,9 @@ pub struct RaftNodeConfig<B: Backend> {
 impl<B: Backend> RaftNodeConfig<B> {
     /// A configuration with etcd's defaults: heartbeat 100 ms, election timeout 1-2 s, a
     /// snapshot every 10,000 entries keeping 5,000 entries behind it, a 7 s request timeout,
-    /// lease checks every 500 ms, lease checkpoints every 5 minutes, the raft log in its own file (`log_engine` `None`),
-    /// and a one-member new cluster of this member only (set `initial_members` for more).
+    /// lease checks every 500 ms, lease checkpoints every 5 minutes, the raft log in its own
+    /// file (`log_engine` `None`), and a one-member new cluster of this member only (set
+    /// `initial_members` for more).
     pub fn new(
         id: NodeId,
         name: impl Into<String>,
