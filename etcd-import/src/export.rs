@@ -8,7 +8,9 @@
 //!   `mvccpb.KeyValue`; a deletion row holds only the key.
 //! * `meta`: `finishedCompactRev` / `scheduledCompactRev` (17-byte revision, sub 0) when rusd
 //!   has them, `consistent_index` = 0 (`etcdctl snapshot restore` sets it to the member count).
-//! * `lease`: every lease as `leasepb.Lease {ID, TTL}` (no remaining TTL: see the README).
+//! * `lease`: every lease as `leasepb.Lease {ID, TTL, RemainingTTL}`, the remaining TTL being
+//!   the lease's last checkpoint (omitted without one; see the README), which etcd resumes the
+//!   lease from as rusd does.
 //! * `auth`: `authRevision` = 1 (auth disabled, as a new etcd writes it); `cluster`:
 //!   `clusterVersion` = `3.4.0`; `alarm`, `authRoles`, `authUsers`, `members`,
 //!   `members_removed`: empty (restore writes the new cluster's members).
@@ -23,6 +25,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use mvcc_core::lease::{decode_lease_record, META_LEGACY_IMPORTED_REMAINING_TTL};
 use mvcc_core::revision::Revision;
 use mvcc_core::store::{META_CURRENT_REV, META_FINISHED_COMPACT_REV, META_SCHEDULED_COMPACT_REV};
 use mvcc_core::{AnyBackend, KeyValue};
@@ -32,7 +35,6 @@ use storage_api::{Backend, BackendConfig, BackendKind, Tree};
 use crate::bbolt_write::{BoltWriter, DEFAULT_PAGE_SIZE};
 use crate::error::ImportError;
 use crate::etcd::parse_etcd_db;
-use crate::import::LEASE_FORMAT_VERSION;
 use crate::status::{etcd_status, EtcdStatus};
 
 /// etcd 3.4's buckets, in the (sorted) order bbolt keeps them.
@@ -253,6 +255,26 @@ pub fn write_etcd_db<W: Write + Seek>(
         })?;
         b.finish()?
     };
+    // Remaining TTLs kept in `meta` rows by imports of earlier versions: what mvcc-core
+    // resumes a lease without a checkpoint of its own from.
+    let mut legacy = std::collections::BTreeMap::new();
+    for (k, v) in backend.scan_prefix(Tree::Meta, META_LEGACY_IMPORTED_REMAINING_TTL, 0)? {
+        let id: Option<[u8; 8]> = k[META_LEGACY_IMPORTED_REMAINING_TTL.len()..]
+            .try_into()
+            .ok();
+        let remaining: Option<[u8; 8]> = v.as_slice().try_into().ok();
+        match (id, remaining) {
+            (Some(id), Some(r)) => {
+                legacy.insert(i64::from_be_bytes(id), i64::from_be_bytes(r).max(0));
+            }
+            _ => {
+                return Err(ImportError::Unexportable(format!(
+                    "imported remaining-TTL row {}",
+                    hex(&k)
+                )))
+            }
+        }
+    }
     let leases = {
         let mut b = w.bucket(b"lease");
         for_each(backend, Tree::Lease, |k, v| {
@@ -260,15 +282,16 @@ pub fn write_etcd_db<W: Write + Seek>(
                 .try_into()
                 .map_err(|_| ImportError::Unexportable(format!("lease key {}", hex(k))))?;
             let id = i64::from_be_bytes(id);
-            if v.len() != 9 || v[0] != LEASE_FORMAT_VERSION {
+            let Some((ttl, mut remaining)) = decode_lease_record(v) else {
                 return Err(ImportError::Unexportable(format!(
                     "lease {id:x}: unknown record {}",
                     hex(v)
                 )));
+            };
+            if remaining == 0 {
+                remaining = legacy.get(&id).copied().unwrap_or(0);
             }
-            let mut ttl = [0u8; 8];
-            ttl.copy_from_slice(&v[1..]);
-            b.put(k, &encode_etcd_lease(id, i64::from_be_bytes(ttl), 0))
+            b.put(k, &encode_etcd_lease(id, ttl, remaining))
         })?;
         b.finish()?
     };

@@ -17,8 +17,9 @@ use crate::etcd::{parse_etcd_db, EtcdData};
 pub const BATCH_ROWS: usize = 1024;
 /// Payload bytes per backend write (a batch holds at least one row).
 pub const BATCH_BYTES: usize = 4 << 20;
-/// Version byte of rusd's lease record (`mvcc-core/src/lease.rs`, private there).
-pub const LEASE_FORMAT_VERSION: u8 = 1;
+/// Version byte of rusd's lease record without a checkpoint
+/// ([`mvcc_core::lease::LEASE_RECORD_V1`]).
+pub const LEASE_FORMAT_VERSION: u8 = mvcc_core::lease::LEASE_RECORD_V1;
 
 /// What an import did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,24 +44,26 @@ pub struct ImportSummary {
     pub batches: usize,
 }
 
-/// Prefix of the `meta` rows in which an import keeps etcd's checkpointed remaining TTL of a
-/// lease (`leasepb.Lease` field 3, written by etcd only with lease checkpointing): the prefix,
-/// then the lease id (8 bytes big-endian) → the remaining TTL in seconds (8 bytes big-endian).
+/// Prefix of the `meta` rows in which imports by earlier versions kept etcd's checkpointed
+/// remaining TTL of a lease (`leasepb.Lease` field 3, written by etcd only with lease
+/// checkpointing): the prefix, then the lease id (8 bytes big-endian) → the remaining TTL in
+/// seconds (8 bytes big-endian).
 ///
-/// rusd's own lease record (`mvcc-core`'s private `encode_lease`: version byte + granted TTL)
-/// has no room for it, and `mvcc-core` gives every lease its full TTL when a store opens; this
-/// row keeps etcd's figure in the store (and in its snapshots) without changing what rusd does.
-pub const META_IMPORTED_REMAINING_TTL: &[u8] = b"etcdImport/remainingTTL/";
+/// An import now writes the remaining TTL into rusd's lease record itself (its version 2,
+/// see [`mvcc_core::lease`]), where `mvcc-core` resumes the lease from it. `mvcc-core` still
+/// honours these rows in stores imported before (and removes a lease's row at its next
+/// checkpoint, revoke or re-grant).
+pub const META_IMPORTED_REMAINING_TTL: &[u8] = mvcc_core::lease::META_LEGACY_IMPORTED_REMAINING_TTL;
 
-/// The `meta` key of lease `id`'s imported remaining TTL.
+/// The `meta` key of lease `id`'s imported remaining TTL in a store imported by an earlier
+/// version (see [`META_IMPORTED_REMAINING_TTL`]).
 pub fn remaining_ttl_key(id: i64) -> Vec<u8> {
-    let mut k = META_IMPORTED_REMAINING_TTL.to_vec();
-    k.extend_from_slice(&id.to_be_bytes());
-    k
+    mvcc_core::lease::legacy_remaining_ttl_key(id)
 }
 
-/// The remaining TTLs an import kept, `(lease id, seconds)` by id (see
-/// [`META_IMPORTED_REMAINING_TTL`]).
+/// The remaining TTLs that an import by an earlier version kept in `meta` rows,
+/// `(lease id, seconds)` by id (see [`META_IMPORTED_REMAINING_TTL`]); empty for a store
+/// imported now (see `MvccStore::lease_checkpointed_ttl`).
 pub fn imported_remaining_ttls<B: Backend>(backend: &B) -> Result<Vec<(i64, i64)>, ImportError> {
     let mut out = Vec::new();
     for (k, v) in backend.scan_prefix(Tree::Meta, META_IMPORTED_REMAINING_TTL, 0)? {
@@ -76,13 +79,10 @@ pub fn imported_remaining_ttls<B: Backend>(backend: &B) -> Result<Vec<(i64, i64)
     Ok(out)
 }
 
-/// rusd's lease record: the version byte, then the TTL (8 bytes big-endian). Replicates the
-/// private `encode_lease` of `mvcc-core/src/lease.rs`.
+/// rusd's lease record without a checkpoint: the version byte, then the TTL (8 bytes
+/// big-endian) ([`mvcc_core::lease::encode_lease_record`] with no remaining TTL).
 pub fn encode_lease(ttl: i64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(9);
-    v.push(LEASE_FORMAT_VERSION);
-    v.extend_from_slice(&ttl.to_be_bytes());
-    v
+    mvcc_core::lease::encode_lease_record(ttl, 0)
 }
 
 /// The file to read for `path`: `path/member/snap/db` for an etcd data directory, else `path`.
@@ -201,18 +201,13 @@ pub fn write_store(
         flush(&mut batch, false)?;
     }
     for l in &data.leases {
+        // etcd's checkpointed remaining TTL, if any, goes into the record: rusd resumes the
+        // lease from it, as etcd does.
         batch.put(
             Tree::Lease,
             l.id.to_be_bytes().to_vec(),
-            encode_lease(l.ttl),
+            mvcc_core::lease::encode_lease_record(l.ttl, l.remaining_ttl),
         );
-        if l.remaining_ttl > 0 {
-            batch.put(
-                Tree::Meta,
-                remaining_ttl_key(l.id),
-                l.remaining_ttl.to_be_bytes().to_vec(),
-            );
-        }
         flush(&mut batch, false)?;
     }
     if let Some(f) = data.finished_compact {
@@ -287,6 +282,16 @@ fn verify(store: &MvccStore<AnyBackend>, data: &EtcdData) -> Result<(), ImportEr
     if got != want {
         return mismatch("lease ids", format!("{got:?}"), format!("{want:?}"));
     }
+    for l in &data.leases {
+        let got = store.lease_checkpointed_ttl(l.id)?;
+        if got != l.remaining_ttl.max(0) {
+            return mismatch(
+                &format!("lease {:x} remaining TTL", l.id),
+                got.to_string(),
+                l.remaining_ttl.to_string(),
+            );
+        }
+    }
     Ok(())
 }
 
@@ -297,6 +302,10 @@ mod tests {
     #[test]
     fn lease_record_is_rusds() {
         assert_eq!(encode_lease(600), [1, 0, 0, 0, 0, 0, 0, 2, 0x58]);
+        assert_eq!(
+            remaining_ttl_key(7),
+            b"etcdImport/remainingTTL/\0\0\0\0\0\0\0\x07"
+        );
     }
 
     #[test]

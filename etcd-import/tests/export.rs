@@ -353,10 +353,32 @@ fn etcd_restores_and_serves_an_export() {
     }
 }
 
-/// etcd's checkpointed remaining TTL (`leasepb.Lease` field 3): what an import keeps and what
-/// rusd and an export do with it.
+/// Opens the store in `dir` with a manual clock, so remaining TTLs are exact.
+fn open_with_clock(
+    dir: &std::path::Path,
+    kind: BackendKind,
+) -> (
+    mvcc_core::MvccStore<mvcc_core::AnyBackend>,
+    std::sync::Arc<mvcc_core::ManualClock>,
+) {
+    let clock = mvcc_core::ManualClock::new();
+    let store = mvcc_core::MvccStore::with_config(
+        mvcc_core::AnyBackend::open(kind, storage_api::BackendConfig::new(dir)).expect("open"),
+        mvcc_core::StoreConfig::default().with_clock(clock.clone()),
+    )
+    .expect("store");
+    (store, clock)
+}
+
+fn ttls(store: &mvcc_core::MvccStore<mvcc_core::AnyBackend>, id: i64) -> (i64, i64) {
+    let info = store.lease_time_to_live(id).expect("lease");
+    (info.ttl, info.remaining_ttl)
+}
+
+/// etcd's checkpointed remaining TTL (`leasepb.Lease` field 3): an import writes it into
+/// rusd's lease record, rusd resumes the lease from it, and an export writes it back.
 #[test]
-fn remaining_ttl_is_kept_by_import_but_not_used_or_exported() {
+fn remaining_ttl_is_imported_resumed_and_exported() {
     use etcd_import::import::{imported_remaining_ttls, write_store};
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("src");
@@ -369,22 +391,132 @@ fn remaining_ttl_is_kept_by_import_but_not_used_or_exported() {
     l1.remaining_ttl = 42;
     let imported = dir.path().join("imported");
     write_store(&data, &imported, BackendKind::Sled).expect("import");
-    let store = open_rusd(&imported, BackendKind::Sled);
-    // Kept in the store, next to rusd's lease record ...
+    let (store, clock) = open_with_clock(&imported, BackendKind::Sled);
+    // In the lease record, not in a `meta` row.
+    assert_eq!(
+        imported_remaining_ttls(store.backend().as_ref()).expect("rows"),
+        vec![]
+    );
+    assert_eq!(store.lease_checkpointed_ttl(L1).expect("L1"), 42);
+    // The lease resumes from it; L3, without one, from its full TTL.
+    assert_eq!(ttls(&store, L1), (600, 42));
+    assert_eq!(ttls(&store, L3), (900, 900));
+    clock.advance(std::time::Duration::from_secs(2));
+    assert_eq!(ttls(&store, L1), (600, 40));
+    store.close().expect("close");
+    // An export writes the checkpoint back (etcd resumes from it too).
+    let again = dir.path().join("again.db");
+    export(&imported, &again, None, false).expect("export");
+    let back = parse_etcd_db(&std::fs::read(&again).expect("read")).expect("parse");
+    let mut leases: Vec<(i64, i64, i64)> = back
+        .leases
+        .iter()
+        .map(|l| (l.id, l.ttl, l.remaining_ttl))
+        .collect();
+    leases.sort_unstable();
+    assert_eq!(leases, vec![(L1, 600, 42), (L3, 900, 0)]);
+}
+
+/// A store imported by an earlier version keeps the remaining TTL in a `meta` row: rusd
+/// resumes the lease from it and an export writes it, until the lease's next checkpoint (a
+/// keep-alive clears it) removes the row.
+#[test]
+fn remaining_ttl_of_an_earlier_import_is_still_honoured() {
+    use etcd_import::import::{imported_remaining_ttls, remaining_ttl_key, write_store};
+    use storage_api::{Backend, Tree};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    build_rusd_store(&src, BackendKind::Memory);
+    let file = dir.path().join("e.db");
+    export(&src, &file, None, false).expect("export");
+    let data = parse_etcd_db(&std::fs::read(&file).expect("read")).expect("parse");
+    let imported = dir.path().join("imported");
+    write_store(&data, &imported, BackendKind::Sled).expect("import");
+    // What an earlier import wrote for L1 with 42 s left.
+    {
+        let b = mvcc_core::AnyBackend::open(
+            BackendKind::Sled,
+            storage_api::BackendConfig::new(&imported),
+        )
+        .expect("open");
+        b.put(Tree::Meta, &remaining_ttl_key(L1), &42i64.to_be_bytes())
+            .expect("put");
+        b.flush().expect("flush");
+        b.close().expect("close");
+    }
+    let (store, _clock) = open_with_clock(&imported, BackendKind::Sled);
     assert_eq!(
         imported_remaining_ttls(store.backend().as_ref()).expect("rows"),
         vec![(L1, 42)]
     );
-    // ... but rusd gives the lease its full TTL on open, as it does for every lease.
-    let info = store.lease_time_to_live(L1).expect("lease");
-    assert_eq!((info.ttl, info.remaining_ttl), (600, 600));
+    assert_eq!(ttls(&store, L1), (600, 42));
     store.close().expect("close");
-    // An export writes no remaining TTL: etcd restores the lease with its full TTL.
-    let again = dir.path().join("again.db");
-    export(&imported, &again, None, false).expect("export");
-    let back = parse_etcd_db(&std::fs::read(&again).expect("read")).expect("parse");
+    let out = dir.path().join("legacy.db");
+    export(&imported, &out, None, false).expect("export");
+    let back = parse_etcd_db(&std::fs::read(&out).expect("read")).expect("parse");
     let l1 = back.leases.iter().find(|l| l.id == L1).expect("L1");
-    assert_eq!((l1.ttl, l1.remaining_ttl), (600, 0));
+    assert_eq!((l1.ttl, l1.remaining_ttl), (600, 42));
+    // Cleared (as a keep-alive does): the row goes, the lease resumes from its full TTL.
+    let (store, _clock) = open_with_clock(&imported, BackendKind::Sled);
+    store.lease_checkpoint(L1, 0).expect("clear");
+    assert_eq!(
+        imported_remaining_ttls(store.backend().as_ref()).expect("rows"),
+        vec![]
+    );
+    store.close().expect("close");
+    let (store, _clock) = open_with_clock(&imported, BackendKind::Sled);
+    assert_eq!(ttls(&store, L1), (600, 600));
+    store.close().expect("close");
+}
+
+/// A real etcd 3.4 resumes an exported lease from rusd's checkpoint, as rusd does.
+#[test]
+fn etcd_resumes_an_exported_lease_from_its_checkpoint() {
+    if !etcd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    build_rusd_store(&src, BackendKind::Sled);
+    let store = open_rusd(&src, BackendKind::Sled);
+    store.lease_checkpoint(L1, 42).expect("checkpoint");
+    store.close().expect("close");
+    let file = dir.path().join("e.db");
+    export(&src, &file, None, true).expect("export");
+    let data_dir = dir.path().join("etcd");
+    let peer = common::free_port();
+    let out = ctl(&[
+        "snapshot",
+        "restore",
+        &file.display().to_string(),
+        &format!("--data-dir={}", data_dir.display()),
+        "--name=imp",
+        &format!("--initial-cluster=imp=http://127.0.0.1:{peer}"),
+        &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let etcd = Etcd::start_with_peer(&data_dir, peer);
+    let ttl = |id: i64| -> (i64, i64) {
+        let out = etcd.ctl(&["lease", "timetolive", &format!("{id:x}"), "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        (
+            v["granted-ttl"].as_i64().expect("granted-ttl"),
+            v["ttl"].as_i64().expect("ttl"),
+        )
+    };
+    // The real clock runs in etcd: at most the 42 s checkpointed, well above 0.
+    let (granted, left) = ttl(L1);
+    assert_eq!(granted, 600);
+    assert!((30..=42).contains(&left), "L1 ttl {left}");
+    // L3 has no checkpoint: its full TTL.
+    let (granted, left) = ttl(L3);
+    assert_eq!(granted, 900);
+    assert!(left > 880, "L3 ttl {left}");
+    etcd.stop();
 }
 
 /// A store big enough for two branch levels in the `key` bucket and a 1 MiB value on 257

@@ -1,10 +1,29 @@
 //! Leases: grant, revoke, keep-alive and expiry driven by an injectable [`Clock`].
 //!
-//! A lease is persisted in the `lease` tree as `id (8-byte big-endian) → [1u8, ttl i64 BE]`.
+//! # Lease record
+//! A lease is persisted in the `lease` tree under its id (8 bytes big-endian), in one of two
+//! formats (see [`encode_lease_record`] / [`decode_lease_record`]):
+//! * version 1, 9 bytes: `[1u8, ttl i64 BE]` — a lease without a checkpoint;
+//! * version 2, 17 bytes: `[2u8, ttl i64 BE, remaining_ttl i64 BE]` — a lease with a
+//!   checkpointed remaining TTL (etcd's `leasepb.Lease` field 3 `RemainingTTL`), `> 0`.
+//!
+//! A lease without a checkpoint is always written in version 1, so a store that never
+//! checkpointed is byte-for-byte what older versions wrote and read. Stores imported by older
+//! versions of `etcd-import` kept etcd's remaining TTL in a `meta` row instead
+//! ([`META_LEGACY_IMPORTED_REMAINING_TTL`]); it is honoured for a version 1 record on open and
+//! removed by the lease's next checkpoint or revoke.
+//!
 //! Attachments (which keys a lease holds) are not stored separately: they are part of each
 //! key's latest row in the `kv` tree (its `lease` field), written in the same atomic commit as
-//! the key, and rebuilt from those rows on recovery, as etcd does. On recovery every lease gets a
-//! fresh TTL (etcd refreshes leases when a leader is elected).
+//! the key, and rebuilt from those rows on recovery, as etcd does.
+//!
+//! # Checkpoints (etcd's lease checkpointing)
+//! [`MvccStore::lease_checkpoint`] records a lease's remaining TTL (the replicated leader
+//! proposes it periodically, see [`MvccStore::lease_remaining_ttls`]). It does not move the
+//! lease's expiry: on recovery, and in [`MvccStore::lease_refresh_all`] (a new leader's
+//! `Promote`), a lease with a checkpoint expires its checkpointed remaining TTL from now, one
+//! without expires its full TTL from now. A checkpoint of 0 clears it (etcd's `Renew` proposes
+//! that when it renews a checkpointed lease).
 //!
 //! Revoking a lease deletes every key still attached to it in one revision (keys in sorted
 //! order) and removes the lease record in the same commit.
@@ -21,8 +40,54 @@ use crate::error::{MvccError, MvccResult};
 use crate::store::MvccStore;
 use crate::tree_index::KeyRange;
 
-/// Version byte of a persisted lease record.
-const LEASE_FORMAT_VERSION: u8 = 1;
+/// Version byte of a lease record without a checkpoint (see the [module docs](self)).
+pub const LEASE_RECORD_V1: u8 = 1;
+/// Version byte of a lease record with a checkpointed remaining TTL.
+pub const LEASE_RECORD_V2: u8 = 2;
+/// Prefix of the `meta` rows in which older versions of `etcd-import` kept etcd's
+/// checkpointed remaining TTL: the prefix, the lease id (8 bytes big-endian) → the remaining
+/// TTL in seconds (8 bytes big-endian). Read on open for leases whose record has no
+/// checkpoint; new imports write the lease record's own field instead.
+pub const META_LEGACY_IMPORTED_REMAINING_TTL: &[u8] = b"etcdImport/remainingTTL/";
+
+/// The `meta` key of lease `id`'s legacy imported remaining TTL
+/// ([`META_LEGACY_IMPORTED_REMAINING_TTL`]).
+pub fn legacy_remaining_ttl_key(id: i64) -> Vec<u8> {
+    let mut k = META_LEGACY_IMPORTED_REMAINING_TTL.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// Encodes a lease record: version 1 when `remaining_ttl <= 0` (no checkpoint), else
+/// version 2 with the remaining TTL.
+pub fn encode_lease_record(ttl: i64, remaining_ttl: i64) -> Vec<u8> {
+    if remaining_ttl <= 0 {
+        let mut v = Vec::with_capacity(9);
+        v.push(LEASE_RECORD_V1);
+        v.extend_from_slice(&ttl.to_be_bytes());
+        v
+    } else {
+        let mut v = Vec::with_capacity(17);
+        v.push(LEASE_RECORD_V2);
+        v.extend_from_slice(&ttl.to_be_bytes());
+        v.extend_from_slice(&remaining_ttl.to_be_bytes());
+        v
+    }
+}
+
+/// Decodes a lease record into `(ttl, checkpointed remaining TTL)` (0: no checkpoint);
+/// `None` for bytes in neither format.
+pub fn decode_lease_record(v: &[u8]) -> Option<(i64, i64)> {
+    let i64_at = |at: usize| -> Option<i64> {
+        let bytes: [u8; 8] = v.get(at..at + 8)?.try_into().ok()?;
+        Some(i64::from_be_bytes(bytes))
+    };
+    match (v.first(), v.len()) {
+        (Some(&LEASE_RECORD_V1), 9) => Some((i64_at(1)?, 0)),
+        (Some(&LEASE_RECORD_V2), 17) => Some((i64_at(1)?, i64_at(9)?.max(0))),
+        _ => None,
+    }
+}
 
 /// A monotonic time source for lease expiry.
 pub trait Clock: Send + Sync + Debug + 'static {
@@ -96,11 +161,50 @@ pub struct LeaseInfo {
     pub keys: Vec<Vec<u8>>,
 }
 
+/// A lease's remaining TTL next to its last checkpoint, for a checkpoint scheduler
+/// ([`MvccStore::lease_remaining_ttls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRemaining {
+    /// The lease id.
+    pub id: i64,
+    /// The granted TTL in seconds.
+    pub ttl: i64,
+    /// Whole seconds left before expiry by this store's clock (rounded up; 0 once expired).
+    pub remaining_ttl: i64,
+    /// The checkpointed remaining TTL in seconds; 0 when the lease has none.
+    pub checkpointed_ttl: i64,
+}
+
+impl LeaseRemaining {
+    /// The TTL the lease would restart with now (on recovery or under a new leader): the
+    /// checkpoint, or the full TTL without one.
+    pub fn resume_ttl(&self) -> i64 {
+        if self.checkpointed_ttl > 0 {
+            self.checkpointed_ttl
+        } else {
+            self.ttl
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct LeaseEntry {
     ttl: i64,
+    /// The checkpointed remaining TTL in seconds, 0 for none.
+    checkpoint: i64,
     expiry: Duration,
     keys: BTreeSet<Vec<u8>>,
+}
+
+impl LeaseEntry {
+    /// The TTL the lease restarts with: its checkpoint, or its full TTL.
+    fn resume_ttl(&self) -> i64 {
+        if self.checkpoint > 0 {
+            self.checkpoint
+        } else {
+            self.ttl
+        }
+    }
 }
 
 /// The in-memory lease table (leases and key attachments).
@@ -108,36 +212,53 @@ struct LeaseEntry {
 pub(crate) struct LeaseTable {
     leases: BTreeMap<i64, LeaseEntry>,
     key_lease: HashMap<Vec<u8>, i64>,
+    /// Leases with a legacy imported remaining-TTL `meta` row still in the backend.
+    legacy: BTreeSet<i64>,
 }
 
 fn ttl_duration(ttl: i64) -> Duration {
     Duration::from_secs(u64::try_from(ttl).unwrap_or(0))
 }
 
-fn encode_lease(ttl: i64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(9);
-    v.push(LEASE_FORMAT_VERSION);
-    v.extend_from_slice(&ttl.to_be_bytes());
-    v
+/// Whole seconds from `now` to `expiry`, rounded up (0 once expired).
+fn secs_left(expiry: Duration, now: Duration) -> i64 {
+    let left = expiry.saturating_sub(now);
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
 impl LeaseTable {
-    /// Loads every lease record of the backend, each expiring `ttl` after `now`.
+    /// Loads every lease record of the backend, each expiring its checkpointed remaining TTL
+    /// (or, without one, its full TTL) after `now`.
     pub(crate) fn load<B: Backend>(&mut self, backend: &B, now: Duration) -> MvccResult<()> {
+        let mut legacy = BTreeMap::new();
+        for (k, v) in backend.scan_prefix(Tree::Meta, META_LEGACY_IMPORTED_REMAINING_TTL, 0)? {
+            let id = crate::store::decode_i64(
+                &k[META_LEGACY_IMPORTED_REMAINING_TTL.len()..],
+                "imported remaining-TTL lease id",
+            )?;
+            let remaining = crate::store::decode_i64(&v, "imported remaining TTL")?;
+            legacy.insert(id, remaining);
+        }
+        // A row without a lease (revoked by an older version) is deleted by a grant of its id.
+        self.legacy.extend(legacy.keys().copied());
         for (k, v) in backend.scan(Tree::Lease, &[], &[], 0)? {
             let id = crate::store::decode_i64(&k, "lease id")?;
-            if v.len() != 9 || v[0] != LEASE_FORMAT_VERSION {
-                return Err(MvccError::Corruption(format!("bad lease record for {id}")));
+            let (ttl, mut checkpoint) = decode_lease_record(&v)
+                .ok_or_else(|| MvccError::Corruption(format!("bad lease record for {id}")))?;
+            if let Some(remaining) = legacy.get(&id) {
+                if checkpoint == 0 {
+                    checkpoint = (*remaining).max(0);
+                }
             }
-            let ttl = crate::store::decode_i64(&v[1..], "lease ttl")?;
-            self.leases.insert(
-                id,
-                LeaseEntry {
-                    ttl,
-                    expiry: now.saturating_add(ttl_duration(ttl)),
-                    keys: BTreeSet::new(),
-                },
-            );
+            let entry = LeaseEntry {
+                ttl,
+                checkpoint,
+                expiry: Duration::ZERO,
+                keys: BTreeSet::new(),
+            };
+            let expiry = now.saturating_add(ttl_duration(entry.resume_ttl()));
+            self.leases.insert(id, LeaseEntry { expiry, ..entry });
         }
         Ok(())
     }
@@ -169,15 +290,11 @@ impl LeaseTable {
     }
 
     fn info(&self, id: i64, now: Duration) -> Option<LeaseInfo> {
-        self.leases.get(&id).map(|e| {
-            let left = e.expiry.saturating_sub(now);
-            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-            LeaseInfo {
-                id,
-                ttl: e.ttl,
-                remaining_ttl: i64::try_from(secs).unwrap_or(i64::MAX),
-                keys: e.keys.iter().cloned().collect(),
-            }
+        self.leases.get(&id).map(|e| LeaseInfo {
+            id,
+            ttl: e.ttl,
+            remaining_ttl: secs_left(e.expiry, now),
+            keys: e.keys.iter().cloned().collect(),
         })
     }
 }
@@ -214,22 +331,42 @@ impl<B: Backend> MvccStore<B> {
         if self.leases.lock().contains(id) {
             return Err(MvccError::LeaseExists(id));
         }
-        let row = encode_lease(ttl);
-        let lost_ack = match self.backend_put(Tree::Lease, &id.to_be_bytes(), &row) {
-            Ok(()) => None,
-            // Applied when the lease row reads as written (see `MvccStore::settle`).
-            Err(e) => Some(self.settle(e.into(), Tree::Lease, &id.to_be_bytes(), Some(&row))?),
+        let row = encode_lease_record(ttl, 0);
+        let legacy = self.leases.lock().legacy.contains(&id);
+        let lost_ack = if legacy {
+            // A stale legacy remaining-TTL row of this id goes in the same write.
+            let mut extra = WriteBatch::with_capacity(2);
+            extra.put(Tree::Lease, id.to_be_bytes().to_vec(), row);
+            extra.delete(Tree::Meta, legacy_remaining_ttl_key(id));
+            let mut applied = false;
+            match self.commit_then(self.begin_write(), extra, || applied = true) {
+                Ok(_) => None,
+                Err(e) if applied => Some(e),
+                Err(e) => return Err(e),
+            }
+        } else {
+            match self.backend_put(Tree::Lease, &id.to_be_bytes(), &row) {
+                Ok(()) => None,
+                // Applied when the lease row reads as written (see `MvccStore::settle`).
+                Err(e) => {
+                    Some(self.settle(e.into(), Tree::Lease, &id.to_be_bytes(), Some(&row))?)
+                }
+            }
         };
         let ticket = self.group.written();
         let now = self.config.clock.now();
-        self.leases.lock().leases.insert(
+        let mut table = self.leases.lock();
+        table.legacy.remove(&id);
+        table.leases.insert(
             id,
             LeaseEntry {
                 ttl,
+                checkpoint: 0,
                 expiry: now.saturating_add(ttl_duration(ttl)),
                 keys: BTreeSet::new(),
             },
         );
+        drop(table);
         drop(_w);
         if let Some(e) = lost_ack {
             return Err(e);
@@ -260,8 +397,13 @@ impl<B: Backend> MvccStore<B> {
         }
         let mut extra = WriteBatch::new();
         extra.delete(Tree::Lease, id.to_be_bytes().to_vec());
+        if self.leases.lock().legacy.contains(&id) {
+            extra.delete(Tree::Meta, legacy_remaining_ttl_key(id));
+        }
         let rev = self.commit_then(ctx, extra, || {
-            self.leases.lock().leases.remove(&id);
+            let mut table = self.leases.lock();
+            table.leases.remove(&id);
+            table.legacy.remove(&id);
         })?;
         let ticket = self.ticket();
         drop(_w);
@@ -272,6 +414,11 @@ impl<B: Backend> MvccStore<B> {
     /// Renews lease `id` for its full TTL; returns the TTL. An unknown or already expired lease
     /// fails with [`MvccError::LeaseNotFound`] (an expired lease is revoked by
     /// [`expire_leases`](Self::expire_leases)).
+    ///
+    /// Changes nothing persistent, a checkpoint included: as etcd's `Renew`, the caller clears
+    /// a checkpoint ([`lease_checkpointed_ttl`](Self::lease_checkpointed_ttl) `> 0`) with
+    /// [`lease_checkpoint`](Self::lease_checkpoint)`(id, 0)` — through the log when the store
+    /// is replicated — so that a restart does not resume the lease from a stale checkpoint.
     pub fn lease_keep_alive(&self, id: i64) -> MvccResult<i64> {
         self.check_open()?;
         let now = self.config.clock.now();
@@ -287,14 +434,88 @@ impl<B: Backend> MvccStore<B> {
         Ok(entry.ttl)
     }
 
-    /// Renews every lease, expired ones included, to its full TTL from now (etcd's lessor
-    /// `Promote`): a member that becomes leader calls it, since the keep-alives went to the
-    /// previous leader. Changes nothing persistent.
+    /// Renews every lease, expired ones included, from now (etcd's lessor `Promote`): a lease
+    /// with a checkpoint for its checkpointed remaining TTL, any other for its full TTL. A
+    /// member that becomes leader calls it, since the keep-alives went to the previous leader.
+    /// Changes nothing persistent.
     pub fn lease_refresh_all(&self) {
         let now = self.config.clock.now();
         for entry in self.leases.lock().leases.values_mut() {
-            entry.expiry = now.saturating_add(ttl_duration(entry.ttl));
+            entry.expiry = now.saturating_add(ttl_duration(entry.resume_ttl()));
         }
+    }
+
+    /// Records lease `id`'s remaining TTL (etcd's `LeaseCheckpoint`), persisted in its lease
+    /// record; `remaining_ttl == 0` clears the checkpoint. Does not move the lease's current
+    /// expiry (see the [module docs](self#checkpoints-etcds-lease-checkpointing)) and does not
+    /// change the revision. Fails with [`MvccError::LeaseNotFound`] for an unknown lease (etcd
+    /// ignores it: nothing changes either way) and [`MvccError::InvalidArgument`] for a
+    /// negative TTL.
+    pub fn lease_checkpoint(&self, id: i64, remaining_ttl: i64) -> MvccResult<()> {
+        self.check_writable()?;
+        if remaining_ttl < 0 {
+            return Err(MvccError::InvalidArgument(format!(
+                "lease remaining ttl {remaining_ttl} must be >= 0"
+            )));
+        }
+        let _w = self.lock_write();
+        self.check_writable()?;
+        let (ttl, unchanged, legacy) = {
+            let table = self.leases.lock();
+            let entry = table.leases.get(&id).ok_or(MvccError::LeaseNotFound(id))?;
+            let legacy = table.legacy.contains(&id);
+            (entry.ttl, entry.checkpoint == remaining_ttl, legacy)
+        };
+        if unchanged && !legacy {
+            return Ok(());
+        }
+        let mut extra = WriteBatch::with_capacity(2);
+        extra.put(
+            Tree::Lease,
+            id.to_be_bytes().to_vec(),
+            encode_lease_record(ttl, remaining_ttl),
+        );
+        if legacy {
+            extra.delete(Tree::Meta, legacy_remaining_ttl_key(id));
+        }
+        self.commit_then(self.begin_write(), extra, || {
+            let mut table = self.leases.lock();
+            if let Some(entry) = table.leases.get_mut(&id) {
+                entry.checkpoint = remaining_ttl;
+            }
+            table.legacy.remove(&id);
+        })?;
+        let ticket = self.ticket();
+        drop(_w);
+        self.wait_durable(ticket)
+    }
+
+    /// Lease `id`'s checkpointed remaining TTL in seconds (0: none);
+    /// [`MvccError::LeaseNotFound`] if unknown.
+    pub fn lease_checkpointed_ttl(&self, id: i64) -> MvccResult<i64> {
+        self.leases
+            .lock()
+            .leases
+            .get(&id)
+            .map(|e| e.checkpoint)
+            .ok_or(MvccError::LeaseNotFound(id))
+    }
+
+    /// Every lease's remaining TTL by this store's clock next to its checkpoint, ascending id:
+    /// what a checkpoint scheduler compares to decide which leases to checkpoint.
+    pub fn lease_remaining_ttls(&self) -> Vec<LeaseRemaining> {
+        let now = self.config.clock.now();
+        self.leases
+            .lock()
+            .leases
+            .iter()
+            .map(|(id, e)| LeaseRemaining {
+                id: *id,
+                ttl: e.ttl,
+                remaining_ttl: secs_left(e.expiry, now),
+                checkpointed_ttl: e.checkpoint,
+            })
+            .collect()
     }
 
     /// The state of lease `id`; [`MvccError::LeaseNotFound`] if unknown.
@@ -341,5 +562,34 @@ impl<B: Backend> MvccStore<B> {
             }
         }
         Ok(revoked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_records_in_both_versions() {
+        assert_eq!(encode_lease_record(600, 0), [1, 0, 0, 0, 0, 0, 0, 2, 0x58]);
+        assert_eq!(
+            encode_lease_record(600, 42),
+            [2, 0, 0, 0, 0, 0, 0, 2, 0x58, 0, 0, 0, 0, 0, 0, 0, 42]
+        );
+        assert_eq!(
+            decode_lease_record(&encode_lease_record(600, 0)),
+            Some((600, 0))
+        );
+        assert_eq!(
+            decode_lease_record(&encode_lease_record(600, 42)),
+            Some((600, 42))
+        );
+        assert_eq!(decode_lease_record(&[1, 0, 0]), None);
+        assert_eq!(decode_lease_record(&[3, 0, 0, 0, 0, 0, 0, 0, 1]), None);
+        assert_eq!(decode_lease_record(&[]), None);
+        assert_eq!(
+            legacy_remaining_ttl_key(7),
+            b"etcdImport/remainingTTL/\0\0\0\0\0\0\0\x07".to_vec()
+        );
     }
 }

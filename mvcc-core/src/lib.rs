@@ -83,7 +83,7 @@ pub use error::{MvccError, MvccResult};
 pub use group_commit::CommitMode;
 pub use key_index::{Generation, KeyIndex};
 pub use kv::KeyValue;
-pub use lease::{Clock, LeaseInfo, ManualClock, SystemClock};
+pub use lease::{Clock, LeaseInfo, LeaseRemaining, ManualClock, SystemClock};
 pub use request::{
     Compaction, CompactionResponse, DeleteRange, DeleteRangeResponse, Put, PutResponse, Range,
     RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, Txn, TxnResponse,

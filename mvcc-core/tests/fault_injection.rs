@@ -55,8 +55,12 @@ enum Scenario {
     Compact,
     LeaseGrant,
     LeaseRevoke,
+    LeaseCheckpoint,
     Restore,
 }
+
+/// A lease id, its attached keys and its checkpointed remaining TTL.
+type LeaseState = (i64, Vec<Vec<u8>>, i64);
 
 /// Everything a client can observe of a store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,9 +71,10 @@ struct Fingerprint {
     reads: Vec<(i64, Vec<KeyValue>)>,
     /// Rows after the compaction revision.
     events: Vec<Event>,
-    /// Leases with their keys; `None` when the store refuses lease reads because a flush
-    /// failed (`MvccError::Failed`: the lease table may hold changes that are not durable).
-    leases: Option<Vec<(i64, Vec<Vec<u8>>)>>,
+    /// Leases with their keys and checkpointed remaining TTLs; `None` when the store refuses
+    /// lease reads because a flush failed (`MvccError::Failed`: the lease table may hold
+    /// changes that are not durable).
+    leases: Option<Vec<LeaseState>>,
 }
 
 impl Fingerprint {
@@ -103,7 +108,13 @@ fn fingerprint<B: Backend>(s: &MvccStore<B>) -> Fingerprint {
             None => Some(
                 s.leases()
                     .into_iter()
-                    .map(|id| (id, s.lease_time_to_live(id).unwrap().keys))
+                    .map(|id| {
+                        (
+                            id,
+                            s.lease_time_to_live(id).unwrap().keys,
+                            s.lease_checkpointed_ttl(id).unwrap(),
+                        )
+                    })
                     .collect(),
             ),
             Some(reason) => {
@@ -212,6 +223,7 @@ fn run_op(
         }
         Scenario::LeaseGrant => store.lease_grant(9, 100).map(drop),
         Scenario::LeaseRevoke => store.lease_revoke(7).map(drop),
+        Scenario::LeaseCheckpoint => store.lease_checkpoint(7, 500),
         Scenario::Restore => {
             b.restore(image)?;
             *store = MvccStore::with_config(b.clone(), env.config.clone())?;
@@ -368,6 +380,7 @@ macro_rules! fault_tests {
             #[test] fn compact() { all_faults($kind, Scenario::Compact) }
             #[test] fn lease_grant() { all_faults($kind, Scenario::LeaseGrant) }
             #[test] fn lease_revoke() { all_faults($kind, Scenario::LeaseRevoke) }
+            #[test] fn lease_checkpoint() { all_faults($kind, Scenario::LeaseCheckpoint) }
             #[test] fn restore() { all_faults($kind, Scenario::Restore) }
         }
     )*};
@@ -414,6 +427,7 @@ fn operations_make_the_expected_calls() {
         Scenario::DeleteRange,
         Scenario::LeaseGrant,
         Scenario::LeaseRevoke,
+        Scenario::LeaseCheckpoint,
     ] {
         assert_eq!(count(sc, FaultOp::Write), 1, "{sc:?}");
     }

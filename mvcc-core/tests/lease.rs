@@ -5,7 +5,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{kv, Env};
+use common::{kv, rows, Env};
+use mvcc_core::lease::{legacy_remaining_ttl_key, LeaseRemaining};
 use mvcc_core::{LeaseInfo, ManualClock, MvccError, StoreConfig, TxnOp};
 use storage_api::{Backend, Tree};
 
@@ -176,4 +177,156 @@ engine_tests!(
     lease_attachments_in_txn,
     leases_survive_reopen,
     expiry_with_injected_clock,
+    checkpointed_remaining_ttl_survives_reopen,
+    legacy_imported_remaining_ttl_rows_are_honoured_then_removed,
 );
+
+fn remaining(s: &mvcc_core::MvccStore<impl Backend>, id: i64) -> (i64, i64) {
+    let info = s.lease_time_to_live(id).unwrap();
+    (info.ttl, info.remaining_ttl)
+}
+
+/// etcd's lease checkpointing: a checkpoint is persisted in the lease record, does not move
+/// the running expiry, and is what the lease resumes with on reopen and on `Promote`
+/// (`lease_refresh_all`); a checkpoint of 0 clears it.
+fn checkpointed_remaining_ttl_survives_reopen<B: Backend>() {
+    let clock = ManualClock::new();
+    let env = Env::<B>::with_config(StoreConfig::default().with_clock(clock.clone()));
+    let s = env.open();
+    s.lease_grant(1, 60).unwrap();
+    s.lease_grant(2, 30).unwrap();
+    s.put(b"k", b"v", 1).unwrap(); // 2
+    clock.advance(Duration::from_millis(17_500));
+    assert_eq!(
+        s.lease_remaining_ttls(),
+        vec![
+            LeaseRemaining {
+                id: 1,
+                ttl: 60,
+                remaining_ttl: 43,
+                checkpointed_ttl: 0
+            },
+            LeaseRemaining {
+                id: 2,
+                ttl: 30,
+                remaining_ttl: 13,
+                checkpointed_ttl: 0
+            },
+        ]
+    );
+    assert_eq!(s.lease_remaining_ttls()[0].resume_ttl(), 60);
+    s.lease_checkpoint(1, 42).unwrap();
+    assert_eq!(s.lease_checkpointed_ttl(1).unwrap(), 42);
+    assert_eq!(s.lease_checkpointed_ttl(2).unwrap(), 0);
+    assert_eq!(s.lease_remaining_ttls()[0].resume_ttl(), 42);
+    // The running expiry is unchanged, and so is the revision.
+    assert_eq!(remaining(&s, 1), (60, 43));
+    assert_eq!(s.current_revision(), 2);
+    // Version 2 record: [2, ttl, remaining]; the lease without a checkpoint stays version 1.
+    let mut v2 = vec![2u8];
+    v2.extend_from_slice(&60i64.to_be_bytes());
+    v2.extend_from_slice(&42i64.to_be_bytes());
+    let mut v1 = vec![1u8];
+    v1.extend_from_slice(&30i64.to_be_bytes());
+    assert_eq!(
+        rows(s.backend().as_ref(), Tree::Lease),
+        vec![
+            (1i64.to_be_bytes().to_vec(), v2),
+            (2i64.to_be_bytes().to_vec(), v1)
+        ]
+    );
+    assert!(matches!(
+        s.lease_checkpoint(3, 5),
+        Err(MvccError::LeaseNotFound(3))
+    ));
+    assert!(matches!(
+        s.lease_checkpoint(1, -1),
+        Err(MvccError::InvalidArgument(_))
+    ));
+
+    // Reopen: lease 1 resumes from its checkpoint, lease 2 (none) from its full TTL.
+    clock.advance(Duration::from_secs(100));
+    let s = env.reopen(s);
+    assert_eq!(remaining(&s, 1), (60, 42));
+    assert_eq!(remaining(&s, 2), (30, 30));
+    assert_eq!(s.lease_checkpointed_ttl(1).unwrap(), 42);
+    assert_eq!(s.lease_time_to_live(1).unwrap().keys, vec![b"k".to_vec()]);
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(remaining(&s, 1), (60, 37));
+    // A keep-alive renews for the full TTL and leaves the checkpoint to its caller ...
+    assert_eq!(s.lease_keep_alive(1).unwrap(), 60);
+    assert_eq!(remaining(&s, 1), (60, 60));
+    assert_eq!(s.lease_checkpointed_ttl(1).unwrap(), 42);
+    // ... so a new leader's refresh resumes from the checkpoint until it is cleared.
+    s.lease_refresh_all();
+    assert_eq!(remaining(&s, 1), (60, 42));
+    assert_eq!(remaining(&s, 2), (30, 30));
+    s.lease_checkpoint(1, 0).unwrap();
+    assert_eq!(s.lease_checkpointed_ttl(1).unwrap(), 0);
+    s.lease_refresh_all();
+    assert_eq!(remaining(&s, 1), (60, 60));
+    let s = env.reopen(s);
+    assert_eq!(remaining(&s, 1), (60, 60));
+    assert_eq!(s.lease_checkpointed_ttl(1).unwrap(), 0);
+    // An expiring checkpointed lease expires on time after a reopen.
+    s.lease_checkpoint(2, 3).unwrap();
+    let s = env.reopen(s);
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(s.expired_leases(), vec![2]);
+    assert_eq!(s.expire_leases().unwrap(), vec![2]);
+    assert_eq!(rows(s.backend().as_ref(), Tree::Lease).len(), 1);
+}
+
+/// Stores imported by older etcd-import versions keep etcd's remaining TTL in a `meta` row:
+/// it is honoured on open and removed by the lease's next checkpoint, revoke or re-grant.
+fn legacy_imported_remaining_ttl_rows_are_honoured_then_removed<B: Backend>() {
+    let clock = ManualClock::new();
+    let env = Env::<B>::with_config(StoreConfig::default().with_clock(clock.clone()));
+    let s = env.open();
+    for id in [1, 2] {
+        s.lease_grant(id, 600).unwrap();
+        s.backend()
+            .put(
+                Tree::Meta,
+                &legacy_remaining_ttl_key(id),
+                &42i64.to_be_bytes(),
+            )
+            .unwrap();
+    }
+    // A row whose lease is gone (revoked by an older version).
+    s.backend()
+        .put(
+            Tree::Meta,
+            &legacy_remaining_ttl_key(3),
+            &7i64.to_be_bytes(),
+        )
+        .unwrap();
+    let s = env.reopen(s);
+    assert_eq!(remaining(&s, 1), (600, 42));
+    assert_eq!(remaining(&s, 2), (600, 42));
+    assert_eq!(s.lease_checkpointed_ttl(1).unwrap(), 42);
+    // Clearing the checkpoint removes the row with it.
+    s.lease_checkpoint(1, 0).unwrap();
+    assert_eq!(
+        s.backend()
+            .get(Tree::Meta, &legacy_remaining_ttl_key(1))
+            .unwrap(),
+        None
+    );
+    // Revoking removes it too; granting the stale row's id removes that one.
+    s.lease_revoke(2).unwrap();
+    s.lease_grant(3, 90).unwrap();
+    for id in [1, 2, 3] {
+        assert_eq!(
+            s.backend()
+                .get(Tree::Meta, &legacy_remaining_ttl_key(id))
+                .unwrap(),
+            None,
+            "row of lease {id}"
+        );
+    }
+    let s = env.reopen(s);
+    assert_eq!(remaining(&s, 1), (600, 600));
+    assert_eq!(remaining(&s, 3), (90, 90));
+    assert_eq!(s.leases(), vec![1, 3]);
+}

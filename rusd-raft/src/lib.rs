@@ -62,9 +62,11 @@
 //! * A minority partition cannot commit writes nor serve linearizable reads; writes and
 //!   linearizable reads there fail after the request timeout with `etcdserver: request timed
 //!   out` / `no leader`.
-//! * Leases are expired by the leader only; a new leader renews every lease to its full TTL
-//!   (etcd without checkpointing). `LeaseTimeToLive` is answered from the local store, so on a
-//!   follower the remaining TTL is the TTL counted from when that member applied the grant.
+//! * Leases are expired by the leader only; the leader checkpoints remaining TTLs through the
+//!   log (etcd's lease checkpointing, every 5 minutes by default), and a new leader renews
+//!   every lease from its checkpointed remaining TTL (its full TTL without one).
+//!   `LeaseTimeToLive` is answered from the local store, so on a follower the remaining TTL is
+//!   counted from when that member applied the grant (or opened its store).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 // openraft's storage traits return its `StorageError` (224 bytes); the helpers that build it
@@ -88,6 +90,7 @@ pub mod pb {
 pub use error::{RaftError, RaftResult, WireError};
 pub use node::{
     default_raft_config, InitialState, MembershipChange, RaftNode, RaftNodeConfig, RaftNodeMetrics,
+    DEFAULT_LEASE_CHECKPOINT_INTERVAL, MAX_LEASE_CHECKPOINT_BATCH,
 };
 pub use openraft;
 pub use openraft::ServerState;

@@ -29,8 +29,19 @@
 //! # Leases
 //! Only the leader expires leases: a background task checks `MvccStore::expired_leases` and
 //! proposes [`Command::LeaseRevoke`] for each. When a member becomes leader it first renews
-//! every lease to its full TTL (etcd's `Promote`), because keep-alives went to the previous
-//! leader. Keep-alives are served by the leader (forwarded from followers).
+//! every lease (etcd's `Promote`), because keep-alives went to the previous leader: a lease
+//! with a checkpoint for its checkpointed remaining TTL, any other for its full TTL.
+//! Keep-alives are served by the leader (forwarded from followers).
+//!
+//! Lease checkpointing (etcd's, on by default from etcd 3.6): every
+//! [`RaftNodeConfig::lease_checkpoint_interval`] the leader proposes
+//! [`Command::LeaseCheckpoint`] with the remaining TTL of every lease that has more than that
+//! interval left and whose remaining TTL differs from the one it would resume with, in entries
+//! of up to [`MAX_LEASE_CHECKPOINT_BATCH`] checkpoints. Every member persists them in the lease
+//! record, so a new leader, and every member after a restart, resumes a lease from its
+//! checkpoint instead of its full TTL. A keep-alive of a checkpointed lease first proposes a
+//! checkpoint of 0 (clearing it), as etcd's `Renew`, so a renewed lease does not resume from a
+//! stale checkpoint.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -110,13 +121,18 @@ pub struct RaftNodeConfig<B: Backend> {
     pub request_timeout: Duration,
     /// How often the leader looks for expired leases.
     pub lease_check_interval: Duration,
+    /// How often the leader checkpoints remaining lease TTLs (etcd's
+    /// `--experimental-lease-checkpoint-interval`, 5 minutes); `Duration::ZERO` disables
+    /// checkpointing. Checked every `lease_check_interval`.
+    pub lease_checkpoint_interval: Duration,
 }
 
 impl<B: Backend> RaftNodeConfig<B> {
     /// A configuration with etcd's defaults: heartbeat 100 ms, election timeout 1-2 s, a
     /// snapshot every 10,000 entries keeping 5,000 entries behind it, a 7 s request timeout,
-    /// lease checks every 500 ms, the raft log in its own file (`log_engine` `None`),
-    /// and a one-member new cluster of this member only (set `initial_members` for more).
+    /// lease checks every 500 ms, lease checkpoints every 5 minutes, the raft log in its own
+    /// file (`log_engine` `None`), and a one-member new cluster of this member only (set
+    /// `initial_members` for more).
     pub fn new(
         id: NodeId,
         name: impl Into<String>,
@@ -153,9 +169,16 @@ impl<B: Backend> RaftNodeConfig<B> {
             raft_config: default_raft_config(),
             request_timeout: Duration::from_secs(7),
             lease_check_interval: Duration::from_millis(500),
+            lease_checkpoint_interval: DEFAULT_LEASE_CHECKPOINT_INTERVAL,
         }
     }
 }
+
+/// etcd's default lease checkpoint interval (`lessor.defaultLeaseCheckpointInterval`).
+pub const DEFAULT_LEASE_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Most lease checkpoints proposed in one log entry (etcd's `maxLeaseCheckpointBatchSize`).
+pub const MAX_LEASE_CHECKPOINT_BATCH: usize = 1000;
 
 /// openraft's configuration with etcd's timings (see [`RaftNodeConfig::new`]).
 pub fn default_raft_config() -> openraft::Config {
@@ -480,6 +503,17 @@ impl<B: Backend> Core<B> {
                 if !self.is_leader() {
                     return Ok(None);
                 }
+                // etcd's `Renew`: a checkpointed lease first clears its checkpoint through the
+                // log, so that it does not resume from it after a renewal.
+                if self.store.lease_checkpointed_ttl(*id).unwrap_or(0) > 0 {
+                    let clear = Command::LeaseCheckpoint {
+                        id: *id,
+                        remaining_ttl: 0,
+                    };
+                    if self.propose(clear, deadline).await?.is_none() {
+                        return Ok(None);
+                    }
+                }
                 let ttl = self.store.lease_keep_alive(*id).map_err(|e| {
                     match crate::types::CommandError::from_mvcc(&e) {
                         Some(c) => RaftError::Command(c),
@@ -638,6 +672,7 @@ impl<B: Backend> RaftNode<B> {
             raft_config,
             request_timeout,
             lease_check_interval,
+            lease_checkpoint_interval,
         } = config;
         if initial_state == InitialState::New && !initial_members.contains_key(&id) {
             return Err(RaftError::InvalidArgument(format!(
@@ -773,7 +808,13 @@ impl<B: Backend> RaftNode<B> {
         }
 
         let (tasks_stop, stop) = watch::channel(false);
-        let lease_task = tokio::spawn(lease_expiry(core.clone(), lease_check_interval, stop, led));
+        let lease_task = tokio::spawn(lease_expiry(
+            core.clone(),
+            lease_check_interval,
+            lease_checkpoint_interval,
+            stop,
+            led,
+        ));
         Ok(RaftNode {
             core,
             log_close,
@@ -1030,15 +1071,17 @@ async fn promote_when_caught_up(raft: Raft, id: NodeId) {
     );
 }
 
-/// The leader's lease expiry (see the [module docs](self#leases)).
+/// The leader's lease expiry and checkpoints (see the [module docs](self#leases)).
 async fn lease_expiry<B: Backend>(
     core: Arc<Core<B>>,
     interval: Duration,
+    checkpoint_interval: Duration,
     mut stop: watch::Receiver<bool>,
     led: bool,
 ) {
     // `led`: `start` already proposed this leadership's first entry.
     let mut was_leader = led;
+    let mut next_checkpoint = Instant::now() + checkpoint_interval;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -1054,6 +1097,7 @@ async fn lease_expiry<B: Backend>(
             // Keep-alives went to the previous leader: start every lease afresh.
             store.lease_refresh_all();
             was_leader = true;
+            next_checkpoint = Instant::now() + checkpoint_interval;
             // An entry of this leadership commits (and so applies) every entry before it,
             // also after a restart that restored the leadership of a lone voter in its old
             // term without a new entry (openraft 0.9).
@@ -1074,5 +1118,89 @@ async fn lease_expiry<B: Backend>(
                 }
             }
         }
+        if !checkpoint_interval.is_zero() && Instant::now() >= next_checkpoint {
+            next_checkpoint = Instant::now() + checkpoint_interval;
+            checkpoint_leases(&core, checkpoint_interval).await;
+        }
+    }
+}
+
+/// The leases the leader checkpoints now, as [`Command::LeaseCheckpoint`]s: those with more
+/// than `interval` left (etcd checkpoints no shorter lease: it would expire before the next
+/// round) whose remaining TTL differs from the one they would resume with.
+fn due_checkpoints<B: Backend>(store: &MvccStore<B>, interval: Duration) -> Vec<Command> {
+    let min = i64::try_from(interval.as_secs()).unwrap_or(i64::MAX);
+    store
+        .lease_remaining_ttls()
+        .into_iter()
+        .filter(|l| l.remaining_ttl > min && l.remaining_ttl != l.resume_ttl())
+        .map(|l| Command::LeaseCheckpoint {
+            id: l.id,
+            remaining_ttl: l.remaining_ttl,
+        })
+        .collect()
+}
+
+/// Proposes the due lease checkpoints on this member, the leader, in entries of up to
+/// [`MAX_LEASE_CHECKPOINT_BATCH`]; stops at the first failure (the next round retries).
+async fn checkpoint_leases<B: Backend>(core: &Core<B>, interval: Duration) {
+    let due = due_checkpoints(&core.store, interval);
+    for chunk in due.chunks(MAX_LEASE_CHECKPOINT_BATCH) {
+        let cmd = match chunk {
+            [one] => one.clone(),
+            many => Command::Batch(many.to_vec()),
+        };
+        match tokio::time::timeout(core.request_timeout, core.raft.client_write(cmd)).await {
+            Ok(Ok(_)) => tracing::debug!(leases = chunk.len(), "lease TTLs checkpointed"),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %crate::error_line(&e), "lease checkpoint not proposed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("lease checkpoint timed out");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mvcc_core::ManualClock;
+    use storage_api::MemoryBackend;
+
+    #[test]
+    fn due_checkpoints_are_the_long_leases_whose_remaining_ttl_moved() {
+        let clock = ManualClock::new();
+        let backend = MemoryBackend::new(BackendConfig::new(PathBuf::new())).unwrap();
+        let store =
+            MvccStore::with_config(backend, StoreConfig::default().with_clock(clock.clone()))
+                .unwrap();
+        store.lease_grant(1, 60).unwrap();
+        store.lease_grant(2, 6).unwrap();
+        store.lease_grant(3, 100).unwrap();
+        store.lease_grant(4, 100).unwrap();
+        let interval = Duration::from_secs(4);
+        // Nothing moved yet.
+        assert_eq!(due_checkpoints(&store, interval), Vec::<Command>::new());
+        clock.advance(Duration::from_secs(3));
+        store.lease_checkpoint(3, 97).unwrap();
+        store.lease_checkpoint(4, 50).unwrap();
+        // 1: 57 left (full TTL 60); 2: 3 left, not more than the interval; 3: 97 left, as
+        // checkpointed; 4: 97 left, checkpointed 50.
+        assert_eq!(
+            due_checkpoints(&store, interval),
+            vec![
+                Command::LeaseCheckpoint {
+                    id: 1,
+                    remaining_ttl: 57
+                },
+                Command::LeaseCheckpoint {
+                    id: 4,
+                    remaining_ttl: 97
+                },
+            ]
+        );
     }
 }

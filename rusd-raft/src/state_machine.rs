@@ -136,7 +136,10 @@ fn execute<B: Backend>(store: &MvccStore<B>, cmd: &Command) -> Result<Applied, M
         Command::LeaseRevoke { id } => store
             .lease_revoke(*id)
             .map(|revision| CommandResponse::LeaseRevoke { revision }),
-        Command::LeaseCheckpoint { .. } | Command::Noop => Ok(CommandResponse::Done),
+        Command::LeaseCheckpoint { id, remaining_ttl } => store
+            .lease_checkpoint(*id, *remaining_ttl)
+            .map(|()| CommandResponse::Done),
+        Command::Noop => Ok(CommandResponse::Done),
         Command::Batch(_) => Err(MvccError::InvalidArgument(
             "a batch inside a batch".to_string(),
         )),

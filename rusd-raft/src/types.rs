@@ -65,10 +65,11 @@ pub enum Command {
         /// The lease id.
         id: i64,
     },
-    /// etcd's lease checkpoint (the remaining TTL of a lease, so that a new leader does not
-    /// restart it at its full TTL). A documented no-op for now: mvcc-core keeps remaining TTLs
-    /// in memory only and refreshes every lease to its full TTL when a store is opened, as etcd
-    /// does without checkpointing. Kept in the log format so members can already carry it.
+    /// etcd's lease checkpoint: the remaining TTL of a lease, persisted in its lease record
+    /// (`MvccStore::lease_checkpoint`), so that a new leader and a restarted member resume it
+    /// from there instead of its full TTL; 0 clears it (a keep-alive does that). Proposed by
+    /// the leader (see [`crate::node`]'s "Leases"); an unknown lease answers
+    /// [`CommandError::LeaseNotFound`] and changes nothing.
     LeaseCheckpoint {
         /// The lease id.
         id: i64,

@@ -87,11 +87,25 @@ async fn do_grant(state: &State, r: LeaseGrantRequest) -> Result<LeaseGrantRespo
 /// Renews lease `id` on the leader; etcd answers an unknown or expired lease with TTL 0.
 async fn keep_alive(state: &State, id: i64) -> Result<i64, Status> {
     let Some(raft) = &state.raft else {
-        return match state.store.lease_keep_alive(id) {
+        let answer = |renewed: Result<i64, MvccError>| match renewed {
             Ok(ttl) => Ok(ttl),
             Err(MvccError::LeaseNotFound(_)) => Ok(0),
             Err(e) => Err(mvcc_status(e)),
         };
+        // etcd's `Renew`: a checkpointed lease (e.g. imported with etcd's remaining TTL)
+        // clears its checkpoint first, so that a restart does not resume it from there.
+        if state.store.lease_checkpointed_ttl(id).unwrap_or(0) > 0 {
+            let store = state.store.clone();
+            return crate::state::blocking(move || {
+                answer(
+                    store
+                        .lease_checkpoint(id, 0)
+                        .and_then(|()| store.lease_keep_alive(id)),
+                )
+            })
+            .await;
+        }
+        return answer(state.store.lease_keep_alive(id));
     };
     match raft.lease_keep_alive(id).await {
         Ok(ttl) => Ok(ttl),
