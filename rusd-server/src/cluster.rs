@@ -436,6 +436,7 @@ pub async fn start_member(
     rc.store_config = store_cfg;
     rc.log_sync = matches!(cfg.durability, Durability::Sync);
     rc.lease_check_interval = cfg.lease_check_interval;
+    rc.lease_checkpoint_interval = cfg.lease_checkpoint_interval;
     rc.raft_config = rusd_raft::openraft::Config {
         heartbeat_interval: ms(cfg.heartbeat_interval),
         election_timeout_min: ms(cfg.election_timeout),

@@ -99,6 +99,9 @@ pub struct ServerConfig {
     pub election_timeout: Duration,
     /// Applied entries between two snapshots of the store (etcd `--snapshot-count`).
     pub snapshot_count: u64,
+    /// How often the leader checkpoints remaining lease TTLs through the log
+    /// (`--experimental-lease-checkpoint-interval`; zero: never).
+    pub lease_checkpoint_interval: Duration,
     /// Authentication: `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`.
     pub auth: crate::auth::AuthSettings,
 }
@@ -151,6 +154,7 @@ impl ServerConfig {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             snapshot_count: 10_000,
+            lease_checkpoint_interval: rusd_raft::DEFAULT_LEASE_CHECKPOINT_INTERVAL,
             auth: crate::auth::AuthSettings::default(),
         }
     }
@@ -189,6 +193,12 @@ impl ServerConfig {
     /// Sets the number of applied entries between snapshots.
     pub fn with_snapshot_count(mut self, n: u64) -> Self {
         self.snapshot_count = n;
+        self
+    }
+
+    /// Sets the lease checkpoint interval (zero: no checkpoints).
+    pub fn with_lease_checkpoint_interval(mut self, d: Duration) -> Self {
+        self.lease_checkpoint_interval = d;
         self
     }
 

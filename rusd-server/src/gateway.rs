@@ -198,19 +198,15 @@ async fn dispatch(
 }
 
 /// `LeaseKeepAlive` over the gateway: every JSON object of the request body renews its lease
-/// and yields one `{"result":{...}}` line, as etcd streams them (an unknown lease: no TTL).
+/// (through the leader, as gRPC's keep-alive) and yields one `{"result":{...}}` line, as etcd
+/// streams them (an unknown lease: no TTL).
 async fn keep_alive(state: &Arc<State>, body: &[u8]) -> Result<String, Status> {
     let mut out = String::new();
     for value in serde_json::Deserializer::from_slice(body).into_iter::<Value>() {
         let value = value.map_err(|e| Status::unknown(e.to_string()))?;
         let id = int(as_object(&value)?, &["ID", "id"])?;
-        let st = state.clone();
-        let ttl = crate::state::blocking(move || match st.store.lease_keep_alive(id) {
-            Ok(ttl) => Ok(ttl),
-            Err(mvcc_core::MvccError::LeaseNotFound(_)) => Ok(0),
-            Err(e) => Err(crate::error::mvcc_status(e)),
-        })
-        .await;
+        // The same renewal as gRPC's: through the leader, clearing a checkpoint.
+        let ttl = crate::lease::keep_alive(state, id).await;
         state
             .metrics
             .observe("etcdserverpb.Lease", "LeaseKeepAlive", &ttl);

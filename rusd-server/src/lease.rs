@@ -85,7 +85,9 @@ async fn do_grant(state: &State, r: LeaseGrantRequest) -> Result<LeaseGrantRespo
 }
 
 /// Renews lease `id` on the leader; etcd answers an unknown or expired lease with TTL 0.
-async fn keep_alive(state: &State, id: i64) -> Result<i64, Status> {
+/// Renews lease `id` (etcd `LeaseKeepAlive` for one request): through the leader in a
+/// cluster; the remaining TTL, 0 for an unknown lease.
+pub(crate) async fn keep_alive(state: &State, id: i64) -> Result<i64, Status> {
     let Some(raft) = &state.raft else {
         let answer = |renewed: Result<i64, MvccError>| match renewed {
             Ok(ttl) => Ok(ttl),

@@ -342,3 +342,55 @@ async fn a_full_disk_is_the_nospace_alarm_and_loses_nothing() {
     #[cfg(feature = "rocksdb")]
     full_disk("rocksdb").await;
 }
+
+/// `--experimental-lease-checkpoint-interval`: with checkpoints every second, a lease's
+/// remaining TTL survives a SIGKILL and restart (etcd's lease checkpointing); with `0s` (etcd
+/// 3.4's default, no checkpoints) the restarted member gives it its full TTL again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_checkpoints_survive_a_kill_and_restart() {
+    for (interval, resumed_below_full) in [("1s", true), ("0s", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let run = || {
+            Command::new(RUSD)
+                .args([
+                    "--data-dir",
+                    dir.path().to_str().unwrap(),
+                    "--listen-client-urls",
+                    &format!("http://127.0.0.1:{port}"),
+                    "--experimental-lease-checkpoint-interval",
+                    interval,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut child = run();
+        let mut c = connect(port).await;
+        let id = c.lease_grant(60, None).await.unwrap().id();
+        // Long enough for checkpoints to carry a remaining TTL of at most 56 s.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut child = run();
+        let mut c = connect(port).await;
+        let ttl = c.lease_time_to_live(id, None).await.unwrap();
+        assert_eq!(ttl.granted_ttl(), 60);
+        if resumed_below_full {
+            assert!(
+                ttl.ttl() > 0 && ttl.ttl() <= 57,
+                "{interval}: TTL {} after the restart",
+                ttl.ttl()
+            );
+        } else {
+            assert!(
+                ttl.ttl() >= 58,
+                "{interval}: TTL {} after the restart",
+                ttl.ttl()
+            );
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
