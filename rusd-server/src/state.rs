@@ -396,6 +396,10 @@ pub mod raft_errors {
 pub fn raft_status(e: rusd_raft::RaftError) -> Status {
     use rusd_raft::RaftError as E;
     match e {
+        // An auth command refused at apply: etcd's code and message as they are.
+        E::Command(rusd_raft::CommandError::Auth { code, message }) => {
+            Status::new(tonic::Code::from_i32(code), message)
+        }
         E::Command(c) => crate::error::mvcc_status(c.to_mvcc()),
         E::NoLeader => raft_errors::no_leader(),
         E::Timeout => raft_errors::timeout(),
