@@ -213,6 +213,20 @@ fn execute<B: Backend>(
                 .map(|token| CommandResponse::Authenticate { token });
             return auth_result(r);
         }
+        Command::AuthChecked { auth_revision, cmd } => {
+            if matches!(**cmd, Command::Batch(_) | Command::AuthChecked { .. }) {
+                store.set_apply_meta(record);
+                return Ok(Applied(Err(CommandError::InvalidArgument(
+                    "a batch or guarded command inside a guarded command".to_string(),
+                ))));
+            }
+            let status = auth.status();
+            if status.enabled && status.revision > *auth_revision {
+                store.set_apply_meta(record);
+                return auth_result(Err(AuthError::AuthOldRevision));
+            }
+            return execute(store, auth, cmd, index, record);
+        }
         _ => {
             store.set_apply_meta(record);
             match cmd {

@@ -118,6 +118,18 @@ pub enum Command {
         /// The token prefix chosen by the proposer (`AuthStore::gen_token_prefix`).
         simple_token_prefix: String,
     },
+    /// A client request whose permissions the proposer checked at auth revision
+    /// `auth_revision` (etcd's `RequestHeader.auth_revision`): applied as `cmd` unless auth is
+    /// enabled and the auth state moved on since (a revocation committed while the request was
+    /// checked on a member that had not applied it yet), then refused with etcd's
+    /// `ErrAuthOldRevision` ("etcdserver: revision of auth store is old") on every member, as
+    /// etcd's `authApplierV3` does. `cmd` is never a batch nor another guarded command.
+    AuthChecked {
+        /// The auth revision the permissions were checked at.
+        auth_revision: u64,
+        /// The request.
+        cmd: Box<Command>,
+    },
 }
 
 impl Command {
@@ -135,6 +147,7 @@ impl Command {
             Command::Batch(_) => "batch",
             Command::Auth { .. } => "auth",
             Command::Authenticate { .. } => "authenticate",
+            Command::AuthChecked { cmd, .. } => cmd.kind(),
         }
     }
 }

@@ -269,6 +269,24 @@ async fn auth_changes_replicate_checked_at_apply_and_travel_in_the_snapshot() {
             );
         }
 
+        // A request checked at an older auth revision than the one it is applied at is
+        // refused (etcd's ErrAuthOldRevision); checked at the current one, it is applied.
+        let guarded = |auth_revision: u64, key: &str| Command::AuthChecked {
+            auth_revision,
+            cmd: Box::new(Command::Put(Put::new(key, "v", 0))),
+        };
+        match n2.write(guarded(rev - 1, "a/old")).await.unwrap_err() {
+            RaftError::Command(CommandError::Auth { code, message }) => assert_eq!(
+                (code, message.as_str()),
+                (3, "etcdserver: revision of auth store is old")
+            ),
+            other => panic!("{other:?}"),
+        }
+        match n2.write(guarded(rev, "a/new")).await.unwrap() {
+            CommandResponse::Put(p) => assert_eq!(p.revision, 42),
+            other => panic!("{other:?}"),
+        }
+
         // A revoke through the log takes the permission away on both members.
         let revoked = n1
             .write(auth(

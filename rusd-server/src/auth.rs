@@ -59,6 +59,8 @@ pub const TOKEN_METADATA_KEY: &str = "token";
 pub const AUTHORIZATION_METADATA_KEY: &str = "authorization";
 /// etcd's default `--auth-token-ttl` in seconds.
 pub const DEFAULT_AUTH_TOKEN_TTL_SECS: u64 = 300;
+/// How long the auth paths retry a read barrier that fails as unavailable.
+const AUTH_BARRIER_RETRY: Duration = Duration::from_secs(5);
 /// How often expired simple tokens are dropped (etcd's simple-token sweeper).
 const TOKEN_SWEEP: Duration = Duration::from_secs(1);
 
@@ -531,8 +533,48 @@ impl State {
             )));
         };
         // A follower's proposal was applied by the leader first: wait for this member.
-        self.read_barrier().await?;
+        self.auth_barrier().await?;
         Ok(AuthResponse { revision, changed })
+    }
+
+    /// `cmd` as proposed through raft: while auth is enabled, a put, delete, txn or lease
+    /// revoke (whose permissions the `authorize_*` checks just passed on this member's auth
+    /// state) is wrapped in `Command::AuthChecked` with this member's auth revision, so a
+    /// member that checked it on an auth state older than the one it is applied at (a
+    /// revocation committed but not yet applied here) gets etcd's "revision of auth store is
+    /// old" from every member instead of writing (etcd `authApplierV3`). Other commands, and
+    /// every command while auth is disabled, are proposed as they are.
+    pub fn auth_guard(&self, cmd: Command) -> Command {
+        let Some(auth) = self.enabled_auth() else {
+            return cmd;
+        };
+        match cmd {
+            Command::Put(_)
+            | Command::DeleteRange(_)
+            | Command::Txn(_)
+            | Command::LeaseRevoke { .. } => Command::AuthChecked {
+                auth_revision: auth.store.revision(),
+                cmd: Box::new(cmd),
+            },
+            other => other,
+        }
+    }
+
+    /// [`State::read_barrier`], retried while it fails as unavailable (a leader that cannot
+    /// confirm its quorum right after an election) for up to [`AUTH_BARRIER_RETRY`]: the
+    /// barriers of the auth paths follow a committed write (or precede a login), and giving up
+    /// at the first transient failure would report a committed change as failed.
+    async fn auth_barrier(&self) -> Result<(), Status> {
+        let deadline = std::time::Instant::now() + AUTH_BARRIER_RETRY;
+        loop {
+            match self.read_barrier().await {
+                Err(e) if e.code() == Code::Unavailable && std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e.message(), "auth barrier failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// [`State::change_auth`] without replication (blocking): `by` must hold the root role
@@ -551,7 +593,7 @@ impl State {
     }
 
     /// etcd `EtcdServer.Authenticate`: the password is checked here (bcrypt, on the blocking
-    /// pool); with simple tokens and a raft member the token is then registered on every
+    /// pool) after a read barrier (so on every auth change committed before the call); with simple tokens and a raft member the token is then registered on every
     /// member through `Command::Authenticate`, and the whole is retried if the auth revision
     /// moved while the password was checked, as etcd does. JWTs (and servers without raft)
     /// get their token from the local store.
@@ -561,6 +603,9 @@ impl State {
             .get()
             .map(ServerAuth::shared)
             .ok_or_else(|| rpc::unsupported("authentication"))?;
+        // The password is checked on every auth change committed so far (a user or an enable
+        // made via another member a moment ago), not only on those applied here.
+        self.auth_barrier().await?;
         let prefix = store.gen_token_prefix();
         let raft = match &self.raft {
             Some(raft) if !prefix.is_empty() => raft,
@@ -589,7 +634,7 @@ impl State {
                 )));
             };
             // The token must be known here before the client uses it here.
-            self.read_barrier().await?;
+            self.auth_barrier().await?;
             if checked == store.revision() {
                 return Ok(token);
             }

@@ -154,12 +154,15 @@ impl State {
     }
 
     /// Proposes `cmd` through raft and returns the result of its application. Without a raft
-    /// member the command is applied to the store directly.
+    /// member the command is applied to the store directly. While auth is enabled, a client
+    /// request checked at apply by etcd (put, delete, txn, lease revoke) is proposed with the
+    /// auth revision it was checked at ([`State::auth_guard`]).
     pub async fn propose(&self, cmd: Command) -> Result<CommandResponse, Status> {
         let Some(raft) = &self.raft else {
             let store = self.store.clone();
             return blocking(move || apply_locally(&store, cmd)).await;
         };
+        let cmd = self.auth_guard(cmd);
         raft.write(cmd).await.map_err(|e| self.raft_status(e))
     }
 

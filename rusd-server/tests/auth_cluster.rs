@@ -344,6 +344,22 @@ async fn run() {
         ))
         .await
         .unwrap();
+    // At once, member 1 refuses it whether or not it applied the revocation yet: checked on
+    // the old auth state, the put is refused when applied (etcd's ErrAuthOldRevision).
+    let at_once = denied(put(&mut c1, "a/2", &alice).await);
+    assert!(
+        at_once
+            == (
+                Code::PermissionDenied,
+                "etcdserver: permission denied".into()
+            )
+            || at_once
+                == (
+                    Code::InvalidArgument,
+                    "etcdserver: revision of auth store is old".into()
+                ),
+        "{at_once:?}"
+    );
     in_sync(&mut [&mut c1, &mut c2, &mut c3]).await;
     assert_eq!(
         denied(put(&mut c1, "a/2", &alice).await),
