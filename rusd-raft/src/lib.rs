@@ -4,15 +4,18 @@
 //! [openraft](https://docs.rs/openraft/0.9) 0.9 (its stable line):
 //!
 //! * [`types`]: the openraft type configuration: etcd member ids (`u64`), [`Member`]s, the
-//!   replicated [`Command`]s (mvcc-core's own request types) and their responses;
+//!   replicated [`Command`]s (mvcc-core's own request types, rusd-auth's `AuthCommand`s and
+//!   simple-token logins) and their responses;
 //! * [`file_log`]: the raft log, rusd's write-ahead log: one append-only file, one `write`
 //!   and one `fdatasync` per append (group fsync), the unpurged entries in memory (etcd's
 //!   design); [`log_store`] is the alternative on a dedicated storage-api engine instance
 //!   (one write batch and one engine flush per append), slower because of the engine's flush;
 //!   why not `raft-engine` is explained there;
 //! * [`state_machine`]: the store applying committed entries in buffered mode, with the last
-//!   applied log id written atomically with the data (etcd's consistent index); snapshots are
-//!   the engine-portable backend snapshot, so members may run different engines;
+//!   applied log id written atomically with the data (etcd's consistent index), auth changes
+//!   included (applied to the `rusd_auth::AuthStore` of the same engine); snapshots are the
+//!   engine-portable backend snapshot (every tree, `auth` included), so members may run
+//!   different engines;
 //! * [`network`]: the peer gRPC service (AppendEntries, Vote, chunked InstallSnapshot, and
 //!   Forward for client requests reaching a follower);
 //! * [`node`]: [`RaftNode`], the API a server uses: start, write, linearizable barrier

@@ -107,6 +107,9 @@ pub struct RaftNodeConfig<B: Backend> {
     pub backend: Arc<B>,
     /// The store's configuration (its commit mode should be `CommitMode::Backend`).
     pub store_config: StoreConfig,
+    /// The auth store auth commands apply to, opened on `backend` (`None`: one with
+    /// `AuthConfig::default()`; see [`RaftNode::auth`]).
+    pub auth: Option<Arc<rusd_auth::AuthStore<B>>>,
     /// Where the raft log lives: `None` (the default) for the log file of
     /// [`crate::file_log`] in `<data_dir>/raft-wal`; `Some(kind)` for an instance of that
     /// storage engine of its own in `<data_dir>/raft-log` ([`crate::log_store`]).
@@ -164,6 +167,7 @@ impl<B: Backend> RaftNodeConfig<B> {
             data_dir: data_dir.into(),
             backend,
             store_config: StoreConfig::default(),
+            auth: None,
             log_engine: None,
             log_sync: true,
             raft_config: default_raft_config(),
@@ -628,6 +632,7 @@ impl<B: Backend> ForwardHandler for Core<B> {
 /// A running member. See the [module docs](self).
 pub struct RaftNode<B: Backend> {
     core: Arc<Core<B>>,
+    auth: Arc<rusd_auth::AuthStore<B>>,
     log_close: Box<dyn Fn() -> RaftResult<()> + Send + Sync>,
     tasks: parking_lot::Mutex<Tasks>,
     tasks_stop: watch::Sender<bool>,
@@ -667,6 +672,7 @@ impl<B: Backend> RaftNode<B> {
             data_dir,
             backend,
             store_config,
+            auth,
             log_engine,
             log_sync,
             raft_config,
@@ -681,11 +687,14 @@ impl<B: Backend> RaftNode<B> {
         }
         let sm = {
             let backend = backend.clone();
-            tokio::task::spawn_blocking(move || StateMachine::open(backend, store_config))
-                .await
-                .map_err(raft_err)??
+            tokio::task::spawn_blocking(move || {
+                StateMachine::open_with_auth(backend, store_config, auth)
+            })
+            .await
+            .map_err(raft_err)??
         };
         let store = sm.store();
+        let auth = sm.auth();
         let clients = Arc::new(PeerClients::default());
         let network = Network::new(cluster_id, clients.clone());
         let raft_config = Arc::new(raft_config.validate().map_err(raft_err)?);
@@ -817,6 +826,7 @@ impl<B: Backend> RaftNode<B> {
         ));
         Ok(RaftNode {
             core,
+            auth,
             log_close,
             tasks: parking_lot::Mutex::new(Tasks {
                 server_stop: Some(server_stop),
@@ -847,6 +857,12 @@ impl<B: Backend> RaftNode<B> {
     /// it in place).
     pub fn store(&self) -> Arc<MvccStore<B>> {
         self.core.store.clone()
+    }
+
+    /// The auth store the replicated auth commands apply to (the same one for the member's
+    /// whole life: installing a snapshot recovers it in place).
+    pub fn auth(&self) -> Arc<rusd_auth::AuthStore<B>> {
+        self.auth.clone()
     }
 
     /// Proposes `cmd` (on the leader, forwarded when this member is not) and returns the

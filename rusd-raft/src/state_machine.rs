@@ -14,6 +14,15 @@
 //! [`Command::Batch`] entry records after each of its commands how many are done
 //! ([`ApplyMeta::partial`]), and a replay skips those.
 //!
+//! [`Command::Auth`] entries apply to the [`AuthStore`] opened on the same backend: the auth
+//! rows and the apply record go in **one** atomic backend write
+//! (`AuthStore::apply_with_batch`), so a replay never applies an auth change twice (the auth
+//! revision is bumped once); a refused or no-op auth command writes nothing and is replayed
+//! to the same result. The requester's admin permission is checked at apply time with the user
+//! name the entry carries (etcd `authApplierV3`). [`Command::Authenticate`] registers a simple
+//! token `<prefix>.<log index>` in memory only (as etcd's simple tokens); a snapshot install
+//! reloads the auth store from the image (`AuthStore::recover`).
+//!
 //! Applying is deterministic: the same entries give the same revisions, responses and backend
 //! rows on every member. Nothing time-based is decided here: only the leader proposes
 //! [`Command::LeaseRevoke`] for expired leases (see [`crate::node`]).
@@ -41,9 +50,10 @@ use mvcc_core::{MvccError, MvccStore, StoreConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use parking_lot::Mutex;
+use rusd_auth::{AuthConfig, AuthError, AuthInfo, AuthStore};
 use serde::{Deserialize, Serialize};
 use storage_api::snapshot::ValidatedSnapshot;
-use storage_api::{Backend, Tree};
+use storage_api::{Backend, Tree, WriteBatch};
 
 use crate::types::{
     Applied, Command, CommandError, CommandResponse, Entry, LogId, SnapshotMeta, StorageError,
@@ -95,6 +105,7 @@ type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, Arc<Vec<u8>>)>>>;
 #[derive(Debug)]
 pub struct StateMachine<B: Backend> {
     store: Arc<MvccStore<B>>,
+    auth: Arc<AuthStore<B>>,
     meta: ApplyMeta,
     current: CurrentSnapshot,
 }
@@ -102,8 +113,28 @@ pub struct StateMachine<B: Backend> {
 impl<B: Backend> StateMachine<B> {
     /// Opens the store over `backend` (with `config`; its commit mode should be
     /// [`CommitMode::Backend`](mvcc_core::CommitMode) over a buffered engine) and reads its
-    /// apply metadata.
+    /// apply metadata. The auth store of the same backend is opened with
+    /// [`AuthConfig::default`] (see [`open_with_auth`](Self::open_with_auth)).
     pub fn open(backend: Arc<B>, config: StoreConfig) -> Result<Self, StorageError> {
+        Self::open_with_auth(backend, config, None)
+    }
+
+    /// [`open`](Self::open) with the auth store that [`Command::Auth`] and
+    /// [`Command::Authenticate`] apply to: `auth` must be opened on the same `backend` (its
+    /// rows share the atomic writes of the apply record); `None` opens one with
+    /// [`AuthConfig::default`] (simple tokens, 300 s TTL).
+    pub fn open_with_auth(
+        backend: Arc<B>,
+        config: StoreConfig,
+        auth: Option<Arc<AuthStore<B>>>,
+    ) -> Result<Self, StorageError> {
+        let auth = match auth {
+            Some(a) => a,
+            None => Arc::new(
+                AuthStore::open(backend.clone(), AuthConfig::default())
+                    .map_err(|e| sm_read_err(&e))?,
+            ),
+        };
         let store =
             MvccStore::with_config(backend.clone(), config.clone()).map_err(|e| sm_read_err(&e))?;
         let meta = match store.apply_meta().map_err(|e| sm_read_err(&e))? {
@@ -112,6 +143,7 @@ impl<B: Backend> StateMachine<B> {
         };
         Ok(StateMachine {
             store: Arc::new(store),
+            auth,
             meta,
             current: Arc::new(Mutex::new(None)),
         })
@@ -121,41 +153,129 @@ impl<B: Backend> StateMachine<B> {
     pub fn store(&self) -> Arc<MvccStore<B>> {
         self.store.clone()
     }
+
+    /// The auth store the auth commands apply to.
+    pub fn auth(&self) -> Arc<AuthStore<B>> {
+        self.auth.clone()
+    }
 }
 
-/// Applies one command to `store`. `Err` only for failures of the store itself.
-fn execute<B: Backend>(store: &MvccStore<B>, cmd: &Command) -> Result<Applied, MvccError> {
+/// Applies one command to `store` (or, for auth commands, to `auth`) as the entry at
+/// `index`, with `record` the encoded apply record that must be stored with its effects.
+/// `Err` only for failures of the store itself.
+fn execute<B: Backend>(
+    store: &MvccStore<B>,
+    auth: &AuthStore<B>,
+    cmd: &Command,
+    index: u64,
+    record: Vec<u8>,
+) -> Result<Applied, ApplyFailure> {
+    let auth_result = |r: Result<CommandResponse, AuthError>| match r {
+        Ok(r) => Ok(Applied(Ok(r))),
+        Err(e) => match CommandError::from_auth(&e) {
+            Some(ce) => Ok(Applied(Err(ce))),
+            None => Err(ApplyFailure::Auth(e)),
+        },
+    };
     let result = match cmd {
-        Command::Put(p) => store.kv_put(p).map(CommandResponse::Put),
-        Command::DeleteRange(d) => store.kv_delete_range(d).map(CommandResponse::DeleteRange),
-        Command::Txn(t) => store.kv_txn(t).map(CommandResponse::Txn),
-        Command::Compaction(c) => store.kv_compact(c).map(CommandResponse::Compaction),
-        Command::LeaseGrant { id, ttl } => store
-            .lease_grant(*id, *ttl)
-            .map(CommandResponse::LeaseGrant),
-        Command::LeaseRevoke { id } => store
-            .lease_revoke(*id)
-            .map(|revision| CommandResponse::LeaseRevoke { revision }),
-        Command::LeaseCheckpoint { id, remaining_ttl } => store
-            .lease_checkpoint(*id, *remaining_ttl)
-            .map(|()| CommandResponse::Done),
-        Command::Noop => Ok(CommandResponse::Done),
-        Command::Batch(_) => Err(MvccError::InvalidArgument(
-            "a batch inside a batch".to_string(),
-        )),
+        Command::Auth {
+            cmd,
+            user,
+            auth_revision,
+        } => {
+            // The auth rows and the apply record go in one atomic backend write; the store's
+            // own copy of the record is set only afterwards, so no other write can persist
+            // this entry's position without its auth rows.
+            let info = AuthInfo {
+                user: user.clone(),
+                revision: *auth_revision,
+            };
+            let mut extra = WriteBatch::new();
+            extra.put(Tree::Meta, META_APPLY, record.clone());
+            let r = auth
+                .check_admin(&info)
+                .and_then(|()| auth.apply_with_batch(cmd, extra))
+                .map(|r| CommandResponse::Auth {
+                    revision: r.revision,
+                    changed: r.changed,
+                });
+            store.set_apply_meta(record);
+            return auth_result(r);
+        }
+        Command::Authenticate {
+            name,
+            simple_token_prefix,
+        } => {
+            // Tokens live in memory only (as etcd's simple tokens): nothing to persist.
+            store.set_apply_meta(record);
+            let r = auth
+                .assign_token(name, simple_token_prefix, index)
+                .map(|token| CommandResponse::Authenticate { token });
+            return auth_result(r);
+        }
+        Command::AuthChecked { auth_revision, cmd } => {
+            if matches!(**cmd, Command::Batch(_) | Command::AuthChecked { .. }) {
+                store.set_apply_meta(record);
+                return Ok(Applied(Err(CommandError::InvalidArgument(
+                    "a batch or guarded command inside a guarded command".to_string(),
+                ))));
+            }
+            let status = auth.status();
+            if status.enabled && status.revision > *auth_revision {
+                store.set_apply_meta(record);
+                return auth_result(Err(AuthError::AuthOldRevision));
+            }
+            return execute(store, auth, cmd, index, record);
+        }
+        _ => {
+            store.set_apply_meta(record);
+            match cmd {
+                Command::Put(p) => store.kv_put(p).map(CommandResponse::Put),
+                Command::DeleteRange(d) => {
+                    store.kv_delete_range(d).map(CommandResponse::DeleteRange)
+                }
+                Command::Txn(t) => store.kv_txn(t).map(CommandResponse::Txn),
+                Command::Compaction(c) => store.kv_compact(c).map(CommandResponse::Compaction),
+                Command::LeaseGrant { id, ttl } => store
+                    .lease_grant(*id, *ttl)
+                    .map(CommandResponse::LeaseGrant),
+                Command::LeaseRevoke { id } => store
+                    .lease_revoke(*id)
+                    .map(|revision| CommandResponse::LeaseRevoke { revision }),
+                Command::LeaseCheckpoint { id, remaining_ttl } => store
+                    .lease_checkpoint(*id, *remaining_ttl)
+                    .map(|()| CommandResponse::Done),
+                Command::Batch(_) => Err(MvccError::InvalidArgument(
+                    "a batch inside a batch".to_string(),
+                )),
+                _ => Ok(CommandResponse::Done),
+            }
+        }
     };
     match result {
         Ok(r) => Ok(Applied(Ok(r))),
         Err(e) => match CommandError::from_mvcc(&e) {
             Some(ce) => Ok(Applied(Err(ce))),
-            None => Err(e),
+            None => Err(ApplyFailure::Mvcc(e)),
         },
     }
+}
+
+/// A failure of the store itself while applying (the member must stop).
+#[derive(Debug, thiserror::Error)]
+enum ApplyFailure {
+    /// Of the MVCC store.
+    #[error(transparent)]
+    Mvcc(MvccError),
+    /// Of the auth store.
+    #[error(transparent)]
+    Auth(AuthError),
 }
 
 /// Applies `entries` in order (blocking: runs on a blocking thread).
 fn apply_blocking<B: Backend>(
     store: &MvccStore<B>,
+    auth: &AuthStore<B>,
     meta: &mut ApplyMeta,
     entries: Vec<Entry>,
 ) -> Result<Vec<Applied>, StorageError> {
@@ -164,9 +284,10 @@ fn apply_blocking<B: Backend>(
         let log_id = entry.log_id;
         let prev = meta.last_applied;
         meta.last_applied = Some(log_id);
-        let applied_err = |e: &MvccError| -> StorageError {
+        fn failed(log_id: LogId, e: &(impl std::error::Error + 'static)) -> StorageError {
             StorageIOError::apply(log_id, AnyError::new(e)).into()
-        };
+        }
+        let applied_err = |e: &ApplyFailure| failed(log_id, e);
         match entry.payload {
             EntryPayload::Blank => out.push(Applied(Ok(CommandResponse::Done))),
             EntryPayload::Normal(Command::Batch(cmds)) => {
@@ -198,8 +319,8 @@ fn apply_blocking<B: Backend>(
                             partial: Some((log_id, i + 1)),
                         }
                     };
-                    store.set_apply_meta(record.encode()?);
-                    let Applied(result) = execute(store, cmd).map_err(|e| applied_err(&e))?;
+                    let Applied(result) = execute(store, auth, cmd, log_id.index, record.encode()?)
+                        .map_err(|e| applied_err(&e))?;
                     results.push(result);
                 }
                 meta.partial = None;
@@ -207,14 +328,17 @@ fn apply_blocking<B: Backend>(
             }
             EntryPayload::Normal(cmd) => {
                 meta.partial = None;
-                store.set_apply_meta(meta.encode()?);
-                out.push(execute(store, &cmd).map_err(|e| applied_err(&e))?);
+                let record = meta.encode()?;
+                out.push(
+                    execute(store, auth, &cmd, log_id.index, record)
+                        .map_err(|e| applied_err(&e))?,
+                );
             }
             EntryPayload::Membership(m) => {
                 meta.partial = None;
                 meta.last_membership = StoredMembership::new(Some(log_id), m);
                 store.set_apply_meta(meta.encode()?);
-                store.write_apply_meta().map_err(|e| applied_err(&e))?;
+                store.write_apply_meta().map_err(|e| failed(log_id, &e))?;
                 out.push(Applied(Ok(CommandResponse::Done)));
             }
         }
@@ -248,9 +372,10 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             return Ok(Vec::new());
         }
         let store = self.store.clone();
+        let auth = self.auth.clone();
         let mut meta = self.meta.clone();
         let (meta, result) = tokio::task::spawn_blocking(move || {
-            let r = apply_blocking(&store, &mut meta, entries);
+            let r = apply_blocking(&store, &auth, &mut meta, entries);
             (meta, r)
         })
         .await
@@ -277,6 +402,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let store = self.store.clone();
+        let auth = self.auth.clone();
         let image = data.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
             let mut reader = image.as_slice();
@@ -286,7 +412,9 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
                 .restore_validated(validated)
                 .map_err(|e| sm_write_err(&e))?;
             backend.flush().map_err(|e| sm_write_err(&e))?;
-            store.reload().map_err(|e| sm_read_err(&e))
+            store.reload().map_err(|e| sm_read_err(&e))?;
+            // The image carries the `auth` tree: users, roles, the enabled flag, the revision.
+            auth.recover().map_err(|e| sm_read_err(&e))
         })
         .await
         .map_err(|e| sm_write_err(&e))??;

@@ -10,6 +10,17 @@
 //! through the log. The price is that the log format follows those types: a field added to
 //! them must be added with `#[serde(default)]`-compatible care, which a reviewer sees in the
 //! one crate that defines them.
+//!
+//! Auth changes travel the same way: [`Command::Auth`] carries rusd-auth's own
+//! [`AuthCommand`] (passwords already bcrypt-hashed by the proposer) plus the requester's
+//! identity, and [`Command::Authenticate`] carries a simple-token prefix (etcd's
+//! `InternalAuthenticateRequest`, without the password).
+//!
+//! # Log format compatibility
+//! Entries are encoded with postcard, which names enum variants by their position: new
+//! variants are only ever appended at the end of [`Command`], [`CommandResponse`] and
+//! [`CommandError`] (the auth variants came last), so entries written by an older member
+//! decode unchanged.
 
 use std::fmt;
 use std::io::Cursor;
@@ -18,6 +29,7 @@ use mvcc_core::{
     Compaction, CompactionResponse, DeleteRange, DeleteRangeResponse, LeaseInfo, MvccError, Put,
     PutResponse, Txn, TxnResponse,
 };
+use rusd_auth::{AuthCommand, AuthError};
 use serde::{Deserialize, Serialize};
 
 /// A member id: etcd's 64-bit member id.
@@ -82,6 +94,43 @@ pub enum Command {
     /// and flushes each proposal on its own, so the leader batches concurrent writes). Applied
     /// in order, each as it would be alone; never nested.
     Batch(Vec<Command>),
+    /// An auth-management change (etcd's auth requests through `authApplierV3`), applied on
+    /// every member to the auth store of its backend, in the same atomic backend write as the
+    /// apply record. While auth is enabled, `user` must hold the `root` role *at apply time*
+    /// (etcd `IsAdminPermitted` with the request header's user name), so a change racing with
+    /// the revocation of its requester's role is refused on every member alike.
+    Auth {
+        /// The change (passwords already hashed).
+        cmd: AuthCommand,
+        /// The requester's user name (etcd `RequestHeader.username`; empty: none).
+        user: String,
+        /// The auth revision the proposer checked the requester at (etcd
+        /// `RequestHeader.auth_revision`). Recorded for diagnostics: like etcd 3.4, the admin
+        /// check at apply looks at the user's current roles, not at this revision.
+        auth_revision: u64,
+    },
+    /// etcd's `InternalAuthenticateRequest`: the password was checked by the member that
+    /// received `Authenticate`; applying this registers the simple token
+    /// `<simple_token_prefix>.<log index>` for `name` on every member (only proposed for
+    /// simple tokens: JWTs need no shared state).
+    Authenticate {
+        /// The user name.
+        name: String,
+        /// The token prefix chosen by the proposer (`AuthStore::gen_token_prefix`).
+        simple_token_prefix: String,
+    },
+    /// A client request whose permissions the proposer checked at auth revision
+    /// `auth_revision` (etcd's `RequestHeader.auth_revision`): applied as `cmd` unless auth is
+    /// enabled and the auth state moved on since (a revocation committed while the request was
+    /// checked on a member that had not applied it yet), then refused with etcd's
+    /// `ErrAuthOldRevision` ("etcdserver: revision of auth store is old") on every member, as
+    /// etcd's `authApplierV3` does. `cmd` is never a batch nor another guarded command.
+    AuthChecked {
+        /// The auth revision the permissions were checked at.
+        auth_revision: u64,
+        /// The request.
+        cmd: Box<Command>,
+    },
 }
 
 impl Command {
@@ -97,6 +146,9 @@ impl Command {
             Command::LeaseCheckpoint { .. } => "lease_checkpoint",
             Command::Noop => "noop",
             Command::Batch(_) => "batch",
+            Command::Auth { .. } => "auth",
+            Command::Authenticate { .. } => "authenticate",
+            Command::AuthChecked { cmd, .. } => cmd.kind(),
         }
     }
 }
@@ -125,6 +177,18 @@ pub enum CommandResponse {
     Done,
     /// Of [`Command::Batch`]: one result per command, in order.
     Batch(Vec<ApplyResult>),
+    /// Of [`Command::Auth`] (rusd-auth's `AuthResponse`).
+    Auth {
+        /// The auth revision after the command.
+        revision: u64,
+        /// False for a no-op etcd accepts silently (nothing was written).
+        changed: bool,
+    },
+    /// Of [`Command::Authenticate`]: the token registered on every member.
+    Authenticate {
+        /// The simple token.
+        token: String,
+    },
 }
 
 /// A deterministic failure of a command (the same on every member), carried back to the
@@ -184,6 +248,15 @@ pub enum CommandError {
     /// [`MvccError::RevisionNotFound`] and any other request-level failure, as text.
     #[error("{0}")]
     Other(String),
+    /// A request-level [`AuthError`] of [`Command::Auth`] / [`Command::Authenticate`]: etcd's
+    /// gRPC code ([`AuthError::grpc_code`]) and message, sent to the client as they are.
+    #[error("{message}")]
+    Auth {
+        /// The gRPC status code.
+        code: i32,
+        /// etcd's message.
+        message: String,
+    },
 }
 
 impl CommandError {
@@ -242,6 +315,20 @@ impl CommandError {
             },
             CommandError::InvalidArgument(m) => MvccError::InvalidArgument(m.clone()),
             CommandError::Other(m) => MvccError::InvalidArgument(m.clone()),
+            CommandError::Auth { message, .. } => MvccError::InvalidArgument(message.clone()),
+        }
+    }
+
+    /// The request-level failures of [`AuthError`] (every error of validation and
+    /// permission: deterministic). `None` for storage failures and corrupt records, which
+    /// must stop the member instead of being answered.
+    pub fn from_auth(err: &AuthError) -> Option<CommandError> {
+        match err {
+            AuthError::Storage(_) | AuthError::Corrupt { .. } => None,
+            other => Some(CommandError::Auth {
+                code: other.grpc_code(),
+                message: other.to_string(),
+            }),
         }
     }
 }
@@ -279,3 +366,56 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
 pub type StorageError = openraft::StorageError<NodeId>;
 /// The openraft handle of this configuration.
 pub type Raft = openraft::Raft<TypeConfig>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// postcard names a variant by its position: the variants of older logs keep theirs, the
+    /// auth variants come after them, and every command round-trips.
+    #[test]
+    fn variant_positions_are_stable_and_auth_commands_round_trip() {
+        let tag = |c: &Command| postcard::to_stdvec(c).unwrap()[0];
+        assert_eq!(tag(&Command::Noop), 7);
+        assert_eq!(tag(&Command::Batch(Vec::new())), 8);
+        let auth = Command::Auth {
+            cmd: AuthCommand::RoleAdd { name: "r".into() },
+            user: "root".into(),
+            auth_revision: 5,
+        };
+        let login = Command::Authenticate {
+            name: "alice".into(),
+            simple_token_prefix: "abc".into(),
+        };
+        let checked = Command::AuthChecked {
+            auth_revision: 9,
+            cmd: Box::new(Command::Put(Put::new("k", "v", 0))),
+        };
+        assert_eq!((tag(&auth), tag(&login), tag(&checked)), (9, 10, 11));
+        for c in [auth, login, checked, Command::Batch(vec![Command::Noop])] {
+            let bytes = postcard::to_stdvec(&c).unwrap();
+            assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), c);
+        }
+        let refused = CommandError::from_auth(&AuthError::AuthOldRevision).unwrap();
+        assert_eq!(
+            refused,
+            CommandError::Auth {
+                code: 3,
+                message: "etcdserver: revision of auth store is old".into()
+            }
+        );
+        let bytes = postcard::to_stdvec(&refused).unwrap();
+        assert_eq!(bytes[0], 14);
+        assert_eq!(
+            postcard::from_bytes::<CommandError>(&bytes).unwrap(),
+            refused
+        );
+        assert_eq!(
+            CommandError::from_auth(&AuthError::Corrupt {
+                key: "k".into(),
+                reason: "r".into()
+            }),
+            None
+        );
+    }
+}

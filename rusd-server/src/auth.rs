@@ -9,8 +9,16 @@
 //!   `AuthInfoFromTLS`).
 //! * `State::authorize_*`: one check per request type, with etcd's rules, codes and messages
 //!   (every check passes while auth is disabled).
-//! * [`State::apply_auth`]: the one entry of every auth-management change (an
-//!   [`AuthCommand`], passwords already hashed), so it can later go through the raft log.
+//! * [`State::change_auth`]: the one entry of every auth-management change (an
+//!   [`AuthCommand`], passwords already hashed): checked here first (a fast error), then
+//!   proposed through the raft log as `rusd_raft::Command::Auth` with the requester's name
+//!   and auth revision; every member applies it to its own auth store and checks the
+//!   requester's admin permission again at apply time (etcd's `authApplierV3`), so members
+//!   never diverge and a change racing with a role revocation is refused on all of them.
+//! * `Authenticate`: the password is checked (bcrypt) on the member that received the
+//!   request; with simple tokens a `rusd_raft::Command::Authenticate` then registers the token
+//!   on every member (etcd's `InternalAuthenticateRequest`), so a token issued by one member
+//!   is accepted by all. JWTs need no shared state and are signed locally.
 //! * [`AuthService`]: the gRPC `Auth` service.
 
 use std::sync::Arc;
@@ -43,6 +51,7 @@ use crate::pb::etcdserverpb::{
 };
 use crate::state::{blocking, State};
 use crate::tls::ClientConnInfo;
+use rusd_raft::{Command, CommandResponse};
 
 /// etcd's gRPC metadata key of the token (`rpctypes.TokenFieldNameGRPC`).
 pub const TOKEN_METADATA_KEY: &str = "token";
@@ -50,6 +59,8 @@ pub const TOKEN_METADATA_KEY: &str = "token";
 pub const AUTHORIZATION_METADATA_KEY: &str = "authorization";
 /// etcd's default `--auth-token-ttl` in seconds.
 pub const DEFAULT_AUTH_TOKEN_TTL_SECS: u64 = 300;
+/// How long the auth paths retry a read barrier that fails as unavailable.
+const AUTH_BARRIER_RETRY: Duration = Duration::from_secs(5);
 /// How often expired simple tokens are dropped (etcd's simple-token sweeper).
 const TOKEN_SWEEP: Duration = Duration::from_secs(1);
 
@@ -78,7 +89,7 @@ impl Default for AuthSettings {
 /// The auth state of a server.
 #[derive(Debug)]
 pub struct ServerAuth {
-    store: AuthStore<AnyBackend>,
+    store: Arc<AuthStore<AnyBackend>>,
     client_cert_auth: bool,
 }
 
@@ -101,7 +112,7 @@ impl ServerAuth {
         let store = AuthStore::open(backend, config)
             .map_err(|e| ServerError::Config(format!("cannot open the auth store: {e}")))?;
         Ok(ServerAuth {
-            store,
+            store: Arc::new(store),
             client_cert_auth,
         })
     }
@@ -109,6 +120,12 @@ impl ServerAuth {
     /// The auth store.
     pub fn store(&self) -> &AuthStore<AnyBackend> {
         &self.store
+    }
+
+    /// The auth store, shared (with the raft state machine, which applies the replicated
+    /// auth commands to it).
+    pub fn shared(&self) -> Arc<AuthStore<AnyBackend>> {
+        self.store.clone()
     }
 
     /// True when a client certificate's common name stands for the user.
@@ -481,9 +498,87 @@ impl State {
     }
 
     /// The one entry of every auth-management change: `by` must hold the root role while auth
-    /// is enabled (etcd `authApplierV3` `needAdminPermission`), then `cmd` is applied in one
-    /// backend batch and flushed. Passwords in `cmd` are already hashed, so the command can be
-    /// replicated as is.
+    /// is enabled (etcd `authApplierV3` `needAdminPermission`), checked here first (a fast
+    /// error) and again when the change is applied. With a raft member the change is proposed
+    /// as `Command::Auth` (with `by`'s name and auth revision) and applied by every member's
+    /// state machine; this returns once this member applied it too, so the member that answered
+    /// shows the change at once. Without one it is applied to the auth store in one backend
+    /// batch and flushed. Passwords in `cmd` are already hashed.
+    pub async fn change_auth(
+        self: &Arc<Self>,
+        by: AuthInfo,
+        cmd: AuthCommand,
+    ) -> Result<AuthResponse, Status> {
+        let auth = self
+            .auth
+            .get()
+            .ok_or_else(|| rpc::unsupported("authentication"))?;
+        auth.store.check_admin(&by).map_err(auth_status)?;
+        let Some(raft) = &self.raft else {
+            let st = self.clone();
+            return blocking(move || st.apply_auth(&by, cmd)).await;
+        };
+        let proposed = Command::Auth {
+            cmd,
+            user: by.user,
+            auth_revision: by.revision,
+        };
+        let res = raft
+            .write(proposed)
+            .await
+            .map_err(|e| self.raft_status(e))?;
+        let CommandResponse::Auth { revision, changed } = res else {
+            return Err(Status::internal(format!(
+                "rusd: unexpected response to an auth change: {res:?}"
+            )));
+        };
+        // A follower's proposal was applied by the leader first: wait for this member.
+        self.auth_barrier().await?;
+        Ok(AuthResponse { revision, changed })
+    }
+
+    /// `cmd` as proposed through raft: while auth is enabled, a put, delete, txn or lease
+    /// revoke (whose permissions the `authorize_*` checks just passed on this member's auth
+    /// state) is wrapped in `Command::AuthChecked` with this member's auth revision, so a
+    /// member that checked it on an auth state older than the one it is applied at (a
+    /// revocation committed but not yet applied here) gets etcd's "revision of auth store is
+    /// old" from every member instead of writing (etcd `authApplierV3`). Other commands, and
+    /// every command while auth is disabled, are proposed as they are.
+    pub fn auth_guard(&self, cmd: Command) -> Command {
+        let Some(auth) = self.enabled_auth() else {
+            return cmd;
+        };
+        match cmd {
+            Command::Put(_)
+            | Command::DeleteRange(_)
+            | Command::Txn(_)
+            | Command::LeaseRevoke { .. } => Command::AuthChecked {
+                auth_revision: auth.store.revision(),
+                cmd: Box::new(cmd),
+            },
+            other => other,
+        }
+    }
+
+    /// [`State::read_barrier`], retried while it fails as unavailable (a leader that cannot
+    /// confirm its quorum right after an election) for up to [`AUTH_BARRIER_RETRY`]: the
+    /// barriers of the auth paths follow a committed write (or precede a login), and giving up
+    /// at the first transient failure would report a committed change as failed.
+    async fn auth_barrier(&self) -> Result<(), Status> {
+        let deadline = std::time::Instant::now() + AUTH_BARRIER_RETRY;
+        loop {
+            match self.read_barrier().await {
+                Err(e) if e.code() == Code::Unavailable && std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e.message(), "auth barrier failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`State::change_auth`] without replication (blocking): `by` must hold the root role
+    /// while auth is enabled, then `cmd` is applied in one backend batch and flushed.
     pub fn apply_auth(&self, by: &AuthInfo, cmd: AuthCommand) -> Result<AuthResponse, Status> {
         let auth = self
             .auth
@@ -495,6 +590,57 @@ impl State {
             self.store.flush().map_err(crate::error::mvcc_status)?;
         }
         Ok(res)
+    }
+
+    /// etcd `EtcdServer.Authenticate`: the password is checked here (bcrypt, on the blocking
+    /// pool) after a read barrier (so on every auth change committed before the call); with simple tokens and a raft member the token is then registered on every
+    /// member through `Command::Authenticate`, and the whole is retried if the auth revision
+    /// moved while the password was checked, as etcd does. JWTs (and servers without raft)
+    /// get their token from the local store.
+    pub async fn authenticate(&self, name: String, password: String) -> Result<String, Status> {
+        let store = self
+            .auth
+            .get()
+            .map(ServerAuth::shared)
+            .ok_or_else(|| rpc::unsupported("authentication"))?;
+        // The password is checked on every auth change committed so far (a user or an enable
+        // made via another member a moment ago), not only on those applied here.
+        self.auth_barrier().await?;
+        let prefix = store.gen_token_prefix();
+        let raft = match &self.raft {
+            Some(raft) if !prefix.is_empty() => raft,
+            _ => {
+                return blocking(move || store.authenticate(&name, &password).map_err(auth_status))
+                    .await
+            }
+        };
+        let mut prefix = prefix;
+        loop {
+            let checked = {
+                let (store, name, password) = (store.clone(), name.clone(), password.clone());
+                blocking(move || store.check_password(&name, &password).map_err(auth_status))
+                    .await?
+            };
+            let res = raft
+                .write(Command::Authenticate {
+                    name: name.clone(),
+                    simple_token_prefix: prefix,
+                })
+                .await
+                .map_err(|e| self.raft_status(e))?;
+            let CommandResponse::Authenticate { token } = res else {
+                return Err(Status::internal(format!(
+                    "rusd: unexpected response to authenticate: {res:?}"
+                )));
+            };
+            // The token must be known here before the client uses it here.
+            self.auth_barrier().await?;
+            if checked == store.revision() {
+                return Ok(token);
+            }
+            tracing::info!(user = %name, "auth revision moved while the password was checked; retrying");
+            prefix = store.gen_token_prefix();
+        }
     }
 }
 
@@ -567,8 +713,7 @@ impl AuthService {
 
     /// Checks admin rights before expensive work (bcrypt), then applies `cmd`.
     async fn manage(&self, info: AuthInfo, cmd: AuthCommand) -> Result<AuthResponse, Status> {
-        let st = self.state.clone();
-        blocking(move || st.apply_auth(&info, cmd)).await
+        self.state.change_auth(info, cmd).await
     }
 
     /// A bcrypt hash of `password` (blocking pool), after the admin check of `info`.
@@ -618,20 +763,14 @@ impl auth_server::Auth for AuthService {
         &self,
         request: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
-        let st = self.state.clone();
         let r = request.into_inner();
-        let res = blocking(move || {
-            let store = st
-                .auth_store()
-                .ok_or_else(|| rpc::unsupported("authentication"))?;
-            let token = store
-                .authenticate(&r.name, &r.password)
-                .map_err(auth_status)?;
+        let res = async {
+            let token = self.state.authenticate(r.name, r.password).await?;
             Ok(AuthenticateResponse {
-                header: st.header_now(),
+                header: self.state.header_now(),
                 token,
             })
-        })
+        }
         .await;
         self.observe("Authenticate", &res);
         res.map(Response::new)

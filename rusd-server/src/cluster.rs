@@ -297,10 +297,14 @@ impl cluster_server::Cluster for ClusterService {
 /// by a one-member cluster: its content becomes the state the log starts from, and a snapshot
 /// is taken at once so that members added later start from that snapshot, not from an empty
 /// log. A multi-member `--initial-cluster` over such a directory is refused.
+///
+/// `auth` is the auth store opened on `backend`: the state machine applies the replicated
+/// auth commands to it.
 pub async fn start_member(
     cfg: &ServerConfig,
     backend: Arc<AnyBackend>,
     store_cfg: StoreConfig,
+    auth: Arc<rusd_auth::AuthStore<AnyBackend>>,
     client_addrs: &[SocketAddr],
 ) -> Result<Arc<Raft>, ServerError> {
     let token = cfg.initial_cluster_token.as_str();
@@ -434,6 +438,7 @@ pub async fn start_member(
         ClusterState::Existing => InitialState::Existing,
     };
     rc.store_config = store_cfg;
+    rc.auth = Some(auth);
     rc.log_sync = matches!(cfg.durability, Durability::Sync);
     rc.lease_check_interval = cfg.lease_check_interval;
     rc.lease_checkpoint_interval = cfg.lease_checkpoint_interval;

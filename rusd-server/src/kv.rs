@@ -257,21 +257,14 @@ fn txn_is_serializable(t: &Txn) -> bool {
     })
 }
 
-/// Serves a Range request: linearizable (raft ReadIndex, then the local store) unless
-/// `serializable`, which reads the local store at once.
+/// Reads a validated Range request from the local store (the caller waited for the
+/// ReadIndex first when it is linearizable).
 ///
 /// Where it runs: a single-key read (one index lookup, one row read) and a `count_only` range
 /// (the in-memory index only) are served on the async worker, since a thread hop per read
 /// costs more than the read; every other range (its row count is up to the client) runs on
 /// the blocking pool, so a large range never holds an async worker.
-pub(crate) async fn do_range(
-    state: &Arc<State>,
-    r: &RangeRequest,
-) -> Result<RangeResponse, Status> {
-    let req = to_range(r)?;
-    if !req.serializable {
-        state.read_barrier().await?;
-    }
+pub(crate) async fn do_range(state: &Arc<State>, req: Range) -> Result<RangeResponse, Status> {
     let res = if req.range_end.is_empty() || req.count_only {
         state.store.kv_range(&req).map_err(mvcc_status)?
     } else {
@@ -427,12 +420,29 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        // etcd's order: the request is validated, then a linearizable read waits for the
+        // ReadIndex, then permissions are checked (so a revoke committed before the read is
+        // seen by the check), then the read runs. Single-key reads on the async worker,
+        // larger ranges on the blocking pool (see `do_range`).
+        let req = match to_range(request.get_ref()) {
+            Ok(req) => req,
+            Err(e) => {
+                let res = Err(e);
+                self.state.metrics.observe("etcdserverpb.KV", "Range", &res);
+                return res;
+            }
+        };
+        if !req.serializable {
+            if let Err(e) = self.state.read_barrier().await {
+                let res = Err(e);
+                self.state.metrics.observe("etcdserverpb.KV", "Range", &res);
+                return res;
+            }
+        }
         self.state
             .authorize_range(&request)
             .map_err(self.state.refused("etcdserverpb.KV", "Range"))?;
-        // Single-key reads on the async worker, larger ranges on the blocking pool
-        // (see `do_range`), after the ReadIndex wait when linearizable.
-        let res = do_range(&self.state, request.get_ref()).await;
+        let res = do_range(&self.state, req).await;
         self.state.metrics.observe("etcdserverpb.KV", "Range", &res);
         res.map(Response::new)
     }

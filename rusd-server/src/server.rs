@@ -222,7 +222,18 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         .with_max_key_size(max_req.max(1))
         .with_max_value_size(max_req.max(1))
         .with_commit_mode(CommitMode::Backend);
-    let raft = crate::cluster::start_member(&cfg, backend, store_cfg, &client_addrs).await?;
+    // Authentication: the `auth` tree of the same engine, changed by the raft state machine.
+    let auth = {
+        let (backend, settings) = (backend.clone(), cfg.auth.clone());
+        let cert_auth = cfg.client_tls.client_cert_auth;
+        tokio::task::spawn_blocking(move || {
+            crate::auth::ServerAuth::open(backend, &settings, cert_auth)
+        })
+        .await
+        .map_err(|e| ServerError::Task(e.to_string()))??
+    };
+    let raft = crate::cluster::start_member(&cfg, backend, store_cfg, auth.shared(), &client_addrs)
+        .await?;
     let store = raft.store();
     let advertise = if cfg.advertise_client_urls.is_empty() {
         listeners
@@ -254,17 +265,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     state.cluster_id = raft.cluster_id();
     state.raft = Some(raft.clone());
     state.data_dir = Some(cfg.data_dir.clone());
-    {
-        // Authentication: the `auth` tree of the same engine.
-        let (backend, settings) = (store.backend().clone(), cfg.auth.clone());
-        let cert_auth = cfg.client_tls.client_cert_auth;
-        let auth = tokio::task::spawn_blocking(move || {
-            crate::auth::ServerAuth::open(backend, &settings, cert_auth)
-        })
-        .await
-        .map_err(|e| ServerError::Task(e.to_string()))??;
-        let _ = state.auth.set(auth);
-    }
+    let _ = state.auth.set(auth);
     let state = Arc::new(state);
     crate::cluster::publish_self(state.clone(), shutdown_rx.clone());
     tokio::spawn(crate::auth::token_sweeper(

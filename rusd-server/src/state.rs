@@ -157,12 +157,15 @@ impl State {
     }
 
     /// Proposes `cmd` through raft and returns the result of its application. Without a raft
-    /// member the command is applied to the store directly.
+    /// member the command is applied to the store directly. While auth is enabled, a client
+    /// request checked at apply by etcd (put, delete, txn, lease revoke) is proposed with the
+    /// auth revision it was checked at ([`State::auth_guard`]).
     pub async fn propose(&self, cmd: Command) -> Result<CommandResponse, Status> {
         let Some(raft) = &self.raft else {
             let store = self.store.clone();
             return blocking(move || apply_locally(&store, cmd)).await;
         };
+        let cmd = self.auth_guard(cmd);
         raft.write(cmd).await.map_err(|e| self.raft_status(e))
     }
 
@@ -399,6 +402,10 @@ pub mod raft_errors {
 pub fn raft_status(e: rusd_raft::RaftError) -> Status {
     use rusd_raft::RaftError as E;
     match e {
+        // An auth command refused at apply: etcd's code and message as they are.
+        E::Command(rusd_raft::CommandError::Auth { code, message }) => {
+            Status::new(tonic::Code::from_i32(code), message)
+        }
         E::Command(c) => crate::error::mvcc_status(c.to_mvcc()),
         E::NoLeader => raft_errors::no_leader(),
         E::Timeout => raft_errors::timeout(),
