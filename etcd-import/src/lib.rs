@@ -23,6 +23,7 @@
 
 pub mod bbolt;
 pub mod bbolt_write;
+pub mod cli;
 pub mod error;
 pub mod etcd;
 pub mod export;

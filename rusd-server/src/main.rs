@@ -13,7 +13,15 @@ use rusd_server::{ServerConfig, ServerError};
 /// rusd: an etcd v3 API server (a cluster member, replicated with raft) over a pluggable
 /// storage engine.
 #[derive(Debug, Parser)]
-#[command(name = "rusd", version, about)]
+#[command(
+    name = "rusd",
+    version,
+    about,
+    after_help = "Offline tools on a stopped member's data directory (as etcdutl):\n  \
+    rusd import --etcd-db <etcd data dir, member/snap/db or snapshot> --data-dir <dir> [--backend <engine>]\n  \
+    rusd export --data-dir <dir> --etcd-db <new bbolt file> [--snapshot-format]\n  \
+    rusd snapshot save <data dir> <file> | restore <file> --data-dir <dir> | status <file> [-w table|simple|json]"
+)]
 struct Cli {
     /// Human-readable name for this member.
     #[arg(long, default_value = "default")]
@@ -268,6 +276,19 @@ async fn run(config: ServerConfig) -> Result<(), ServerError> {
 }
 
 fn main() -> ExitCode {
+    // Offline tools on a stopped member's data directory (like `etcdutl`): `rusd import`,
+    // `rusd export`, `rusd snapshot save|restore|status`.
+    let first = std::env::args_os().nth(1);
+    if first
+        .as_deref()
+        .is_some_and(|a| a == "import" || a == "export" || a == "snapshot")
+    {
+        return etcd_import::cli::run(
+            "rusd",
+            std::env::args_os(),
+            etcd_import::cli::Layout::RusdDataDir,
+        );
+    }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log_level))
