@@ -729,7 +729,8 @@ impl Backend for RedbBackend {
                 })?;
             }
             let fresh = open_file(&path, self.cache_bytes())?;
-            match self.copy_into(live, &fresh) {
+            // The new file's name is durable before anything can point at it.
+            match sync_dir(root).and_then(|()| self.copy_into(live, &fresh)) {
                 Ok(()) => Ok(fresh),
                 Err(e) => {
                     discard(Some(fresh));
