@@ -50,12 +50,13 @@
 //! `&mut Database` and no live transaction, so every other call would wait for it). Holding
 //! the lock shared, it turns on a record of every (tree, key) a mutating call touches (filled
 //! after the commit, under the shared lock), then copies all five tables from one read
-//! transaction (a consistent snapshot) into a fresh file `data.<n+1>.redb`, in write
-//! transactions of at most 65 536 entries. Catch-up rounds then re-read each recorded key from
-//! a new read transaction of the live file and insert it into (present) or remove it from
-//! (absent) the fresh one, until at most 4096 keys are left (or after 32 rounds). Only the
-//! final round holds the lock exclusively: it copies the last recorded keys, commits them
-//! `Immediate`, switches `REDB_CURRENT` to the fresh file and closes and deletes the old one.
+//! transaction (a consistent snapshot) into a fresh file `data.<n+1>.redb`, in non-durable
+//! write transactions of at most 65 536 entries. Catch-up rounds then re-read each recorded
+//! key from a new read transaction of the live file and insert it into (present) or remove it
+//! from (absent) the fresh one, until at most 4096 keys are left (or after 32 rounds), and
+//! one `Immediate` commit makes the fresh file durable. Only the final round holds the lock
+//! exclusively: it copies the last recorded keys, commits them `Immediate`, switches
+//! `REDB_CURRENT` to the fresh file and closes and deletes the old one.
 //! Reads and writes therefore keep running during the copy; calls made during the final round
 //! wait for it. The fresh file holds only live pages, so it is as small as a compacted one.
 //! Defragment and [`restore_validated`](Backend::restore_validated) are serialised with each
@@ -372,7 +373,7 @@ impl RedbBackend {
                 let mut done = false;
                 // At least one transaction per tree, so that every table exists.
                 while !done {
-                    Shared::write_tx(fresh, RedbDurability::Immediate, |tx| {
+                    Shared::write_tx(fresh, RedbDurability::None, |tx| {
                         let mut target = tx
                             .open_table(table(tree))
                             .map_err(|e| engine_err("creating a table", e))?;
@@ -402,9 +403,11 @@ impl RedbBackend {
                     _ => break,
                 }
             };
-            catch_up(live, fresh, keys)?;
+            catch_up(live, fresh, keys, RedbDurability::None)?;
         }
-        Ok(())
+        // The bulk of the fresh file goes to disk here, beside other calls: the final
+        // round's commit then only syncs its last few keys.
+        Shared::write_tx(fresh, RedbDurability::Immediate, |_| Ok(()))
     }
 
     fn stop_flusher(&self) {
@@ -755,7 +758,7 @@ impl Backend for RedbBackend {
             discard(Some(fresh));
             return Err(StorageError::Closed);
         };
-        if let Err(e) = catch_up(live, &fresh, keys) {
+        if let Err(e) = catch_up(live, &fresh, keys, RedbDurability::Immediate) {
             discard(Some(fresh));
             return Err(e);
         }
@@ -812,8 +815,13 @@ impl Backend for RedbBackend {
 }
 
 /// Makes `fresh` agree with `live` on every key of `keys` (each re-read from a new read
-/// transaction of `live`), in one `Immediate` commit.
-fn catch_up(live: &Database, fresh: &Database, keys: DirtyKeys) -> StorageResult<()> {
+/// transaction of `live`), in one commit of the given durability.
+fn catch_up(
+    live: &Database,
+    fresh: &Database,
+    keys: DirtyKeys,
+    durability: RedbDurability,
+) -> StorageResult<()> {
     let snapshot = Shared::read_tx(live)?;
     let mut sources = Vec::with_capacity(Tree::ALL.len());
     for tree in Tree::ALL {
@@ -823,7 +831,7 @@ fn catch_up(live: &Database, fresh: &Database, keys: DirtyKeys) -> StorageResult
                 .map_err(|e| engine_err("opening a table to copy", e))?,
         );
     }
-    Shared::write_tx(fresh, RedbDurability::Immediate, |tx| {
+    Shared::write_tx(fresh, durability, |tx| {
         let mut targets = Vec::with_capacity(Tree::ALL.len());
         for tree in Tree::ALL {
             targets.push(

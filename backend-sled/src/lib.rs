@@ -453,37 +453,40 @@ impl Inner {
         Ok(())
     }
 
-    /// Makes this (fresh) generation agree with `live` on every key of `keys`: each is read
-    /// again from `live` and inserted (present) or removed (absent), in bounded chunks.
-    fn catch_up(&self, live: &Inner, keys: DirtyKeys) -> StorageResult<()> {
-        let mut batch = sled::Batch::default();
-        let mut current: Option<Tree> = None;
-        let (mut ops, mut bytes) = (0usize, 0usize);
-        for (tree, key) in keys {
-            if current != Some(tree) || ops >= IMPORT_CHUNK_OPS || bytes >= IMPORT_CHUNK_BYTES {
-                if let Some(t) = current {
-                    self.import_chunk(t, std::mem::take(&mut batch))?;
-                }
-                current = Some(tree);
-                ops = 0;
-                bytes = 0;
-            }
-            ops += 1;
-            bytes += key.len();
-            match live
-                .tree(tree)
-                .get(&key)
-                .map_err(|e| sled_err(format!("re-reading tree {tree} for a defragment"), e))?
-            {
-                Some(value) => {
-                    bytes += value.len();
-                    batch.insert(key, value);
-                }
-                None => batch.remove(key),
+    /// Copies every tree of `live` into this (fresh) generation with one `insert` per key.
+    ///
+    /// Not [`import`](Inner::import)'s `apply_batch`: sled takes its *process-wide*
+    /// concurrency lock exclusively for every batch (and transaction), so batches into the
+    /// fresh generation would stall every write to the live one; single inserts take it
+    /// shared, as the live writers do.
+    fn copy_online(&self, live: &Inner) -> StorageResult<()> {
+        for tree in Tree::ALL {
+            let target = self.tree(tree);
+            for item in live.tree(tree).iter() {
+                let (k, v) = item.map_err(|e| sled_err(format!("copying tree {tree}"), e))?;
+                target
+                    .insert(k, v)
+                    .map_err(|e| sled_err(format!("filling tree {tree} of a new generation"), e))?;
             }
         }
-        if let Some(t) = current {
-            self.import_chunk(t, batch)?;
+        Ok(())
+    }
+
+    /// Makes this (fresh) generation agree with `live` on every key of `keys`: each is read
+    /// again from `live` and inserted (present) or removed (absent), one key at a time (see
+    /// [`copy_online`](Inner::copy_online) for why not in batches).
+    fn catch_up(&self, live: &Inner, keys: DirtyKeys) -> StorageResult<()> {
+        for (tree, key) in keys {
+            let value = live
+                .tree(tree)
+                .get(&key)
+                .map_err(|e| sled_err(format!("re-reading tree {tree} for a defragment"), e))?;
+            let target = self.tree(tree);
+            match value {
+                Some(value) => target.insert(key, value).map(drop),
+                None => target.remove(key).map(drop),
+            }
+            .map_err(|e| sled_err(format!("catching up tree {tree} of a new generation"), e))?;
         }
         Ok(())
     }
@@ -684,27 +687,27 @@ impl SledBackend {
         let _ = fs::remove_dir_all(&dir);
     }
 
-    /// Builds generation `current + 1` with `fill`, makes it durable and switches to it.
-    /// On any failure before the switch the live generation is untouched and the new
-    /// directory is removed.
+    /// Builds generation `current + 1` with `fill`, makes it durable and switches to it;
+    /// returns the previous generation for [`retire`](SledBackend::retire). On any failure
+    /// before the switch the live generation is untouched and the new directory is removed.
     fn replace_generation(
         &self,
         state: &mut RwLockWriteGuard<'_, Option<Inner>>,
         fill: impl FnOnce(&Inner, &Inner) -> StorageResult<()>,
-    ) -> StorageResult<()> {
+    ) -> StorageResult<Option<Inner>> {
         let live = state.as_ref().ok_or(StorageError::Closed)?;
         let fresh = self.build_generation(live, fill)?;
         self.switch_generation(state, fresh)
     }
 
-    /// Makes `fresh` durable and switches `SLED_CURRENT` to it (the commit point), then
-    /// deletes the previous generation. On a failure before the switch the live generation
-    /// is untouched and `fresh` is removed.
+    /// Makes `fresh` durable and switches `SLED_CURRENT` to it (the commit point); returns
+    /// the previous generation for [`retire`](SledBackend::retire). On a failure before the
+    /// switch the live generation is untouched and `fresh` is removed.
     fn switch_generation(
         &self,
         state: &mut RwLockWriteGuard<'_, Option<Inner>>,
         fresh: Inner,
-    ) -> StorageResult<()> {
+    ) -> StorageResult<Option<Inner>> {
         if let Err(e) = fresh.make_durable() {
             Self::discard(fresh);
             return Err(e);
@@ -714,22 +717,31 @@ impl SledBackend {
         let (switched, result) = write_current(root, generation);
         if !switched {
             Self::discard(fresh);
-            return result;
+            return result.map(|()| None);
         }
-        if let Some(old) = state.replace(fresh) {
-            let old_dir = old.dir.clone();
-            drop(old);
+        let old = state.replace(fresh);
+        match result {
+            Ok(()) => Ok(old),
             // If the directory fsync after the rename failed, the switch may not be durable
             // yet: keep the old generation so that a crash cannot leave `SLED_CURRENT`
             // naming a deleted directory. The next open removes whichever is not live.
-            result?;
-            if let Err(e) = fs::remove_dir_all(&old_dir) {
-                tracing::warn!(error = %e, path = %old_dir.display(),
-                    "sled backend: cannot remove the previous generation; it will be removed on next open");
+            Err(e) => {
+                drop(old);
+                Err(e)
             }
-            return Ok(());
         }
-        result
+    }
+
+    /// Closes the generation a switch replaced and deletes its directory. Called after the
+    /// state lock is released: closing a sled database flushes it and joins its threads.
+    fn retire(old: Option<Inner>) {
+        let Some(old) = old else { return };
+        let old_dir = old.dir.clone();
+        drop(old);
+        if let Err(e) = fs::remove_dir_all(&old_dir) {
+            tracing::warn!(error = %e, path = %old_dir.display(),
+                "sled backend: cannot remove the previous generation; it will be removed on next open");
+        }
     }
 }
 
@@ -850,13 +862,16 @@ impl Backend for SledBackend {
         let _maintenance = self.maintenance.lock();
         let mut state = self.state.write();
         state.as_ref().ok_or(StorageError::Closed)?;
-        self.replace_generation(&mut state, |_, fresh| {
+        let old = self.replace_generation(&mut state, |_, fresh| {
             fresh.import(
                 snapshot
                     .entries()?
                     .map(|e| e.map(|e| (e.tree, e.key, e.value))),
             )
-        })
+        })?;
+        drop(state);
+        Self::retire(old);
+        Ok(())
     }
 
     /// No-op (sled has no compaction API; see the [type docs](SledBackend)).
@@ -880,12 +895,7 @@ impl Backend for SledBackend {
         // below misses or copies stale is re-read by a later round.
         *self.dirty.lock() = Some(DirtyKeys::new());
         let copied = self.build_generation(live, |live, fresh| {
-            for tree in Tree::ALL {
-                fresh.import(live.tree(tree).iter().map(|item| {
-                    item.map(|(k, v)| (tree, k.to_vec(), v.to_vec()))
-                        .map_err(|e| sled_err(format!("copying tree {tree}"), e))
-                }))?;
-            }
+            fresh.copy_online(live)?;
             #[cfg(test)]
             if let Some(hook) = self.defrag_hook.lock().as_ref() {
                 hook();
@@ -900,7 +910,9 @@ impl Backend for SledBackend {
                 };
                 fresh.catch_up(live, keys)?;
             }
-            Ok(())
+            // The bulk of the fresh generation goes to disk here, beside other calls: the
+            // final round then only flushes its last few keys.
+            fresh.make_durable()
         });
         let fresh = match copied {
             Ok(fresh) => fresh,
@@ -920,7 +932,10 @@ impl Backend for SledBackend {
             Self::discard(fresh);
             return Err(e);
         }
-        self.switch_generation(&mut state, fresh)
+        let old = self.switch_generation(&mut state, fresh)?;
+        drop(state);
+        Self::retire(old);
+        Ok(())
     }
 
     fn flush(&self) -> StorageResult<()> {
