@@ -49,11 +49,13 @@
 //! [`defragment`](Backend::defragment) does not use redb's `Database::compact` (which needs
 //! `&mut Database` and no live transaction, so every other call would wait for it). Holding
 //! the lock shared, it turns on a record of every (tree, key) a mutating call touches (filled
-//! after the commit, under the shared lock), then copies all five tables from one read
-//! transaction (a consistent snapshot) into a fresh file `data.<n+1>.redb`, in non-durable
-//! write transactions of at most 65 536 entries. Catch-up rounds then re-read each recorded
-//! key from a new read transaction of the live file and insert it into (present) or remove it
-//! from (absent) the fresh one, until at most 4096 keys are left (or after 32 rounds), and
+//! after the commit, under the shared lock), then copies all five tables into a fresh file
+//! `data.<n+1>.redb` in chunks of at most 16 384 entries, each read from a new read
+//! transaction (resuming after the last key copied; a key that changes between chunks has been
+//! recorded) and written in one non-durable write transaction. Catch-up rounds then re-read
+//! each recorded key from a new read transaction of the live file and insert it into
+//! (present) or remove it from (absent) the fresh one, until at most 512 keys are left (or
+//! after 32 rounds), and
 //! one `Immediate` commit makes the fresh file durable. Only the final round holds the lock
 //! exclusively: it copies the last recorded keys, commits them `Immediate`, switches
 //! `REDB_CURRENT` to the fresh file and closes and deletes the old one.
@@ -94,11 +96,11 @@ pub const CURRENT_FILE: &str = "REDB_CURRENT";
 /// Engine name used in markers and errors.
 const ENGINE: &str = "redb";
 
-/// Entries per write transaction while copying into a fresh file.
-const COPY_CHUNK: usize = 65_536;
+/// Entries per read and write transaction while copying into a fresh file.
+const COPY_CHUNK: usize = 16_384;
 /// A defragment takes its final, exclusive round once at most this many keys were written
 /// since its previous round.
-const FINAL_ROUND_KEYS: usize = 4096;
+const FINAL_ROUND_KEYS: usize = 512;
 /// At most this many catch-up rounds run beside writers.
 const MAX_CATCH_UP_ROUNDS: usize = 32;
 
@@ -361,35 +363,47 @@ impl RedbBackend {
     /// Copies every table of `live`, as of one read transaction, into `fresh`, then runs
     /// catch-up rounds over the keys written meanwhile until few are left.
     fn copy_into(&self, live: &Database, fresh: &Database) -> StorageResult<()> {
-        {
-            let snapshot = Shared::read_tx(live)?;
-            for tree in Tree::ALL {
+        for tree in Tree::ALL {
+            // Each chunk reads from a new read transaction, resuming after the last key
+            // copied: a key changed between two chunks was recorded and is caught up below,
+            // and no read transaction stays open for the whole copy (a long-lived one keeps
+            // redb from reusing the pages live writers free).
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let snapshot = Shared::read_tx(live)?;
                 let source = snapshot
                     .open_table(table(tree))
                     .map_err(|e| engine_err("opening a table to copy", e))?;
+                let lower = match &after {
+                    Some(k) => Bound::Excluded(k.as_slice()),
+                    None => Bound::Unbounded,
+                };
                 let mut entries = source
-                    .range::<&[u8]>(..)
+                    .range::<&[u8]>((lower, Bound::Unbounded))
                     .map_err(|e| engine_err("reading a table to copy", e))?;
-                let mut done = false;
+                let mut copied = 0usize;
+                let mut last: Option<Vec<u8>> = None;
                 // At least one transaction per tree, so that every table exists.
-                while !done {
-                    Shared::write_tx(fresh, RedbDurability::None, |tx| {
-                        let mut target = tx
-                            .open_table(table(tree))
-                            .map_err(|e| engine_err("creating a table", e))?;
-                        for _ in 0..COPY_CHUNK {
-                            let Some(item) = entries.next() else {
-                                done = true;
-                                break;
-                            };
-                            let (k, v) =
-                                item.map_err(|e| engine_err("reading a table to copy", e))?;
-                            target
-                                .insert(k.value(), v.value())
-                                .map_err(|e| engine_err("copying a key", e))?;
+                Shared::write_tx(fresh, RedbDurability::None, |tx| {
+                    let mut target = tx
+                        .open_table(table(tree))
+                        .map_err(|e| engine_err("creating a table", e))?;
+                    while copied < COPY_CHUNK {
+                        let Some(item) = entries.next() else { break };
+                        let (k, v) = item.map_err(|e| engine_err("reading a table to copy", e))?;
+                        target
+                            .insert(k.value(), v.value())
+                            .map_err(|e| engine_err("copying a key", e))?;
+                        copied += 1;
+                        if copied == COPY_CHUNK {
+                            last = Some(k.value().to_vec());
                         }
-                        Ok(())
-                    })?;
+                    }
+                    Ok(())
+                })?;
+                match last {
+                    Some(k) => after = Some(k),
+                    None => break,
                 }
             }
         }

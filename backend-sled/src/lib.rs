@@ -81,7 +81,7 @@ const IMPORT_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 /// An online [`defragment`](Backend::defragment) stops its catch-up rounds (which run
 /// beside writers) and takes the final, exclusive round once at most this many keys were
 /// written since the previous round.
-const FINAL_ROUND_KEYS: usize = 4096;
+const FINAL_ROUND_KEYS: usize = 512;
 /// At most this many catch-up rounds run beside writers; the final round then takes whatever
 /// is left (writers faster than the copy cannot keep a defragment from finishing).
 const MAX_CATCH_UP_ROUNDS: usize = 32;
@@ -527,11 +527,13 @@ impl Inner {
 ///   file from the end.
 /// * [`defragment`](Backend::defragment) is an *online* rebuild: it copies all five trees
 ///   into a fresh generation directory while reads and writes go on against the live one
-///   (it holds neither the write gate nor the state lock exclusively). Every key a mutating
+///   (it holds neither the write gate nor the state lock exclusively; it inserts one key at a
+///   time, because a sled batch would take sled's process-wide concurrency lock exclusively
+///   and stall the live writers), then makes the fresh generation durable. Every key a mutating
 ///   call touches while the copy runs is recorded (a set of (tree, key), filled under the
 ///   write gate after the change is applied, only while a defragment runs); catch-up rounds
 ///   then re-read each recorded key from the live generation and insert it into (present) or
-///   remove it from (absent) the fresh one, until at most 4096 keys are left (or after 32
+///   remove it from (absent) the fresh one, until at most 512 keys are left (or after 32
 ///   rounds). Only the final round takes the state lock exclusively: it copies the last
 ///   recorded keys, makes the fresh generation durable, switches `SLED_CURRENT` to it
 ///   atomically (the commit point, as before: a crash before it leaves the old generation
