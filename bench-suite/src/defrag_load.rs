@@ -8,7 +8,7 @@
 //! as a second of latency on a thousand puts, not on one.
 //!
 //! [`measure`] runs the load while `defragment` runs (the phase lasts exactly as long as the
-//! defragment), then the same load as long again (at least 1 s, at most 60 s) on the idle
+//! defragment), then the same load as long again (at least 5 s, at most 60 s) on the idle
 //! store, and reports four latency phases plus the defragment's duration.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +23,7 @@ use crate::workload::{key, shuffled, value};
 /// Operations per second of each load thread (writer and reader).
 pub const PACED_RATE: u64 = 1000;
 /// Shortest idle comparison run.
-const MIN_IDLE: Duration = Duration::from_secs(1);
+const MIN_IDLE: Duration = Duration::from_secs(5);
 /// Longest idle comparison run.
 const MAX_IDLE: Duration = Duration::from_secs(60);
 
