@@ -487,11 +487,15 @@ impl Backend for RocksdbBackend {
     /// Flushes every memtable, then fully compacts every column family
     /// (`BottommostLevelCompaction::Force`): deleted and overwritten data is dropped and
     /// obsolete SST and WAL files are removed by RocksDB (file deletion may finish shortly
-    /// after the call returns).
+    /// after the call returns). Online: it holds the state lock shared only, so reads and
+    /// writes go on; the compaction is not exclusive, so RocksDB keeps scheduling automatic
+    /// compactions (of the level-0 files new writes create) beside it instead of stalling
+    /// writers once level 0 fills up.
     fn defragment(&self) -> StorageResult<()> {
         self.with_inner(|inner| {
             inner.flush_memtables(&Tree::ALL)?;
             let mut co = CompactOptions::default();
+            co.set_exclusive_manual_compaction(false);
             co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
             for tree in Tree::ALL {
                 inner

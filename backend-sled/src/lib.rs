@@ -13,7 +13,8 @@
 //! <config.path>/sled.<n>/       generation n, created by restore / defragment
 //! ```
 //! [`restore`](Backend::restore_validated) and [`defragment`](Backend::defragment) build a
-//! complete new generation next to the live one and switch to it by atomically replacing
+//! complete new generation next to the live one (defragment while reads and writes go on, see
+//! [`SledBackend`]) and switch to it by atomically replacing
 //! `SLED_CURRENT` (write temporary file, fsync, rename, fsync directory). A crash before the
 //! switch leaves the old generation live; a crash after it leaves the new one live. Stale
 //! generation directories are deleted on the next open.
@@ -36,7 +37,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -45,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+use parking_lot::{Mutex, RwLock, RwLockUpgradableReadGuard, RwLockWriteGuard};
 use sled::transaction::{ConflictableTransactionResult, TransactionError};
 use sled::Transactional;
 use storage_api::dir::{dir_size, prepare_data_dir};
@@ -77,6 +78,17 @@ const OPEN_LOCK_RETRY: Duration = Duration::from_secs(5);
 const IMPORT_CHUNK_OPS: usize = 4096;
 /// Payload bytes per `apply_batch` while filling a new generation.
 const IMPORT_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+/// An online [`defragment`](Backend::defragment) stops its catch-up rounds (which run
+/// beside writers) and takes the final, exclusive round once at most this many keys were
+/// written since the previous round.
+const FINAL_ROUND_KEYS: usize = 512;
+/// At most this many catch-up rounds run beside writers; the final round then takes whatever
+/// is left (writers faster than the copy cannot keep a defragment from finishing).
+const MAX_CATCH_UP_ROUNDS: usize = 32;
+
+/// Keys written while an online defragment copies, per tree (ordered, so each catch-up round
+/// reads and writes them in key order).
+type DirtyKeys = BTreeSet<(Tree, Vec<u8>)>;
 
 fn sled_err(context: impl Into<String>, e: sled::Error) -> StorageError {
     match e {
@@ -441,6 +453,44 @@ impl Inner {
         Ok(())
     }
 
+    /// Copies every tree of `live` into this (fresh) generation with one `insert` per key.
+    ///
+    /// Not [`import`](Inner::import)'s `apply_batch`: sled takes its *process-wide*
+    /// concurrency lock exclusively for every batch (and transaction), so batches into the
+    /// fresh generation would stall every write to the live one; single inserts take it
+    /// shared, as the live writers do.
+    fn copy_online(&self, live: &Inner) -> StorageResult<()> {
+        for tree in Tree::ALL {
+            let target = self.tree(tree);
+            for item in live.tree(tree).iter() {
+                let (k, v) = item.map_err(|e| sled_err(format!("copying tree {tree}"), e))?;
+                target
+                    .insert(k, v)
+                    .map_err(|e| sled_err(format!("filling tree {tree} of a new generation"), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes this (fresh) generation agree with `live` on every key of `keys`: each is read
+    /// again from `live` and inserted (present) or removed (absent), one key at a time (see
+    /// [`copy_online`](Inner::copy_online) for why not in batches).
+    fn catch_up(&self, live: &Inner, keys: DirtyKeys) -> StorageResult<()> {
+        for (tree, key) in keys {
+            let value = live
+                .tree(tree)
+                .get(&key)
+                .map_err(|e| sled_err(format!("re-reading tree {tree} for a defragment"), e))?;
+            let target = self.tree(tree);
+            match value {
+                Some(value) => target.insert(key, value).map(drop),
+                None => target.remove(key).map(drop),
+            }
+            .map_err(|e| sled_err(format!("catching up tree {tree} of a new generation"), e))?;
+        }
+        Ok(())
+    }
+
     fn import_chunk(&self, tree: Tree, batch: sled::Batch) -> StorageResult<()> {
         self.tree(tree)
             .apply_batch(batch)
@@ -475,14 +525,27 @@ impl Inner {
 /// * [`compact`](Backend::compact) is a no-op: sled 0.34.7 has no compaction API; its
 ///   background thread rewrites log segments that are at least half dead and truncates the
 ///   file from the end.
-/// * [`defragment`](Backend::defragment) is an offline rebuild: it copies all five trees
-///   into a fresh generation directory, makes it durable, switches `SLED_CURRENT` to it
-///   atomically and deletes the old generation. It blocks every other call while it runs and
-///   needs free disk space for a second copy of the live data.
+/// * [`defragment`](Backend::defragment) is an *online* rebuild: it copies all five trees
+///   into a fresh generation directory while reads and writes go on against the live one
+///   (it holds neither the write gate nor the state lock exclusively; it inserts one key at a
+///   time, because a sled batch would take sled's process-wide concurrency lock exclusively
+///   and stall the live writers), then makes the fresh generation durable. Every key a mutating
+///   call touches while the copy runs is recorded (a set of (tree, key), filled under the
+///   write gate after the change is applied, only while a defragment runs); catch-up rounds
+///   then re-read each recorded key from the live generation and insert it into (present) or
+///   remove it from (absent) the fresh one, until at most 512 keys are left (or after 32
+///   rounds). Only the final round takes the state lock exclusively: it copies the last
+///   recorded keys, makes the fresh generation durable, switches `SLED_CURRENT` to it
+///   atomically (the commit point, as before: a crash before it leaves the old generation
+///   live, after it the new one) and deletes the old generation. Calls made during that
+///   final round wait for it. A defragment needs free disk space for a second copy of the
+///   live data. Defragment and restore are serialised with each other; a
+///   [`close`](Backend::close) during a defragment waits for it to finish.
 /// * [`restore_validated`](Backend::restore_validated) builds the new generation from the
 ///   snapshot the same way, so its memory use is bounded (chunks of at most
 ///   4096 records / 8 MiB) whatever the snapshot size, and it is atomic even across a crash.
-///   It blocks every other call while it runs.
+///   It blocks every other call while it runs (but waits for a running defragment without
+///   blocking them).
 /// * [`size`](Backend::size) is the apparent size of every file below `config.path`.
 ///
 /// # Opening
@@ -492,12 +555,25 @@ impl Inner {
 /// with [`StorageError::Io`].
 pub struct SledBackend {
     config: BackendConfig,
-    /// `None` once closed. Taken exclusively by `close`, `restore_validated` and
-    /// `defragment`; shared by every other call.
+    /// `None` once closed. Taken exclusively by `close`, `restore_validated` and the final
+    /// round of `defragment` (upgradable, i.e. shared with every call but `close` and
+    /// `restore`, while it copies); shared by every other call.
     state: RwLock<Option<Inner>>,
     /// The write gate: exclusive for mutations, shared for scans and snapshots. Always
     /// taken after `state`, never while already held.
     gate: RwLock<()>,
+    /// Serialises [`defragment`](Backend::defragment) and
+    /// [`restore_validated`](Backend::restore_validated) with each other. Taken before
+    /// `state`, so a restore waiting for a defragment does not hold back other calls.
+    maintenance: Mutex<()>,
+    /// `Some` while an online defragment copies: every (tree, key) a mutating call touched
+    /// since the copy began (or since the last catch-up round took the set). Filled under the
+    /// write gate, after the change is applied to the live generation.
+    dirty: Mutex<Option<DirtyKeys>>,
+    /// Test hook called by `defragment` once the bulk copy is done, before the catch-up
+    /// rounds, with no lock held exclusively.
+    #[cfg(test)]
+    defrag_hook: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for SledBackend {
@@ -550,11 +626,19 @@ impl SledBackend {
     }
 
     /// Runs a mutation under the exclusive write gate, then (in `Sync` mode) makes it durable.
-    fn mutate(&self, f: impl FnOnce(&Inner) -> StorageResult<()>) -> StorageResult<()> {
+    /// `touched` names every (tree, key) it may change; they are recorded for a running
+    /// online defragment after `f` ran (whether or not it succeeded).
+    fn mutate<'k>(
+        &self,
+        touched: impl IntoIterator<Item = (Tree, &'k [u8])>,
+        f: impl FnOnce(&Inner) -> StorageResult<()>,
+    ) -> StorageResult<()> {
         self.with_inner(|inner| {
             {
                 let _gate = self.gate.write();
-                f(inner)?;
+                let result = f(inner);
+                self.mark_dirty(touched);
+                result?;
                 if self.is_sync() {
                     inner.sync_new_blobs()?;
                 }
@@ -566,54 +650,100 @@ impl SledBackend {
         })
     }
 
-    /// Builds generation `current + 1` with `fill`, makes it durable and switches to it.
-    /// On any failure before the switch the live generation is untouched and the new
-    /// directory is removed.
-    fn replace_generation(
+    /// Records keys touched by a mutation if an online defragment is copying.
+    fn mark_dirty<'k>(&self, touched: impl IntoIterator<Item = (Tree, &'k [u8])>) {
+        if let Some(dirty) = self.dirty.lock().as_mut() {
+            for (tree, key) in touched {
+                dirty.insert((tree, key.to_vec()));
+            }
+        }
+    }
+
+    /// Opens generation `live.generation + 1` (removing a stale directory of that name) and
+    /// fills it with `fill`. On failure the new directory is removed.
+    fn build_generation(
         &self,
-        state: &mut RwLockWriteGuard<'_, Option<Inner>>,
+        live: &Inner,
         fill: impl FnOnce(&Inner, &Inner) -> StorageResult<()>,
-    ) -> StorageResult<()> {
-        let live = state.as_ref().ok_or(StorageError::Closed)?;
-        let root = &self.config.path;
+    ) -> StorageResult<Inner> {
         let generation = live.generation + 1;
-        let dir = root.join(generation_name(generation));
+        let dir = self.config.path.join(generation_name(generation));
         if dir.exists() {
             fs::remove_dir_all(&dir)
                 .map_err(|e| StorageError::io(format!("removing stale {}", dir.display()), e))?;
         }
         let built = Inner::open(dir.clone(), generation, &self.config).and_then(|fresh| {
             fill(live, &fresh)?;
-            fresh.make_durable()?;
             Ok(fresh)
         });
-        let fresh = match built {
-            Ok(fresh) => fresh,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
+        if built.is_err() {
+            let _ = fs::remove_dir_all(&dir);
+        }
+        built
+    }
+
+    /// Drops a generation that will not become live and removes its directory.
+    fn discard(fresh: Inner) {
+        let dir = fresh.dir.clone();
+        drop(fresh);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Builds generation `current + 1` with `fill`, makes it durable and switches to it;
+    /// returns the previous generation for [`retire`](SledBackend::retire). On any failure
+    /// before the switch the live generation is untouched and the new directory is removed.
+    fn replace_generation(
+        &self,
+        state: &mut RwLockWriteGuard<'_, Option<Inner>>,
+        fill: impl FnOnce(&Inner, &Inner) -> StorageResult<()>,
+    ) -> StorageResult<Option<Inner>> {
+        let live = state.as_ref().ok_or(StorageError::Closed)?;
+        let fresh = self.build_generation(live, fill)?;
+        self.switch_generation(state, fresh)
+    }
+
+    /// Makes `fresh` durable and switches `SLED_CURRENT` to it (the commit point); returns
+    /// the previous generation for [`retire`](SledBackend::retire). On a failure before the
+    /// switch the live generation is untouched and `fresh` is removed.
+    fn switch_generation(
+        &self,
+        state: &mut RwLockWriteGuard<'_, Option<Inner>>,
+        fresh: Inner,
+    ) -> StorageResult<Option<Inner>> {
+        if let Err(e) = fresh.make_durable() {
+            Self::discard(fresh);
+            return Err(e);
+        }
+        let root = &self.config.path;
+        let generation = fresh.generation;
         let (switched, result) = write_current(root, generation);
         if !switched {
-            drop(fresh);
-            let _ = fs::remove_dir_all(&dir);
-            return result;
+            Self::discard(fresh);
+            return result.map(|()| None);
         }
-        if let Some(old) = state.replace(fresh) {
-            let old_dir = old.dir.clone();
-            drop(old);
+        let old = state.replace(fresh);
+        match result {
+            Ok(()) => Ok(old),
             // If the directory fsync after the rename failed, the switch may not be durable
             // yet: keep the old generation so that a crash cannot leave `SLED_CURRENT`
             // naming a deleted directory. The next open removes whichever is not live.
-            result?;
-            if let Err(e) = fs::remove_dir_all(&old_dir) {
-                tracing::warn!(error = %e, path = %old_dir.display(),
-                    "sled backend: cannot remove the previous generation; it will be removed on next open");
+            Err(e) => {
+                drop(old);
+                Err(e)
             }
-            return Ok(());
         }
-        result
+    }
+
+    /// Closes the generation a switch replaced and deletes its directory. Called after the
+    /// state lock is released: closing a sled database flushes it and joins its threads.
+    fn retire(old: Option<Inner>) {
+        let Some(old) = old else { return };
+        let old_dir = old.dir.clone();
+        drop(old);
+        if let Err(e) = fs::remove_dir_all(&old_dir) {
+            tracing::warn!(error = %e, path = %old_dir.display(),
+                "sled backend: cannot remove the previous generation; it will be removed on next open");
+        }
     }
 }
 
@@ -637,11 +767,15 @@ impl Backend for SledBackend {
             config,
             state: RwLock::new(Some(inner)),
             gate: RwLock::new(()),
+            maintenance: Mutex::new(()),
+            dirty: Mutex::new(None),
+            #[cfg(test)]
+            defrag_hook: Mutex::new(None),
         }))
     }
 
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> StorageResult<()> {
-        self.mutate(|inner| {
+        self.mutate([(tree, key)], |inner| {
             inner
                 .tree(tree)
                 .insert(key, value)
@@ -677,7 +811,7 @@ impl Backend for SledBackend {
     }
 
     fn delete(&self, tree: Tree, key: &[u8]) -> StorageResult<()> {
-        self.mutate(|inner| {
+        self.mutate([(tree, key)], |inner| {
             inner
                 .tree(tree)
                 .remove(key)
@@ -690,7 +824,10 @@ impl Backend for SledBackend {
         if batch.is_empty() {
             return self.with_inner(|_| Ok(()));
         }
-        self.mutate(|inner| inner.apply(batch))
+        self.mutate(
+            batch.ops().iter().map(|op| (op.tree(), op.key())),
+            |inner| inner.apply(batch),
+        )
     }
 
     fn scan(
@@ -724,15 +861,19 @@ impl Backend for SledBackend {
     /// Builds a new generation from the snapshot and switches to it atomically (see the
     /// [type docs](SledBackend)); durable before it returns, in every durability mode.
     fn restore_validated(&self, snapshot: ValidatedSnapshot) -> StorageResult<()> {
+        let _maintenance = self.maintenance.lock();
         let mut state = self.state.write();
         state.as_ref().ok_or(StorageError::Closed)?;
-        self.replace_generation(&mut state, |_, fresh| {
+        let old = self.replace_generation(&mut state, |_, fresh| {
             fresh.import(
                 snapshot
                     .entries()?
                     .map(|e| e.map(|e| (e.tree, e.key, e.value))),
             )
-        })
+        })?;
+        drop(state);
+        Self::retire(old);
+        Ok(())
     }
 
     /// No-op (sled has no compaction API; see the [type docs](SledBackend)).
@@ -745,19 +886,58 @@ impl Backend for SledBackend {
         self.with_inner(|_| dir_size(&self.config.path))
     }
 
-    /// Offline rebuild into a fresh generation (see the [type docs](SledBackend)).
+    /// Online rebuild into a fresh generation (see the [type docs](SledBackend)): every
+    /// other call keeps running except during the short final round.
     fn defragment(&self) -> StorageResult<()> {
-        let mut state = self.state.write();
-        state.as_ref().ok_or(StorageError::Closed)?;
-        self.replace_generation(&mut state, |live, fresh| {
-            for tree in Tree::ALL {
-                fresh.import(live.tree(tree).iter().map(|item| {
-                    item.map(|(k, v)| (tree, k.to_vec(), v.to_vec()))
-                        .map_err(|e| sled_err(format!("copying tree {tree}"), e))
-                }))?;
+        let _maintenance = self.maintenance.lock();
+        // Shared with every other call; only `close` (and this call's final round) need more.
+        let state = self.state.upgradable_read();
+        let live = state.as_ref().ok_or(StorageError::Closed)?;
+        // From here every mutation records its keys after applying them, so a key the copy
+        // below misses or copies stale is re-read by a later round.
+        *self.dirty.lock() = Some(DirtyKeys::new());
+        let copied = self.build_generation(live, |live, fresh| {
+            fresh.copy_online(live)?;
+            #[cfg(test)]
+            if let Some(hook) = self.defrag_hook.lock().as_ref() {
+                hook();
             }
-            Ok(())
-        })
+            for _ in 0..MAX_CATCH_UP_ROUNDS {
+                let keys = {
+                    let mut dirty = self.dirty.lock();
+                    match dirty.as_mut() {
+                        Some(keys) if keys.len() > FINAL_ROUND_KEYS => std::mem::take(keys),
+                        _ => break,
+                    }
+                };
+                fresh.catch_up(live, keys)?;
+            }
+            // The bulk of the fresh generation goes to disk here, beside other calls: the
+            // final round then only flushes its last few keys.
+            fresh.make_durable()
+        });
+        let fresh = match copied {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                *self.dirty.lock() = None;
+                return Err(e);
+            }
+        };
+        // Final round: no other call runs from here to the switch.
+        let mut state = RwLockUpgradableReadGuard::upgrade(state);
+        let keys = self.dirty.lock().take().unwrap_or_default();
+        let Some(live) = state.as_ref() else {
+            Self::discard(fresh);
+            return Err(StorageError::Closed);
+        };
+        if let Err(e) = fresh.catch_up(live, keys) {
+            Self::discard(fresh);
+            return Err(e);
+        }
+        let old = self.switch_generation(&mut state, fresh)?;
+        drop(state);
+        Self::retire(old);
+        Ok(())
     }
 
     fn flush(&self) -> StorageResult<()> {
@@ -800,6 +980,97 @@ impl Drop for SledBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+
+    fn be(i: u32) -> [u8; 4] {
+        i.to_be_bytes()
+    }
+
+    /// Writes complete while a defragment is inside its copy. The defragment is paused by
+    /// its test hook (after the bulk copy) until this thread's writes and scan returned; a
+    /// defragment that blocked writers (as the offline one did, holding the state lock
+    /// exclusively) would never see them finish: its hook gives up after 60 s and the test
+    /// fails on `resumed`. More keys are written than one final round takes, so a catch-up
+    /// round runs beside writers too.
+    #[test]
+    fn writes_complete_while_defragment_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BackendConfig::new(dir.path().join("store")).with_durability(Durability::Sync);
+        let db = SledBackend::new(config.clone()).unwrap();
+        let pairs: Vec<KvPair> = (0..2000u32)
+            .map(|i| (be(i).to_vec(), b"old".to_vec()))
+            .collect();
+        db.batch_put(Tree::Kv, &pairs).unwrap();
+        let (reached_tx, reached_rx) = mpsc::channel::<()>();
+        let (resume_tx, resume_rx) = mpsc::channel::<()>();
+        let resume_rx = Mutex::new(resume_rx);
+        let resumed = Arc::new(AtomicBool::new(false));
+        let resumed_in_hook = Arc::clone(&resumed);
+        *db.defrag_hook.lock() = Some(Box::new(move || {
+            let _ = reached_tx.send(());
+            let ok = resume_rx
+                .lock()
+                .recv_timeout(Duration::from_secs(60))
+                .is_ok();
+            resumed_in_hook.store(ok, Ordering::Release);
+        }));
+        let added: Vec<KvPair> = (10_000..10_000 + 2 * FINAL_ROUND_KEYS as u32)
+            .map(|i| (be(i).to_vec(), b"during".to_vec()))
+            .collect();
+        std::thread::scope(|s| {
+            let defrag = s.spawn(|| db.defragment());
+            reached_rx.recv().unwrap();
+            // The defragment is paused inside its copy: every call below must return now.
+            db.put(Tree::Kv, &be(5), b"new").unwrap();
+            db.delete(Tree::Kv, &be(6)).unwrap();
+            db.batch_put(Tree::Kv, &added).unwrap();
+            db.batch_delete(Tree::Kv, &[be(7).to_vec(), be(10_001).to_vec()])
+                .unwrap();
+            let mut b = WriteBatch::new();
+            b.put(Tree::Index, b"idx".to_vec(), b"during".to_vec());
+            b.delete(Tree::Kv, be(8).to_vec());
+            db.write(&b).unwrap();
+            assert_eq!(
+                db.scan(Tree::Kv, &[], &[], 0).unwrap().len(),
+                2000 - 3 + 2 * FINAL_ROUND_KEYS - 1
+            );
+            resume_tx.send(()).unwrap();
+            defrag.join().unwrap().unwrap();
+        });
+        assert!(
+            resumed.load(Ordering::Acquire),
+            "writes did not complete while defragment was copying"
+        );
+        assert!(db.dirty.lock().is_none(), "dirty tracking still on");
+        assert_eq!(
+            db.active_dir().unwrap(),
+            dir.path().join("store").join("sled.1")
+        );
+        let check = |db: &SledBackend| {
+            assert_eq!(db.get(Tree::Kv, &be(5)).unwrap(), Some(b"new".to_vec()));
+            for gone in [6u32, 7, 8, 10_001] {
+                assert_eq!(db.get(Tree::Kv, &be(gone)).unwrap(), None, "key {gone}");
+            }
+            assert_eq!(db.get(Tree::Kv, &be(4)).unwrap(), Some(b"old".to_vec()));
+            assert_eq!(
+                db.get(Tree::Kv, &be(10_000)).unwrap(),
+                Some(b"during".to_vec())
+            );
+            assert_eq!(
+                db.get(Tree::Index, b"idx").unwrap(),
+                Some(b"during".to_vec())
+            );
+            let all = db.scan(Tree::Kv, &[], &[], 0).unwrap();
+            assert_eq!(all.len(), 2000 - 3 + 2 * FINAL_ROUND_KEYS - 1);
+        };
+        check(&db);
+        db.close().unwrap();
+        drop(db);
+        let db = SledBackend::new(config).unwrap();
+        check(&db);
+        db.close().unwrap();
+    }
 
     #[test]
     fn generation_names_round_trip() {

@@ -13,6 +13,7 @@
 //! every engine with a real etcd side by side ([`versus`]).
 #![deny(missing_docs)]
 
+pub mod defrag_load;
 pub mod index_mem;
 #[cfg(feature = "etcd")]
 pub mod load;

@@ -5,6 +5,7 @@
 //! cargo run --release -p bench-suite -- --quick          # a few minutes, every compiled engine
 //! cargo run --release -p bench-suite                     # full profile: 1M keys
 //! cargo run --release -p bench-suite --features rocksdb  # include RocksDB
+//! cargo run --release -p bench-suite -- defrag-load --keys 200000  # latency during defragment
 //! ```
 //!
 //! With the `etcd` feature (needs `protoc`), two more modes drive etcd v3 servers over gRPC:
@@ -21,6 +22,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
+use bench_suite::defrag_load::{self, DefragLoad};
 use bench_suite::index_mem::{self, IndexMemory};
 use bench_suite::measure::{fsyncs_per_second, MemorySample};
 use bench_suite::report::{self, EngineReport};
@@ -28,7 +30,7 @@ use bench_suite::workload::{self, Profile};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mvcc_core::engine::{compiled_backends, AnyBackend};
-use storage_api::{BackendConfig, BackendKind, Durability};
+use storage_api::{Backend, BackendConfig, BackendKind, Durability, Tree, WriteBatch};
 
 /// Counts live heap bytes for `rusd-bench index-mem` (one atomic add per allocation, the same
 /// for every engine and the baseline).
@@ -116,6 +118,14 @@ enum Cmd {
         /// Key size in bytes (at least 8).
         #[arg(long, default_value_t = 16)]
         key_size: usize,
+    },
+    /// Put and range latency (paced writer + reader, 1k ops/s each) while `defragment` runs
+    /// on a store of `--keys` keys, next to the same load on the idle store; one row per
+    /// engine (default: every compiled engine), printed as Markdown.
+    DefragLoad {
+        /// Keys loaded before the defragment [default: 20000 with --quick, else 1000000].
+        #[arg(long)]
+        keys: Option<usize>,
     },
     /// Load any etcd v3 endpoint: concurrent clients put 8-byte keys, then read each back with
     /// a single-key range; prints ops/s, p50/p99 and the server's peak RSS (feature `etcd`).
@@ -303,15 +313,71 @@ fn index_mem(keys: usize, versions: usize, key_size: usize) -> Result<(), String
     Ok(())
 }
 
-fn compare(cli: &Cli) -> Result<(), String> {
-    let kinds: Vec<BackendKind> = if cli.engines.is_empty() {
-        compiled_backends()
+/// The engines of the comparison: `--engines`, or every compiled one.
+fn selected_engines(cli: &Cli) -> Result<Vec<BackendKind>, String> {
+    if cli.engines.is_empty() {
+        Ok(compiled_backends())
     } else {
         cli.engines
             .iter()
             .map(|e| e.parse::<BackendKind>().map_err(|e| e.to_string()))
-            .collect::<Result<_, _>>()?
-    };
+            .collect()
+    }
+}
+
+/// `rusd-bench defrag-load`: loads `keys` keys into a fresh store per engine (batches of
+/// 1000), then [`defrag_load::measure`]s; prints the table.
+fn defrag_load(cli: &Cli, keys: Option<usize>) -> Result<(), String> {
+    let profile = profile(cli);
+    let keys = keys.unwrap_or(profile.keys).max(1);
+    let durability = cli.engine_durability();
+    eprintln!(
+        "rusd-bench defrag-load: {keys} keys of {} bytes, cache {} MiB, durability {}",
+        profile.value_size,
+        cli.cache_mb,
+        durability.label()
+    );
+    let values: Vec<Vec<u8>> = (0..64)
+        .map(|i| workload::value(i, profile.value_size))
+        .collect();
+    let mut rows = Vec::new();
+    for kind in selected_engines(cli)? {
+        let tmp = tempfile::Builder::new()
+            .prefix("rusd-bench-defrag-")
+            .tempdir_in(cli.data_dir.clone().unwrap_or_else(std::env::temp_dir))
+            .map_err(|e| e.to_string())?;
+        let path = if kind == BackendKind::Memory {
+            PathBuf::new()
+        } else {
+            tmp.path().join("store")
+        };
+        let config = BackendConfig::new(path)
+            .with_cache_size_mb(cli.cache_mb)
+            .with_durability(durability.to_config());
+        let run = || -> storage_api::StorageResult<DefragLoad> {
+            let db = AnyBackend::open(kind, config)?;
+            for start in (0..keys).step_by(1000) {
+                let mut batch = WriteBatch::with_capacity(1000);
+                for i in start..(start + 1000).min(keys) {
+                    batch.put(Tree::Kv, workload::key(i), values[i % 64].clone());
+                }
+                db.write(&batch)?;
+            }
+            db.flush()?;
+            eprintln!("{kind}: loaded; defragment under load");
+            let r = defrag_load::measure(&*db, keys, profile.value_size, &mut Vec::new())?;
+            db.close()?;
+            Ok(r)
+        };
+        let r = run().map_err(|e| format!("{kind}: {e}"))?;
+        rows.push((kind.name().to_string(), keys, r));
+    }
+    println!("{}", defrag_load::markdown(&rows));
+    Ok(())
+}
+
+fn compare(cli: &Cli) -> Result<(), String> {
+    let kinds = selected_engines(cli)?;
     let profile = profile(cli);
     eprintln!(
         "rusd-bench: profile {}, engines {:?}, cache {} MiB, durability {}",
@@ -320,7 +386,7 @@ fn compare(cli: &Cli) -> Result<(), String> {
         cli.cache_mb,
         cli.engine_durability().label()
     );
-    const PHASES_PER_ENGINE: u64 = 24;
+    const PHASES_PER_ENGINE: u64 = 25;
     let bar = ProgressBar::new(PHASES_PER_ENGINE * kinds.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
@@ -382,6 +448,7 @@ fn main() -> ExitCode {
             versions,
             key_size,
         }) => index_mem(*keys, *versions, *key_size),
+        Some(Cmd::DefragLoad { keys }) => defrag_load(&cli, *keys),
         Some(Cmd::Load {
             endpoints,
             load,

@@ -228,6 +228,8 @@ pub fn run_raw<B: Backend>(
     })?;
     db.flush()?;
     let after_defragment = db.size()?;
+    on_phase("defragment under load");
+    crate::defrag_load::measure(&*db, n, profile.value_size, &mut phases)?;
     db.close()?;
 
     if durable_phases {

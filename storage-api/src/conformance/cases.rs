@@ -903,6 +903,151 @@ pub fn size_defragment_and_compact_keep_content<B: Backend>() {
     assert!(f.db().size().unwrap() > 0);
 }
 
+/// Keys of [`defragment_under_concurrent_load`]: `base/<i>` in kv and index.
+const LOAD_BASE_KEYS: usize = 2000;
+/// Pair slots of [`defragment_under_concurrent_load`] (`pair/a/<j>` and `pair/b/<j>`).
+const LOAD_PAIRS: usize = 40;
+/// Operations the writer of [`defragment_under_concurrent_load`] performs at least.
+const LOAD_MIN_OPS: usize = 400;
+
+/// One acknowledged write: (tree, key) and the value written (`None`: deleted).
+type AckedWrite = ((Tree, Vec<u8>), Option<Vec<u8>>);
+
+fn base_key(i: usize) -> Vec<u8> {
+    format!("base/{i:05}").into_bytes()
+}
+
+fn pair_key(side: char, j: usize) -> Vec<u8> {
+    format!("pair/{side}/{j:03}").into_bytes()
+}
+
+/// `defragment` runs while a writer and a reader run on other threads: every write
+/// acknowledged before, during or after the defragments reads back afterwards with the exact
+/// value, deleted keys stay deleted, keys nobody wrote keep their value, every scan taken
+/// meanwhile is one point-in-time view (the two keys of a pair, always written and deleted
+/// together in one batch, are seen together with the same value or not at all), and all of
+/// it survives a reopen.
+pub fn defragment_under_concurrent_load<B: Backend>() {
+    let mut f = Fixture::<B>::new();
+    // The model of the whole store, per tree.
+    let mut model: BTreeMap<(Tree, Vec<u8>), Vec<u8>> = BTreeMap::new();
+    let mut batch = WriteBatch::new();
+    for i in 0..LOAD_BASE_KEYS {
+        let v = format!("initial-{i}-{}", "x".repeat(i % 200)).into_bytes();
+        batch.put(Tree::Kv, base_key(i), v.clone());
+        batch.put(Tree::Index, base_key(i), v.clone());
+        model.insert((Tree::Kv, base_key(i)), v.clone());
+        model.insert((Tree::Index, base_key(i)), v);
+    }
+    batch.put(Tree::Meta, b"untouched".to_vec(), b"still here".to_vec());
+    model.insert((Tree::Meta, b"untouched".to_vec()), b"still here".to_vec());
+    f.db().write(&batch).unwrap();
+
+    let db = f.arc();
+    let stop = AtomicBool::new(false);
+    let (written, scans) = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            // (tree, key) -> Some(value) written / None deleted, in acknowledgement order.
+            let mut acked: Vec<AckedWrite> = Vec::new();
+            let mut round = 0usize;
+            while round < LOAD_MIN_OPS || !stop.load(Ordering::Acquire) {
+                let value = format!("w{round}").into_bytes();
+                match round % 5 {
+                    0 => {
+                        let k = base_key(round * 7 % LOAD_BASE_KEYS);
+                        db.put(Tree::Kv, &k, &value).unwrap();
+                        acked.push(((Tree::Kv, k), Some(value)));
+                    }
+                    1 => {
+                        let k = base_key(round * 13 % LOAD_BASE_KEYS);
+                        db.delete(Tree::Index, &k).unwrap();
+                        acked.push(((Tree::Index, k), None));
+                    }
+                    2 => {
+                        let j = round % LOAD_PAIRS;
+                        let mut b = WriteBatch::new();
+                        b.put(Tree::Kv, pair_key('a', j), value.clone());
+                        b.put(Tree::Kv, pair_key('b', j), value.clone());
+                        b.put(Tree::Lease, pair_key('a', j), value.clone());
+                        db.write(&b).unwrap();
+                        acked.push(((Tree::Kv, pair_key('a', j)), Some(value.clone())));
+                        acked.push(((Tree::Kv, pair_key('b', j)), Some(value.clone())));
+                        acked.push(((Tree::Lease, pair_key('a', j)), Some(value)));
+                    }
+                    3 => {
+                        let j = (round * 3) % LOAD_PAIRS;
+                        db.batch_delete(Tree::Kv, &[pair_key('a', j), pair_key('b', j)])
+                            .unwrap();
+                        acked.push(((Tree::Kv, pair_key('a', j)), None));
+                        acked.push(((Tree::Kv, pair_key('b', j)), None));
+                    }
+                    _ => {
+                        let k = format!("new/{round:06}").into_bytes();
+                        db.put(Tree::Auth, &k, &value).unwrap();
+                        acked.push(((Tree::Auth, k), Some(value)));
+                    }
+                }
+                round += 1;
+            }
+            acked
+        });
+        let reader = s.spawn(|| {
+            let mut scans = 0usize;
+            while !stop.load(Ordering::Acquire) || scans == 0 {
+                let pairs = db.scan_prefix(Tree::Kv, b"pair/", 0).unwrap();
+                let a: BTreeMap<Vec<u8>, Vec<u8>> = pairs
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.strip_prefix(b"pair/a/")?.to_vec(), v.clone())))
+                    .collect();
+                let b: BTreeMap<Vec<u8>, Vec<u8>> = pairs
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.strip_prefix(b"pair/b/")?.to_vec(), v.clone())))
+                    .collect();
+                assert_eq!(a, b, "a scan during defragment saw half of a batch");
+                assert_eq!(
+                    db.get(Tree::Meta, b"untouched").unwrap(),
+                    Some(b"still here".to_vec()),
+                    "a key nobody writes changed during defragment"
+                );
+                scans += 1;
+            }
+            scans
+        });
+        for _ in 0..3 {
+            db.defragment().unwrap();
+        }
+        stop.store(true, Ordering::Release);
+        let written = writer.join().unwrap();
+        let scans = reader.join().unwrap();
+        (written, scans)
+    });
+    assert!(written.len() >= LOAD_MIN_OPS, "{} writes", written.len());
+    assert!(scans >= 1);
+    for (key, value) in written {
+        match value {
+            Some(v) => model.insert(key, v),
+            None => model.remove(&key),
+        };
+    }
+    let expected: Vec<(Tree, Vec<KvPair>)> = Tree::ALL
+        .into_iter()
+        .map(|t| {
+            let pairs = model
+                .range((t, Vec::new())..)
+                .take_while(|((tree, _), _)| *tree == t)
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect();
+            (t, pairs)
+        })
+        .collect();
+    drop(db);
+    assert_eq!(f.dump(), expected, "content after defragments under load");
+    f.db().defragment().unwrap();
+    assert_eq!(f.dump(), expected, "content after a quiet defragment");
+    f.reopen();
+    assert_eq!(f.dump(), expected, "content after reopen");
+}
+
 #[derive(Debug, Clone)]
 enum ModelOp {
     Put(Tree, Vec<u8>, Vec<u8>),

@@ -75,6 +75,7 @@ macro_rules! conformance_tests {
             concurrent_batches_are_never_partial,
             concurrent_writers_do_not_lose_writes,
             size_defragment_and_compact_keep_content,
+            defragment_under_concurrent_load,
             model_random_operations_with_reopen,
         );
     };
