@@ -110,6 +110,9 @@ pub struct RaftNodeConfig<B: Backend> {
     pub request_timeout: Duration,
     /// How often the leader looks for expired leases.
     pub lease_check_interval: Duration,
+    /// Peer URL rewrites of this member: it dials the second URL of a pair whenever it
+    /// would dial the first (see [`PeerClients::with_rewrites`]). Empty by default.
+    pub peer_url_rewrites: BTreeMap<String, String>,
 }
 
 impl<B: Backend> RaftNodeConfig<B> {
@@ -153,6 +156,7 @@ impl<B: Backend> RaftNodeConfig<B> {
             raft_config: default_raft_config(),
             request_timeout: Duration::from_secs(7),
             lease_check_interval: Duration::from_millis(500),
+            peer_url_rewrites: BTreeMap::new(),
         }
     }
 }
@@ -638,6 +642,7 @@ impl<B: Backend> RaftNode<B> {
             raft_config,
             request_timeout,
             lease_check_interval,
+            peer_url_rewrites,
         } = config;
         if initial_state == InitialState::New && !initial_members.contains_key(&id) {
             return Err(RaftError::InvalidArgument(format!(
@@ -651,7 +656,7 @@ impl<B: Backend> RaftNode<B> {
                 .map_err(raft_err)??
         };
         let store = sm.store();
-        let clients = Arc::new(PeerClients::default());
+        let clients = Arc::new(PeerClients::with_rewrites(peer_url_rewrites));
         let network = Network::new(cluster_id, clients.clone());
         let raft_config = Arc::new(raft_config.validate().map_err(raft_err)?);
         let (raft, log_close): (Raft, Box<dyn Fn() -> RaftResult<()> + Send + Sync>) =
