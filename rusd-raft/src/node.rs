@@ -472,14 +472,28 @@ impl<B: Backend> Core<B> {
                 .propose(cmd.clone(), deadline)
                 .await?
                 .map(ForwardReply::Write)),
-            ForwardRequest::ReadIndex => {
+            ForwardRequest::ReadIndex => loop {
                 match tokio::time::timeout_at(deadline, self.raft.get_read_log_id()).await {
-                    Err(_) => Err(RaftError::Timeout),
-                    Ok(Ok((read, _))) => Ok(Some(ForwardReply::ReadIndex(read.map(|l| l.index)))),
-                    Ok(Err(e)) if e.forward_to_leader().is_some() => Ok(None),
-                    Ok(Err(e)) => Err(raft_err(e)),
+                    Err(_) => return Err(RaftError::Timeout),
+                    Ok(Ok((read, _))) => {
+                        return Ok(Some(ForwardReply::ReadIndex(read.map(|l| l.index))))
+                    }
+                    Ok(Err(e)) if e.forward_to_leader().is_some() => return Ok(None),
+                    // openraft gives the heartbeats of one leadership check a single
+                    // heartbeat interval: a slow or reconnecting peer fails the check at
+                    // once. Retry until the deadline, as etcd's ReadIndex does; a leader
+                    // cut off from its quorum then answers "request timed out".
+                    Ok(Err(openraft::error::RaftError::APIError(
+                        openraft::error::CheckIsLeaderError::QuorumNotEnough(_),
+                    ))) => {
+                        if Instant::now() + RETRY_PAUSE >= deadline {
+                            return Err(RaftError::Timeout);
+                        }
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    Ok(Err(e)) => return Err(raft_err(e)),
                 }
-            }
+            },
             ForwardRequest::KeepAlive(id) => {
                 if !self.is_leader() {
                     return Ok(None);
