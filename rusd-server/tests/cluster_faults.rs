@@ -45,7 +45,7 @@ const ELECTION_BOUND: Duration = Duration::from_secs(4);
 /// Client timeout of a workload operation.
 const OP_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long a request to an isolated member is given to (wrongly) succeed.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(600);
 /// Keys per run.
 const KEYS: usize = 3;
 /// Workload clients per run.
@@ -641,7 +641,7 @@ async fn inject(
         tally.max_election = tally.max_election.max(took);
     }
     // Let the fault last a little longer under load.
-    tokio::time::sleep(rng.ms(50, 300)).await;
+    tokio::time::sleep(rng.ms(50, 250)).await;
     match fault {
         Fault::IsolateLeader | Fault::IsolateFollower => cluster.isolate(target, false),
         Fault::Pause { .. } => cluster.members[target].process.resume().unwrap(),
@@ -666,7 +666,7 @@ async fn run_once(cluster: &mut Cluster, run: u64, seed: u64, tally: &mut Tally)
         let member = rng.below(3) as usize;
         tasks.push(tokio::spawn(worker(work.clone(), member, w, rng.next())));
     }
-    tokio::time::sleep(rng.ms(50, 150)).await;
+    tokio::time::sleep(rng.ms(30, 100)).await;
     let n_faults = if rng.below(4) == 0 { 2 } else { 1 };
     for _ in 0..n_faults {
         let fault = match rng.below(6) {
@@ -677,15 +677,18 @@ async fn run_once(cluster: &mut Cluster, run: u64, seed: u64, tally: &mut Tally)
             4 => Fault::KillRestart { leader: true },
             _ => Fault::KillRestart { leader: false },
         };
-        eprintln!("run {run} (seed {seed}): {fault:?}");
+        let t = Instant::now();
         inject(cluster, fault, &mut rng, &h, &keys, &work.values, tally).await;
-        tokio::time::sleep(rng.ms(50, 150)).await;
+        eprintln!("run {run} (seed {seed}): {fault:?} {:?}", t.elapsed());
+        tokio::time::sleep(rng.ms(30, 100)).await;
     }
     work.stop.store(true, Ordering::SeqCst);
     for t in tasks {
         t.await.unwrap();
     }
+    let t = Instant::now();
     cluster.converge(Duration::from_secs(20)).await;
+    let converged = t.elapsed();
 
     // Every member serves the same final values, and they are linearizable with the rest.
     for (i, key) in keys.iter().enumerate() {
@@ -740,6 +743,10 @@ async fn run_once(cluster: &mut Cluster, run: u64, seed: u64, tally: &mut Tally)
         }
     }
 
+    eprintln!(
+        "run {run}: converged in {converged:?}, final reads after {:?}",
+        t.elapsed()
+    );
     let ops = h.operations();
     tally.runs += 1;
     tally.ops += ops.len() as u64;
