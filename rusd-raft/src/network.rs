@@ -9,7 +9,7 @@
 //! a panic. A request carries the sender's cluster id, and a member refuses requests of another
 //! cluster (`FailedPrecondition`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,13 +59,9 @@ pub(crate) fn decode_json<T: DeserializeOwned>(
     serde_json::from_slice(b).map_err(|source| RaftError::DecodeJson { what, source })
 }
 
-/// The first peer URL of `member` as a tonic endpoint URL.
-fn endpoint_of(member: &Member) -> Result<Endpoint, RaftError> {
-    let url = member
-        .peer_urls
-        .first()
-        .ok_or_else(|| RaftError::InvalidArgument(format!("member {member} has no peer URL")))?;
-    Endpoint::from_shared(url.clone())
+/// `url` as a tonic endpoint.
+fn endpoint_of(url: &str) -> Result<Endpoint, RaftError> {
+    Endpoint::from_shared(url.to_string())
         .map(|e| {
             e.connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true)
@@ -76,21 +72,61 @@ fn endpoint_of(member: &Member) -> Result<Endpoint, RaftError> {
 
 /// Lazily connected gRPC channels to the peers, one per peer URL, shared by replication and
 /// forwarding.
+///
+/// Rewrites (`from` → `to`, see [`PeerClients::with_rewrites`]) make this member dial
+/// another address than the peer URL the membership lists: a local proxy, a NAT address.
+/// They apply to this member only; the membership, and so the member ids, are unchanged.
 #[derive(Debug, Default)]
 pub struct PeerClients {
     channels: Mutex<HashMap<String, Channel>>,
+    rewrites: BTreeMap<String, String>,
+}
+
+/// A peer URL as compared by the rewrites: without trailing slashes.
+fn normalized(url: &str) -> &str {
+    url.trim_end_matches('/')
 }
 
 impl PeerClients {
-    /// The client for `member` (a channel connected on first use, reconnecting as needed).
+    /// Clients that dial `to` instead of every peer URL `from` of `rewrites` (compared
+    /// without trailing slashes).
+    pub fn with_rewrites(rewrites: impl IntoIterator<Item = (String, String)>) -> Self {
+        PeerClients {
+            channels: Mutex::default(),
+            rewrites: rewrites
+                .into_iter()
+                .map(|(from, to)| (normalized(&from).to_string(), to))
+                .collect(),
+        }
+    }
+
+    /// The URL dialed for the peer URL `url`: its rewrite, or `url` itself.
+    pub fn dial_url<'a>(&'a self, url: &'a str) -> &'a str {
+        self.rewrites
+            .get(normalized(url))
+            .map_or(url, String::as_str)
+    }
+
+    /// The client for `member` (a channel to its first peer URL, or that URL's rewrite,
+    /// connected on first use, reconnecting as needed).
     pub fn client(&self, member: &Member) -> Result<RaftPeerClient<Channel>, RaftError> {
-        let url = member.peer_urls.first().cloned().unwrap_or_default();
+        let url = member.peer_urls.first().ok_or_else(|| {
+            RaftError::InvalidArgument(format!("member {member} has no peer URL"))
+        })?;
         let mut channels = self.channels.lock();
-        let ch = match channels.get(&url) {
+        let ch = match channels.get(url) {
             Some(ch) => ch.clone(),
             None => {
-                let ch = endpoint_of(member)?.connect_lazy();
-                channels.insert(url, ch.clone());
+                let dial = self.dial_url(url);
+                let ch = endpoint_of(dial)
+                    .map_err(|e| match e {
+                        RaftError::InvalidArgument(m) if dial != url => RaftError::InvalidArgument(
+                            format!("{m} (the rewrite of peer URL {url:?})"),
+                        ),
+                        other => other,
+                    })?
+                    .connect_lazy();
+                channels.insert(url.clone(), ch.clone());
                 ch
             }
         };
@@ -345,5 +381,34 @@ impl<H: ForwardHandler> RaftPeer for PeerService<H> {
         Ok(Response::new(PeerReply {
             result: Some(result),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_change_the_dialed_url_only_for_their_peer() {
+        let clients = PeerClients::with_rewrites([(
+            "http://127.0.0.1:2380/".to_string(),
+            "http://127.0.0.1:12380".to_string(),
+        )]);
+        assert_eq!(
+            clients.dial_url("http://127.0.0.1:2380"),
+            "http://127.0.0.1:12380"
+        );
+        assert_eq!(
+            clients.dial_url("http://127.0.0.1:2380/"),
+            "http://127.0.0.1:12380"
+        );
+        assert_eq!(
+            clients.dial_url("http://127.0.0.1:2381"),
+            "http://127.0.0.1:2381"
+        );
+        assert_eq!(
+            PeerClients::default().dial_url("http://127.0.0.1:2380"),
+            "http://127.0.0.1:2380"
+        );
     }
 }

@@ -128,6 +128,9 @@ pub struct RaftNodeConfig<B: Backend> {
     /// `--experimental-lease-checkpoint-interval`, 5 minutes); `Duration::ZERO` disables
     /// checkpointing. Checked every `lease_check_interval`.
     pub lease_checkpoint_interval: Duration,
+    /// Peer URL rewrites of this member: it dials the second URL of a pair whenever it
+    /// would dial the first (see [`PeerClients::with_rewrites`]). Empty by default.
+    pub peer_url_rewrites: BTreeMap<String, String>,
 }
 
 impl<B: Backend> RaftNodeConfig<B> {
@@ -174,6 +177,7 @@ impl<B: Backend> RaftNodeConfig<B> {
             request_timeout: Duration::from_secs(7),
             lease_check_interval: Duration::from_millis(500),
             lease_checkpoint_interval: DEFAULT_LEASE_CHECKPOINT_INTERVAL,
+            peer_url_rewrites: BTreeMap::new(),
         }
     }
 }
@@ -495,14 +499,28 @@ impl<B: Backend> Core<B> {
                 .propose(cmd.clone(), deadline)
                 .await?
                 .map(ForwardReply::Write)),
-            ForwardRequest::ReadIndex => {
+            ForwardRequest::ReadIndex => loop {
                 match tokio::time::timeout_at(deadline, self.raft.get_read_log_id()).await {
-                    Err(_) => Err(RaftError::Timeout),
-                    Ok(Ok((read, _))) => Ok(Some(ForwardReply::ReadIndex(read.map(|l| l.index)))),
-                    Ok(Err(e)) if e.forward_to_leader().is_some() => Ok(None),
-                    Ok(Err(e)) => Err(raft_err(e)),
+                    Err(_) => return Err(RaftError::Timeout),
+                    Ok(Ok((read, _))) => {
+                        return Ok(Some(ForwardReply::ReadIndex(read.map(|l| l.index))))
+                    }
+                    Ok(Err(e)) if e.forward_to_leader().is_some() => return Ok(None),
+                    // openraft gives the heartbeats of one leadership check a single
+                    // heartbeat interval: a slow or reconnecting peer fails the check at
+                    // once. Retry until the deadline, as etcd's ReadIndex does; a leader
+                    // cut off from its quorum then answers "request timed out".
+                    Ok(Err(openraft::error::RaftError::APIError(
+                        openraft::error::CheckIsLeaderError::QuorumNotEnough(_),
+                    ))) => {
+                        if Instant::now() + RETRY_PAUSE >= deadline {
+                            return Err(RaftError::Timeout);
+                        }
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    Ok(Err(e)) => return Err(raft_err(e)),
                 }
-            }
+            },
             ForwardRequest::KeepAlive(id) => {
                 if !self.is_leader() {
                     return Ok(None);
@@ -679,6 +697,7 @@ impl<B: Backend> RaftNode<B> {
             request_timeout,
             lease_check_interval,
             lease_checkpoint_interval,
+            peer_url_rewrites,
         } = config;
         if initial_state == InitialState::New && !initial_members.contains_key(&id) {
             return Err(RaftError::InvalidArgument(format!(
@@ -695,7 +714,7 @@ impl<B: Backend> RaftNode<B> {
         };
         let store = sm.store();
         let auth = sm.auth();
-        let clients = Arc::new(PeerClients::default());
+        let clients = Arc::new(PeerClients::with_rewrites(peer_url_rewrites));
         let network = Network::new(cluster_id, clients.clone());
         let raft_config = Arc::new(raft_config.validate().map_err(raft_err)?);
         let (raft, log_close): (Raft, Box<dyn Fn() -> RaftResult<()> + Send + Sync>) =

@@ -442,6 +442,7 @@ pub async fn start_member(
     rc.log_sync = matches!(cfg.durability, Durability::Sync);
     rc.lease_check_interval = cfg.lease_check_interval;
     rc.lease_checkpoint_interval = cfg.lease_checkpoint_interval;
+    rc.peer_url_rewrites = cfg.peer_url_rewrites.iter().cloned().collect();
     rc.raft_config = rusd_raft::openraft::Config {
         heartbeat_interval: ms(cfg.heartbeat_interval),
         election_timeout_min: ms(cfg.election_timeout),

@@ -104,6 +104,9 @@ pub struct ServerConfig {
     pub lease_checkpoint_interval: Duration,
     /// Authentication: `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`.
     pub auth: crate::auth::AuthSettings,
+    /// `--peer-url-rewrite FROM=TO` (rusd only): this member dials `TO` whenever it would
+    /// dial the peer URL `FROM` (a local proxy, a NAT address). Empty: none.
+    pub peer_url_rewrites: Vec<(String, String)>,
 }
 
 /// etcd's `--initial-cluster-state`.
@@ -150,6 +153,7 @@ impl ServerConfig {
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: DEFAULT_CLUSTER_TOKEN.into(),
             listen_peer_urls: Vec::new(),
+            peer_url_rewrites: Vec::new(),
             initial_advertise_peer_urls: Vec::new(),
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
@@ -177,6 +181,11 @@ impl ServerConfig {
     /// Sets `--listen-peer-urls`.
     pub fn with_listen_peer_urls(mut self, urls: Vec<String>) -> Self {
         self.listen_peer_urls = urls;
+        self
+    }
+    /// Sets the peer URL rewrites (`--peer-url-rewrite`), `(from, to)` pairs.
+    pub fn with_peer_url_rewrites(mut self, rewrites: Vec<(String, String)>) -> Self {
+        self.peer_url_rewrites = rewrites;
         self
     }
     /// Sets `--initial-advertise-peer-urls`.
@@ -369,6 +378,53 @@ pub fn parse_peer_url(url: &str) -> Result<Vec<SocketAddr>, ServerError> {
     parse_url(url)
 }
 
+/// Parses one `--peer-url-rewrite FROM=TO`: two `http://host:port` peer URLs (see
+/// [`parse_peer_url`]), different from each other.
+pub fn parse_peer_url_rewrite(s: &str) -> Result<(String, String), ServerError> {
+    let bad = |why: String| {
+        ServerError::Config(format!(
+            "--peer-url-rewrite {s:?}: {why} (expected FROM=TO, e.g. \
+             http://10.0.0.2:2380=http://127.0.0.1:12380)"
+        ))
+    };
+    let (from, to) = s
+        .split_once('=')
+        .ok_or_else(|| bad("no '=' between the two URLs".into()))?;
+    let (from, to) = (from.trim(), to.trim());
+    if from.is_empty() || to.is_empty() {
+        return Err(bad("a URL is empty".into()));
+    }
+    for url in [from, to] {
+        if !url.starts_with("http://") {
+            return Err(bad(format!("{url:?} is not an http:// URL")));
+        }
+        parse_peer_url(url).map_err(|e| match e {
+            ServerError::Config(m) => bad(m),
+            other => bad(other.to_string()),
+        })?;
+    }
+    if from.trim_end_matches('/') == to.trim_end_matches('/') {
+        return Err(bad("FROM and TO are the same URL".into()));
+    }
+    Ok((from.to_string(), to.to_string()))
+}
+
+/// Parses every `--peer-url-rewrite`; a FROM given twice is refused.
+pub fn parse_peer_url_rewrites(items: &[String]) -> Result<Vec<(String, String)>, ServerError> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(items.len());
+    for item in items {
+        let (from, to) = parse_peer_url_rewrite(item)?;
+        let key = from.trim_end_matches('/');
+        if out.iter().any(|(f, _)| f.trim_end_matches('/') == key) {
+            return Err(ServerError::Config(format!(
+                "--peer-url-rewrite: {from} is rewritten twice"
+            )));
+        }
+        out.push((from, to));
+    }
+    Ok(out)
+}
+
 /// Parses `--initial-cluster-state`.
 pub fn parse_cluster_state(s: &str) -> Result<ClusterState, ServerError> {
     match s {
@@ -510,6 +566,86 @@ pub fn parse_backend(s: &str) -> Result<BackendKind, ServerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config_error(r: Result<impl std::fmt::Debug, ServerError>) -> String {
+        match r {
+            Err(ServerError::Config(m)) => m,
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn peer_url_rewrites() {
+        assert_eq!(
+            parse_peer_url_rewrite("http://10.0.0.2:2380=http://127.0.0.1:12380").unwrap(),
+            (
+                "http://10.0.0.2:2380".to_string(),
+                "http://127.0.0.1:12380".to_string()
+            )
+        );
+        assert_eq!(
+            parse_peer_url_rewrite(" http://127.0.0.1:1 = http://127.0.0.1:2 ").unwrap(),
+            (
+                "http://127.0.0.1:1".to_string(),
+                "http://127.0.0.1:2".to_string()
+            )
+        );
+        let hint = "(expected FROM=TO, e.g. http://10.0.0.2:2380=http://127.0.0.1:12380)";
+        assert_eq!(
+            config_error(parse_peer_url_rewrite("http://127.0.0.1:1")),
+            format!(
+                "--peer-url-rewrite \"http://127.0.0.1:1\": no '=' between the two URLs {hint}"
+            )
+        );
+        assert_eq!(
+            config_error(parse_peer_url_rewrite("=http://127.0.0.1:1")),
+            format!("--peer-url-rewrite \"=http://127.0.0.1:1\": a URL is empty {hint}")
+        );
+        assert_eq!(
+            config_error(parse_peer_url_rewrite(
+                "http://127.0.0.1:1=https://127.0.0.1:2"
+            )),
+            format!(
+                "--peer-url-rewrite \"http://127.0.0.1:1=https://127.0.0.1:2\": \
+                 \"https://127.0.0.1:2\" is not an http:// URL {hint}"
+            )
+        );
+        assert_eq!(
+            config_error(parse_peer_url_rewrite(
+                "http://127.0.0.1:1=http://127.0.0.1:x"
+            )),
+            format!(
+                "--peer-url-rewrite \"http://127.0.0.1:1=http://127.0.0.1:x\": \
+                 http://127.0.0.1:x: invalid port value {hint}"
+            )
+        );
+        assert_eq!(
+            config_error(parse_peer_url_rewrite(
+                "http://127.0.0.1:1/=http://127.0.0.1:1"
+            )),
+            format!(
+                "--peer-url-rewrite \"http://127.0.0.1:1/=http://127.0.0.1:1\": \
+                 FROM and TO are the same URL {hint}"
+            )
+        );
+        let items = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_peer_url_rewrites(&items(&[
+                "http://127.0.0.1:1=http://127.0.0.1:3",
+                "http://127.0.0.1:2=http://127.0.0.1:4",
+            ]))
+            .unwrap()
+            .len(),
+            2
+        );
+        assert_eq!(
+            config_error(parse_peer_url_rewrites(&items(&[
+                "http://127.0.0.1:1=http://127.0.0.1:3",
+                "http://127.0.0.1:1/=http://127.0.0.1:4",
+            ]))),
+            "--peer-url-rewrite: http://127.0.0.1:1/ is rewritten twice"
+        );
+    }
 
     #[test]
     fn go_durations() {

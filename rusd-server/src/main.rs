@@ -139,6 +139,11 @@ struct Cli {
     /// bcrypt cost of hashed passwords (4..=31).
     #[arg(long, default_value_t = 10, help_heading = "Auth")]
     bcrypt_cost: u32,
+    /// `FROM=TO`: dial the peer URL TO whenever this member would dial the peer URL FROM
+    /// (repeatable). For a local proxy or a NAT address; the membership, and so the
+    /// member ids, keep FROM.
+    #[arg(long, value_name = "FROM=TO", help_heading = "rusd (not in etcd)")]
+    peer_url_rewrite: Vec<String>,
     /// Log filter (RUST_LOG syntax), e.g. `info` or `rusd_server=debug`.
     #[arg(long, default_value = "info", help_heading = "rusd (not in etcd)")]
     log_level: String,
@@ -198,6 +203,7 @@ fn config_from(cli: Cli) -> Result<ServerConfig, ServerError> {
     let initial_cluster = rusd_server::config::parse_initial_cluster(&cli.initial_cluster)?;
     let cluster_state = rusd_server::config::parse_cluster_state(&cli.initial_cluster_state)?;
     let peer_listen = split_urls(&cli.listen_peer_urls);
+    let peer_rewrites = rusd_server::config::parse_peer_url_rewrites(&cli.peer_url_rewrite)?;
     let peer_advertise = split_urls(&cli.initial_advertise_peer_urls);
     for u in peer_listen.iter().chain(peer_advertise.iter()) {
         rusd_server::config::parse_peer_url(u)?;
@@ -230,6 +236,7 @@ fn config_from(cli: Cli) -> Result<ServerConfig, ServerError> {
         .with_initial_cluster_state(cluster_state)
         .with_initial_cluster_token(cli.initial_cluster_token)
         .with_listen_peer_urls(peer_listen)
+        .with_peer_url_rewrites(peer_rewrites)
         .with_initial_advertise_peer_urls(peer_advertise)
         .with_raft_timing(
             std::time::Duration::from_millis(cli.heartbeat_interval),
