@@ -246,7 +246,9 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         }
         let store = self.store.clone();
         let mut meta = self.meta.clone();
-        let (meta, result) = tokio::task::spawn_blocking(move || {
+        // In place on a multi-threaded runtime: the proposer waits for this apply, and a hand-off
+        // to a blocking thread and back costs more than a small apply itself.
+        let (meta, result) = crate::file_log::blocking(move || {
             let r = apply_blocking(&store, &mut meta, entries);
             (meta, r)
         })
