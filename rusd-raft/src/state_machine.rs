@@ -6,8 +6,8 @@
 //! before an entry can commit. Before each entry the store is given the entry's log id and the
 //! last membership ([`MvccStore::set_apply_meta`]), which it writes in the same atomic backend
 //! write as the entry's data (etcd's consistent index); membership entries write it alone, and
-//! every apply call ends with one write of it (so that it names the last applied entry even
-//! when that entry wrote nothing). On open, [`RaftStateMachine::applied_state`] reads it back
+//! an apply call whose last entry created no revision ends with one write of it (so that it
+//! names the last applied entry even when that entry wrote nothing). On open, [`RaftStateMachine::applied_state`] reads it back
 //! and openraft re-applies the committed entries after it. An entry that writes nothing (a
 //! failed compare, a rejected request, a blank entry) may be re-applied after a crash: it
 //! writes nothing again, so replay is exact (no revision is created twice). A
@@ -157,6 +157,8 @@ fn apply_blocking<B: Backend>(
     entries: Vec<Entry>,
 ) -> Result<Vec<Applied>, StorageError> {
     let mut out = Vec::with_capacity(entries.len());
+    // Whether the store's last write carried the final record (see the end).
+    let mut carried = false;
     for entry in entries {
         let log_id = entry.log_id;
         let prev = meta.last_applied;
@@ -165,7 +167,10 @@ fn apply_blocking<B: Backend>(
             StorageIOError::apply(log_id, AnyError::new(e)).into()
         };
         match entry.payload {
-            EntryPayload::Blank => out.push(Applied(Ok(CommandResponse::Done))),
+            EntryPayload::Blank => {
+                carried = false;
+                out.push(Applied(Ok(CommandResponse::Done)))
+            }
             EntryPayload::Normal(Command::Batch(cmds)) => {
                 // Each command commits its own backend write: all but the last record the
                 // batch as partially applied (see `ApplyMeta::partial`).
@@ -175,6 +180,7 @@ fn apply_blocking<B: Backend>(
                 };
                 let total = cmds.len();
                 let mut results = Vec::with_capacity(total);
+                carried = false;
                 for (i, cmd) in cmds.iter().enumerate() {
                     if i < skip {
                         results.push(Err(CommandError::Other(
@@ -196,7 +202,9 @@ fn apply_blocking<B: Backend>(
                         }
                     };
                     store.set_apply_meta(record.encode()?);
+                    let before = store.current_revision();
                     let Applied(result) = execute(store, cmd).map_err(|e| applied_err(&e))?;
+                    carried = i + 1 == total && store.current_revision() != before;
                     results.push(result);
                 }
                 meta.partial = None;
@@ -205,20 +213,25 @@ fn apply_blocking<B: Backend>(
             EntryPayload::Normal(cmd) => {
                 meta.partial = None;
                 store.set_apply_meta(meta.encode()?);
+                let before = store.current_revision();
                 out.push(execute(store, &cmd).map_err(|e| applied_err(&e))?);
+                carried = store.current_revision() != before;
             }
             EntryPayload::Membership(m) => {
                 meta.partial = None;
                 meta.last_membership = StoredMembership::new(Some(log_id), m);
                 store.set_apply_meta(meta.encode()?);
                 store.write_apply_meta().map_err(|e| applied_err(&e))?;
+                carried = true;
                 out.push(Applied(Ok(CommandResponse::Done)));
             }
         }
     }
     // The last entry may have written nothing (a blank entry, a failed compare): record the
     // position once per call, so a snapshot taken from now on names the last applied entry.
-    if let Some(last) = meta.last_applied {
+    // Not needed when the last entry created a revision: that write carried this very record
+    // (its log id, the membership, nothing partial), which saves an engine write per apply.
+    if let Some(last) = meta.last_applied.filter(|_| !carried) {
         store.set_apply_meta(meta.encode()?);
         store
             .write_apply_meta()
