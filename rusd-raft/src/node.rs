@@ -287,8 +287,8 @@ enum Target {
     Remote(NodeId, Member),
 }
 
-/// A command waiting for the batcher, and where its result goes (`Ok(None)`: this member is
-/// not the leader, nothing was proposed).
+/// A command waiting for a batch, and where its result goes (`Ok(None)`: this member is not
+/// the leader, nothing was proposed).
 struct Proposal {
     cmd: Command,
     reply: oneshot::Sender<RaftResult<Option<Applied>>>,
@@ -299,31 +299,110 @@ const MAX_BATCH: usize = 256;
 /// Batches in flight at once (one being flushed while the next gathers).
 const BATCHES_IN_FLIGHT: usize = 2;
 
+/// Commands waiting to be proposed, and how many proposals are in flight.
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Proposal>,
+    in_flight: usize,
+}
+
 /// Group commit on the leader: openraft 0.9 appends and flushes every proposal on its own, so
-/// concurrent client commands are gathered and proposed as one [`Command::Batch`] entry (one
-/// append, one flush), while the previous batch is being made durable.
-async fn batcher(
+/// commands that arrive while [`BATCHES_IN_FLIGHT`] proposals are being made durable wait
+/// here and are proposed together as one [`Command::Batch`] entry (one append, one flush).
+/// A command that finds room is proposed at once by its own caller (no hand-off to another
+/// task: the single-client path has no extra hop).
+struct Batcher {
     raft: Raft,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Proposal>,
     timeout: Duration,
-) {
-    let inflight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let Ok(permit) = inflight.clone().acquire_owned().await else {
+    queue: parking_lot::Mutex<Queue>,
+}
+
+impl Batcher {
+    /// Proposes `cmd` and returns its result (`Ok(None)`: not the leader).
+    async fn propose(self: &Arc<Self>, cmd: Command) -> RaftResult<Option<Applied>> {
+        let rx = {
+            let mut q = self.queue.lock();
+            if q.in_flight < BATCHES_IN_FLIGHT && q.waiting.is_empty() {
+                q.in_flight += 1;
+                Err(cmd)
+            } else {
+                let (reply, rx) = oneshot::channel();
+                q.waiting.push(Proposal { cmd, reply });
+                Ok(rx)
+            }
+        };
+        let rx = match rx {
+            Ok(rx) => rx,
+            Err(cmd) => {
+                // Proposed by this caller; the guard hands the slot on even if this future is
+                // dropped (a cancelled request): only this caller's command is in the entry.
+                let _slot = Slot(self.clone());
+                return propose_one(&self.raft, cmd, self.timeout).await;
+            }
+        };
+        self.drain();
+        rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    /// Proposes the waiting commands if a slot is free (in a task of their own, so that no
+    /// caller's cancellation can strand the others).
+    fn drain(self: &Arc<Self>) {
+        let batch = {
+            let mut q = self.queue.lock();
+            if q.in_flight >= BATCHES_IN_FLIGHT || q.waiting.is_empty() {
+                return;
+            }
+            q.in_flight += 1;
+            take_batch(&mut q.waiting)
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime (the member is being dropped): the waiting callers see `Stopped`.
+            self.queue.lock().in_flight -= 1;
             return;
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+        let this = self.clone();
+        runtime.spawn(async move {
+            let mut batch = batch;
+            loop {
+                propose_batch(&this.raft, batch, this.timeout).await;
+                let mut q = this.queue.lock();
+                if q.waiting.is_empty() {
+                    q.in_flight -= 1;
+                    return;
+                }
+                batch = take_batch(&mut q.waiting);
             }
-        }
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            propose_batch(&raft, batch, timeout).await;
-            drop(permit);
         });
+    }
+}
+
+/// A proposal slot taken by a caller; released (and the waiting commands proposed) on drop.
+struct Slot(Arc<Batcher>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.queue.lock().in_flight -= 1;
+        self.0.drain();
+    }
+}
+
+/// The first [`MAX_BATCH`] waiting commands.
+fn take_batch(waiting: &mut Vec<Proposal>) -> Vec<Proposal> {
+    if waiting.len() <= MAX_BATCH {
+        std::mem::take(waiting)
+    } else {
+        let rest = waiting.split_off(MAX_BATCH);
+        std::mem::replace(waiting, rest)
+    }
+}
+
+/// Proposes one command as its own entry.
+async fn propose_one(raft: &Raft, cmd: Command, timeout: Duration) -> RaftResult<Option<Applied>> {
+    match tokio::time::timeout(timeout, raft.client_write(cmd)).await {
+        Err(_) => Err(RaftError::Timeout),
+        Ok(Err(OpenraftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Ok(None),
+        Ok(Err(e)) => Err(RaftError::Raft(crate::error_line(&e))),
+        Ok(Ok(resp)) => Ok(Some(resp.data)),
     }
 }
 
@@ -380,7 +459,7 @@ struct Core<B: Backend> {
     id: NodeId,
     cluster_id: u64,
     raft: Raft,
-    proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
+    batcher: Arc<Batcher>,
     clients: Arc<PeerClients>,
     store: Arc<MvccStore<B>>,
     request_timeout: Duration,
@@ -428,14 +507,9 @@ impl<B: Backend> Core<B> {
                 "a batch is not a client command".into(),
             ));
         }
-        let (reply, rx) = oneshot::channel();
-        self.proposals
-            .send(Proposal { cmd, reply })
-            .map_err(|_| RaftError::Stopped)?;
-        match tokio::time::timeout_at(deadline, rx).await {
+        match tokio::time::timeout_at(deadline, self.batcher.propose(cmd)).await {
             Err(_) => Err(RaftError::Timeout),
-            Ok(Err(_)) => Err(RaftError::Stopped),
-            Ok(Ok(result)) => result,
+            Ok(result) => result,
         }
     }
 
@@ -662,7 +736,6 @@ struct Tasks {
     server_stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
     lease_task: Option<JoinHandle<()>>,
-    batch_task: Option<JoinHandle<()>>,
 }
 
 impl<B: Backend> std::fmt::Debug for RaftNode<B> {
@@ -757,13 +830,16 @@ impl<B: Backend> RaftNode<B> {
                     )
                 }
             };
-        let (proposals, proposals_rx) = tokio::sync::mpsc::unbounded_channel();
-        let batch_task = tokio::spawn(batcher(raft.clone(), proposals_rx, request_timeout));
+        let batcher = Arc::new(Batcher {
+            raft: raft.clone(),
+            timeout: request_timeout,
+            queue: parking_lot::Mutex::new(Queue::default()),
+        });
         let core = Arc::new(Core {
             id,
             cluster_id,
             raft: raft.clone(),
-            proposals,
+            batcher,
             clients,
             store,
             request_timeout,
@@ -851,7 +927,6 @@ impl<B: Backend> RaftNode<B> {
                 server_stop: Some(server_stop),
                 server: Some(server),
                 lease_task: Some(lease_task),
-                batch_task: Some(batch_task),
             }),
             tasks_stop,
         })
@@ -1027,9 +1102,6 @@ impl<B: Backend> RaftNode<B> {
             let _ = t.await;
         }
         let stopped = self.core.raft.shutdown().await.map_err(raft_err);
-        if let Some(t) = tasks.batch_task {
-            t.abort();
-        }
         let _ = server_stop.send(());
         if let Some(s) = tasks.server {
             let _ = s.await;

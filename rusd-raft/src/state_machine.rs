@@ -6,8 +6,8 @@
 //! before an entry can commit. Before each entry the store is given the entry's log id and the
 //! last membership ([`MvccStore::set_apply_meta`]), which it writes in the same atomic backend
 //! write as the entry's data (etcd's consistent index); membership entries write it alone, and
-//! every apply call ends with one write of it (so that it names the last applied entry even
-//! when that entry wrote nothing). On open, [`RaftStateMachine::applied_state`] reads it back
+//! an apply call whose last entry created no revision ends with one write of it (so that it
+//! names the last applied entry even when that entry wrote nothing). On open, [`RaftStateMachine::applied_state`] reads it back
 //! and openraft re-applies the committed entries after it. An entry that writes nothing (a
 //! failed compare, a rejected request, a blank entry) may be re-applied after a crash: it
 //! writes nothing again, so replay is exact (no revision is created twice). A
@@ -280,6 +280,8 @@ fn apply_blocking<B: Backend>(
     entries: Vec<Entry>,
 ) -> Result<Vec<Applied>, StorageError> {
     let mut out = Vec::with_capacity(entries.len());
+    // Whether the store's last write carried the final record (see the end).
+    let mut carried = false;
     for entry in entries {
         let log_id = entry.log_id;
         let prev = meta.last_applied;
@@ -289,7 +291,10 @@ fn apply_blocking<B: Backend>(
         }
         let applied_err = |e: &ApplyFailure| failed(log_id, e);
         match entry.payload {
-            EntryPayload::Blank => out.push(Applied(Ok(CommandResponse::Done))),
+            EntryPayload::Blank => {
+                carried = false;
+                out.push(Applied(Ok(CommandResponse::Done)))
+            }
             EntryPayload::Normal(Command::Batch(cmds)) => {
                 // Each command commits its own backend write: all but the last record the
                 // batch as partially applied (see `ApplyMeta::partial`).
@@ -299,6 +304,7 @@ fn apply_blocking<B: Backend>(
                 };
                 let total = cmds.len();
                 let mut results = Vec::with_capacity(total);
+                carried = false;
                 for (i, cmd) in cmds.iter().enumerate() {
                     if i < skip {
                         results.push(Err(CommandError::Other(
@@ -319,8 +325,10 @@ fn apply_blocking<B: Backend>(
                             partial: Some((log_id, i + 1)),
                         }
                     };
+                    let before = store.current_revision();
                     let Applied(result) = execute(store, auth, cmd, log_id.index, record.encode()?)
                         .map_err(|e| applied_err(&e))?;
+                    carried = i + 1 == total && store.current_revision() != before;
                     results.push(result);
                 }
                 meta.partial = None;
@@ -329,23 +337,28 @@ fn apply_blocking<B: Backend>(
             EntryPayload::Normal(cmd) => {
                 meta.partial = None;
                 let record = meta.encode()?;
+                let before = store.current_revision();
                 out.push(
                     execute(store, auth, &cmd, log_id.index, record)
                         .map_err(|e| applied_err(&e))?,
                 );
+                carried = store.current_revision() != before;
             }
             EntryPayload::Membership(m) => {
                 meta.partial = None;
                 meta.last_membership = StoredMembership::new(Some(log_id), m);
                 store.set_apply_meta(meta.encode()?);
                 store.write_apply_meta().map_err(|e| failed(log_id, &e))?;
+                carried = true;
                 out.push(Applied(Ok(CommandResponse::Done)));
             }
         }
     }
     // The last entry may have written nothing (a blank entry, a failed compare): record the
     // position once per call, so a snapshot taken from now on names the last applied entry.
-    if let Some(last) = meta.last_applied {
+    // Not needed when the last entry created a revision: that write carried this very record
+    // (its log id, the membership, nothing partial), which saves an engine write per apply.
+    if let Some(last) = meta.last_applied.filter(|_| !carried) {
         store.set_apply_meta(meta.encode()?);
         store
             .write_apply_meta()
@@ -374,7 +387,9 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         let store = self.store.clone();
         let auth = self.auth.clone();
         let mut meta = self.meta.clone();
-        let (meta, result) = tokio::task::spawn_blocking(move || {
+        // In place on a multi-threaded runtime: the proposer waits for this apply, and a hand-off
+        // to a blocking thread and back costs more than a small apply itself.
+        let (meta, result) = crate::file_log::blocking(move || {
             let r = apply_blocking(&store, &auth, &mut meta, entries);
             (meta, r)
         })
