@@ -79,6 +79,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// TLS of the client and metrics listeners (used by their `https` URLs).
     pub client_tls: crate::tls::TlsSettings,
+    /// TLS of the peer transport (etcd's `--peer-*` flags; used when the peer URLs are
+    /// `https`).
+    pub peer_tls: crate::tls::TlsSettings,
     /// The cluster (etcd `--initial-cluster`): every initial member's name and peer URLs.
     /// Empty: a one-member cluster of this member.
     pub initial_cluster: Vec<(String, Vec<String>)>,
@@ -146,6 +149,7 @@ impl ServerConfig {
             lease_check_interval: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(5),
             client_tls: crate::tls::TlsSettings::default(),
+            peer_tls: crate::tls::TlsSettings::default(),
             initial_cluster: Vec::new(),
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: DEFAULT_CLUSTER_TOKEN.into(),
@@ -277,6 +281,11 @@ impl ServerConfig {
         self.client_tls = tls;
         self
     }
+    /// Sets the TLS of the peer transport (etcd's `--peer-*` flags).
+    pub fn with_peer_tls(mut self, tls: crate::tls::TlsSettings) -> Self {
+        self.peer_tls = tls;
+        self
+    }
     /// Sets the authentication settings.
     pub fn with_auth(mut self, auth: crate::auth::AuthSettings) -> Self {
         self.auth = auth;
@@ -358,15 +367,32 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<(String, Vec<String>)>, Serv
     Ok(out)
 }
 
-/// Parses a peer URL: like [`parse_url`], but `https` is refused (peer TLS, etcd's
-/// `--peer-cert-file` family, is not implemented: peers talk plain gRPC).
+/// Parses a peer URL (`http://host:port` or, with peer TLS, `https://host:port`) like
+/// [`parse_url`].
 pub fn parse_peer_url(url: &str) -> Result<Vec<SocketAddr>, ServerError> {
-    if url.starts_with("https://") {
-        return Err(ServerError::Config(format!(
-            "{url}: peer TLS is not supported yet; use http:// peer URLs"
-        )));
-    }
     parse_url(url)
+}
+
+/// Whether the peer URLs (`--listen-peer-urls`, `--initial-advertise-peer-urls`,
+/// `--initial-cluster`) are `https`: `Ok(true)` if they all are, `Ok(false)` if none is, an
+/// error naming both kinds if they are mixed (a member either serves and dials its peers
+/// over TLS or does not).
+pub fn peer_urls_https<'a>(urls: impl IntoIterator<Item = &'a str>) -> Result<bool, ServerError> {
+    let (mut https, mut plain) = (None, None);
+    for u in urls {
+        if u.starts_with("https://") {
+            https.get_or_insert(u);
+        } else {
+            plain.get_or_insert(u);
+        }
+    }
+    match (https, plain) {
+        (Some(h), Some(p)) => Err(ServerError::Config(format!(
+            "peer URLs mix https ({h}) and http ({p}): use https for every peer URL (with \
+             --peer-cert-file/--peer-key-file or --peer-auto-tls) or http for all"
+        ))),
+        (h, _) => Ok(h.is_some()),
+    }
 }
 
 /// Parses `--initial-cluster-state`.
@@ -591,7 +617,26 @@ mod tests {
         );
         assert!(parse_initial_cluster("a").is_err());
         assert!(parse_initial_cluster("=http://127.0.0.1:1").is_err());
-        assert!(parse_initial_cluster("a=https://127.0.0.1:1").is_err());
+        assert_eq!(
+            parse_initial_cluster("a=https://127.0.0.1:1").unwrap(),
+            vec![("a".to_string(), vec!["https://127.0.0.1:1".to_string()])]
+        );
+        assert!(parse_initial_cluster("a=ftp://127.0.0.1:1").is_err());
+        assert!(!peer_urls_https(["http://127.0.0.1:1", "http://127.0.0.1:2"]).unwrap());
+        assert!(peer_urls_https(["https://127.0.0.1:1", "https://127.0.0.1:2"]).unwrap());
+        assert!(!peer_urls_https([]).unwrap());
+        assert_eq!(
+            peer_urls_https(["https://127.0.0.1:1", "http://127.0.0.1:2"])
+                .unwrap_err()
+                .to_string(),
+            ServerError::Config(
+                "peer URLs mix https (https://127.0.0.1:1) and http (http://127.0.0.1:2): use \
+                 https for every peer URL (with --peer-cert-file/--peer-key-file or \
+                 --peer-auto-tls) or http for all"
+                    .into()
+            )
+            .to_string()
+        );
         assert_eq!(
             parse_cluster_state("existing").unwrap(),
             ClusterState::Existing
