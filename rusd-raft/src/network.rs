@@ -8,6 +8,10 @@
 //! answered with `InvalidArgument`, a malformed reply becomes an openraft network error, never
 //! a panic. A request carries the sender's cluster id, and a member refuses requests of another
 //! cluster (`FailedPrecondition`).
+//!
+//! With a [`PeerTls`] (`RaftNodeConfig::peer_tls`) the peer listener serves TLS (rustls; a
+//! refused handshake is logged as `peer TLS handshake refused` and the connection closed) and
+//! `https` peer URLs are dialled over TLS; `http` peer URLs stay plain text.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -532,5 +536,35 @@ impl<H: ForwardHandler> RaftPeer for PeerService<H> {
         Ok(Response::new(PeerReply {
             result: Some(result),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_https_peer_without_peer_tls_is_a_clear_error() {
+        let clients = PeerClients::default();
+        let member = Member {
+            name: "b".into(),
+            peer_urls: vec!["https://127.0.0.1:1".into()],
+            client_urls: Vec::new(),
+        };
+        let err = clients.client(&member).map(|_| ()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            RaftError::InvalidArgument(
+                "peer URL https://127.0.0.1:1 is https but this member has no peer TLS configured"
+                    .into()
+            )
+            .to_string()
+        );
+        // A plain peer URL gets a (lazily connected) channel.
+        let plain = Member {
+            peer_urls: vec!["http://127.0.0.1:1".into()],
+            ..member
+        };
+        assert!(clients.client(&plain).is_ok());
     }
 }

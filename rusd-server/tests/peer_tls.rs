@@ -191,6 +191,51 @@ async fn wait_for_log(path: &Path, needle: &str, within: Duration) {
     }
 }
 
+/// Connects to the peer port `port` over TLS trusting `ca` and presenting `identity` (none:
+/// no client certificate), sends the HTTP/2 preface and an empty SETTINGS frame, and returns
+/// the first 4 bytes answered (an HTTP/2 frame header) or the error.
+fn tls_h2_answer(
+    port: u16,
+    ca: &Path,
+    identity: Option<&common::certs::Pair>,
+) -> Result<[u8; 4], String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(p) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(&p.cert)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(&p.key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "127.0.0.1".try_into().unwrap())
+            .unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 4];
+    tls.read_exact(&mut head).map_err(|e| e.to_string())?;
+    Ok(head)
+}
+
 /// A TLS record (type 0x15, alert; TLS 1.2 record version) of a fatal (2) `decode_error`
 /// (50) alert: what a TLS server answers to bytes that are not a ClientHello.
 const DECODE_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32];
@@ -258,6 +303,22 @@ async fn mutual_tls() {
         Duration::from_secs(10),
     )
     .await;
+
+    // TLS clients on the peer port: with a member certificate of the peer CA, HTTP/2 answers
+    // (a SETTINGS frame, type 4); with a foreign CA's certificate or none, the member refuses
+    // the handshake (TLS 1.3: the client learns it from the alert after its Finished).
+    let m1 = ca.leaf(dir, "probe", "probe", false);
+    let alien = foreign.leaf(dir, "alien", "alien", false);
+    let settings = tls_h2_answer(members.0[0].peer, &ca_file, Some(&m1)).unwrap();
+    assert_eq!(settings[3], 4, "{settings:x?}");
+    assert_eq!(
+        tls_h2_answer(members.0[0].peer, &ca_file, Some(&alien)).unwrap_err(),
+        "received fatal alert: UnknownCA"
+    );
+    assert_eq!(
+        tls_h2_answer(members.0[0].peer, &ca_file, None).unwrap_err(),
+        "received fatal alert: CertificateRequired"
+    );
 
     // A fourth member with a certificate of a foreign CA: MemberAdd succeeds (as in etcd),
     // but no handshake between it and the members succeeds, so it never starts: it stays a
