@@ -237,9 +237,18 @@ fn config_from(cli: Cli) -> Result<ServerConfig, ServerError> {
             .map(String::as_str),
     )?;
     if peer_https && !peer_tls.is_configured() {
-        return Err(ServerError::Config(
-            "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for https peer URLs (or use --peer-auto-tls)".into(),
-        ));
+        // etcd's wording, with the flags that fix it.
+        let url = peer_listen
+            .iter()
+            .chain(peer_advertise.iter())
+            .chain(initial_cluster.iter().flat_map(|(_, urls)| urls.iter()))
+            .next()
+            .map(|u| u.trim_start_matches("https://").trim_end_matches('/'))
+            .unwrap_or_default();
+        return Err(ServerError::Config(format!(
+            "cannot listen on TLS for {url}: KeyFile and CertFile are not presented \
+             (--peer-cert-file and --peer-key-file, or --peer-auto-tls)"
+        )));
     }
     if cli.heartbeat_interval == 0 || cli.election_timeout <= cli.heartbeat_interval {
         return Err(ServerError::Config(

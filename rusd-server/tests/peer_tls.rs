@@ -413,8 +413,11 @@ fn https_peers_without_certificates_or_mixed_with_http_are_refused() {
     ]);
     assert_eq!(
         err.trim(),
-        "rusd: invalid configuration: TLS key/cert (--peer-cert-file, --peer-key-file) must be provided \
-         for https peer URLs (or use --peer-auto-tls)"
+        format!(
+            "rusd: invalid configuration: cannot listen on TLS for {}: KeyFile and CertFile are \
+             not presented (--peer-cert-file and --peer-key-file, or --peer-auto-tls)",
+            p1.trim_start_matches("https://")
+        )
     );
     let cluster = format!("default={p1},other={p2}");
     let err = refused(&[
