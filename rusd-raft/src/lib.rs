@@ -91,6 +91,7 @@ pub mod pb {
 }
 
 pub use error::{RaftError, RaftResult, WireError};
+pub use network::PeerTls;
 pub use node::{
     default_raft_config, InitialState, MembershipChange, RaftNode, RaftNodeConfig, RaftNodeMetrics,
     DEFAULT_LEASE_CHECKPOINT_INTERVAL, MAX_LEASE_CHECKPOINT_BATCH,

@@ -8,6 +8,10 @@
 //! answered with `InvalidArgument`, a malformed reply becomes an openraft network error, never
 //! a panic. A request carries the sender's cluster id, and a member refuses requests of another
 //! cluster (`FailedPrecondition`).
+//!
+//! With a [`PeerTls`] (`RaftNodeConfig::peer_tls`) the peer listener serves TLS (rustls; a
+//! refused handshake is logged as `peer TLS handshake refused` and the connection closed) and
+//! `https` peer URLs are dialled over TLS; `http` peer URLs stay plain text.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -59,9 +63,15 @@ pub(crate) fn decode_json<T: DeserializeOwned>(
     serde_json::from_slice(b).map_err(|source| RaftError::DecodeJson { what, source })
 }
 
-/// `url` as a tonic endpoint.
+/// `url` (a peer URL or its rewrite) as a tonic endpoint. An `https` URL is given to tonic
+/// as `http`: the TLS is done by this crate's connector ([`tls_connector`]), and tonic, when
+/// built with its own TLS, refuses `https` endpoints it has no TLS configuration for.
 fn endpoint_of(url: &str) -> Result<Endpoint, RaftError> {
-    Endpoint::from_shared(url.to_string())
+    let plain = match url.strip_prefix("https://") {
+        Some(rest) => format!("http://{rest}"),
+        None => url.to_string(),
+    };
+    Endpoint::from_shared(plain)
         .map(|e| {
             e.connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true)
@@ -80,6 +90,8 @@ fn endpoint_of(url: &str) -> Result<Endpoint, RaftError> {
 pub struct PeerClients {
     channels: Mutex<HashMap<String, Channel>>,
     rewrites: BTreeMap<String, String>,
+    /// The TLS of `https` peer URLs (see [`PeerTls`]).
+    tls: Option<PeerTls>,
 }
 
 /// A peer URL as compared by the rewrites: without trailing slashes.
@@ -89,15 +101,27 @@ fn normalized(url: &str) -> &str {
 
 impl PeerClients {
     /// Clients that dial `to` instead of every peer URL `from` of `rewrites` (compared
-    /// without trailing slashes).
-    pub fn with_rewrites(rewrites: impl IntoIterator<Item = (String, String)>) -> Self {
+    /// without trailing slashes), connecting to `https` URLs with `tls` (and to `http` ones in
+    /// plain text).
+    pub fn new(rewrites: impl IntoIterator<Item = (String, String)>, tls: Option<PeerTls>) -> Self {
         PeerClients {
             channels: Mutex::default(),
             rewrites: rewrites
                 .into_iter()
                 .map(|(from, to)| (normalized(&from).to_string(), to))
                 .collect(),
+            tls,
         }
+    }
+
+    /// [`PeerClients::new`] without TLS.
+    pub fn with_rewrites(rewrites: impl IntoIterator<Item = (String, String)>) -> Self {
+        PeerClients::new(rewrites, None)
+    }
+
+    /// [`PeerClients::new`] without rewrites.
+    pub fn with_tls(tls: Option<PeerTls>) -> Self {
+        PeerClients::new([], tls)
     }
 
     /// The URL dialed for the peer URL `url`: its rewrite, or `url` itself.
@@ -118,14 +142,22 @@ impl PeerClients {
             Some(ch) => ch.clone(),
             None => {
                 let dial = self.dial_url(url);
-                let ch = endpoint_of(dial)
-                    .map_err(|e| match e {
-                        RaftError::InvalidArgument(m) if dial != url => RaftError::InvalidArgument(
-                            format!("{m} (the rewrite of peer URL {url:?})"),
-                        ),
-                        other => other,
-                    })?
-                    .connect_lazy();
+                let endpoint = endpoint_of(dial).map_err(|e| match e {
+                    RaftError::InvalidArgument(m) if dial != url => {
+                        RaftError::InvalidArgument(format!("{m} (the rewrite of peer URL {url:?})"))
+                    }
+                    other => other,
+                })?;
+                let ch = if dial.starts_with("https://") {
+                    let tls = self.tls.as_ref().ok_or_else(|| {
+                        RaftError::InvalidArgument(format!(
+                            "peer URL {dial} is https but this member has no peer TLS configured"
+                        ))
+                    })?;
+                    endpoint.connect_with_connector_lazy(tls_connector(tls.client.clone()))
+                } else {
+                    endpoint.connect_lazy()
+                };
                 channels.insert(url.clone(), ch.clone());
                 ch
             }
@@ -134,6 +166,167 @@ impl PeerClients {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
+}
+
+/// TLS of the peer transport (`https` peer URLs), as rustls configurations built by the
+/// embedder: the peer listener serves `server`, the channels to the other members connect
+/// with `client` (which verifies the members' certificates and presents this member's).
+#[derive(Clone)]
+pub struct PeerTls {
+    /// The peer listener's TLS: its certificate, and the CA peer client certificates must be
+    /// signed by (mutual TLS).
+    pub server: Arc<rustls::ServerConfig>,
+    /// The channels' TLS: the CA the members' certificates must be signed by, and this
+    /// member's client certificate. Its ALPN protocols are replaced by `h2`.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls").finish_non_exhaustive()
+    }
+}
+
+/// A tonic connector to `https` peer URLs: TCP, then the TLS handshake (the server name is
+/// the URL's host, a DNS name or an IP address), offering `h2`.
+fn tls_connector(
+    config: Arc<rustls::ClientConfig>,
+) -> impl tower::Service<
+    tonic::codegen::http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Send
+       + 'static {
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    tower::service_fn(move |uri: tonic::codegen::http::Uri| {
+        let connector = connector.clone();
+        async move {
+            let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+            let host = uri
+                .host()
+                .ok_or_else(|| invalid(format!("peer URL {uri} has no host")))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            // The endpoint URI is the peer URL with `http` for `https` (see [`endpoint_of`]).
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::try_from(host)
+                .map_err(|e| invalid(format!("peer URL {uri}: {e}")))?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        }
+    })
+}
+
+/// A peer connection accepted over TLS (see [`tls_incoming`]).
+#[derive(Debug)]
+pub(crate) struct PeerTlsIo(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for PeerTlsIo {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        tonic::transport::server::Connected::connect_info(self.0.get_ref().0)
+    }
+}
+
+impl tokio::io::AsyncRead for PeerTlsIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PeerTlsIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+/// Time allowed for a peer's TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts peer connections on `listener` and completes their TLS handshakes concurrently;
+/// the established connections come out of the returned stream. A refused handshake (a
+/// plain-text client, a certificate not signed by the peer CA) is logged and the connection
+/// closed. The accept task ends when the stream is dropped and a connection arrives, or when
+/// the returned handle is aborted.
+pub(crate) fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> (
+    tokio_stream::wrappers::UnboundedReceiverStream<std::io::Result<PeerTlsIo>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                return;
+            }
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(PeerTlsIo(tls)));
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(%remote, error = %e, "peer TLS handshake refused")
+                    }
+                    Err(_) => tracing::warn!(%remote, "peer TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    (
+        tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        task,
+    )
 }
 
 /// Creates the [`PeerConnection`]s openraft replicates through.
@@ -410,5 +603,30 @@ mod tests {
             PeerClients::default().dial_url("http://127.0.0.1:2380"),
             "http://127.0.0.1:2380"
         );
+    }
+
+    #[tokio::test]
+    async fn an_https_peer_without_peer_tls_is_a_clear_error() {
+        let clients = PeerClients::default();
+        let member = Member {
+            name: "b".into(),
+            peer_urls: vec!["https://127.0.0.1:1".into()],
+            client_urls: Vec::new(),
+        };
+        let err = clients.client(&member).map(|_| ()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            RaftError::InvalidArgument(
+                "peer URL https://127.0.0.1:1 is https but this member has no peer TLS configured"
+                    .into()
+            )
+            .to_string()
+        );
+        // A plain peer URL gets a (lazily connected) channel.
+        let plain = Member {
+            peer_urls: vec!["http://127.0.0.1:1".into()],
+            ..member
+        };
+        assert!(clients.client(&plain).is_ok());
     }
 }

@@ -131,6 +131,9 @@ pub struct RaftNodeConfig<B: Backend> {
     /// Peer URL rewrites of this member: it dials the second URL of a pair whenever it
     /// would dial the first (see [`PeerClients::with_rewrites`]). Empty by default.
     pub peer_url_rewrites: BTreeMap<String, String>,
+    /// TLS of the peer transport: `Some` serves the peer listener over TLS and connects to
+    /// `https` peer URLs with it; `None` (the default): plain text.
+    pub peer_tls: Option<crate::network::PeerTls>,
 }
 
 impl<B: Backend> RaftNodeConfig<B> {
@@ -176,6 +179,7 @@ impl<B: Backend> RaftNodeConfig<B> {
             raft_config: default_raft_config(),
             request_timeout: Duration::from_secs(7),
             lease_check_interval: Duration::from_millis(500),
+            peer_tls: None,
             lease_checkpoint_interval: DEFAULT_LEASE_CHECKPOINT_INTERVAL,
             peer_url_rewrites: BTreeMap::new(),
         }
@@ -771,6 +775,7 @@ impl<B: Backend> RaftNode<B> {
             lease_check_interval,
             lease_checkpoint_interval,
             peer_url_rewrites,
+            peer_tls,
         } = config;
         if initial_state == InitialState::New && !initial_members.contains_key(&id) {
             return Err(RaftError::InvalidArgument(format!(
@@ -787,7 +792,8 @@ impl<B: Backend> RaftNode<B> {
         };
         let store = sm.store();
         let auth = sm.auth();
-        let clients = Arc::new(PeerClients::with_rewrites(peer_url_rewrites));
+        let server_tls = peer_tls.as_ref().map(|t| t.server.clone());
+        let clients = Arc::new(PeerClients::new(peer_url_rewrites, peer_tls));
         let network = Network::new(cluster_id, clients.clone());
         let raft_config = Arc::new(raft_config.validate().map_err(raft_err)?);
         let (raft, log_close): (Raft, Box<dyn Fn() -> RaftResult<()> + Send + Sync>) =
@@ -853,14 +859,24 @@ impl<B: Backend> RaftNode<B> {
         .max_decoding_message_size(crate::network::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(crate::network::MAX_MESSAGE_BYTES);
         let (server_stop, stop_rx) = oneshot::channel::<()>();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(peer_listener);
         let server = tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stop_rx.await;
-                })
-                .await;
+            let stop = async {
+                let _ = stop_rx.await;
+            };
+            let mut builder = tonic::transport::Server::builder();
+            let router = builder.add_service(service);
+            let served = match server_tls {
+                None => {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(peer_listener);
+                    router.serve_with_incoming_shutdown(incoming, stop).await
+                }
+                Some(config) => {
+                    let (incoming, accept) = crate::network::tls_incoming(peer_listener, config);
+                    let served = router.serve_with_incoming_shutdown(incoming, stop).await;
+                    accept.abort();
+                    served
+                }
+            };
             if let Err(e) = served {
                 tracing::error!(error = %crate::error_line(&e), "peer service failed");
             }

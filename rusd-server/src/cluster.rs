@@ -429,6 +429,33 @@ pub async fn start_member(
         )));
     }
 
+    // Peer TLS: every peer URL https (served and dialled over TLS) or none.
+    let https = crate::config::peer_urls_https(
+        cfg.listen_peer_urls
+            .iter()
+            .chain(advertise_peer.iter())
+            .chain(cfg.initial_cluster.iter().flat_map(|(_, urls)| urls.iter()))
+            .map(String::as_str),
+    )?;
+    let peer_tls = if https {
+        let hosts: Vec<String> = cfg
+            .listen_peer_urls
+            .iter()
+            .chain(advertise_peer.iter())
+            .filter_map(|u| crate::config::url_host(u))
+            .collect();
+        let auto_dir = cfg.data_dir.join("fixtures").join("peer");
+        Some(crate::tls::peer_tls(&cfg.peer_tls, &auto_dir, &hosts)?)
+    } else {
+        if cfg.peer_tls.is_configured() {
+            tracing::warn!(
+                "peer URLs are http while --peer-cert-file/--peer-key-file or --peer-auto-tls \
+                 are set; ignoring them (peers talk plain text)"
+            );
+        }
+        None
+    };
+
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
     let mut rc = RaftNodeConfig::new(id, cfg.name.clone(), listener, &cfg.data_dir, backend);
     rc.cluster_id = rusd_raft::cluster_id([], token);
@@ -438,6 +465,7 @@ pub async fn start_member(
         ClusterState::Existing => InitialState::Existing,
     };
     rc.store_config = store_cfg;
+    rc.peer_tls = peer_tls;
     rc.auth = Some(auth);
     rc.log_sync = matches!(cfg.durability, Durability::Sync);
     rc.lease_check_interval = cfg.lease_check_interval;

@@ -79,6 +79,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// TLS of the client and metrics listeners (used by their `https` URLs).
     pub client_tls: crate::tls::TlsSettings,
+    /// TLS of the peer transport (etcd's `--peer-*` flags; used when the peer URLs are
+    /// `https`).
+    pub peer_tls: crate::tls::TlsSettings,
     /// The cluster (etcd `--initial-cluster`): every initial member's name and peer URLs.
     /// Empty: a one-member cluster of this member.
     pub initial_cluster: Vec<(String, Vec<String>)>,
@@ -149,6 +152,7 @@ impl ServerConfig {
             lease_check_interval: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(5),
             client_tls: crate::tls::TlsSettings::default(),
+            peer_tls: crate::tls::TlsSettings::default(),
             initial_cluster: Vec::new(),
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: DEFAULT_CLUSTER_TOKEN.into(),
@@ -286,6 +290,11 @@ impl ServerConfig {
         self.client_tls = tls;
         self
     }
+    /// Sets the TLS of the peer transport (etcd's `--peer-*` flags).
+    pub fn with_peer_tls(mut self, tls: crate::tls::TlsSettings) -> Self {
+        self.peer_tls = tls;
+        self
+    }
     /// Sets the authentication settings.
     pub fn with_auth(mut self, auth: crate::auth::AuthSettings) -> Self {
         self.auth = auth;
@@ -367,19 +376,14 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<(String, Vec<String>)>, Serv
     Ok(out)
 }
 
-/// Parses a peer URL: like [`parse_url`], but `https` is refused (peer TLS, etcd's
-/// `--peer-cert-file` family, is not implemented: peers talk plain gRPC).
+/// Parses a peer URL (`http://host:port` or, with peer TLS, `https://host:port`) like
+/// [`parse_url`].
 pub fn parse_peer_url(url: &str) -> Result<Vec<SocketAddr>, ServerError> {
-    if url.starts_with("https://") {
-        return Err(ServerError::Config(format!(
-            "{url}: peer TLS is not supported yet; use http:// peer URLs"
-        )));
-    }
     parse_url(url)
 }
 
-/// Parses one `--peer-url-rewrite FROM=TO`: two `http://host:port` peer URLs (see
-/// [`parse_peer_url`]), different from each other.
+/// Parses one `--peer-url-rewrite FROM=TO`: two `http://host:port` (or both `https://`) peer
+/// URLs (see [`parse_peer_url`]), different from each other.
 pub fn parse_peer_url_rewrite(s: &str) -> Result<(String, String), ServerError> {
     let bad = |why: String| {
         ServerError::Config(format!(
@@ -394,9 +398,15 @@ pub fn parse_peer_url_rewrite(s: &str) -> Result<(String, String), ServerError> 
     if from.is_empty() || to.is_empty() {
         return Err(bad("a URL is empty".into()));
     }
+    let https = |u: &str| u.starts_with("https://");
+    if https(from) != https(to) {
+        return Err(bad(format!(
+            "{from:?} and {to:?} differ in scheme (a rewrite keeps http or https)"
+        )));
+    }
     for url in [from, to] {
-        if !url.starts_with("http://") {
-            return Err(bad(format!("{url:?} is not an http:// URL")));
+        if !url.starts_with("http://") && !https(url) {
+            return Err(bad(format!("{url:?} is not an http:// or https:// URL")));
         }
         parse_peer_url(url).map_err(|e| match e {
             ServerError::Config(m) => bad(m),
@@ -423,6 +433,28 @@ pub fn parse_peer_url_rewrites(items: &[String]) -> Result<Vec<(String, String)>
         out.push((from, to));
     }
     Ok(out)
+}
+
+/// Whether the peer URLs (`--listen-peer-urls`, `--initial-advertise-peer-urls`,
+/// `--initial-cluster`) are `https`: `Ok(true)` if they all are, `Ok(false)` if none is, an
+/// error naming both kinds if they are mixed (a member either serves and dials its peers
+/// over TLS or does not).
+pub fn peer_urls_https<'a>(urls: impl IntoIterator<Item = &'a str>) -> Result<bool, ServerError> {
+    let (mut https, mut plain) = (None, None);
+    for u in urls {
+        if u.starts_with("https://") {
+            https.get_or_insert(u);
+        } else {
+            plain.get_or_insert(u);
+        }
+    }
+    match (https, plain) {
+        (Some(h), Some(p)) => Err(ServerError::Config(format!(
+            "peer URLs mix https ({h}) and http ({p}): use https for every peer URL (with \
+             --peer-cert-file/--peer-key-file or --peer-auto-tls) or http for all"
+        ))),
+        (h, _) => Ok(h.is_some()),
+    }
 }
 
 /// Parses `--initial-cluster-state`.
@@ -607,7 +639,24 @@ mod tests {
             )),
             format!(
                 "--peer-url-rewrite \"http://127.0.0.1:1=https://127.0.0.1:2\": \
-                 \"https://127.0.0.1:2\" is not an http:// URL {hint}"
+                 \"http://127.0.0.1:1\" and \"https://127.0.0.1:2\" differ in scheme (a rewrite \
+                 keeps http or https) {hint}"
+            )
+        );
+        assert_eq!(
+            config_error(parse_peer_url_rewrite(
+                "ftp://127.0.0.1:1=ftp://127.0.0.1:2"
+            )),
+            format!(
+                "--peer-url-rewrite \"ftp://127.0.0.1:1=ftp://127.0.0.1:2\": \
+                 \"ftp://127.0.0.1:1\" is not an http:// or https:// URL {hint}"
+            )
+        );
+        assert_eq!(
+            parse_peer_url_rewrite("https://127.0.0.1:1=https://127.0.0.1:2").unwrap(),
+            (
+                "https://127.0.0.1:1".to_string(),
+                "https://127.0.0.1:2".to_string()
             )
         );
         assert_eq!(
@@ -727,7 +776,26 @@ mod tests {
         );
         assert!(parse_initial_cluster("a").is_err());
         assert!(parse_initial_cluster("=http://127.0.0.1:1").is_err());
-        assert!(parse_initial_cluster("a=https://127.0.0.1:1").is_err());
+        assert_eq!(
+            parse_initial_cluster("a=https://127.0.0.1:1").unwrap(),
+            vec![("a".to_string(), vec!["https://127.0.0.1:1".to_string()])]
+        );
+        assert!(parse_initial_cluster("a=ftp://127.0.0.1:1").is_err());
+        assert!(!peer_urls_https(["http://127.0.0.1:1", "http://127.0.0.1:2"]).unwrap());
+        assert!(peer_urls_https(["https://127.0.0.1:1", "https://127.0.0.1:2"]).unwrap());
+        assert!(!peer_urls_https([]).unwrap());
+        assert_eq!(
+            peer_urls_https(["https://127.0.0.1:1", "http://127.0.0.1:2"])
+                .unwrap_err()
+                .to_string(),
+            ServerError::Config(
+                "peer URLs mix https (https://127.0.0.1:1) and http (http://127.0.0.1:2): use \
+                 https for every peer URL (with --peer-cert-file/--peer-key-file or \
+                 --peer-auto-tls) or http for all"
+                    .into()
+            )
+            .to_string()
+        );
         assert_eq!(
             parse_cluster_state("existing").unwrap(),
             ClusterState::Existing

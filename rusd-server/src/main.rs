@@ -98,7 +98,27 @@ struct Cli {
     /// --cert-file/--key-file are given.
     #[arg(long, help_heading = "Security")]
     auto_tls: bool,
-    /// The initial members: `name=http://host:peerport,...` (empty: a one-member cluster).
+    /// Path to the peer server TLS certificate chain (PEM), also presented as client
+    /// certificate to the other members. Serves the `https` peer URLs.
+    #[arg(long, help_heading = "Security")]
+    peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS private key (PEM).
+    #[arg(long, help_heading = "Security")]
+    peer_key_file: Option<PathBuf>,
+    /// Path to the CA certificates (PEM) the other members' certificates must be signed by.
+    #[arg(long, help_heading = "Security")]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Require a peer client certificate signed by --peer-trusted-ca-file on the `https` peer
+    /// URL (mutual TLS between members).
+    #[arg(long, help_heading = "Security")]
+    peer_client_cert_auth: bool,
+    /// Serve and dial the `https` peer URLs with a generated self-signed certificate (in
+    /// `<data-dir>/fixtures/peer`) when no --peer-cert-file/--peer-key-file are given; the
+    /// other members' certificates are then not verified.
+    #[arg(long, help_heading = "Security")]
+    peer_auto_tls: bool,
+    /// The initial members: `name=http://host:peerport,...` (`https://` with peer TLS; empty:
+    /// a one-member cluster).
     #[arg(long, default_value = "", help_heading = "Clustering")]
     initial_cluster: String,
     /// `new` to start a new cluster with --initial-cluster, `existing` to join a running one
@@ -208,6 +228,42 @@ fn config_from(cli: Cli) -> Result<ServerConfig, ServerError> {
     for u in peer_listen.iter().chain(peer_advertise.iter()) {
         rusd_server::config::parse_peer_url(u)?;
     }
+    let mut peer_tls = rusd_server::tls::TlsSettings::default()
+        .with_client_cert_auth(cli.peer_client_cert_auth)
+        .with_auto_tls(cli.peer_auto_tls);
+    match (cli.peer_cert_file, cli.peer_key_file) {
+        (Some(c), Some(k)) => peer_tls = peer_tls.with_cert(c, k),
+        (None, None) => {}
+        _ => {
+            return Err(ServerError::Config(
+                "--peer-cert-file and --peer-key-file must be given together".into(),
+            ))
+        }
+    }
+    if let Some(ca) = cli.peer_trusted_ca_file {
+        peer_tls = peer_tls.with_trusted_ca(ca);
+    }
+    let peer_https = rusd_server::config::peer_urls_https(
+        peer_listen
+            .iter()
+            .chain(peer_advertise.iter())
+            .chain(initial_cluster.iter().flat_map(|(_, urls)| urls.iter()))
+            .map(String::as_str),
+    )?;
+    if peer_https && !peer_tls.is_configured() {
+        // etcd's wording, with the flags that fix it.
+        let url = peer_listen
+            .iter()
+            .chain(peer_advertise.iter())
+            .chain(initial_cluster.iter().flat_map(|(_, urls)| urls.iter()))
+            .next()
+            .map(|u| u.trim_start_matches("https://").trim_end_matches('/'))
+            .unwrap_or_default();
+        return Err(ServerError::Config(format!(
+            "cannot listen on TLS for {url}: KeyFile and CertFile are not presented \
+             (--peer-cert-file and --peer-key-file, or --peer-auto-tls)"
+        )));
+    }
     if cli.heartbeat_interval == 0 || cli.election_timeout <= cli.heartbeat_interval {
         return Err(ServerError::Config(
             "--election-timeout must be greater than --heartbeat-interval (> 0)".into(),
@@ -232,6 +288,7 @@ fn config_from(cli: Cli) -> Result<ServerConfig, ServerError> {
         .with_max_watchers_per_stream(cli.max_watchers_per_stream)
         .with_progress_notify_interval(progress)
         .with_client_tls(tls)
+        .with_peer_tls(peer_tls)
         .with_initial_cluster(initial_cluster)
         .with_initial_cluster_state(cluster_state)
         .with_initial_cluster_token(cli.initial_cluster_token)

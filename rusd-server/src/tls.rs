@@ -16,6 +16,11 @@
 //! * `--auto-tls` (without certificate files) generates a self-signed certificate for the
 //!   advertised hosts into `<data-dir>/fixtures/client`, as etcd does.
 //!
+//! Peer TLS (etcd's `--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file`,
+//! `--peer-client-cert-auth`, `--peer-auto-tls`) reuses this loading and reload code:
+//! [`peer_tls`] builds the server and client configurations of the peer transport (the
+//! `--peer-auto-tls` certificate lives in `<data-dir>/fixtures/peer`).
+//!
 //! The certificates of a connection reach the services as [`ClientConnInfo`] in the request
 //! extensions (the common name is the user under `--client-cert-auth`, as in etcd).
 
@@ -153,8 +158,9 @@ impl ReloadingCert {
     }
 }
 
-impl ResolvesServerCert for ReloadingCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+impl ReloadingCert {
+    /// The current pair (re-read first if the files changed).
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
         let stamps = (mtime(&self.cert), mtime(&self.key));
         let mut cur = self.current.lock();
         if (cur.0, cur.1) != stamps {
@@ -171,6 +177,26 @@ impl ResolvesServerCert for ReloadingCert {
             }
         }
         Some(cur.2.clone())
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -228,18 +254,41 @@ pub fn acceptor(
             ))
         }
     };
+    if settings.client_cert_auth && settings.trusted_ca_file.is_none() {
+        return Err(tls_err("--client-cert-auth requires --trusted-ca-file"));
+    }
+    let resolver = Arc::new(ReloadingCert::new(cert, key)?);
+    let mut config = server_config(settings, resolver)?;
+    // rustls picks the first of the server's protocols the client offers: clients offering both
+    // (curl, browsers) get HTTP/1.1, gRPC clients (which offer only h2) get HTTP/2.
+    config.alpn_protocols = vec![ALPN_HTTP1.to_vec(), ALPN_H2.to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The CA certificates of `ca` as a root store.
+fn root_store(ca: &Path) -> Result<RootCertStore, ServerError> {
+    let mut roots = RootCertStore::empty();
+    for c in read_certs(ca)? {
+        roots
+            .add(c)
+            .map_err(|e| tls_err(format!("{}: {e}", ca.display())))?;
+    }
+    Ok(roots)
+}
+
+/// A rustls server configuration serving `resolver`'s certificate and verifying client
+/// certificates against `settings.trusted_ca_file` (required with `client_cert_auth`).
+fn server_config(
+    settings: &TlsSettings,
+    resolver: Arc<ReloadingCert>,
+) -> Result<RustlsConfig, ServerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = RustlsConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(tls_err)?;
     let builder = match &settings.trusted_ca_file {
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in read_certs(ca)? {
-                roots
-                    .add(c)
-                    .map_err(|e| tls_err(format!("{}: {e}", ca.display())))?;
-            }
+            let roots = root_store(ca)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = if settings.client_cert_auth {
                 verifier.build()
@@ -249,16 +298,122 @@ pub fn acceptor(
             .map_err(tls_err)?;
             builder.with_client_cert_verifier(verifier)
         }
-        None if settings.client_cert_auth => {
-            return Err(tls_err("--client-cert-auth requires --trusted-ca-file"))
-        }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_cert_resolver(Arc::new(ReloadingCert::new(cert, key)?));
-    // rustls picks the first of the server's protocols the client offers: clients offering both
-    // (curl, browsers) get HTTP/1.1, gRPC clients (which offer only h2) get HTTP/2.
-    config.alpn_protocols = vec![ALPN_HTTP1.to_vec(), ALPN_H2.to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    Ok(builder.with_cert_resolver(resolver))
+}
+
+/// Builds the TLS of the peer transport from etcd's `--peer-*` flags (`settings`):
+/// the peer listener's server configuration (mutual TLS with `client_cert_auth`) and the
+/// client configuration of the connections to the other members, which verifies their
+/// certificates against `--peer-trusted-ca-file` and presents this member's certificate.
+///
+/// With `--peer-auto-tls` and no certificate files, a self-signed certificate for `hosts` is
+/// written to (or reused from) `auto_dir`, and, as etcd does for self-signed peer
+/// certificates, the other members' certificates are not verified (the traffic is encrypted,
+/// not authenticated).
+pub fn peer_tls(
+    settings: &TlsSettings,
+    auto_dir: &Path,
+    hosts: &[String],
+) -> Result<rusd_raft::PeerTls, ServerError> {
+    let (cert, key, auto) = match (&settings.cert_file, &settings.key_file) {
+        (Some(c), Some(k)) => (c.clone(), k.clone(), false),
+        (None, None) if settings.auto_tls => {
+            let (c, k) = auto_tls_files(auto_dir, hosts)?;
+            (c, k, true)
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(tls_err(
+                "--peer-cert-file and --peer-key-file must be given together",
+            ))
+        }
+        (None, None) => {
+            return Err(tls_err(
+                "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for https peer URLs (or use --peer-auto-tls)",
+            ))
+        }
+    };
+    if settings.client_cert_auth && settings.trusted_ca_file.is_none() {
+        return Err(tls_err(
+            "--peer-client-cert-auth requires --peer-trusted-ca-file",
+        ));
+    }
+    let resolver = Arc::new(ReloadingCert::new(cert, key)?);
+    let mut server = server_config(settings, resolver.clone())?;
+    server.alpn_protocols = vec![ALPN_H2.to_vec()];
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?;
+    let builder = match &settings.trusted_ca_file {
+        Some(ca) => builder.with_root_certificates(root_store(ca)?),
+        None if auto => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SelfSignedPeer(provider))),
+        None => {
+            return Err(tls_err(
+                "--peer-trusted-ca-file must be provided to verify the other members' certificates (or use --peer-auto-tls)",
+            ))
+        }
+    };
+    let mut client = builder.with_client_cert_resolver(resolver);
+    client.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(rusd_raft::PeerTls {
+        server: Arc::new(server),
+        client: Arc::new(client),
+    })
+}
+
+/// The verifier of `--peer-auto-tls` members: any certificate is accepted (etcd skips the
+/// verification of self-signed peer certificates), the handshake signatures are checked.
+#[derive(Debug)]
+struct SelfSignedPeer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for SelfSignedPeer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// What the services learn of a client connection (request extension, via tonic's
