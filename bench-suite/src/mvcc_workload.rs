@@ -13,6 +13,19 @@ use crate::workload::{key, shuffled, value, Profile};
 
 type Open<'a, B> = &'a dyn Fn(BackendConfig) -> StorageResult<Arc<B>>;
 
+/// The share of the cache budget given to the store's row cache (the engine gets the rest), so
+/// the MVCC phases use the same memory budget as the raw ones.
+pub const ROW_CACHE_SHARE: u64 = 4;
+
+/// `(engine cache MiB, row cache bytes)` for a budget of `cache_mb` MiB.
+pub fn split_cache(cache_mb: u64) -> (u64, usize) {
+    let row_mb = cache_mb / ROW_CACHE_SHARE;
+    (
+        cache_mb - row_mb,
+        usize::try_from(row_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+    )
+}
+
 /// Runs the MVCC phases; phase names match the raw ones where the operation is the same.
 /// `durable_phases` is false for a volatile store.
 pub fn run_mvcc<B: Backend>(
@@ -24,12 +37,16 @@ pub fn run_mvcc<B: Backend>(
     durable_phases: bool,
     on_phase: &mut dyn FnMut(&str),
 ) -> Result<Vec<PhaseResult>, MvccError> {
+    let (engine_mb, row_cache) = split_cache(cache_mb);
     let cfg = |sub: &str, d: Durability| {
         BackendConfig::new(dir.join(sub))
-            .with_cache_size_mb(cache_mb)
+            .with_cache_size_mb(engine_mb)
             .with_durability(d)
     };
-    let store = Arc::new(MvccStore::new(open(cfg("mvcc", durability))?)?);
+    let store = Arc::new(MvccStore::with_config(
+        open(cfg("mvcc", durability))?,
+        StoreConfig::default().with_row_cache_bytes(row_cache),
+    )?);
     let mut phases = Vec::new();
     let n = profile.keys;
     let order = shuffled(n, 1);
@@ -134,7 +151,9 @@ pub fn run_mvcc<B: Backend>(
     ))?;
     let durable = Arc::new(MvccStore::with_config(
         durable_backend,
-        StoreConfig::default().with_commit_mode(CommitMode::GroupSync),
+        StoreConfig::default()
+            .with_commit_mode(CommitMode::GroupSync)
+            .with_row_cache_bytes(row_cache),
     )?);
     on_phase("mvcc durable put (1 writer)");
     phase::<MvccError>(
@@ -162,4 +181,17 @@ pub fn run_mvcc<B: Backend>(
     })?;
     durable.backend().close()?;
     Ok(phases)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_budget_is_split_not_added() {
+        assert_eq!(split_cache(256), (192, 64 << 20));
+        assert_eq!(split_cache(64), (48, 16 << 20));
+        // Below the share's granularity the engine keeps the whole budget.
+        assert_eq!(split_cache(3), (3, 0));
+    }
 }

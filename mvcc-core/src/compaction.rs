@@ -143,6 +143,9 @@ impl<B: Backend> MvccStore<B> {
                 std::thread::sleep(self.config.compaction_sleep_interval);
             }
         }
+        if let Some(cache) = &self.row_cache {
+            cache.retain_compacted(revision, available);
+        }
         self.backend.compact(revision)?;
         tracing::info!(
             revision,

@@ -70,6 +70,7 @@ pub mod kv;
 pub mod lease;
 pub mod request;
 pub mod revision;
+mod row_cache;
 pub mod store;
 pub mod tree_index;
 pub mod txn;
@@ -89,7 +90,7 @@ pub use request::{
     RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, Txn, TxnResponse,
 };
 pub use revision::Revision;
-pub use store::{MvccStore, RangeResult, StoreConfig};
+pub use store::{MvccStore, RangeResult, StoreConfig, ROW_CACHE_ENTRY_OVERHEAD};
 pub use tree_index::{KeyRange, TreeIndex};
 pub use txn::{
     Compare, CompareOp, CompareTarget, RangeRequest, TxnOp, TxnOpResponse, TxnRequest, TxnResult,

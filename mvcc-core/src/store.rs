@@ -69,6 +69,7 @@ use crate::group_commit::{CommitMode, GroupCommit};
 use crate::kv::KeyValue;
 use crate::lease::{Clock, LeaseTable, SystemClock};
 use crate::revision::{Revision, REVISION_BYTES};
+use crate::row_cache::RowCache;
 use crate::tree_index::{KeyRange, TreeIndex};
 use crate::watch::{Event, WatchHub};
 
@@ -97,6 +98,10 @@ pub const DEFAULT_COMPACTION_SLEEP_INTERVAL: Duration = Duration::from_millis(10
 /// Times a read of the current revision is retried when a compaction overtook it.
 pub(crate) const MAX_READ_RETRIES: usize = 64;
 /// Rows read per backend scan during recovery.
+/// Bytes the row cache charges per row beyond its key and value (see
+/// [`StoreConfig::with_row_cache_bytes`]).
+pub const ROW_CACHE_ENTRY_OVERHEAD: usize = crate::row_cache::ENTRY_OVERHEAD;
+
 pub(crate) const RESTORE_CHUNK: usize = 10_000;
 
 /// Limits and tunables of an [`MvccStore`].
@@ -121,6 +126,10 @@ pub struct StoreConfig {
     /// [`with_early_publish`](Self::with_early_publish).
     #[doc(hidden)]
     pub early_publish: bool,
+    /// Bytes of decoded `kv` rows kept in memory, keyed by revision (0 = no row cache, the
+    /// default). Rows are immutable, so a cached row needs no invalidation but compaction and
+    /// [`MvccStore::reload`]; see [`with_row_cache_bytes`](Self::with_row_cache_bytes).
+    pub row_cache_bytes: usize,
 }
 
 impl Default for StoreConfig {
@@ -134,6 +143,7 @@ impl Default for StoreConfig {
             clock: Arc::new(SystemClock::new()),
             commit_mode: CommitMode::Backend,
             early_publish: false,
+            row_cache_bytes: 0,
         }
     }
 }
@@ -148,11 +158,21 @@ impl fmt::Debug for StoreConfig {
             .field("compaction_sleep_interval", &self.compaction_sleep_interval)
             .field("commit_mode", &self.commit_mode)
             .field("early_publish", &self.early_publish)
+            .field("row_cache_bytes", &self.row_cache_bytes)
             .finish_non_exhaustive()
     }
 }
 
 impl StoreConfig {
+    /// Keeps up to `bytes` of decoded rows in memory (each charged its key and value plus
+    /// [`ROW_CACHE_ENTRY_OVERHEAD`] bytes), answering reads of a cached revision without the
+    /// engine. Memory budgets: this comes on top of the engine's own cache, so an embedder with
+    /// one budget (`--cache-size-mb`) gives the engine that budget minus `bytes`.
+    pub fn with_row_cache_bytes(mut self, bytes: usize) -> Self {
+        self.row_cache_bytes = bytes;
+        self
+    }
+
     /// Sets the maximum key size.
     pub fn with_max_key_size(mut self, n: usize) -> Self {
         self.max_key_size = n;
@@ -314,6 +334,8 @@ pub struct MvccStore<B: Backend> {
     pub(crate) failed: OnceLock<String>,
     /// The embedder's apply metadata, added as [`META_APPLY`] to every backend write.
     pub(crate) apply_meta: Mutex<Option<Vec<u8>>>,
+    /// Decoded rows by revision ([`StoreConfig::row_cache_bytes`]; `None` when 0).
+    pub(crate) row_cache: Option<RowCache>,
 }
 
 impl<B: Backend> fmt::Debug for MvccStore<B> {
@@ -369,9 +391,11 @@ impl<B: Backend> MvccStore<B> {
     /// restores the current revision (never lower than before), the compaction revision, the
     /// leases and their attachments, and finishes an interrupted compaction.
     pub fn with_config(backend: Arc<B>, config: StoreConfig) -> MvccResult<Self> {
+        let row_cache = RowCache::new(config.row_cache_bytes);
         let store = MvccStore {
             backend,
             config,
+            row_cache,
             index: TreeIndex::new(),
             revs: Arc::new(RevCell::new(Revs {
                 current: 1,
@@ -501,6 +525,9 @@ impl<B: Backend> MvccStore<B> {
         self.hub.close_all();
         self.pending.lock().clear();
         self.index.clear();
+        if let Some(cache) = &self.row_cache {
+            cache.clear();
+        }
         *self.leases.lock() = LeaseTable::default();
         // Compaction first, so `compact <= current` holds at every step.
         self.revs.set_compact(-1);
@@ -589,6 +616,11 @@ impl<B: Backend> MvccStore<B> {
 
     pub(crate) fn rev_pair(&self) -> Revs {
         self.revs.load()
+    }
+
+    /// Bytes held by the row cache (see [`StoreConfig::with_row_cache_bytes`]); 0 without one.
+    pub fn row_cache_bytes(&self) -> usize {
+        self.row_cache.as_ref().map_or(0, RowCache::bytes)
     }
 
     /// Number of keys the index tracks (live keys and deleted keys with retained history).
@@ -814,12 +846,24 @@ impl<B: Backend> MvccStore<B> {
         Ok(())
     }
 
-    /// Reads the row of revision `rev` (a put) for a read at `at`.
+    /// Reads the row of revision `rev` (a put) for a read at `at`, from the row cache when it
+    /// holds it.
     pub(crate) fn load_kv(&self, rev: Revision, at: i64) -> MvccResult<KeyValue> {
-        match self.backend.get(Tree::Kv, &rev.to_bytes())? {
-            Some(v) => KeyValue::decode_owned(v),
-            None => Err(self.missing_row(rev, at)),
+        let generation = match &self.row_cache {
+            Some(cache) => match cache.get(rev) {
+                Some(kv) => return Ok(kv),
+                None => cache.generation(),
+            },
+            None => 0,
+        };
+        let kv = match self.backend.get(Tree::Kv, &rev.to_bytes())? {
+            Some(v) => KeyValue::decode_owned(v)?,
+            None => return Err(self.missing_row(rev, at)),
+        };
+        if let Some(cache) = &self.row_cache {
+            cache.insert(generation, rev, &kv);
         }
+        Ok(kv)
     }
 
     /// The error of a read at `at` that found no row for revision `rev`: compacted away, or a
@@ -834,36 +878,59 @@ impl<B: Backend> MvccStore<B> {
 
     /// Reads the rows of `revs` (puts) for a read at `at`, answered in the order of `revs`.
     ///
-    /// One [`Backend::get_many`] call in ascending revision order (the rows' storage order, so
-    /// the engine walks its `kv` tree forward, from one read view); the answers are put back in
-    /// the order of `revs` (key order, as the index returns them).
+    /// Rows the row cache holds are taken from it; the others are fetched with one
+    /// [`Backend::get_many`] call in ascending revision order (the rows' storage order, so the
+    /// engine walks its `kv` tree forward, from one read view) and put back in the order of
+    /// `revs` (key order, as the index returns them).
     pub(crate) fn load_kvs(&self, revs: &[Revision], at: i64) -> MvccResult<Vec<KeyValue>> {
         match revs {
             [] => return Ok(Vec::new()),
             [rev] => return Ok(vec![self.load_kv(*rev, at)?]),
             _ => {}
         }
-        // Positions of `revs` in ascending revision order.
-        let mut order: Vec<u32> = (0..revs.len() as u32).collect();
+        let mut kvs = vec![KeyValue::default(); revs.len()];
+        // Positions of the rows still to read, then in ascending revision order.
+        let mut order: Vec<u32> = Vec::with_capacity(revs.len());
+        let generation = match &self.row_cache {
+            Some(cache) => {
+                let generation = cache.generation();
+                for (i, rev) in revs.iter().enumerate() {
+                    match cache.get(*rev) {
+                        Some(kv) => kvs[i] = kv,
+                        None => order.push(i as u32),
+                    }
+                }
+                if order.is_empty() {
+                    return Ok(kvs);
+                }
+                generation
+            }
+            None => {
+                order.extend(0..revs.len() as u32);
+                0
+            }
+        };
         order.sort_unstable_by_key(|&i| revs[i as usize]);
         let row_keys: Vec<[u8; REVISION_BYTES]> =
             order.iter().map(|&i| revs[i as usize].to_bytes()).collect();
         let refs: Vec<&[u8]> = row_keys.iter().map(|k| k.as_slice()).collect();
         let rows = self.backend.get_many(Tree::Kv, &refs)?;
-        if rows.len() != revs.len() {
+        if rows.len() != order.len() {
             return Err(MvccError::Corruption(format!(
                 "the backend answered {} rows for {} revisions",
                 rows.len(),
-                revs.len()
+                order.len()
             )));
         }
-        let mut kvs = vec![KeyValue::default(); revs.len()];
         for (&i, row) in order.iter().zip(rows) {
             let i = i as usize;
             kvs[i] = match row {
                 Some(v) => KeyValue::decode_owned(v)?,
                 None => return Err(self.missing_row(revs[i], at)),
             };
+            if let Some(cache) = &self.row_cache {
+                cache.insert(generation, revs[i], &kvs[i]);
+            }
         }
         Ok(kvs)
     }
