@@ -34,6 +34,8 @@ const SIZE_REFRESH: Duration = Duration::from_secs(1);
 
 /// Longest a new client connection may take to show whether it speaks HTTP/2 or HTTP/1.1.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
+/// The share of `--cache-size-mb` given to mvcc-core's row cache: one part in this many.
+const ROW_CACHE_SHARE: u64 = 4;
 
 /// A started server. Stop it with [`shutdown`](Self::shutdown).
 #[derive(Debug)]
@@ -208,8 +210,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         },
         buffered => buffered,
     };
+    // The cache budget is shared: a quarter for mvcc-core's row cache (decoded rows of recent
+    // reads, so repeated and range reads skip the engine), the rest for the engine's own.
+    let row_cache_mb = cfg.cache_size_mb / ROW_CACHE_SHARE;
+    let row_cache_bytes =
+        usize::try_from(row_cache_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
     let backend_cfg = BackendConfig::new(cfg.data_dir.join("member"))
-        .with_cache_size_mb(cfg.cache_size_mb)
+        .with_cache_size_mb(cfg.cache_size_mb - row_cache_mb)
         .with_durability(engine_durability);
     let kind = cfg.backend;
     let max_req = cfg.max_request_bytes;
@@ -221,7 +228,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         .with_max_txn_ops(max_txn_ops)
         .with_max_key_size(max_req.max(1))
         .with_max_value_size(max_req.max(1))
-        .with_commit_mode(CommitMode::Backend);
+        .with_commit_mode(CommitMode::Backend)
+        .with_row_cache_bytes(row_cache_bytes);
     // Authentication: the `auth` tree of the same engine, changed by the raft state machine.
     let auth = {
         let (backend, settings) = (backend.clone(), cfg.auth.clone());
