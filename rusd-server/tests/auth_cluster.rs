@@ -19,11 +19,7 @@ use tonic::Code;
 const RUSD: &str = env!("CARGO_BIN_EXE_rusd");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    rusd_testkit::process::free_port().unwrap()
 }
 
 struct Member {

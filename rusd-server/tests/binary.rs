@@ -8,11 +8,7 @@ use std::time::{Duration, Instant};
 const RUSD: &str = env!("CARGO_BIN_EXE_rusd");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    rusd_testkit::process::free_port().unwrap()
 }
 
 fn spawn(dir: &Path, backend: &str, port: u16, metrics: u16) -> Child {

@@ -15,11 +15,7 @@ impl Drop for Member {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    rusd_testkit::process::free_port().unwrap()
 }
 
 fn start(dir: &std::path::Path, name: &str, client: u16, peer: u16, cluster: &str) -> Member {

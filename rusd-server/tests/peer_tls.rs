@@ -18,11 +18,7 @@ const RUSD: &str = env!("CARGO_BIN_EXE_rusd");
 const TOKEN: &str = "rusd-peer-tls-test";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    rusd_testkit::process::free_port().unwrap()
 }
 
 struct Member {

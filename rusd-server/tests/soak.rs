@@ -67,10 +67,7 @@ impl Rng {
 }
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    rusd_testkit::process::free_addr().unwrap()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -188,7 +185,7 @@ async fn soak_mixed_load_with_misbehaving_clients() {
             seed + 10 + r,
         )));
     }
-    let watcher = tokio::spawn(watcher(client.clone(), shared.clone()));
+    let watcher = tokio::spawn(watcher(client.clone()));
     let leases = tokio::spawn(lease_churn(client.clone(), shared.clone(), seed + 20));
     tasks.push(tokio::spawn(maintenance(client.clone(), shared.clone())));
     tasks.push(tokio::spawn(misbehave(
@@ -466,18 +463,17 @@ async fn reader(mut c: Client, shared: Arc<Shared>, seed: u64) {
     }
 }
 
-/// Watches `s/` from revision 1 and rebuilds the keyspace; returns it with the last revision
-/// seen once it reached the revision the test sends.
+/// Watches `s/` from the current revision (the store is empty) and rebuilds the keyspace;
+/// the returned sender asks for it once the watcher reached the revision it is given.
 async fn watcher(
     mut c: Client,
-    shared: Arc<Shared>,
 ) -> tokio::sync::oneshot::Sender<(i64, tokio::sync::oneshot::Sender<WatchOutcome>)> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let stream = c
         .watch("s/", Some(WatchOptions::new().with_prefix()))
         .await
         .unwrap();
-    tokio::spawn(rebuild(stream, shared, rx));
+    tokio::spawn(rebuild(stream, rx));
     tx
 }
 
@@ -485,7 +481,6 @@ type WatchOutcome = Result<BTreeMap<String, Vec<u8>>, String>;
 
 async fn rebuild(
     mut stream: etcd_client::WatchStream,
-    _shared: Arc<Shared>,
     mut until: tokio::sync::oneshot::Receiver<(i64, tokio::sync::oneshot::Sender<WatchOutcome>)>,
 ) {
     let mut state = BTreeMap::new();
