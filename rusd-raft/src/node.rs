@@ -466,11 +466,17 @@ struct Core<B: Backend> {
     batcher: Arc<Batcher>,
     clients: Arc<PeerClients>,
     store: Arc<MvccStore<B>>,
+    /// The state machine's applied index (ahead of openraft's metrics).
+    applied: crate::state_machine::AppliedIndex,
     request_timeout: Duration,
 }
 
 /// Pause between attempts while no leader is known.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// How long [`RaftNode::start`] waits for a member with a log to publish its membership, to
+/// learn whether it is a lone voter (see the [module docs](self#leadership)).
+const LONE_VOTER_WAIT: Duration = Duration::from_secs(30);
 
 fn raft_err(e: impl std::error::Error) -> RaftError {
     RaftError::Raft(crate::error_line(&e))
@@ -792,6 +798,7 @@ impl<B: Backend> RaftNode<B> {
         };
         let store = sm.store();
         let auth = sm.auth();
+        let applied = sm.applied_index();
         let server_tls = peer_tls.as_ref().map(|t| t.server.clone());
         let clients = Arc::new(PeerClients::new(peer_url_rewrites, peer_tls));
         let network = Network::new(cluster_id, clients.clone());
@@ -848,6 +855,7 @@ impl<B: Backend> RaftNode<B> {
             batcher,
             clients,
             store,
+            applied,
             request_timeout,
         });
 
@@ -897,9 +905,20 @@ impl<B: Backend> RaftNode<B> {
         }
 
         // A lone voter leads at once: its first entry (see "Leadership") is proposed before
-        // `start` returns, so the whole log is applied when it starts serving.
+        // `start` returns, so the whole log is applied when it starts serving. A member with
+        // a log (a new cluster just initialised, or a restart) publishes its membership at
+        // once; the wait is generous so that a loaded machine does not leave the first entry
+        // to the lease task (which proposes it after its first interval, behind early
+        // writes). A member that joins a running cluster has no membership until the leader
+        // contacts it: it is not a lone voter and does not wait.
+        let has_log = raft.is_initialized().await.map_err(raft_err)?;
+        let membership_wait = if has_log {
+            LONE_VOTER_WAIT
+        } else {
+            Duration::ZERO
+        };
         let mut rx = raft.metrics();
-        let lone = tokio::time::timeout(Duration::from_secs(1), async {
+        let lone = tokio::time::timeout(membership_wait, async {
             loop {
                 let voters: BTreeSet<NodeId> = rx
                     .borrow_and_update()
@@ -1058,13 +1077,16 @@ impl<B: Backend> RaftNode<B> {
         self.core.is_leader()
     }
 
-    /// `(last log index, last applied index)` (cheap).
+    /// `(last log index, last applied index)` (cheap). Both are at least the index of every
+    /// entry whose proposer has been answered (openraft's metrics, published after the
+    /// answers, may lag; see [`AppliedIndex`](crate::state_machine::AppliedIndex)).
     pub fn indexes(&self) -> (u64, u64) {
+        let applied = self.core.applied.get();
         let m = self.core.raft.metrics();
         let m = m.borrow();
         (
-            m.last_log_index.unwrap_or(0),
-            m.last_applied.map_or(0, |l| l.index),
+            m.last_log_index.unwrap_or(0).max(applied),
+            m.last_applied.map_or(0, |l| l.index).max(applied),
         )
     }
 

@@ -43,6 +43,7 @@
 //! (their clients re-watch from their revision, as after a restart).
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mvcc_core::store::META_APPLY;
@@ -101,6 +102,26 @@ fn snap_err(e: &(impl std::error::Error + 'static)) -> StorageError {
 /// The last snapshot built or installed: metadata and image.
 type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, Arc<Vec<u8>>)>>>;
 
+/// The index of the last entry a [`StateMachine`] applied, shared with its readers.
+///
+/// Updated when an apply completes, before openraft answers the proposers of the applied
+/// entries; openraft's own metrics are published later, so a client that reads this member's
+/// status right after a write could see them one entry behind its write. This one cannot.
+#[derive(Debug, Clone, Default)]
+pub struct AppliedIndex(Arc<AtomicU64>);
+
+impl AppliedIndex {
+    /// The index of the last applied entry (0: none).
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self, log_id: Option<LogId>) {
+        self.0
+            .store(log_id.map_or(0, |l| l.index), Ordering::Release);
+    }
+}
+
 /// The openraft state machine over an [`MvccStore`].
 #[derive(Debug)]
 pub struct StateMachine<B: Backend> {
@@ -108,6 +129,7 @@ pub struct StateMachine<B: Backend> {
     auth: Arc<AuthStore<B>>,
     meta: ApplyMeta,
     current: CurrentSnapshot,
+    applied: AppliedIndex,
 }
 
 impl<B: Backend> StateMachine<B> {
@@ -141,12 +163,20 @@ impl<B: Backend> StateMachine<B> {
             Some(bytes) => ApplyMeta::decode(&bytes)?,
             None => ApplyMeta::default(),
         };
+        let applied = AppliedIndex::default();
+        applied.set(meta.last_applied);
         Ok(StateMachine {
             store: Arc::new(store),
             auth,
             meta,
             current: Arc::new(Mutex::new(None)),
+            applied,
         })
+    }
+
+    /// The index of the last entry this state machine applied, updated as it applies.
+    pub fn applied_index(&self) -> AppliedIndex {
+        self.applied.clone()
     }
 
     /// The store.
@@ -396,6 +426,9 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         .await
         .map_err(|e| sm_write_err(&e))?;
         self.meta = meta;
+        if result.is_ok() {
+            self.applied.set(self.meta.last_applied);
+        }
         result
     }
 
@@ -452,6 +485,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
                 .partial
                 .filter(|_| stored.last_applied == meta.last_log_id),
         };
+        self.applied.set(meta.last_log_id);
         *self.current.lock() = Some((meta.clone(), Arc::new(data)));
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())

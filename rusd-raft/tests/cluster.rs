@@ -423,6 +423,9 @@ async fn a_restarted_member_resumes_from_its_data_dir_without_applying_twice() {
                 revision_of(n.write(put("r", &format!("{i}"))).await.unwrap()),
                 2 + i
             );
+            // A write's entry counts as applied once it is answered (what Status reports).
+            let index = 3 + u64::try_from(i).unwrap();
+            assert_eq!(n.indexes(), (index, index));
         }
         // Index 0: the initial membership, 1: the leader's blank entry, 2: its no-op entry,
         // 3..=12: the puts (metrics are published just after the writes are answered).
