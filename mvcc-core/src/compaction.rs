@@ -7,9 +7,20 @@
 //! batches, holding no lock that readers or writers need. The final batch writes
 //! `finishedCompactRev`. A crash in between leaves `scheduled > finished`, and reopening the
 //! store finishes the job.
+//!
+//! The two halves can also run apart: [`MvccStore::schedule_compaction`] does the first (the
+//! compaction is in force when it returns) and hands back a [`ScheduledCompaction`] that
+//! [`MvccStore::finish_compaction`] completes, possibly on another thread, so that a replicated
+//! state machine applies a compaction entry without waiting for its rows to be deleted (etcd
+//! also deletes them in the background). [`MvccStore::wait_compacted`] waits for the deletion
+//! (etcd's `physical` flag). The deletion batches carry no apply metadata (see
+//! [`MvccStore::set_apply_meta`]): the marker write does, and a reopen finishes the rest.
 
 use std::collections::HashSet;
+use std::sync::{mpsc, Arc, Weak};
+use std::time::{Duration, Instant};
 
+use parking_lot::{Condvar, Mutex};
 use storage_api::{Backend, Tree, WriteBatch};
 
 use crate::error::{MvccError, MvccResult};
@@ -33,6 +44,138 @@ pub struct CompactionStats {
     pub batches: u64,
 }
 
+/// A compaction in force whose rows are not deleted yet: returned by
+/// [`MvccStore::schedule_compaction`], completed by [`MvccStore::finish_compaction`].
+/// Dropping it leaves the rows to the next compaction or the next reopen of the store.
+#[derive(Debug)]
+#[must_use = "the rows are deleted by MvccStore::finish_compaction"]
+pub struct ScheduledCompaction {
+    revision: i64,
+    available: HashSet<Revision>,
+    generation: u64,
+}
+
+impl ScheduledCompaction {
+    /// The compaction revision.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+}
+
+/// A store's compaction thread (see [`MvccStore::kv_compact_in_background`]): started on first
+/// use, it finishes the scheduled compactions it is handed, in order, and ends with the store
+/// (it holds the store weakly).
+#[derive(Debug, Default)]
+pub(crate) struct CompactionThread {
+    tx: Mutex<Option<mpsc::Sender<ScheduledCompaction>>>,
+}
+
+impl CompactionThread {
+    /// Hands `job` to the thread (starting it if needed). If no thread can be started, the
+    /// job runs here.
+    pub(crate) fn finish<B: Backend>(&self, store: &Arc<MvccStore<B>>, job: ScheduledCompaction) {
+        let mut tx = self.tx.lock();
+        let job = match tx.as_ref() {
+            Some(t) => match t.send(job) {
+                Ok(()) => return,
+                // The thread is gone (it ended after a panic): start another.
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (new_tx, rx) = mpsc::channel::<ScheduledCompaction>();
+        let weak = Arc::downgrade(store);
+        let spawned = std::thread::Builder::new()
+            .name("mvcc-compaction".to_string())
+            .spawn(move || compaction_thread(&weak, &rx));
+        match spawned {
+            Ok(_) => {
+                // The receiver lives in the thread just started, so this cannot fail.
+                let _ = new_tx.send(job);
+                *tx = Some(new_tx);
+            }
+            Err(e) => {
+                drop(tx);
+                tracing::warn!(error = %e, "cannot start the compaction thread; compacting inline");
+                if let Err(e) = store.finish_compaction(job) {
+                    tracing::warn!(error = %e, "compaction failed");
+                }
+            }
+        }
+    }
+}
+
+fn compaction_thread<B: Backend>(
+    store: &Weak<MvccStore<B>>,
+    jobs: &mpsc::Receiver<ScheduledCompaction>,
+) {
+    while let Ok(job) = jobs.recv() {
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let revision = job.revision;
+        match store.finish_compaction(job) {
+            Ok(Some(stats)) => tracing::debug!(?stats, "background compaction finished"),
+            Ok(None) => tracing::debug!(revision, "background compaction skipped"),
+            // A closed store ends the job; a failed backend marked the store failed.
+            Err(e) => tracing::warn!(revision, error = %e, "background compaction failed"),
+        }
+    }
+}
+
+/// How far the physical compaction got, for [`MvccStore::wait_compacted`].
+#[derive(Debug, Default)]
+pub(crate) struct CompactionProgress {
+    state: Mutex<Progress>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    /// The newest compaction revision whose rows are deleted (-1: none).
+    finished: i64,
+    /// Bumped when the store reloads its content: older scheduled compactions no longer apply.
+    generation: u64,
+}
+
+impl CompactionProgress {
+    pub(crate) fn new(finished: i64) -> Self {
+        CompactionProgress {
+            state: Mutex::new(Progress {
+                finished,
+                generation: 0,
+            }),
+            done: Condvar::new(),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.state.lock().generation
+    }
+
+    fn finished(&self) -> i64 {
+        self.state.lock().finished
+    }
+
+    /// Records the rows below `revision` as deleted and wakes the waiters.
+    pub(crate) fn set_finished(&self, revision: i64) {
+        let mut p = self.state.lock();
+        p.finished = p.finished.max(revision);
+        drop(p);
+        self.done.notify_all();
+    }
+
+    /// After a reload: the finished revision read back from the backend; earlier scheduled
+    /// compactions are void.
+    pub(crate) fn reset(&self, finished: i64) {
+        let mut p = self.state.lock();
+        p.finished = finished;
+        p.generation = p.generation.wrapping_add(1);
+        drop(p);
+        self.done.notify_all();
+    }
+}
+
 impl<B: Backend> MvccStore<B> {
     /// Compacts the history at `revision`: afterwards reads below `revision` fail with
     /// [`MvccError::Compacted`], reads at or above it are unchanged. Returns once the rows are
@@ -46,6 +189,20 @@ impl<B: Backend> MvccStore<B> {
     /// Errors (etcd): [`MvccError::Compacted`] when `revision <= compact_revision()`,
     /// [`MvccError::FutureRevision`] when `revision > current_revision()`.
     pub fn compact(&self, revision: i64) -> MvccResult<CompactionStats> {
+        let job = self.schedule_compaction(revision)?;
+        Ok(self.finish_compaction(job)?.unwrap_or(CompactionStats {
+            revision,
+            ..CompactionStats::default()
+        }))
+    }
+
+    /// The first half of [`compact`](Self::compact): checks etcd's preconditions, persists the
+    /// `scheduledCompactRev` marker (with the apply metadata) and puts the compaction in force
+    /// (reads below `revision` fail from now on). The rows stay until
+    /// [`finish_compaction`](Self::finish_compaction) runs the returned job (or the store is
+    /// reopened). Same errors and durability as [`compact`](Self::compact); a failed flush
+    /// after the marker was written is reported while the compaction is in force.
+    pub fn schedule_compaction(&self, revision: i64) -> MvccResult<ScheduledCompaction> {
         self.check_open()?;
         let _c = self.compaction_lock.lock();
         let lost_ack = {
@@ -93,10 +250,62 @@ impl<B: Backend> MvccStore<B> {
             // The marker is written: a reopen (or the next compaction) deletes the rows.
             return Err(e);
         }
-        let stats = self.physical_compaction(revision, &available)?;
+        Ok(ScheduledCompaction {
+            revision,
+            available,
+            generation: self.compaction_progress.generation(),
+        })
+    }
+
+    /// The second half of [`compact`](Self::compact): deletes the rows `job` no longer needs,
+    /// in batches, and records `finishedCompactRev`; in
+    /// [`CommitMode::GroupSync`](crate::CommitMode::GroupSync) returns once that is durable.
+    /// Runs one at a time (it holds the compaction lock, which
+    /// [`schedule_compaction`](Self::schedule_compaction) and [`reload`](Self::reload) also
+    /// take). `Ok(None)`: nothing to do, because a compaction at the same or a higher revision
+    /// already finished or the store was reloaded since `job` was scheduled.
+    ///
+    /// A failed deletion batch leaves the store consistent (the rows it did not delete are
+    /// invisible; the next compaction or a reopen deletes them) and is returned; a failed
+    /// flush marks the store failed, as for every write.
+    pub fn finish_compaction(
+        &self,
+        job: ScheduledCompaction,
+    ) -> MvccResult<Option<CompactionStats>> {
+        self.check_open()?;
+        let _c = self.compaction_lock.lock();
+        if job.generation != self.compaction_progress.generation()
+            || job.revision <= self.compaction_progress.finished()
+        {
+            return Ok(None);
+        }
+        let stats = self.physical_compaction(job.revision, &job.available)?;
         // GroupSync: acknowledged = durable, deletions and `finishedCompactRev` included.
         self.wait_durable(self.ticket())?;
-        Ok(stats)
+        Ok(Some(stats))
+    }
+
+    /// Waits until the rows of the compaction at `revision` are deleted (etcd's `physical`
+    /// compaction), at most `timeout`. `Ok(true)`: deleted; `Ok(false)`: not within `timeout`
+    /// (still scheduled, or the store was reloaded from a snapshot without it). Fails once the
+    /// store is closed or failed.
+    pub fn wait_compacted(&self, revision: i64, timeout: Duration) -> MvccResult<bool> {
+        let deadline = Instant::now() + timeout;
+        let progress = &self.compaction_progress;
+        let mut p = progress.state.lock();
+        loop {
+            if p.finished >= revision {
+                return Ok(true);
+            }
+            self.check_writable()?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            // Bounded, so that closing or failing the store (which do not notify) is seen.
+            let step = (deadline - now).min(Duration::from_millis(100));
+            progress.done.wait_for(&mut p, step);
+        }
     }
 
     /// Deletes every row with main revision `<= revision` that is not in `available`, in
@@ -129,7 +338,8 @@ impl<B: Backend> MvccStore<B> {
             if last_batch {
                 batch.put(Tree::Meta, META_FINISHED_COMPACT_REV, encode_i64(revision));
             }
-            self.add_apply_meta(&mut batch);
+            // No apply metadata: this may run beside the apply of later entries (see the
+            // module docs); the marker write carried it.
             self.backend.write(&batch)?;
             self.group.written();
             stats.batches += 1;
@@ -146,6 +356,7 @@ impl<B: Backend> MvccStore<B> {
         if let Some(cache) = &self.row_cache {
             cache.retain_compacted(revision, available);
         }
+        self.compaction_progress.set_finished(revision);
         self.backend.compact(revision)?;
         tracing::info!(
             revision,

@@ -19,9 +19,11 @@
 //! `count > limit`, which is the same answer without the extra row read.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use storage_api::{Backend, WriteBatch};
 
+use crate::compaction::CompactionStats;
 use crate::error::{MvccError, MvccResult};
 use crate::kv::KeyValue;
 use crate::request::{
@@ -249,6 +251,27 @@ impl<B: Backend> MvccStore<B> {
         Ok(CompactionResponse {
             revision: self.current_revision(),
             stats,
+        })
+    }
+
+    /// etcd `Compact` as etcd's apply runs it: the compaction is in force when this returns
+    /// ([`schedule_compaction`](Self::schedule_compaction)); its rows are deleted by this
+    /// store's compaction thread ([`finish_compaction`](Self::finish_compaction), one
+    /// compaction at a time, in order), so a replicated state machine goes on applying
+    /// entries meanwhile. The response's `stats` carry the revision alone. A server honours
+    /// `physical` with [`wait_compacted`](Self::wait_compacted).
+    pub fn kv_compact_in_background(
+        self: &Arc<Self>,
+        req: &Compaction,
+    ) -> MvccResult<CompactionResponse> {
+        let job = self.schedule_compaction(req.revision)?;
+        self.compaction_thread.finish(self, job);
+        Ok(CompactionResponse {
+            revision: self.current_revision(),
+            stats: CompactionStats {
+                revision: req.revision,
+                ..CompactionStats::default()
+            },
         })
     }
 }

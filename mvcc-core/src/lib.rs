@@ -77,7 +77,7 @@ pub mod txn;
 pub mod watch;
 pub mod watch_poll;
 
-pub use compaction::CompactionStats;
+pub use compaction::{CompactionStats, ScheduledCompaction};
 pub use compactor::{CompactionMode, Compactor};
 pub use engine::{compiled_backends, is_compiled, open_default, AnyBackend, DefaultBackend};
 pub use error::{MvccError, MvccResult};

@@ -64,6 +64,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use storage_api::{Backend, Durability, StorageError, Tree, WriteBatch};
 
+use crate::compaction::{CompactionProgress, CompactionThread};
 use crate::error::{MvccError, MvccResult};
 use crate::group_commit::{CommitMode, GroupCommit};
 use crate::kv::KeyValue;
@@ -327,6 +328,10 @@ pub struct MvccStore<B: Backend> {
     pub(crate) pending: Mutex<VecDeque<PendingRev>>,
     pub(crate) write_lock: Mutex<()>,
     pub(crate) compaction_lock: Mutex<()>,
+    /// How far the physical compaction got (see [`MvccStore::wait_compacted`]).
+    pub(crate) compaction_progress: CompactionProgress,
+    /// Finishes [`MvccStore::kv_compact_in_background`]'s compactions.
+    pub(crate) compaction_thread: CompactionThread,
     pub(crate) leases: Mutex<LeaseTable>,
     pub(crate) hub: Arc<WatchHub>,
     pub(crate) group: GroupCommit,
@@ -405,6 +410,8 @@ impl<B: Backend> MvccStore<B> {
             pending: Mutex::new(VecDeque::new()),
             write_lock: Mutex::new(()),
             compaction_lock: Mutex::new(()),
+            compaction_progress: CompactionProgress::new(-1),
+            compaction_thread: CompactionThread::default(),
             leases: Mutex::new(LeaseTable::default()),
             hub: Arc::new(WatchHub::default()),
             group: GroupCommit::default(),
@@ -423,6 +430,12 @@ impl<B: Backend> MvccStore<B> {
     }
 
     fn recover(&self) -> MvccResult<()> {
+        let _c = self.compaction_lock.lock();
+        self.recover_locked()
+    }
+
+    /// [`recover`](Self::recover) with the compaction lock held by the caller.
+    fn recover_locked(&self) -> MvccResult<()> {
         if let Some(format) = self.backend.get(Tree::Meta, META_FORMAT)? {
             if format.as_slice() != [FORMAT_VERSION] {
                 return Err(MvccError::Corruption(format!(
@@ -476,6 +489,7 @@ impl<B: Backend> MvccStore<B> {
         self.applied.store(current, Ordering::Release);
         self.revs.set_current(current);
         self.revs.set_compact(compact);
+        self.compaction_progress.reset(compact);
 
         // Leases and their attachments.
         {
@@ -503,7 +517,6 @@ impl<B: Backend> MvccStore<B> {
         if let Some(s) = scheduled {
             if s > compact {
                 tracing::info!(revision = s, "resuming interrupted compaction");
-                let _c = self.compaction_lock.lock();
                 self.revs.set_compact(s);
                 let available = self.index.compact(s);
                 self.physical_compaction(s, &available)?;
@@ -516,10 +529,11 @@ impl<B: Backend> MvccStore<B> {
     /// store installing a snapshot restores its backend, then calls this): rebuilds the key
     /// index, the revisions and the leases as [`with_config`](Self::with_config) does, and ends
     /// every watcher (their channels disconnect; clients re-watch from the revision they had,
-    /// as after a server restart). Readers running meanwhile may fail; writers wait. The
-    /// caller guarantees that no compaction runs (a state machine applies one entry at a
-    /// time).
+    /// as after a server restart). Readers running meanwhile may fail; writers wait. A
+    /// compaction finishing in the background ([`finish_compaction`](Self::finish_compaction))
+    /// completes first; the ones scheduled before the reload are void afterwards.
     pub fn reload(&self) -> MvccResult<()> {
+        let _c = self.compaction_lock.lock();
         let _w = self.lock_write();
         self.check_writable()?;
         self.hub.close_all();
@@ -533,7 +547,7 @@ impl<B: Backend> MvccStore<B> {
         self.revs.set_compact(-1);
         self.revs.set_current(1);
         self.applied.store(1, Ordering::Release);
-        self.recover()
+        self.recover_locked()
     }
 
     /// Sets the apply metadata: from now on every backend write the store commits (a revision,

@@ -377,7 +377,119 @@ fn compaction_races_deletes_and_recreates<B: Backend>() {
     assert!(after.iter().all(|r| r.is_ok()));
 }
 
+fn scheduled_compaction_is_in_force_before_its_rows_go<B: Backend>() {
+    let env = Env::<B>::new();
+    let s = std::sync::Arc::new(env.open());
+    for v in ["a", "b", "c"] {
+        s.put(b"foo", v.as_bytes(), 0).unwrap(); // 2, 3, 4
+    }
+    let job = s.schedule_compaction(3).unwrap();
+    assert_eq!(job.revision(), 3);
+    // In force: below 3 is compacted, at 3 the history is intact; the rows are all there.
+    assert!(matches!(
+        s.range(b"foo", b"", 2, 0, false),
+        Err(MvccError::Compacted)
+    ));
+    assert_eq!(
+        s.range(b"foo", b"", 3, 0, false).unwrap().kvs,
+        vec![kv("foo", "b", 2, 3, 2, 0)]
+    );
+    assert!(matches!(s.compact(3), Err(MvccError::Compacted)));
+    assert_eq!(kv_keys(&s).len(), 3);
+    assert_eq!(meta(&s, b"scheduledCompactRev"), Some(3));
+    assert_eq!(meta(&s, b"finishedCompactRev"), None);
+    assert!(!s.wait_compacted(3, std::time::Duration::ZERO).unwrap());
+    // Writes go on meanwhile.
+    assert_eq!(s.put(b"foo", b"d", 0).unwrap().0, 5);
+
+    let stats = s.finish_compaction(job).unwrap().unwrap();
+    assert_eq!(
+        (stats.revision, stats.rows_scanned, stats.rows_deleted),
+        (3, 2, 1)
+    );
+    assert_eq!(
+        kv_keys(&s),
+        vec![
+            Revision::new(3, 0).to_key(false),
+            Revision::new(4, 0).to_key(false),
+            Revision::new(5, 0).to_key(false),
+        ]
+    );
+    assert_eq!(meta(&s, b"finishedCompactRev"), Some(3));
+    assert!(s.wait_compacted(3, std::time::Duration::ZERO).unwrap());
+
+    // A job overtaken by a later compaction that finished first does nothing (and does not
+    // move `finishedCompactRev` back).
+    let early = s.schedule_compaction(4).unwrap();
+    s.compact(5).unwrap();
+    assert_eq!(meta(&s, b"finishedCompactRev"), Some(5));
+    assert_eq!(s.finish_compaction(early).unwrap(), None);
+    assert_eq!(meta(&s, b"finishedCompactRev"), Some(5));
+    assert_eq!(kv_keys(&s), vec![Revision::new(5, 0).to_key(false)]);
+
+    // In the background: the compaction thread deletes the rows; `wait_compacted` sees it.
+    s.put(b"foo", b"e", 0).unwrap(); // 6
+    s.put(b"foo", b"f", 0).unwrap(); // 7
+    let res = s
+        .kv_compact_in_background(&mvcc_core::Compaction {
+            revision: 7,
+            physical: true,
+        })
+        .unwrap();
+    assert_eq!(
+        (res.revision, res.stats.revision, res.stats.rows_deleted),
+        (7, 7, 0)
+    );
+    assert!(s
+        .wait_compacted(7, std::time::Duration::from_secs(30))
+        .unwrap());
+    assert_eq!(kv_keys(&s), vec![Revision::new(7, 0).to_key(false)]);
+    assert_eq!(meta(&s, b"finishedCompactRev"), Some(7));
+}
+
+fn a_reload_voids_the_jobs_scheduled_before_it<B: Backend>() {
+    let env = Env::<B>::new();
+    let s = env.open();
+    for v in ["a", "b", "c"] {
+        s.put(b"foo", v.as_bytes(), 0).unwrap(); // 2, 3, 4
+    }
+    let before = rows(s.backend().as_ref(), Tree::Kv);
+    let job = s.schedule_compaction(4).unwrap();
+    // The backend's content is replaced by its earlier rows (as a snapshot install does,
+    // here without the marker), then reloaded: the job must not delete anything.
+    s.backend()
+        .delete(Tree::Meta, b"scheduledCompactRev")
+        .unwrap();
+    s.reload().unwrap();
+    assert_eq!((s.current_revision(), s.compact_revision()), (4, -1));
+    assert_eq!(s.finish_compaction(job).unwrap(), None);
+    assert_eq!(rows(s.backend().as_ref(), Tree::Kv), before);
+    assert!(!s.wait_compacted(4, std::time::Duration::ZERO).unwrap());
+    assert_eq!(
+        s.range(b"foo", b"", 2, 0, false).unwrap().kvs[0].value,
+        b"a"
+    );
+}
+
+fn a_dropped_job_is_finished_by_the_reopen<B: Backend>() {
+    let env = Env::<B>::new();
+    let s = env.open();
+    for v in ["a", "b", "c"] {
+        s.put(b"foo", v.as_bytes(), 0).unwrap(); // 2, 3, 4
+    }
+    drop(s.schedule_compaction(4).unwrap());
+    assert_eq!(kv_keys(&s).len(), 3);
+    let s = env.reopen(s);
+    assert_eq!(s.compact_revision(), 4);
+    assert_eq!(kv_keys(&s), vec![Revision::new(4, 0).to_key(false)]);
+    assert_eq!(meta(&s, b"finishedCompactRev"), Some(4));
+    assert!(s.wait_compacted(4, std::time::Duration::ZERO).unwrap());
+}
+
 engine_tests!(
+    scheduled_compaction_is_in_force_before_its_rows_go,
+    a_reload_voids_the_jobs_scheduled_before_it,
+    a_dropped_job_is_finished_by_the_reopen,
     compaction_races_deletes_and_recreates,
     compact_reserve_last_value,
     compact_bad,

@@ -23,8 +23,16 @@
 //! token `<prefix>.<log index>` in memory only (as etcd's simple tokens); a snapshot install
 //! reloads the auth store from the image (`AuthStore::recover`).
 //!
+//! A [`Command::Compaction`] entry puts the compaction in force (its marker, with the apply
+//! record, in one write; reads below it fail from then on) and hands the deletion of its rows
+//! to the store's compaction thread (`MvccStore::kv_compact_in_background`), as etcd deletes
+//! them in the background: the entries after it are applied meanwhile instead of waiting for
+//! the last row. The deletion batches carry no apply record; after a crash the store's
+//! reopen finishes the compaction (`scheduledCompactRev` above `finishedCompactRev`). A
+//! client's Compact returns once the rows are gone on the member that serves it.
+//!
 //! Applying is deterministic: the same entries give the same revisions, responses and backend
-//! rows on every member. Nothing time-based is decided here: only the leader proposes
+//! rows on every member (the rows once the background compactions are done). Nothing time-based is decided here: only the leader proposes
 //! [`Command::LeaseRevoke`] for expired leases (see [`crate::node`]).
 //!
 //! Request-level failures ([`CommandError`]) are answered to the proposer; failures of the
@@ -33,7 +41,8 @@
 //!
 //! # Snapshots
 //! A snapshot is the engine-portable backend snapshot (`Backend::snapshot_to`), so members may
-//! run different engines and converge to byte-identical snapshots. Its raft metadata (last log
+//! run different engines and converge to byte-identical snapshots (once their background
+//! compactions finished). Its raft metadata (last log
 //! id, membership) is read from the apply metadata row *inside* the image, so it matches the
 //! data exactly even while entries keep being applied. Before the image is taken the store's
 //! backend is flushed, so the state machine on disk is at least as new as any snapshot that
@@ -194,7 +203,7 @@ impl<B: Backend> StateMachine<B> {
 /// `index`, with `record` the encoded apply record that must be stored with its effects.
 /// `Err` only for failures of the store itself.
 fn execute<B: Backend>(
-    store: &MvccStore<B>,
+    store: &Arc<MvccStore<B>>,
     auth: &AuthStore<B>,
     cmd: &Command,
     index: u64,
@@ -265,7 +274,11 @@ fn execute<B: Backend>(
                     store.kv_delete_range(d).map(CommandResponse::DeleteRange)
                 }
                 Command::Txn(t) => store.kv_txn(t).map(CommandResponse::Txn),
-                Command::Compaction(c) => store.kv_compact(c).map(CommandResponse::Compaction),
+                // In force at once; the rows go on the store's compaction thread, so the
+                // entries after it are not held up (etcd compacts in the background too).
+                Command::Compaction(c) => store
+                    .kv_compact_in_background(c)
+                    .map(CommandResponse::Compaction),
                 Command::LeaseGrant { id, ttl } => store
                     .lease_grant(*id, *ttl)
                     .map(CommandResponse::LeaseGrant),
@@ -304,7 +317,7 @@ enum ApplyFailure {
 
 /// Applies `entries` in order (blocking: runs on a blocking thread).
 fn apply_blocking<B: Backend>(
-    store: &MvccStore<B>,
+    store: &Arc<MvccStore<B>>,
     auth: &AuthStore<B>,
     meta: &mut ApplyMeta,
     entries: Vec<Entry>,

@@ -333,8 +333,11 @@ pub(crate) async fn do_txn(state: &Arc<State>, t: TxnRequest) -> Result<TxnRespo
 }
 
 /// Serves a Compact request (through raft: every member compacts at the same point of the
-/// log). It returns once the compaction is applied on the member that proposed it, rows
-/// deleted, whatever `physical` says.
+/// log). The members apply it at once and delete its rows in the background
+/// (`MvccStore::kv_compact_in_background`), as etcd does; this request returns once the rows
+/// are deleted on the member that serves it, whatever `physical` says (a compaction that
+/// returns is physical), so a client never waits for a compaction it did not ask for while
+/// every other write goes on.
 pub(crate) async fn do_compact(
     state: Arc<State>,
     c: CompactionRequest,
@@ -344,10 +347,38 @@ pub(crate) async fn do_compact(
         physical: c.physical,
     };
     match state.propose(Command::Compaction(req)).await? {
-        CommandResponse::Compaction(_) => Ok(CompactionResponse {
-            header: state.header_now(),
-        }),
+        CommandResponse::Compaction(_) => {
+            wait_compacted(&state, c.revision).await?;
+            Ok(CompactionResponse {
+                header: state.header_now(),
+            })
+        }
         other => Err(unexpected("compaction", &other)),
+    }
+}
+
+/// Longest wait for the rows of a compaction to be deleted on this member.
+const PHYSICAL_COMPACTION_WAIT: Duration = Duration::from_secs(300);
+
+/// Waits until this member deleted the rows of the compaction at `revision`, in short
+/// blocking steps (a client that goes away cancels the wait). etcd's "request timed out"
+/// after [`PHYSICAL_COMPACTION_WAIT`] (the compaction stays in force).
+async fn wait_compacted(state: &Arc<State>, revision: i64) -> Result<(), Status> {
+    let deadline = tokio::time::Instant::now() + PHYSICAL_COMPACTION_WAIT;
+    loop {
+        let store = state.store.clone();
+        let done = blocking(move || {
+            store
+                .wait_compacted(revision, Duration::from_millis(500))
+                .map_err(mvcc_status)
+        })
+        .await?;
+        if done {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(crate::state::raft_errors::timeout());
+        }
     }
 }
 
