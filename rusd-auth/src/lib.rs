@@ -62,6 +62,7 @@ pub use model::{
     prefix_range_end, AuthInfo, AuthStatus, Permission, PermissionType, Role, User, UserOptions,
     ROOT_ROLE, ROOT_USER,
 };
+pub use persist::AuthDump;
 pub use store::{
     hash_password, verify_password, AuthConfig, AuthStore, DEFAULT_BCRYPT_COST, MAX_BCRYPT_COST,
     MIN_BCRYPT_COST,
