@@ -46,7 +46,7 @@ impl AuthFigures {
     /// The figures of `dump`; `None` for the state of a fresh store ([`AuthDump::is_fresh`]),
     /// which there is nothing to carry of.
     pub fn of(dump: &AuthDump) -> Option<Self> {
-        (!dump.is_fresh()).then(|| AuthFigures {
+        (!dump.is_fresh()).then_some(AuthFigures {
             enabled: dump.enabled,
             revision: dump.revision,
             users: dump.users.len(),
@@ -189,7 +189,8 @@ fn plain<'a>(bucket: &'static str, entries: &'a [Entry<'a>]) -> Result<(), Impor
 /// Decodes and checks etcd's auth buckets. `None` when the file has none of `auth`,
 /// `authUsers` and `authRoles` (nothing to import); a missing one of them reads as empty.
 /// The dump is checked and normalised by [`rusd_auth::persist::normalize_dump`] (etcd's order
-/// is kept); a state it refuses is an [`ImportError::BadRow`] of the `auth` bucket.
+/// is kept); a state it refuses (an invalid permission range, a user holding an empty role
+/// name) is an [`ImportError::Auth`] with [`rusd_auth::AuthError::InvalidDump`].
 pub fn parse_auth(file: &BoltFile<'_>) -> Result<Option<AuthDump>, ImportError> {
     let auth = file.bucket(b"auth")?;
     let users = file.bucket(b"authUsers")?;
@@ -246,9 +247,7 @@ pub fn parse_auth(file: &BoltFile<'_>) -> Result<Option<AuthDump>, ImportError> 
         }
         dump.roles.push(role);
     }
-    rusd_auth::persist::normalize_dump(&dump)
-        .map(Some)
-        .map_err(|e| bad("auth", b"", e.to_string()))
+    Ok(Some(rusd_auth::persist::normalize_dump(&dump)?))
 }
 
 #[cfg(test)]
