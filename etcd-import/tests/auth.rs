@@ -415,6 +415,41 @@ fn malformed_auth_records_are_typed_errors_and_write_nothing() {
     let store = open_auth(&target, BackendKind::Sled);
     assert_eq!(store.user_get("alice").expect("alice").roles, ["app"]);
     store.backend().close().expect("close");
+    // The command line reports what was carried, both ways.
+    let bin = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rusd-import"))
+            .args(args)
+            .output()
+            .expect("rusd-import");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    };
+    let d = |name: &str| dir.path().join(name).display().to_string();
+    let out = bin(&[
+        "import",
+        "--etcd-db",
+        &d("good.db"),
+        "--data-dir",
+        &d("cli"),
+    ]);
+    assert_eq!(
+        out,
+        format!(
+            "imported {} (data file) into {} [sled]: 0 rows, 0 live keys, 0 leases, revision 1, \
+             compacted at -1\nimported auth disabled, revision 1, 1 users, 0 roles\n",
+            d("good.db"),
+            d("cli")
+        )
+    );
+    let out = bin(&["export", "--data-dir", &d("cli"), "--etcd-db", &d("cli.db")]);
+    assert!(
+        out.contains("\nexported auth disabled, revision 1, 1 users, 0 roles\n"),
+        "{out}"
+    );
 
     let src = dir.path().join("none.db");
     std::fs::write(&src, etcd_file(&[])).expect("write");
