@@ -17,6 +17,10 @@
 //! * Checks: [`AuthStore::check_range`], [`AuthStore::check_put`],
 //!   [`AuthStore::check_delete_range`], [`AuthStore::check_txn`],
 //!   [`AuthStore::check_lease_revoke`], [`AuthStore::check_watch`], [`AuthStore::check_admin`].
+//! * Moving the whole state (`rusd import` / `rusd export`): [`AuthDump`], read without writing
+//!   by [`persist::read_dump`] (or [`AuthStore::dump`]), written by [`persist::restore`] (one
+//!   backend write, replacing the tree) or [`persist::restore_rows`] (into a caller's batch);
+//!   bcrypt hashes are carried as they are.
 //! * Errors: [`AuthError`], whose `Display` is etcd's message and
 //!   [`AuthError::grpc_code`] etcd's gRPC code.
 //!
