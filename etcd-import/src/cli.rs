@@ -150,6 +150,9 @@ fn import(args: ImportArgs, layout: Layout) -> Result<(), ImportError> {
         s.current_revision,
         s.compact_revision
     );
+    if let Some(a) = &s.auth {
+        println!("imported {}", a.describe());
+    }
     Ok(())
 }
 
@@ -176,6 +179,9 @@ fn export(args: ExportArgs, layout: Layout) -> Result<(), ImportError> {
         s.current_revision,
         s.compact_revision
     );
+    if let Some(a) = &s.auth {
+        println!("exported {}", a.describe());
+    }
     print!("{}", render_status(&s.status, StatusFormat::Table));
     Ok(())
 }

@@ -81,6 +81,9 @@ pub enum ImportError {
     /// The rusd store holds something an etcd 3.4 bbolt file cannot represent.
     #[error("cannot export: {0}")]
     Unexportable(String),
+    /// The auth state could not be read from the store, or `rusd-auth` refused it.
+    #[error("auth state")]
+    Auth(#[from] rusd_auth::AuthError),
     /// The bbolt writer was given input bbolt cannot store (bad page size, unsorted or
     /// oversized keys).
     #[error("bbolt writer: {0}")]

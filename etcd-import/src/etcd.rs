@@ -8,11 +8,13 @@
 //!   encoding above with sub 0; `consistent_index` = 8 bytes big-endian.
 //! * bucket `lease`: key = lease id, 8 bytes big-endian; value = protobuf `leasepb.Lease`
 //!   (1 ID, 2 TTL, 3 RemainingTTL; 3 is absent unless lease checkpointing is on).
+//! * buckets `auth`, `authUsers`, `authRoles`: see [`crate::auth`].
 //! * an `etcdctl snapshot save` file is the bbolt file followed by the SHA-256 of it (32 bytes).
 
 use std::collections::HashMap;
 
 use mvcc_core::KeyValue;
+use rusd_auth::AuthDump;
 use sha2::{Digest, Sha256};
 
 use crate::bbolt::{BoltFile, Entry};
@@ -59,6 +61,9 @@ pub struct EtcdData {
     pub scheduled_compact: Option<i64>,
     /// `consistent_index`, if any.
     pub consistent_index: Option<u64>,
+    /// The auth state (`auth`, `authUsers`, `authRoles`), checked and normalised; `None` when
+    /// the file has none of those buckets.
+    pub auth: Option<AuthDump>,
     /// The revision etcd would open the store at.
     pub current_revision: i64,
     /// Number of keys alive at the current revision.
@@ -83,7 +88,7 @@ impl EtcdData {
     }
 }
 
-fn bad(bucket: &'static str, key: &[u8], reason: impl Into<String>) -> ImportError {
+pub(crate) fn bad(bucket: &'static str, key: &[u8], reason: impl Into<String>) -> ImportError {
     ImportError::BadRow {
         bucket,
         key: key.iter().map(|b| format!("{b:02x}")).collect(),
@@ -92,12 +97,12 @@ fn bad(bucket: &'static str, key: &[u8], reason: impl Into<String>) -> ImportErr
 }
 
 /// A protobuf field value.
-enum Field<'a> {
+pub(crate) enum Field<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
 }
 
-fn varint(data: &[u8], at: &mut usize) -> Option<u64> {
+pub(crate) fn varint(data: &[u8], at: &mut usize) -> Option<u64> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let b = *data.get(*at)?;
@@ -112,7 +117,7 @@ fn varint(data: &[u8], at: &mut usize) -> Option<u64> {
 
 /// Splits a protobuf message into `(field number, value)`; unknown 64/32-bit fields are
 /// skipped, groups rejected.
-fn fields(data: &[u8]) -> Result<Vec<(u64, Field<'_>)>, String> {
+pub(crate) fn fields(data: &[u8]) -> Result<Vec<(u64, Field<'_>)>, String> {
     let mut out = Vec::new();
     let mut at = 0usize;
     while at < data.len() {
@@ -418,6 +423,8 @@ pub fn parse_etcd_db(data: &[u8]) -> Result<EtcdData, ImportError> {
         leases.push(l);
     }
 
+    let auth = crate::auth::parse_auth(&file)?;
+
     let last_main = rows.last().map_or(1, |r| r.main);
     let current_revision = last_main.max(1).max(compact);
     let meta = file.meta();
@@ -427,6 +434,7 @@ pub fn parse_etcd_db(data: &[u8]) -> Result<EtcdData, ImportError> {
         finished_compact,
         scheduled_compact,
         consistent_index,
+        auth,
         current_revision,
         live_keys,
         snapshot_trailer,

@@ -11,9 +11,12 @@
 //! * `lease`: every lease as `leasepb.Lease {ID, TTL, RemainingTTL}`, the remaining TTL being
 //!   the lease's last checkpoint (omitted without one; see the README), which etcd resumes the
 //!   lease from as rusd does.
-//! * `auth`: `authRevision` = 1 (auth disabled, as a new etcd writes it); `cluster`:
-//!   `clusterVersion` = `3.4.0`; `alarm`, `authRoles`, `authUsers`, `members`,
-//!   `members_removed`: empty (restore writes the new cluster's members).
+//! * `auth`: `authRevision` = rusd's auth revision (1 for a store without auth state, as a new
+//!   etcd writes it), `authEnabled` = `1` when auth is enabled (absent otherwise, which etcd
+//!   reads as disabled); `authUsers`: every user as `authpb.User` (bcrypt hash as it is);
+//!   `authRoles`: every role as `authpb.Role` (see [`crate::auth`]).
+//! * `cluster`: `clusterVersion` = `3.4.0`; `alarm`, `members`, `members_removed`: empty
+//!   (restore writes the new cluster's members).
 //!
 //! The source store is only read (through the engine's `scan`, without opening an
 //! `MvccStore`, which could finish an interrupted compaction). The output is written to a
@@ -32,6 +35,7 @@ use mvcc_core::{AnyBackend, KeyValue};
 use sha2::{Digest, Sha256};
 use storage_api::{Backend, BackendConfig, BackendKind, Tree};
 
+use crate::auth::{encode_role, encode_user, AuthFigures, AUTH_ENABLED_KEY, AUTH_REVISION_KEY};
 use crate::bbolt_write::{BoltWriter, DEFAULT_PAGE_SIZE};
 use crate::error::ImportError;
 use crate::etcd::parse_etcd_db;
@@ -66,6 +70,9 @@ pub struct ExportSummary {
     pub backend: BackendKind,
     /// True when the SHA-256 trailer of `etcdctl snapshot save` was appended.
     pub snapshot_format: bool,
+    /// The auth state exported; `None` when the store has only the state of a fresh store
+    /// (disabled, revision 1, no users or roles).
+    pub auth: Option<AuthFigures>,
     /// `key` rows written (puts and deletions).
     pub rows: usize,
     /// Keys alive at the current revision.
@@ -118,7 +125,7 @@ pub fn open_existing(
     Ok(AnyBackend::open(kind, BackendConfig::new(dir))?)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -126,7 +133,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn put_int(out: &mut Vec<u8>, field: u8, v: i64) {
+pub(crate) fn put_int(out: &mut Vec<u8>, field: u8, v: i64) {
     if v != 0 {
         out.push(field << 3);
         // int64 is a two's-complement varint.
@@ -134,7 +141,7 @@ fn put_int(out: &mut Vec<u8>, field: u8, v: i64) {
     }
 }
 
-fn put_bytes(out: &mut Vec<u8>, field: u8, b: &[u8]) {
+pub(crate) fn put_bytes(out: &mut Vec<u8>, field: u8, b: &[u8]) {
     if !b.is_empty() {
         out.push((field << 3) | 2);
         put_varint(out, b.len() as u64);
@@ -225,6 +232,7 @@ pub fn write_etcd_db<W: Write + Seek>(
     let finished = meta_i64(backend, META_FINISHED_COMPACT_REV)?;
     let scheduled = meta_i64(backend, META_SCHEDULED_COMPACT_REV)?;
     let stored_current = meta_i64(backend, META_CURRENT_REV)?;
+    let auth = read_auth(backend)?;
     let mut w = BoltWriter::new(out, DEFAULT_PAGE_SIZE, path)?;
     {
         let b = w.bucket(b"alarm");
@@ -232,11 +240,26 @@ pub fn write_etcd_db<W: Write + Seek>(
     }
     {
         let mut b = w.bucket(b"auth");
-        b.put(b"authRevision", &1u64.to_be_bytes())?;
+        if auth.enabled {
+            b.put(AUTH_ENABLED_KEY, &[1])?;
+        }
+        b.put(AUTH_REVISION_KEY, &auth.revision.to_be_bytes())?;
         b.finish()?;
     }
-    w.bucket(b"authRoles").finish()?;
-    w.bucket(b"authUsers").finish()?;
+    {
+        let mut b = w.bucket(b"authRoles");
+        for r in &auth.roles {
+            b.put(r.name.as_bytes(), &encode_role(r))?;
+        }
+        b.finish()?;
+    }
+    {
+        let mut b = w.bucket(b"authUsers");
+        for u in &auth.users {
+            b.put(u.name.as_bytes(), &encode_user(u))?;
+        }
+        b.finish()?;
+    }
     {
         let mut b = w.bucket(b"cluster");
         b.put(b"clusterVersion", CLUSTER_VERSION.as_bytes())?;
@@ -327,6 +350,13 @@ pub fn write_etcd_db<W: Write + Seek>(
         usize::try_from(rows).unwrap_or(usize::MAX),
         usize::try_from(leases).unwrap_or(usize::MAX),
     ))
+}
+
+/// The auth state of the store in `backend` as it is exported: read without writing
+/// ([`rusd_auth::persist::read_dump`]) and checked ([`rusd_auth::persist::normalize_dump`]).
+pub fn read_auth(backend: &AnyBackend) -> Result<rusd_auth::AuthDump, ImportError> {
+    let dump = rusd_auth::persist::read_dump(backend)?;
+    Ok(rusd_auth::persist::normalize_dump(&dump)?)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -435,6 +465,13 @@ pub fn export(
                 data.leases.len()
             )));
         }
+        let want = read_auth(&backend)?;
+        if data.auth.as_ref() != Some(&want) {
+            return Err(ImportError::Verify(format!(
+                "read back auth state {:?}, {want:?} written",
+                data.auth
+            )));
+        }
         let status = etcd_status(&bytes)?;
         Ok((data, status))
     });
@@ -445,6 +482,7 @@ pub fn export(
         output: out.to_path_buf(),
         backend: engine,
         snapshot_format,
+        auth: data.auth.as_ref().and_then(AuthFigures::of),
         rows: data.rows.len(),
         live_keys: data.live_keys,
         leases: data.leases.len(),

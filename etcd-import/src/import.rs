@@ -10,6 +10,7 @@ use mvcc_core::store::{
 use mvcc_core::{AnyBackend, MvccStore};
 use storage_api::{Backend, BackendConfig, BackendKind, StorageError, Tree, WriteBatch};
 
+use crate::auth::AuthFigures;
 use crate::error::ImportError;
 use crate::etcd::{parse_etcd_db, EtcdData};
 
@@ -42,6 +43,10 @@ pub struct ImportSummary {
     pub compact_revision: i64,
     /// Backend writes issued.
     pub batches: usize,
+    /// The auth state imported (users, roles, enabled flag, auth revision); `None` when the
+    /// source has no auth buckets or only the state of a fresh etcd (disabled, revision 1, no
+    /// users or roles), which a rusd store opens to without any row.
+    pub auth: Option<AuthFigures>,
 }
 
 /// Prefix of the `meta` rows in which imports by earlier versions kept etcd's checkpointed
@@ -168,7 +173,11 @@ pub(crate) fn cleanup(target: &Path, existed: bool) {
 
 /// Writes `data` as a `kind` store in `target` (which must be missing or empty), then opens it
 /// with [`MvccStore`] and checks it recovers the current and compaction revisions, the live key
-/// count and the lease ids.
+/// count, the lease ids and the auth state.
+///
+/// The auth state (unless absent or that of a fresh etcd) goes into the `auth` tree through
+/// `rusd-auth`'s own encoding ([`rusd_auth::persist::restore_rows`]), in the last batch, with
+/// the `meta` rows; bcrypt hashes are kept as they are.
 pub fn write_store(
     data: &EtcdData,
     target: &Path,
@@ -230,11 +239,24 @@ pub fn write_store(
         data.current_revision.to_be_bytes().to_vec(),
     );
     batch.put(Tree::Meta, META_FORMAT.to_vec(), vec![FORMAT_VERSION]);
+    let auth = match &data.auth {
+        Some(d) if !d.is_fresh() => Some(rusd_auth::persist::restore_rows(d, &mut batch)?),
+        _ => None,
+    };
     flush(&mut batch, true)?;
     backend.flush()?;
 
     let store = MvccStore::new(backend)?;
-    let verified = verify(&store, data);
+    let verified = verify(&store, data).and_then(|()| {
+        let got = rusd_auth::persist::read_dump(&**store.backend())?;
+        let want = auth.clone().unwrap_or_default();
+        if got != want {
+            return Err(ImportError::Verify(format!(
+                "auth state: {got:?}, {want:?} expected"
+            )));
+        }
+        Ok(())
+    });
     let closed = store.close();
     verified?;
     closed?;
@@ -248,6 +270,7 @@ pub fn write_store(
         current_revision: data.current_revision,
         compact_revision: data.compact_revision(),
         batches,
+        auth: auth.as_ref().and_then(AuthFigures::of),
     })
 }
 

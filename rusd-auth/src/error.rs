@@ -125,6 +125,10 @@ pub enum AuthError {
         /// What was wrong.
         reason: String,
     },
+    /// An auth state given to restore ([`crate::persist::restore`]) breaks an invariant of the
+    /// store (revision 0, an empty or repeated name, an invalid permission range).
+    #[error("auth: invalid auth state: {0}")]
+    InvalidDump(String),
     /// The storage engine failed.
     #[error("auth: storage: {0}")]
     Storage(#[from] StorageError),
@@ -153,7 +157,9 @@ impl AuthError {
             | AuthError::AuthOldRevision => INVALID_ARGUMENT,
             AuthError::PermissionDenied => PERMISSION_DENIED,
             AuthError::InvalidAuthToken => UNAUTHENTICATED,
-            AuthError::Corrupt { .. } | AuthError::Storage(_) => INTERNAL,
+            AuthError::Corrupt { .. } | AuthError::InvalidDump(_) | AuthError::Storage(_) => {
+                INTERNAL
+            }
             AuthError::NoPasswordUser
             | AuthError::InvalidAuthOpts
             | AuthError::InvalidAuthMethod

@@ -17,6 +17,10 @@
 //! * Checks: [`AuthStore::check_range`], [`AuthStore::check_put`],
 //!   [`AuthStore::check_delete_range`], [`AuthStore::check_txn`],
 //!   [`AuthStore::check_lease_revoke`], [`AuthStore::check_watch`], [`AuthStore::check_admin`].
+//! * Moving the whole state (`rusd import` / `rusd export`): [`AuthDump`], read without writing
+//!   by [`persist::read_dump`] (or [`AuthStore::dump`]), written by [`persist::restore`] (one
+//!   backend write, replacing the tree) or [`persist::restore_rows`] (into a caller's batch);
+//!   bcrypt hashes are carried as they are.
 //! * Errors: [`AuthError`], whose `Display` is etcd's message and
 //!   [`AuthError::grpc_code`] etcd's gRPC code.
 //!
@@ -62,6 +66,7 @@ pub use model::{
     prefix_range_end, AuthInfo, AuthStatus, Permission, PermissionType, Role, User, UserOptions,
     ROOT_ROLE, ROOT_USER,
 };
+pub use persist::AuthDump;
 pub use store::{
     hash_password, verify_password, AuthConfig, AuthStore, DEFAULT_BCRYPT_COST, MAX_BCRYPT_COST,
     MIN_BCRYPT_COST,

@@ -130,47 +130,44 @@ impl<B: Backend> AuthStore<B> {
     }
 
     fn load(backend: &B) -> AuthResult<State> {
-        let format = backend.get(Tree::Auth, persist::KEY_FORMAT)?;
-        let revision = backend.get(Tree::Auth, persist::KEY_REVISION)?;
-        match &format {
-            Some(f) => {
-                let v = persist::decode_format(f)?;
-                if v != persist::FORMAT_VERSION {
-                    return Err(AuthError::Corrupt {
-                        key: "meta/format".into(),
-                        reason: format!("unsupported auth format version {v}"),
-                    });
-                }
+        if backend.get(Tree::Auth, persist::KEY_FORMAT)?.is_none() {
+            let mut batch = WriteBatch::new();
+            persist::put_format(&mut batch);
+            if backend.get(Tree::Auth, persist::KEY_REVISION)?.is_none() {
+                persist::put_revision(&mut batch, 1);
             }
-            None => {
-                let mut batch = WriteBatch::new();
-                persist::put_format(&mut batch);
-                if revision.is_none() {
-                    persist::put_revision(&mut batch, 1);
-                }
-                backend.write(&batch)?;
-            }
+            backend.write(&batch)?;
         }
+        let dump = persist::read_dump(backend)?;
         let mut state = State {
-            revision: match revision {
-                Some(r) => persist::decode_u64(persist::KEY_REVISION, &r)?,
-                None => 1,
-            },
-            enabled: backend
-                .get(Tree::Auth, persist::KEY_ENABLED)?
-                .is_some_and(|v| v == [1]),
-            ..State::default()
+            enabled: dump.enabled,
+            revision: dump.revision,
+            users: dump
+                .users
+                .into_iter()
+                .map(|u| (u.name.clone(), u))
+                .collect(),
+            roles: dump
+                .roles
+                .into_iter()
+                .map(|r| (r.name.clone(), r))
+                .collect(),
+            perms: HashMap::new(),
         };
-        for (k, v) in backend.scan_prefix(Tree::Auth, persist::USER_PREFIX, usize::MAX)? {
-            let user: User = persist::decode(&k, &v)?;
-            state.users.insert(user.name.clone(), user);
-        }
-        for (k, v) in backend.scan_prefix(Tree::Auth, persist::ROLE_PREFIX, usize::MAX)? {
-            let role: Role = persist::decode(&k, &v)?;
-            state.roles.insert(role.name.clone(), role);
-        }
         state.refresh_perms();
         Ok(state)
+    }
+
+    /// The whole auth state as it is in memory (what [`persist::read_dump`] reads from the
+    /// backend).
+    pub fn dump(&self) -> persist::AuthDump {
+        let s = self.state.read();
+        persist::AuthDump {
+            enabled: s.enabled,
+            revision: s.revision,
+            users: s.users.values().cloned().collect(),
+            roles: s.roles.values().cloned().collect(),
+        }
     }
 
     /// Re-reads the state from the backend (etcd `Recover`, after a snapshot restore). Simple

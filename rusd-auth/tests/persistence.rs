@@ -8,6 +8,7 @@ use std::sync::Arc;
 use common::*;
 use mvcc_core::request::{Put, Range};
 use rusd_auth::*;
+use storage_api::fault::{FaultKind, FaultOp, FaultyBackend};
 use storage_api::{Backend, BackendConfig, MemoryBackend, Tree};
 
 type Snapshot = (Vec<(Vec<u8>, Vec<u8>)>, AuthStatus, Vec<User>, Vec<Role>);
@@ -193,4 +194,134 @@ fn unreadable_records_are_refused() {
     let be = MemoryBackend::new(BackendConfig::new("")).unwrap();
     be.put(Tree::Auth, b"meta/revision", b"short").unwrap();
     assert!(matches!(open(&be), Err(AuthError::Corrupt { .. })));
+}
+
+#[test]
+fn read_dump_writes_nothing_and_reads_a_fresh_tree_as_the_default() {
+    let be = MemoryBackend::new(BackendConfig::new("")).unwrap();
+    assert_eq!(persist::read_dump(&*be).unwrap(), AuthDump::default());
+    assert!(persist::read_dump(&*be).unwrap().is_fresh());
+    assert_eq!(dump(&*be), Vec::new());
+}
+
+#[test]
+fn dump_restores_into_another_store_with_one_write() {
+    let be = MemoryBackend::new(BackendConfig::new("")).unwrap();
+    let a = AuthStore::open(be.clone(), config()).unwrap();
+    apply_all(&a, &setup_commands());
+    let d = persist::read_dump(&*be).unwrap();
+    assert_eq!(d, a.dump());
+    assert!(d.enabled);
+    assert!(!d.is_fresh());
+
+    let target = MemoryBackend::new(BackendConfig::new("")).unwrap();
+    // A stale user the restore must remove.
+    let stale = AuthStore::open(target.clone(), config()).unwrap();
+    stale.apply(&user_add("stale", "pw")).unwrap();
+    let faulty = FaultyBackend::wrap(target.clone());
+    // A failing write: nothing changes.
+    let tree_before = dump(&*target);
+    faulty.plan().fail_nth(FaultOp::Write, 1, FaultKind::Before);
+    assert!(matches!(
+        persist::restore(&*faulty, &d),
+        Err(AuthError::Storage(_))
+    ));
+    assert_eq!(dump(&*target), tree_before);
+    // One write: a fault armed on the second never fires.
+    faulty.plan().fail_nth(FaultOp::Write, 2, FaultKind::Before);
+    let restored = persist::restore(&*faulty, &d).unwrap();
+    assert_eq!(faulty.plan().pending(), 1);
+    faulty.plan().clear();
+    assert_eq!(restored, d);
+    let b = AuthStore::open(target.clone(), config()).unwrap();
+    assert_eq!(b.dump(), d);
+    assert_eq!(snapshot(&b), snapshot(&a));
+    // The same bcrypt hashes: the same passwords work.
+    b.authenticate("bob", "bobpw").unwrap();
+    assert!(matches!(
+        b.authenticate("bob", "wrong"),
+        Err(AuthError::AuthFailed)
+    ));
+    // The stale store sees the restored state after recover().
+    stale.recover().unwrap();
+    assert!(matches!(
+        stale.user_get("stale"),
+        Err(AuthError::UserNotFound)
+    ));
+    assert_eq!(stale.status(), a.status());
+}
+
+#[test]
+fn restore_normalises_order_and_refuses_broken_states() {
+    let user = |name: &str, roles: &[&str]| User {
+        name: name.into(),
+        password_hash: Some(hash("pw")),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        options: UserOptions::default(),
+    };
+    let role = |name: &str, perms: Vec<Permission>| Role {
+        name: name.into(),
+        permissions: perms,
+    };
+    let d = AuthDump {
+        enabled: false,
+        revision: 7,
+        users: vec![user("z", &["r2", "r1", "r2"]), user("a", &[])],
+        roles: vec![
+            role(
+                "r2",
+                vec![
+                    Permission::new(PermissionType::Write, "b", ""),
+                    Permission::new(PermissionType::Read, "a", "c"),
+                ],
+            ),
+            role("r1", vec![]),
+        ],
+    };
+    let n = persist::normalize_dump(&d).unwrap();
+    let names: Vec<&str> = n.users.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["a", "z"]);
+    assert_eq!(n.users[1].roles, ["r1", "r2"]);
+    let names: Vec<&str> = n.roles.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["r1", "r2"]);
+    assert_eq!(
+        n.roles[1].permissions,
+        vec![
+            Permission::new(PermissionType::Read, "a", "c"),
+            Permission::new(PermissionType::Write, "b", ""),
+        ]
+    );
+
+    let refused = |d: AuthDump, want: &str| {
+        let be = MemoryBackend::new(BackendConfig::new("")).unwrap();
+        let err = persist::restore(&*be, &d).unwrap_err();
+        assert!(matches!(err, AuthError::InvalidDump(_)), "{err:?}");
+        assert_eq!(err.to_string(), format!("auth: invalid auth state: {want}"));
+        assert_eq!(err.grpc_code(), grpc_code::INTERNAL);
+        assert_eq!(dump(&*be), Vec::new());
+    };
+    refused(
+        AuthDump {
+            revision: 0,
+            ..d.clone()
+        },
+        "auth revision 0",
+    );
+    let mut twice = d.clone();
+    twice.users.push(user("a", &[]));
+    refused(twice, "user \"a\" appears twice");
+    let mut empty = d.clone();
+    empty.roles.push(role("", vec![]));
+    refused(empty, "a role with an empty name");
+    let mut bad_range = d.clone();
+    bad_range.roles[1]
+        .permissions
+        .push(Permission::new(PermissionType::Read, "b", "a"));
+    refused(
+        bad_range,
+        "role \"r1\": invalid permission range \"b\"..\"a\"",
+    );
+    let mut empty_grant = d;
+    empty_grant.users[0].roles.push(String::new());
+    refused(empty_grant, "user \"z\" holds a role with an empty name");
 }

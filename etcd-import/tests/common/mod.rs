@@ -47,6 +47,12 @@ impl Etcd {
     /// Starts etcd as member `imp` with peer URL `http://127.0.0.1:<peer>` (what
     /// `etcdctl snapshot restore --name imp` was told).
     pub fn start_with_peer(data_dir: &Path, peer: u16) -> Etcd {
+        Self::start_as(data_dir, peer, None)
+    }
+
+    /// [`Etcd::start_with_peer`] on a store with auth enabled: the health check runs as
+    /// `user` (`name:password`).
+    pub fn start_as(data_dir: &Path, peer: u16, user: Option<&str>) -> Etcd {
         let client = free_port();
         let endpoint = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
@@ -72,6 +78,7 @@ impl Etcd {
             let ok = Command::new(ETCDCTL)
                 .env("ETCDCTL_API", "3")
                 .arg(format!("--endpoints={}", etcd.endpoint))
+                .args(user.map(|u| format!("--user={u}")))
                 .args(["endpoint", "health"])
                 .output()
                 .map(|o| o.status.success())
