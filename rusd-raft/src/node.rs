@@ -31,7 +31,14 @@
 //! proposes [`Command::LeaseRevoke`] for each. When a member becomes leader it first renews
 //! every lease (etcd's `Promote`), because keep-alives went to the previous leader: a lease
 //! with a checkpoint for its checkpointed remaining TTL, any other for its full TTL.
-//! Keep-alives are served by the leader (forwarded from followers).
+//! Keep-alives are served by the leader (forwarded from followers), and so are
+//! [`RaftNode::lease_time_to_live`] and [`RaftNode::leases`] (etcd forwards LeaseTimeToLive
+//! to the leader): a follower's lessor never sees a keep-alive, so its remaining TTLs are
+//! stale.
+//!
+//! # Leader transfer
+//! [`RaftNode::move_leader`] is etcd's `MoveLeader`, built on openraft 0.9 without its own
+//! transfer: see that method.
 //!
 //! Lease checkpointing (etcd's, on by default from etcd 3.6): every
 //! [`RaftNodeConfig::lease_checkpoint_interval`] the leader proposes
