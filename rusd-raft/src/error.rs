@@ -23,6 +23,17 @@ pub enum RaftError {
     /// The request did not complete in time; a write may or may not have been applied.
     #[error("request timed out")]
     Timeout,
+    /// This member is not the leader, and the request must be made on the leader (etcd's
+    /// `ErrNotLeader`, e.g. for `MoveLeader`); the leader it knows of.
+    #[error("not leader")]
+    NotLeader(Option<NodeId>),
+    /// The transferee of a leader transfer is no voter of the cluster (etcd's
+    /// `ErrBadLeaderTransferee`).
+    #[error("bad leader transferee {0:x}")]
+    BadLeaderTransferee(NodeId),
+    /// The transferee did not become leader in time (etcd's `ErrTimeoutLeaderTransfer`).
+    #[error("leader transfer took too long")]
+    LeaderTransferTimeout,
     /// The member is shutting down or stopped.
     #[error("raft member stopped")]
     Stopped,

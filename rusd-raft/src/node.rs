@@ -31,7 +31,14 @@
 //! proposes [`Command::LeaseRevoke`] for each. When a member becomes leader it first renews
 //! every lease (etcd's `Promote`), because keep-alives went to the previous leader: a lease
 //! with a checkpoint for its checkpointed remaining TTL, any other for its full TTL.
-//! Keep-alives are served by the leader (forwarded from followers).
+//! Keep-alives are served by the leader (forwarded from followers), and so are
+//! [`RaftNode::lease_time_to_live`] and [`RaftNode::leases`] (etcd forwards LeaseTimeToLive
+//! to the leader): a follower's lessor never sees a keep-alive, so its remaining TTLs are
+//! stale.
+//!
+//! # Leader transfer
+//! [`RaftNode::move_leader`] is etcd's `MoveLeader`, built on openraft 0.9 without its own
+//! transfer: see that method.
 //!
 //! Lease checkpointing (etcd's, on by default from etcd 3.6): every
 //! [`RaftNodeConfig::lease_checkpoint_interval`] the leader proposes
@@ -48,7 +55,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mvcc_core::{AnyBackend, MvccStore, StoreConfig};
+use mvcc_core::{AnyBackend, LeaseInfo, MvccError, MvccStore, StoreConfig};
 use openraft::error::{ClientWriteError, RaftError as OpenraftError};
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
@@ -274,6 +281,15 @@ enum ForwardRequest {
     ReadIndex,
     Membership(MembershipChange),
     KeepAlive(i64),
+    /// A lease's state as the leader's lessor knows it (keep-alives go to the leader).
+    TimeToLive {
+        id: i64,
+        keys: bool,
+    },
+    /// Every lease id, as the leader knows them.
+    Leases,
+    /// Sent by the leader to the transferee of a leader transfer: campaign now.
+    Campaign,
 }
 
 /// The leader's answer to a [`ForwardRequest`].
@@ -283,6 +299,9 @@ enum ForwardReply {
     ReadIndex(Option<u64>),
     Done,
     KeepAlive(i64),
+    /// `None`: no such lease.
+    TimeToLive(Option<LeaseInfo>),
+    Leases(Vec<i64>),
 }
 
 /// Where a request goes.
@@ -469,6 +488,12 @@ struct Core<B: Backend> {
     /// The state machine's applied index (ahead of openraft's metrics).
     applied: crate::state_machine::AppliedIndex,
     request_timeout: Duration,
+    /// True while this leader hands its leadership over ([`Core::move_leader`]): no
+    /// proposal and no read index is started meanwhile, so that nothing but the transfer
+    /// reaches the followers.
+    transferring: watch::Sender<bool>,
+    /// One leader transfer at a time.
+    transfer_lock: tokio::sync::Mutex<()>,
 }
 
 /// Pause between attempts while no leader is known.
@@ -517,6 +542,7 @@ impl<B: Backend> Core<B> {
                 "a batch is not a client command".into(),
             ));
         }
+        self.transfer_done(deadline).await?;
         match tokio::time::timeout_at(deadline, self.batcher.propose(cmd)).await {
             Err(_) => Err(RaftError::Timeout),
             Ok(result) => result,
@@ -584,6 +610,7 @@ impl<B: Backend> Core<B> {
                 .await?
                 .map(ForwardReply::Write)),
             ForwardRequest::ReadIndex => loop {
+                self.transfer_done(deadline).await?;
                 match tokio::time::timeout_at(deadline, self.raft.get_read_log_id()).await {
                     Err(_) => return Err(RaftError::Timeout),
                     Ok(Ok((read, _))) => {
@@ -627,6 +654,35 @@ impl<B: Backend> Core<B> {
                     }
                 })?;
                 Ok(Some(ForwardReply::KeepAlive(ttl)))
+            }
+            ForwardRequest::TimeToLive { id, keys } => {
+                if !self.is_leader() {
+                    return Ok(None);
+                }
+                match self.store.lease_time_to_live(*id) {
+                    Ok(mut info) => {
+                        if !keys {
+                            info.keys.clear();
+                        }
+                        Ok(Some(ForwardReply::TimeToLive(Some(info))))
+                    }
+                    Err(MvccError::LeaseNotFound(_)) => Ok(Some(ForwardReply::TimeToLive(None))),
+                    Err(e) => Err(RaftError::Mvcc(e)),
+                }
+            }
+            ForwardRequest::Leases => {
+                if !self.is_leader() {
+                    return Ok(None);
+                }
+                Ok(Some(ForwardReply::Leases(self.store.leases())))
+            }
+            ForwardRequest::Campaign => {
+                // openraft's election at once (a no-op on a leader); the leader stopped its
+                // heartbeats and waited for the followers' leader lease to run out, so the
+                // votes are not refused for a live leader.
+                tracing::info!("campaigning at the leader's request (leader transfer)");
+                self.raft.trigger().elect().await.map_err(raft_err)?;
+                Ok(Some(ForwardReply::Done))
             }
             ForwardRequest::Membership(change) => {
                 let result = tokio::time::timeout_at(deadline, self.change(change.clone())).await;
@@ -705,6 +761,113 @@ impl<B: Backend> Core<B> {
         Ok(())
     }
 
+    /// Waits (until `deadline`) while a leader transfer is under way.
+    async fn transfer_done(&self, deadline: Instant) -> RaftResult<()> {
+        let mut rx = self.transferring.subscribe();
+        let waited = tokio::time::timeout_at(deadline, rx.wait_for(|t| !*t))
+            .await
+            .map(|r| r.map(|_| ()));
+        match waited {
+            Err(_) => Err(RaftError::Timeout),
+            Ok(Err(_)) => Err(RaftError::Stopped),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    /// etcd's `MoveLeader` on this member: see [`RaftNode::move_leader`].
+    async fn move_leader(&self, target: NodeId, deadline: Instant) -> RaftResult<()> {
+        let _one = tokio::time::timeout_at(deadline, self.transfer_lock.lock())
+            .await
+            .map_err(|_| RaftError::LeaderTransferTimeout)?;
+        let (leader, voter, member) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            (
+                m.current_leader,
+                membership.voter_ids().any(|v| v == target),
+                membership.get_node(&target).cloned(),
+            )
+        };
+        if !self.is_leader() {
+            return Err(RaftError::NotLeader(leader));
+        }
+        let (true, Some(member)) = (voter, member) else {
+            return Err(RaftError::BadLeaderTransferee(target));
+        };
+        if target == self.id {
+            return Ok(());
+        }
+        tracing::info!(transferee = %format!("{target:x}"), "leadership transfer starting");
+        let config = self.raft.config().clone();
+        let election_min = Duration::from_millis(config.election_timeout_min);
+        // openraft's leader lease: a follower refuses votes for this long after it last heard
+        // from the leader, and campaigns on its own only `election_timeout_min..max` later.
+        let lease = Duration::from_millis(config.election_timeout_max);
+        // From here no proposal and no read index starts (they wait for the end of the
+        // transfer, then go to the new leader); the guard lifts that and restores the
+        // heartbeats however this ends.
+        let _transfer = TransferGuard::start(self);
+        let started = Instant::now();
+        loop {
+            // The transferee must have every entry, or the others refuse their votes.
+            self.caught_up(target, deadline).await?;
+            self.raft.runtime_config().heartbeat(false);
+            // Past the followers' lease, before any of them campaigns on its own.
+            tokio::time::sleep_until(Instant::now() + lease + election_min / 4).await;
+            if Instant::now() >= deadline {
+                break;
+            }
+            if let Err(e) = self
+                .forward(target, &member, &ForwardRequest::Campaign, deadline)
+                .await
+            {
+                tracing::warn!(error = %crate::error_line(&e), "leadership transfer: campaign request failed");
+            }
+            let wait = (Instant::now() + lease * 2).min(deadline);
+            let mut rx = self.raft.metrics();
+            let moved =
+                tokio::time::timeout_at(wait, rx.wait_for(|m| m.current_leader == Some(target)))
+                    .await;
+            if let Ok(Ok(_)) = moved {
+                tracing::info!(
+                    transferee = %format!("{target:x}"),
+                    took = ?started.elapsed(),
+                    "leadership transfer finished"
+                );
+                return Ok(());
+            }
+            if !self.is_leader() || Instant::now() >= deadline {
+                break;
+            }
+            // Still the leader (the votes were refused): heartbeats again, then retry.
+            self.raft.runtime_config().heartbeat(true);
+        }
+        tracing::warn!(transferee = %format!("{target:x}"), "leadership transfer failed");
+        Err(RaftError::LeaderTransferTimeout)
+    }
+
+    /// Waits (until `deadline`) until member `target` has replicated this leader's whole log.
+    async fn caught_up(&self, target: NodeId, deadline: Instant) -> RaftResult<()> {
+        let mut rx = self.raft.metrics();
+        let waited = tokio::time::timeout_at(
+            deadline,
+            rx.wait_for(|m| {
+                let last = m.last_log_index;
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&target))
+                    .is_some_and(|matched| matched.map(|l| l.index) == last)
+            }),
+        )
+        .await;
+        match waited {
+            Err(_) => Err(RaftError::LeaderTransferTimeout),
+            Ok(Err(_)) => Err(RaftError::Stopped),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
     fn is_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
@@ -728,6 +891,24 @@ impl<B: Backend> ForwardHandler for Core<B> {
             }
             Err(e) => Err(wire(e.to_wire())),
         }
+    }
+}
+
+/// Marks a leader transfer under way; at its end (also an early return or a cancelled
+/// request) lets proposals through again and restores the heartbeats.
+struct TransferGuard<'a, B: Backend>(&'a Core<B>);
+
+impl<'a, B: Backend> TransferGuard<'a, B> {
+    fn start(core: &'a Core<B>) -> Self {
+        core.transferring.send_replace(true);
+        TransferGuard(core)
+    }
+}
+
+impl<B: Backend> Drop for TransferGuard<'_, B> {
+    fn drop(&mut self) {
+        self.0.raft.runtime_config().heartbeat(true);
+        self.0.transferring.send_replace(false);
     }
 }
 
@@ -857,6 +1038,8 @@ impl<B: Backend> RaftNode<B> {
             store,
             applied,
             request_timeout,
+            transferring: watch::Sender::new(false),
+            transfer_lock: tokio::sync::Mutex::new(()),
         });
 
         let service = RaftPeerServer::new(PeerService {
@@ -1033,6 +1216,47 @@ impl<B: Backend> RaftNode<B> {
             ForwardReply::KeepAlive(ttl) => Ok(ttl),
             other => Err(RaftError::Raft(format!("unexpected reply {other:?}"))),
         }
+    }
+
+    /// Lease `id` as the leader knows it (etcd `LeaseTimeToLive`, which a follower forwards
+    /// to the leader: only the leader's lessor sees the keep-alives, so only it knows the
+    /// remaining TTL); `None` for an unknown lease. `keys`: include the attached keys.
+    pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> RaftResult<Option<LeaseInfo>> {
+        match self
+            .core
+            .on_leader(ForwardRequest::TimeToLive { id, keys })
+            .await?
+        {
+            ForwardReply::TimeToLive(info) => Ok(info),
+            other => Err(RaftError::Raft(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Every lease id, ascending, as the leader knows them (etcd `LeaseLeases`).
+    pub async fn leases(&self) -> RaftResult<Vec<i64>> {
+        match self.core.on_leader(ForwardRequest::Leases).await? {
+            ForwardReply::Leases(ids) => Ok(ids),
+            other => Err(RaftError::Raft(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Hands leadership to voter `target` (etcd `MoveLeader`), waiting until this member
+    /// sees it as leader. Only the leader can: elsewhere [`RaftError::NotLeader`]; a
+    /// `target` that is no voter (unknown, or a learner): [`RaftError::BadLeaderTransferee`];
+    /// `target` is this leader: done at once.
+    ///
+    /// openraft 0.9 has no leader transfer (raft's `TimeoutNow`), and its followers refuse
+    /// votes while their leader lease (`election_timeout_max` since they last heard from the
+    /// leader) runs. So the leader stops starting proposals and reads, waits until `target`
+    /// has its whole log, stops its heartbeats, waits for the followers' leases to run out
+    /// and asks `target` to campaign: `target` wins before any other follower's own election
+    /// timeout (at least `election_timeout_min` later) fires. Requests that arrive meanwhile
+    /// wait and then go to the new leader. If `target` is not leader after two leases, the
+    /// leader resumes its heartbeats and tries again, until the request timeout:
+    /// [`RaftError::LeaderTransferTimeout`].
+    pub async fn move_leader(&self, target: NodeId) -> RaftResult<()> {
+        let deadline = Instant::now() + self.core.request_timeout;
+        self.core.move_leader(target, deadline).await
     }
 
     /// Applies a membership change on the leader.

@@ -713,3 +713,144 @@ async fn garbage_and_foreign_requests_get_typed_errors_not_panics() {
     .await
     .expect("test took longer than 60 s");
 }
+
+/// Three in-memory members with [`raft_config`] timings.
+async fn three_memory_members(tmp: &Path) -> Vec<Node> {
+    let mut listeners = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3 {
+        let l = bind().await;
+        members.insert(id, member(id, &l));
+        listeners.push(l);
+    }
+    let mut nodes = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let spec = Spec {
+            id: i as NodeId + 1,
+            kind: BackendKind::Memory,
+            dir: tmp.join(format!("m{}", i + 1)),
+        };
+        let backend = open_backend(spec.kind, &spec.dir);
+        nodes.push(
+            start(
+                &spec,
+                l,
+                backend,
+                &members,
+                InitialState::New,
+                raft_config(),
+            )
+            .await,
+        );
+    }
+    nodes
+}
+
+/// etcd forwards LeaseTimeToLive to the leader: only the leader sees keep-alives. Runs in
+/// about 4 s (a 3 s wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_answers_lease_time_to_live_and_leases_from_the_leader() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let nodes = three_memory_members(tmp.path()).await;
+        let all: Vec<&Node> = nodes.iter().collect();
+        let leader_id = leader_of(&all).await;
+        let leader = all.iter().find(|n| n.id() == leader_id).unwrap();
+        let follower = all.iter().find(|n| n.id() != leader_id).unwrap();
+        match leader
+            .write(Command::LeaseGrant { id: 7, ttl: 10 })
+            .await
+            .unwrap()
+        {
+            CommandResponse::LeaseGrant(l) => assert_eq!((l.id, l.ttl), (7, 10)),
+            other => panic!("{other:?}"),
+        }
+        leader
+            .write(Command::Put(Put::new("k1", "v", 7)))
+            .await
+            .unwrap();
+        converge(&all).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(leader.lease_keep_alive(7).await.unwrap(), 10);
+        // The follower's own lessor never saw the keep-alive: about 7 s left there.
+        let local = follower.store().lease_time_to_live(7).unwrap();
+        assert!(local.remaining_ttl <= 8, "{local:?}");
+        // Asked through the follower, the leader answers: renewed 10 s, just now.
+        let info = follower.lease_time_to_live(7, true).await.unwrap().unwrap();
+        assert_eq!(
+            (info.id, info.ttl, &info.keys),
+            (7, 10, &vec![b"k1".to_vec()])
+        );
+        assert!(info.remaining_ttl >= 9, "{info:?}");
+        let info = follower
+            .lease_time_to_live(7, false)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((info.id, info.ttl), (7, 10));
+        assert!(info.keys.is_empty());
+        // An unknown lease: none, as on the leader.
+        assert_eq!(follower.lease_time_to_live(8, true).await.unwrap(), None);
+        assert_eq!(leader.lease_time_to_live(8, true).await.unwrap(), None);
+        assert_eq!(follower.leases().await.unwrap(), vec![7]);
+        assert_eq!(leader.leases().await.unwrap(), vec![7]);
+        for n in nodes {
+            n.shutdown().await.unwrap();
+        }
+    })
+    .await
+    .expect("test took longer than 60 s");
+}
+
+/// etcd's MoveLeader: only on the leader, only to a voter; the transferee becomes leader and
+/// takes writes. Runs in about 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn move_leader_hands_leadership_to_the_transferee() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let nodes = three_memory_members(tmp.path()).await;
+        let all: Vec<&Node> = nodes.iter().collect();
+        let old = leader_of(&all).await;
+        let leader = all.iter().find(|n| n.id() == old).unwrap();
+        let target = all.iter().find(|n| n.id() != old).unwrap().id();
+        let other = all
+            .iter()
+            .find(|n| n.id() != old && n.id() != target)
+            .unwrap();
+        leader.write(put("before", "1")).await.unwrap();
+        let refused = other.move_leader(target).await.unwrap_err();
+        assert!(
+            matches!(refused, RaftError::NotLeader(Some(l)) if l == old),
+            "{refused:?}"
+        );
+        let refused = leader.move_leader(99).await.unwrap_err();
+        assert!(
+            matches!(refused, RaftError::BadLeaderTransferee(99)),
+            "{refused:?}"
+        );
+        leader.move_leader(old).await.unwrap();
+        assert_eq!(leader.metrics().leader, Some(old));
+
+        leader.move_leader(target).await.unwrap();
+        for n in &all {
+            n.wait_for(WAIT, |m| m.leader == Some(target))
+                .await
+                .unwrap();
+        }
+        // Writes through the old leader (now a follower) go to the new one.
+        let rev = revision_of(leader.write(put("after", "2")).await.unwrap());
+        assert_eq!(rev, 3);
+        converge(&all).await;
+        for n in &all {
+            assert_eq!(
+                values(n, "after"),
+                BTreeMap::from([("after".to_string(), "2".to_string())])
+            );
+        }
+        for n in nodes {
+            n.shutdown().await.unwrap();
+        }
+    })
+    .await
+    .expect("test took longer than 60 s");
+}

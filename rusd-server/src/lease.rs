@@ -116,28 +116,52 @@ pub(crate) async fn keep_alive(state: &State, id: i64) -> Result<i64, Status> {
     }
 }
 
-fn do_time_to_live(
+/// etcd `LeaseTimeToLive`: in a cluster the leader answers (a follower forwards it through
+/// rusd-raft), since only the leader's lessor sees keep-alives; TTL -1 for an unknown lease.
+async fn do_time_to_live(
     state: &State,
     r: &LeaseTimeToLiveRequest,
 ) -> Result<LeaseTimeToLiveResponse, Status> {
-    match state.store.lease_time_to_live(r.id) {
-        Ok(info) => Ok(LeaseTimeToLiveResponse {
+    let found = match &state.raft {
+        Some(raft) => raft
+            .lease_time_to_live(r.id, r.keys)
+            .await
+            .map_err(|e| state.raft_status(e))?,
+        None => match state.store.lease_time_to_live(r.id) {
+            Ok(info) => Some(info),
+            Err(MvccError::LeaseNotFound(_)) => None,
+            Err(e) => return Err(mvcc_status(e)),
+        },
+    };
+    Ok(match found {
+        Some(info) => LeaseTimeToLiveResponse {
             header: state.header_now(),
             id: info.id,
             ttl: info.remaining_ttl,
             granted_ttl: info.ttl,
             keys: if r.keys { info.keys } else { Vec::new() },
-        }),
+        },
         // etcd answers an unknown lease with TTL -1.
-        Err(MvccError::LeaseNotFound(_)) => Ok(LeaseTimeToLiveResponse {
+        None => LeaseTimeToLiveResponse {
             header: state.header_now(),
             id: r.id,
             ttl: -1,
             granted_ttl: 0,
             keys: Vec::new(),
-        }),
-        Err(e) => Err(mvcc_status(e)),
-    }
+        },
+    })
+}
+
+/// etcd `LeaseLeases`: every lease id, from the leader in a cluster.
+async fn do_leases(state: &State) -> Result<LeaseLeasesResponse, Status> {
+    let ids = match &state.raft {
+        Some(raft) => raft.leases().await.map_err(|e| state.raft_status(e))?,
+        None => state.store.leases(),
+    };
+    Ok(LeaseLeasesResponse {
+        header: state.header_now(),
+        leases: ids.into_iter().map(|id| LeaseStatus { id }).collect(),
+    })
 }
 
 /// Revokes expired leases every `interval` until `shutdown` turns true.
@@ -283,7 +307,7 @@ impl Lease for LeaseService {
         self.state
             .authorize_lease_time_to_live(&request)
             .map_err(self.state.refused("etcdserverpb.Lease", "LeaseTimeToLive"))?;
-        let res = do_time_to_live(&self.state, &request.into_inner());
+        let res = do_time_to_live(&self.state, &request.into_inner()).await;
         self.state
             .metrics
             .observe("etcdserverpb.Lease", "LeaseTimeToLive", &res);
@@ -297,17 +321,7 @@ impl Lease for LeaseService {
         self.state
             .authorize_token(&request)
             .map_err(self.state.refused("etcdserverpb.Lease", "LeaseLeases"))?;
-        let leases = self
-            .state
-            .store
-            .leases()
-            .into_iter()
-            .map(|id| LeaseStatus { id })
-            .collect();
-        let res = Ok(LeaseLeasesResponse {
-            header: self.state.header_now(),
-            leases,
-        });
+        let res = do_leases(&self.state).await;
         self.state
             .metrics
             .observe("etcdserverpb.Lease", "LeaseLeases", &res);

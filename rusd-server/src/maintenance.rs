@@ -378,15 +378,25 @@ impl maintenance_server::Maintenance for MaintenanceService {
         self.state
             .authorize_admin(&request)
             .map_err(self.state.refused("etcdserverpb.Maintenance", "MoveLeader"))?;
-        if request.get_ref().target_id != self.state.member_id {
-            return Err(Status::new(
-                Code::FailedPrecondition,
-                "etcdserver: bad leader transferee",
-            ));
+        let target = request.get_ref().target_id;
+        let res = match &self.state.raft {
+            // etcd: only the leader moves its leadership (`ErrGRPCNotLeader` elsewhere), to a
+            // voter (`ErrGRPCBadLeaderTransferee`), and answers once the transferee leads.
+            Some(raft) => raft
+                .move_leader(target)
+                .await
+                .map_err(|e| self.state.raft_status(e)),
+            // A server without raft is its own leader: only itself is a transferee.
+            None if target == self.state.member_id => Ok(()),
+            None => Err(crate::state::raft_errors::bad_leader_transferee()),
         }
-        Ok(Response::new(MoveLeaderResponse {
+        .map(|()| MoveLeaderResponse {
             header: self.state.header_now(),
-        }))
+        });
+        self.state
+            .metrics
+            .observe("etcdserverpb.Maintenance", "MoveLeader", &res);
+        res.map(Response::new)
     }
 
     async fn downgrade(

@@ -178,6 +178,7 @@ impl State {
             rusd_raft::RaftError::Command(_)
                 | rusd_raft::RaftError::NoLeader
                 | rusd_raft::RaftError::Timeout
+                | rusd_raft::RaftError::LeaderTransferTimeout
         );
         let status = raft_status(e);
         if !command && status.code() == tonic::Code::Unavailable && self.device_full() {
@@ -369,6 +370,18 @@ pub mod raft_errors {
     pub fn stopped() -> Status {
         Status::unavailable("etcdserver: server stopped")
     }
+    /// etcd `ErrGRPCNotLeader`.
+    pub fn not_leader() -> Status {
+        Status::failed_precondition("etcdserver: not leader")
+    }
+    /// etcd `ErrGRPCBadLeaderTransferee`.
+    pub fn bad_leader_transferee() -> Status {
+        Status::failed_precondition("etcdserver: bad leader transferee")
+    }
+    /// etcd `ErrGRPCTimeoutLeaderTransfer`.
+    pub fn timeout_leader_transfer() -> Status {
+        Status::unavailable("etcdserver: request timed out, leader transfer took too long")
+    }
     /// etcd `ErrGRPCMemberNotFound`.
     pub fn member_not_found() -> Status {
         Status::not_found("etcdserver: member not found")
@@ -411,6 +424,9 @@ pub fn raft_status(e: rusd_raft::RaftError) -> Status {
         E::Timeout => raft_errors::timeout(),
         E::Stopped => raft_errors::stopped(),
         E::LearnerNotReady(_) => raft_errors::learner_not_ready(),
+        E::NotLeader(_) => raft_errors::not_leader(),
+        E::BadLeaderTransferee(_) => raft_errors::bad_leader_transferee(),
+        E::LeaderTransferTimeout => raft_errors::timeout_leader_transfer(),
         E::Mvcc(m) => crate::error::mvcc_status(m),
         // A full device under the raft log: etcd's NOSPACE answer (the caller raises the
         // alarm); the member stops replicating until it is restarted.

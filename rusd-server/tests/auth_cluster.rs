@@ -4,8 +4,6 @@
 //! and a member that was down while users changed (and catches up by snapshot, the log having
 //! been purged) has the same users.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rusd_server::pb::authpb;
@@ -13,90 +11,12 @@ use rusd_server::pb::etcdserverpb as pb;
 use rusd_server::pb::etcdserverpb::{
     auth_client::AuthClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
 };
+use rusd_testkit::cluster::{initial_cluster, ClusterState, Member};
 use tonic::transport::Channel;
 use tonic::Code;
 
 const RUSD: &str = env!("CARGO_BIN_EXE_rusd");
-
-fn free_port() -> u16 {
-    rusd_testkit::process::free_port().unwrap()
-}
-
-struct Member {
-    name: String,
-    client: u16,
-    peer: u16,
-    dir: PathBuf,
-    backend: &'static str,
-    child: Option<Child>,
-}
-
-impl Member {
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
-    }
-
-    fn spawn(&mut self, cluster: &str, log: &Path) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log.join(format!("{}.log", self.name)))
-            .unwrap();
-        let peer = format!("http://127.0.0.1:{}", self.peer);
-        let child = Command::new(RUSD)
-            .args([
-                "--name",
-                &self.name,
-                "--data-dir",
-                self.dir.to_str().unwrap(),
-                "--backend",
-                self.backend,
-                "--listen-client-urls",
-                &self.endpoint(),
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                cluster,
-                "--initial-cluster-token",
-                "rusd-auth-cluster-test",
-                "--heartbeat-interval",
-                "50",
-                "--election-timeout",
-                "300",
-                "--snapshot-count",
-                "20",
-                "--bcrypt-cost",
-                "4",
-                "--log-level",
-                "info",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Kills every member still running, whatever happened.
-struct Cluster(Vec<Member>);
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for m in &mut self.0 {
-            m.kill();
-        }
-    }
-}
+const TOKEN: &str = "rusd-auth-cluster-test";
 
 #[derive(Clone)]
 struct Clients {
@@ -224,27 +144,23 @@ async fn run() {
     let tmp = tempfile::tempdir().unwrap();
     let backends = ["sled", "redb", "sled"];
     let mut members: Vec<Member> = (0..3)
-        .map(|i| Member {
-            name: format!("m{}", i + 1),
-            client: free_port(),
-            peer: free_port(),
-            dir: tmp.path().join(format!("m{}", i + 1)),
-            backend: backends[i],
-            child: None,
+        .map(|i| {
+            Member::new(RUSD, tmp.path(), &format!("m{}", i + 1))
+                .unwrap()
+                .backend(backends[i])
+                .token(TOKEN)
+                .args(["--snapshot-count", "20", "--bcrypt-cost", "4"])
         })
         .collect();
-    let cluster_flag = members
-        .iter()
-        .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
-        .collect::<Vec<_>>()
-        .join(",");
+    let cluster_flag = initial_cluster(&members);
     for m in &mut members {
-        m.spawn(&cluster_flag, tmp.path());
+        m.spawn(&cluster_flag, ClusterState::New).unwrap();
     }
-    let mut cluster = Cluster(members);
-    let mut c1 = connect(&cluster.0[0].endpoint()).await;
-    let mut c2 = connect(&cluster.0[1].endpoint()).await;
-    let mut c3 = connect(&cluster.0[2].endpoint()).await;
+    // Dropping the members kills them, whatever happened.
+    let mut cluster = members;
+    let mut c1 = connect(&cluster[0].endpoint()).await;
+    let mut c2 = connect(&cluster[1].endpoint()).await;
+    let mut c3 = connect(&cluster[2].endpoint()).await;
     in_sync(&mut [&mut c1, &mut c2, &mut c3]).await;
 
     // Users, a role and auth enabled, all via member 1 (no token: auth is still disabled).
@@ -367,11 +283,8 @@ async fn run() {
 
     // Member 2 goes down; meanwhile a user is added and the log is purged behind snapshots
     // (--snapshot-count 20); restarted, it catches up by snapshot and has the new user.
-    cluster.0[1].kill();
-    let id2 = rusd_raft::member_id(
-        &[format!("http://127.0.0.1:{}", cluster.0[1].peer)],
-        "rusd-auth-cluster-test",
-    );
+    cluster[1].kill().unwrap();
+    let id2 = rusd_raft::member_id(&[cluster[1].peer_url()], TOKEN);
     in_sync_without(&mut [&mut c1, &mut c3], id2).await;
     c3.auth
         .user_add(req(
@@ -387,11 +300,10 @@ async fn run() {
     for i in 0..60 {
         put(&mut c1, &format!("k/{i:02}"), &root3).await.unwrap();
     }
-    let dir = tmp.path().to_path_buf();
-    cluster.0[1].spawn(&cluster_flag, &dir);
-    let mut c2 = connect(&cluster.0[1].endpoint()).await;
+    cluster[1].restart().unwrap();
+    let mut c2 = connect(&cluster[1].endpoint()).await;
     in_sync(&mut [&mut c1, &mut c2, &mut c3]).await;
-    let log = std::fs::read_to_string(dir.join("m2.log")).unwrap();
+    let log = cluster[1].log().unwrap();
     assert!(
         log.contains("installed snapshot"),
         "m2 caught up by log only"

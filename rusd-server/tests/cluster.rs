@@ -4,96 +4,22 @@
 //! promoted once in sync) and removed.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
+use rusd_testkit::cluster::{initial_cluster, ClusterState, Member};
 
 const RUSD: &str = env!("CARGO_BIN_EXE_rusd");
+const TOKEN: &str = "rusd-cluster-test";
 
-fn free_port() -> u16 {
-    rusd_testkit::process::free_port().unwrap()
-}
-
-struct Member {
-    name: String,
-    client: u16,
-    peer: u16,
-    dir: PathBuf,
-    backend: &'static str,
-    child: Option<Child>,
-}
-
-impl Member {
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
-    }
-
-    fn spawn(&mut self, cluster: &str, log: &Path) {
-        self.spawn_as(cluster, "new", log);
-    }
-
-    fn spawn_as(&mut self, cluster: &str, state: &str, log: &Path) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log.join(format!("{}.log", self.name)))
-            .unwrap();
-        let peer = format!("http://127.0.0.1:{}", self.peer);
-        let child = Command::new(RUSD)
-            .args([
-                "--name",
-                &self.name,
-                "--data-dir",
-                self.dir.to_str().unwrap(),
-                "--backend",
-                self.backend,
-                "--listen-client-urls",
-                &self.endpoint(),
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                cluster,
-                "--initial-cluster-state",
-                state,
-                "--initial-cluster-token",
-                "rusd-cluster-test",
-                "--heartbeat-interval",
-                "50",
-                "--election-timeout",
-                "300",
-                "--durability",
-                "sync",
-                "--log-level",
-                "info",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Kills every member still running, whatever happened.
-struct Cluster(Vec<Member>);
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for m in &mut self.0 {
-            m.kill();
-        }
-    }
+/// A member of this test's clusters.
+fn member(tmp: &std::path::Path, name: &str, backend: &str) -> Member {
+    Member::new(RUSD, tmp, name)
+        .unwrap()
+        .backend(backend)
+        .token(TOKEN)
+        .arg("--durability")
+        .arg("sync")
 }
 
 async fn connect(endpoint: &str) -> Client {
@@ -170,26 +96,16 @@ async fn run() {
     let tmp = tempfile::tempdir().unwrap();
     let backends = ["sled", "redb", "memory"];
     let mut members: Vec<Member> = (0..3)
-        .map(|i| Member {
-            name: format!("m{}", i + 1),
-            client: free_port(),
-            peer: free_port(),
-            dir: tmp.path().join(format!("m{}", i + 1)),
-            backend: backends[i],
-            child: None,
-        })
+        .map(|i| member(tmp.path(), &format!("m{}", i + 1), backends[i]))
         .collect();
-    let cluster_flag = members
-        .iter()
-        .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
-        .collect::<Vec<_>>()
-        .join(",");
+    let cluster_flag = initial_cluster(&members);
     for m in &mut members {
-        m.spawn(&cluster_flag, tmp.path());
+        m.spawn(&cluster_flag, ClusterState::New).unwrap();
     }
-    let mut cluster = Cluster(members);
+    // Dropping the members kills them, whatever happened.
+    let mut cluster = members;
     let mut clients = Vec::new();
-    for m in &cluster.0 {
+    for m in &cluster {
         clients.push(connect(&m.endpoint()).await);
     }
     let leader = agreed_leader(&mut clients, 0, Duration::from_secs(20)).await;
@@ -220,16 +136,10 @@ async fn run() {
 
     // SIGKILL the leader.
     let li = cluster
-        .0
         .iter()
-        .position(|m| {
-            rusd_raft::member_id(
-                &[format!("http://127.0.0.1:{}", m.peer)],
-                "rusd-cluster-test",
-            ) == leader
-        })
+        .position(|m| rusd_raft::member_id(&[m.peer_url()], TOKEN) == leader)
         .expect("the leader is one of the members");
-    cluster.0[li].kill();
+    cluster[li].kill().unwrap();
     let killed_at = Instant::now();
     let mut survivors: Vec<Client> = (0..3)
         .filter(|i| *i != li)
@@ -256,9 +166,8 @@ async fn run() {
     }
 
     // The killed member restarts from its data dir and catches up.
-    let dir = tmp.path().to_path_buf();
-    cluster.0[li].spawn(&cluster_flag, &dir);
-    let mut back = connect(&cluster.0[li].endpoint()).await;
+    cluster[li].restart().unwrap();
+    let mut back = connect(&cluster[li].endpoint()).await;
     let target = survivors[0].status().await.unwrap().raft_index();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -285,22 +194,15 @@ async fn run() {
 
     // MemberAdd a fourth member, start it with `existing`: it catches up, is promoted to
     // voter, publishes its name, serves reads and writes; then MemberRemove.
-    let mut m4 = Member {
-        name: "m4".into(),
-        client: free_port(),
-        peer: free_port(),
-        dir: tmp.path().join("m4"),
-        backend: "sled",
-        child: None,
-    };
-    let peer4 = format!("http://127.0.0.1:{}", m4.peer);
-    let id4 = rusd_raft::member_id(std::slice::from_ref(&peer4), "rusd-cluster-test");
+    let mut m4 = member(tmp.path(), "m4", "sled");
+    let peer4 = m4.peer_url();
+    let id4 = rusd_raft::member_id(std::slice::from_ref(&peer4), TOKEN);
     let added = back.member_add([peer4.as_str()], None).await.unwrap();
     assert_eq!(added.member().unwrap().id(), id4);
     assert_eq!(added.member_list().len(), 4);
     let cluster4 = format!("{cluster_flag},m4={peer4}");
-    m4.spawn_as(&cluster4, "existing", &dir);
-    cluster.0.push(m4);
+    m4.spawn(&cluster4, ClusterState::Existing).unwrap();
+    cluster.push(m4);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let list = survivors[0].member_list().await.unwrap();
@@ -316,7 +218,7 @@ async fn run() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut c4 = connect(&cluster.0[3].endpoint()).await;
+    let mut c4 = connect(&cluster[3].endpoint()).await;
     check_all(&mut c4, &acked, false).await;
     let rev = put(&mut c4, "k/zz4", "four").await;
     assert_eq!(rev, next_rev + 1);

@@ -27,11 +27,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use rusd_testkit::cluster::{ClusterState, Member as Server};
 use rusd_testkit::history::History;
 use rusd_testkit::linearizability::{
     check_kv, Budget, CheckResult, KvInput, RegisterInput, RegisterOutput,
 };
-use rusd_testkit::process::{free_port, wait_port, Process, ProcessSpec};
 use rusd_testkit::proxy::Proxy;
 
 const RUSD: &str = env!("CARGO_BIN_EXE_rusd");
@@ -75,14 +75,13 @@ impl Rng {
 }
 
 struct Member {
-    client_port: u16,
     id: u64,
-    process: Process,
+    server: Server,
 }
 
 impl Member {
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        self.server.endpoint()
     }
 }
 
@@ -99,8 +98,8 @@ struct Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for m in &mut self.members {
-            let _ = m.process.resume();
-            let _ = m.process.kill();
+            let _ = m.server.resume();
+            let _ = m.server.kill();
         }
         if std::thread::panicking() {
             if let Some(tmp) = self.tmp.take() {
@@ -129,65 +128,45 @@ impl Cluster {
             .prefix("rusd-faults-")
             .tempdir()
             .unwrap();
-        let ports: Vec<(u16, u16)> = (0..3)
-            .map(|_| (free_port().unwrap(), free_port().unwrap()))
+        let backends = ["sled", "redb", "memory"];
+        let servers: Vec<Server> = (0..3)
+            .map(|i| {
+                Server::new(RUSD, tmp.path(), &format!("m{}", i + 1))
+                    .unwrap()
+                    .backend(backends[i])
+                    .token(TOKEN)
+                    .timing(HEARTBEAT_MS, ELECTION_MS)
+            })
             .collect();
-        let peer_url = |j: usize| format!("http://127.0.0.1:{}", ports[j].1);
-        let initial = (0..3)
-            .map(|j| format!("m{}={}", j + 1, peer_url(j)))
-            .collect::<Vec<_>>()
-            .join(",");
+        let initial = rusd_testkit::cluster::initial_cluster(&servers);
+        let peer_urls: Vec<String> = servers.iter().map(Server::peer_url).collect();
         let mut links: Vec<Vec<Option<Proxy>>> = Vec::new();
         for i in 0..3 {
             links.push(
                 (0..3)
                     .map(|j| {
-                        (i != j).then(|| Proxy::start(([127, 0, 0, 1], ports[j].1).into()).unwrap())
+                        (i != j).then(|| {
+                            Proxy::start(([127, 0, 0, 1], servers[j].peer_port()).into()).unwrap()
+                        })
                     })
                     .collect(),
             );
         }
-        let backends = ["sled", "redb", "memory"];
         let mut members = Vec::new();
-        for i in 0..3 {
-            let dir = tmp.path().join(format!("m{}", i + 1));
-            let mut spec = ProcessSpec::new(RUSD)
-                .dir(&dir)
-                .arg("--name")
-                .arg(format!("m{}", i + 1))
-                .arg("--data-dir")
-                .arg(dir.join("data"))
-                .arg("--backend")
-                .arg(backends[i])
-                .arg("--listen-client-urls")
-                .arg(format!("http://127.0.0.1:{}", ports[i].0))
-                .arg("--listen-peer-urls")
-                .arg(peer_url(i))
-                .arg("--initial-advertise-peer-urls")
-                .arg(peer_url(i))
-                .arg("--initial-cluster")
-                .arg(&initial)
-                .arg("--initial-cluster-token")
-                .arg(TOKEN)
-                .arg("--heartbeat-interval")
-                .arg(HEARTBEAT_MS.to_string())
-                .arg("--election-timeout")
-                .arg(ELECTION_MS.to_string())
-                .arg("--log-level")
-                .arg("info");
+        for (i, mut server) in servers.into_iter().enumerate() {
             for (j, link) in links[i].iter().enumerate() {
                 if let Some(p) = link {
-                    spec = spec.arg("--peer-url-rewrite").arg(format!(
+                    server = server.arg("--peer-url-rewrite").arg(format!(
                         "{}=http://{}",
-                        peer_url(j),
+                        peer_urls[j],
                         p.addr()
                     ));
                 }
             }
+            server.spawn(&initial, ClusterState::New).unwrap();
             members.push(Member {
-                client_port: ports[i].0,
-                id: rusd_raft::member_id(&[peer_url(i)], TOKEN),
-                process: Process::spawn(spec).unwrap(),
+                id: rusd_raft::member_id(std::slice::from_ref(&peer_urls[i]), TOKEN),
+                server,
             });
         }
         let cluster = Cluster {
@@ -198,11 +177,7 @@ impl Cluster {
         };
         let mut clients = Vec::new();
         for m in &cluster.members {
-            wait_port(
-                ([127, 0, 0, 1], m.client_port).into(),
-                Duration::from_secs(30),
-            )
-            .unwrap();
+            m.server.wait_client(Duration::from_secs(30)).unwrap();
             clients.push(connect(&m.endpoint()).await);
         }
         *cluster.clients.write().unwrap() = clients;
@@ -301,9 +276,11 @@ impl Cluster {
 
     /// Restarts member `i` (killed) and reconnects its client.
     async fn restart(&mut self, i: usize) {
-        self.members[i].process.restart().unwrap();
-        let port = self.members[i].client_port;
-        wait_port(([127, 0, 0, 1], port).into(), Duration::from_secs(30)).unwrap();
+        self.members[i].server.restart().unwrap();
+        self.members[i]
+            .server
+            .wait_client(Duration::from_secs(30))
+            .unwrap();
         let c = connect(&self.members[i].endpoint()).await;
         self.clients.write().unwrap()[i] = c;
     }
@@ -577,9 +554,9 @@ async fn inject(
     let started = Instant::now();
     match fault {
         Fault::IsolateLeader | Fault::IsolateFollower => cluster.isolate(target, true),
-        Fault::Pause { .. } => cluster.members[target].process.pause().unwrap(),
+        Fault::Pause { .. } => cluster.members[target].server.pause().unwrap(),
         Fault::KillRestart { .. } => {
-            cluster.members[target].process.kill().unwrap();
+            cluster.members[target].server.kill().unwrap();
         }
     }
     let pick = rng.below(2) as usize;
@@ -644,7 +621,7 @@ async fn inject(
     tokio::time::sleep(rng.ms(50, 250)).await;
     match fault {
         Fault::IsolateLeader | Fault::IsolateFollower => cluster.isolate(target, false),
-        Fault::Pause { .. } => cluster.members[target].process.resume().unwrap(),
+        Fault::Pause { .. } => cluster.members[target].server.resume().unwrap(),
         Fault::KillRestart { .. } => cluster.restart(target).await,
     }
 }

@@ -2,48 +2,17 @@
 //! quorum) answers 503 `RAFT NO LEADER`; once a quorum forms it answers healthy.
 
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Member(Child);
+use rusd_testkit::cluster::{ClusterState, Member};
 
-impl Drop for Member {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    rusd_testkit::process::free_port().unwrap()
-}
-
-fn start(dir: &std::path::Path, name: &str, client: u16, peer: u16, cluster: &str) -> Member {
-    Member(
-        Command::new(env!("CARGO_BIN_EXE_rusd"))
-            .args([
-                "--name",
-                name,
-                "--data-dir",
-                dir.join(name).to_str().unwrap(),
-                "--backend",
-                "memory",
-                "--listen-client-urls",
-                &format!("http://127.0.0.1:{client}"),
-                "--listen-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-                "--initial-cluster",
-                cluster,
-                "--initial-cluster-token",
-                "health-test",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+/// A member with the server's default timings (heartbeat 100 ms, election 1 s).
+fn member(dir: &std::path::Path, name: &str) -> Member {
+    Member::new(env!("CARGO_BIN_EXE_rusd"), dir, name)
+        .unwrap()
+        .backend("memory")
+        .token("health-test")
+        .timing(100, 1000)
 }
 
 /// `GET /health` on the client port: `(status line, body)`, or `None` while not listening.
@@ -78,15 +47,17 @@ fn wait_for(port: u16, want: &str) -> (String, String) {
 #[test]
 fn health_is_unhealthy_without_a_leader_and_healthy_with_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, pa, cb, pb) = (free_port(), free_port(), free_port(), free_port());
-    let cluster = format!("a=http://127.0.0.1:{pa},b=http://127.0.0.1:{pb}");
+    let mut a = member(dir.path(), "a");
+    let mut b = member(dir.path(), "b");
+    let ca = a.client_port();
+    let cluster = format!("a={},b={}", a.peer_url(), b.peer_url());
     // One of two members: no quorum, no leader.
-    let _a = start(dir.path(), "a", ca, pa, &cluster);
+    a.spawn(&cluster, ClusterState::New).unwrap();
     let (status, body) = wait_for(ca, "503");
     assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
     assert_eq!(body, r#"{"health":"false","reason":"RAFT NO LEADER"}"#);
     // The second member makes a quorum: a leader, healthy.
-    let _b = start(dir.path(), "b", cb, pb, &cluster);
+    b.spawn(&cluster, ClusterState::New).unwrap();
     let (status, body) = wait_for(ca, "200");
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert_eq!(body, r#"{"health":"true","reason":""}"#);

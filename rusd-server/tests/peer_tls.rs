@@ -7,12 +7,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::certs::Ca;
 use etcd_client::Client;
+use rusd_testkit::cluster::{initial_cluster, ClusterState, Member};
 
 const RUSD: &str = env!("CARGO_BIN_EXE_rusd");
 const TOKEN: &str = "rusd-peer-tls-test";
@@ -21,89 +22,13 @@ fn free_port() -> u16 {
     rusd_testkit::process::free_port().unwrap()
 }
 
-struct Member {
-    name: String,
-    client: u16,
-    peer: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Member {
-    fn new(tmp: &Path, name: &str) -> Member {
-        Member {
-            name: name.into(),
-            client: free_port(),
-            peer: free_port(),
-            dir: tmp.join(name),
-            child: None,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
-    }
-
-    fn peer_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.peer)
-    }
-
-    fn log(&self, tmp: &Path) -> PathBuf {
-        tmp.join(format!("{}.log", self.name))
-    }
-
-    /// Starts the member with https peer URLs and the `tls` flags.
-    fn spawn(&mut self, tmp: &Path, cluster: &str, state: &str, tls: &[String]) {
-        let log = std::fs::File::create(self.log(tmp)).unwrap();
-        let peer = self.peer_url();
-        let child = Command::new(RUSD)
-            .args([
-                "--name",
-                &self.name,
-                "--data-dir",
-                self.dir.to_str().unwrap(),
-                "--backend",
-                "memory",
-                "--listen-client-urls",
-                &self.endpoint(),
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                cluster,
-                "--initial-cluster-state",
-                state,
-                "--initial-cluster-token",
-                TOKEN,
-                "--heartbeat-interval",
-                "50",
-                "--election-timeout",
-                "300",
-                "--log-level",
-                "info",
-            ])
-            .args(tls)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-}
-
-/// Kills every member still running, whatever happened.
-struct Cluster(Vec<Member>);
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for m in &mut self.0 {
-            if let Some(mut c) = m.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
+/// A member with https peer URLs (its TLS flags are added per test).
+fn member(tmp: &Path, name: &str) -> Member {
+    Member::new(RUSD, tmp, name)
+        .unwrap()
+        .backend("memory")
+        .token(TOKEN)
+        .https_peers()
 }
 
 async fn connect(endpoint: &str) -> Client {
@@ -160,14 +85,6 @@ async fn put_and_read_everywhere(clients: &mut [Client], key: &str, value: &str)
             .collect();
         assert_eq!(got, vec![(key.to_string(), value.to_string(), rev)]);
     }
-}
-
-fn cluster_flag(members: &[Member]) -> String {
-    members
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.peer_url()))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Waits until `path` contains `needle`.
@@ -273,16 +190,19 @@ async fn mutual_tls() {
         ]
     };
     let mut members: Vec<Member> = (1..=3)
-        .map(|i| Member::new(dir, &format!("m{i}")))
+        .map(|i| {
+            let name = format!("m{i}");
+            let cert = ca.leaf(dir, &name, &name, false);
+            member(dir, &name).args(flags(&cert, &ca_file))
+        })
         .collect();
-    let cluster = cluster_flag(&members);
+    let cluster = initial_cluster(&members);
     for m in &mut members {
-        let cert = ca.leaf(dir, &m.name, &m.name, false);
-        m.spawn(dir, &cluster, "new", &flags(&cert, &ca_file));
+        m.spawn(&cluster, ClusterState::New).unwrap();
     }
-    let mut members = Cluster(members);
+    // Dropping the members kills them, whatever happened.
     let mut clients = Vec::new();
-    for m in &members.0 {
+    for m in &members {
         clients.push(connect(&m.endpoint()).await);
     }
     let leader = agreed_leader(&mut clients).await;
@@ -292,9 +212,12 @@ async fn mutual_tls() {
     // Plain text to an https peer port: no HTTP/2 SETTINGS frame comes back (a plain peer
     // port answers `00 00 12 04 ...`), only rustls' fatal `decode_error` alert record before
     // the connection is closed, and the member logs the refused handshake.
-    assert_eq!(plaintext_h2_answer(members.0[0].peer), DECODE_ERROR_ALERT);
+    assert_eq!(
+        plaintext_h2_answer(members[0].peer_port()),
+        DECODE_ERROR_ALERT
+    );
     wait_for_log(
-        &members.0[0].log(dir),
+        &members[0].log_path(),
         "peer TLS handshake refused",
         Duration::from_secs(10),
     )
@@ -305,32 +228,32 @@ async fn mutual_tls() {
     // the handshake (TLS 1.3: the client learns it from the alert after its Finished).
     let m1 = ca.leaf(dir, "probe", "probe", false);
     let alien = foreign.leaf(dir, "alien", "alien", false);
-    let settings = tls_h2_answer(members.0[0].peer, &ca_file, Some(&m1)).unwrap();
+    let settings = tls_h2_answer(members[0].peer_port(), &ca_file, Some(&m1)).unwrap();
     assert_eq!(settings[3], 4, "{settings:x?}");
     assert_eq!(
-        tls_h2_answer(members.0[0].peer, &ca_file, Some(&alien)).unwrap_err(),
+        tls_h2_answer(members[0].peer_port(), &ca_file, Some(&alien)).unwrap_err(),
         "received fatal alert: UnknownCA"
     );
     assert_eq!(
-        tls_h2_answer(members.0[0].peer, &ca_file, None).unwrap_err(),
+        tls_h2_answer(members[0].peer_port(), &ca_file, None).unwrap_err(),
         "received fatal alert: CertificateRequired"
     );
 
     // A fourth member with a certificate of a foreign CA: MemberAdd succeeds (as in etcd),
     // but no handshake between it and the members succeeds, so it never starts: it stays a
     // learner without a name, and the cluster keeps working.
-    let mut m4 = Member::new(dir, "m4");
+    let cert4 = foreign.leaf(dir, "m4", "m4", false);
+    let mut m4 = member(dir, "m4").args(flags(&cert4, &foreign_file));
     let id4 = rusd_raft::member_id(&[m4.peer_url()], TOKEN);
     let added = clients[0]
         .member_add([m4.peer_url().as_str()], None)
         .await
         .unwrap();
     assert_eq!(added.member().unwrap().id(), id4);
-    let cert4 = foreign.leaf(dir, "m4", "m4", false);
     let cluster4 = format!("{cluster},m4={}", m4.peer_url());
-    m4.spawn(dir, &cluster4, "existing", &flags(&cert4, &foreign_file));
-    let log4 = m4.log(dir);
-    members.0.push(m4);
+    m4.spawn(&cluster4, ClusterState::Existing).unwrap();
+    let log4 = m4.log_path();
+    members.push(m4);
     // The leader keeps dialling m4 and rejects its certificate; m4 sees the refusal.
     wait_for_log(&log4, "peer TLS handshake refused", Duration::from_secs(20)).await;
     let list = clients[1].member_list().await.unwrap();
@@ -354,21 +277,20 @@ async fn auto_tls() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let mut members: Vec<Member> = (1..=3)
-        .map(|i| Member::new(dir, &format!("a{i}")))
+        .map(|i| member(dir, &format!("a{i}")).arg("--peer-auto-tls"))
         .collect();
-    let cluster = cluster_flag(&members);
+    let cluster = initial_cluster(&members);
     for m in &mut members {
-        m.spawn(dir, &cluster, "new", &["--peer-auto-tls".to_string()]);
+        m.spawn(&cluster, ClusterState::New).unwrap();
     }
-    let members = Cluster(members);
     let mut clients = Vec::new();
-    for m in &members.0 {
+    for m in &members {
         clients.push(connect(&m.endpoint()).await);
     }
     agreed_leader(&mut clients).await;
     put_and_read_everywhere(&mut clients, "k/auto", "over-auto-tls").await;
-    for m in &members.0 {
-        let fixtures = m.dir.join("fixtures").join("peer");
+    for m in &members {
+        let fixtures = m.data_dir().join("fixtures").join("peer");
         assert!(
             fixtures.join("cert.pem").is_file(),
             "{}",
@@ -376,7 +298,10 @@ async fn auto_tls() {
         );
         assert!(fixtures.join("key.pem").is_file(), "{}", fixtures.display());
     }
-    assert_eq!(plaintext_h2_answer(members.0[1].peer), DECODE_ERROR_ALERT);
+    assert_eq!(
+        plaintext_h2_answer(members[1].peer_port()),
+        DECODE_ERROR_ALERT
+    );
     drop(members);
 }
 

@@ -6,6 +6,8 @@
 //! * [`history`]: a recorder that concurrent clients share to record their operations with
 //!   monotonic timestamps, export them to the checker and dump them to JSON.
 //! * [`proxy`]: a loopback TCP proxy for one peer link that a test can cut, heal and delay.
+//! * [`cluster`]: members of a `rusd` cluster as processes on loopback (etcd's cluster
+//!   flags, extra flags such as TLS ones), on top of [`process`].
 //! * [`process`]: a harness for a server process: spawn in a directory, capture its output,
 //!   SIGKILL, SIGSTOP/SIGCONT, restart, wait for a port.
 //!
@@ -13,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod error;
 pub mod history;
 pub mod linearizability;
