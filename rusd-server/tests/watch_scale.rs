@@ -82,15 +82,23 @@ impl Drop for Server {
     }
 }
 
-const EVENTS: usize = 60_000;
+/// Events written per run: 60,000 in CI; `RUSD_WATCH_EVENTS` sets another count (the
+/// documented long run writes 1,000,000).
+fn events() -> usize {
+    match std::env::var("RUSD_WATCH_EVENTS") {
+        Ok(v) => v.parse().expect("RUSD_WATCH_EVENTS: a number of events"),
+        Err(_) => 60_000,
+    }
+}
 const WRITERS: usize = 8;
 
 /// Runs a `rusd` (redb, 16 MiB cache), opens a watcher from revision 1 over every key, writes
-/// [`EVENTS`] 1 KiB values with [`WRITERS`] clients and returns the server's RSS growth in KiB.
+/// [`events()`] 1 KiB values with [`WRITERS`] clients and returns the server's RSS growth in KiB.
 /// With `stalled`, the watcher is not read during the writes and is read whole afterwards
 /// (every event once, in order); without, it is cancelled at once (the control: what the
 /// writes themselves cost — raft log entries kept until the next snapshot, engine caches).
 async fn rss_growth_kib(stalled: bool) -> u64 {
+    let events = events();
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -148,7 +156,7 @@ async fn rss_growth_kib(stalled: bool) -> u64 {
     for w in 0..WRITERS {
         let mut c = c.clone();
         tasks.push(tokio::spawn(async move {
-            for i in (w..EVENTS).step_by(WRITERS) {
+            for i in (w..events).step_by(WRITERS) {
                 let mut value = vec![b'x'; 1024];
                 value[..8].copy_from_slice(&(i as u64).to_be_bytes());
                 c.put(format!("key{i:06}"), value, Some(PutOptions::new()))
@@ -162,20 +170,28 @@ async fn rss_growth_kib(stalled: bool) -> u64 {
     }
     let after = rss_kib(server.0.id());
     let grown = after.saturating_sub(before);
-    eprintln!("rusd RSS {before} KiB -> {after} KiB (+{grown} KiB), stalled watcher: {stalled}");
+    eprintln!(
+        "rusd RSS {before} KiB -> {after} KiB (+{grown} KiB), {events} events, stalled watcher: {stalled}"
+    );
     if stalled {
         // Reading now yields every event once, in revision order.
-        let mut revs = Vec::with_capacity(EVENTS + 1);
-        while revs.len() < EVENTS + 1 {
+        let mut revs = Vec::with_capacity(events + 1);
+        while revs.len() < events + 1 {
             let r = next(&mut watcher).await;
             assert!(!r.canceled());
             for e in r.events() {
                 revs.push(e.kv().unwrap().mod_revision());
             }
         }
-        let want: Vec<i64> = (2..EVENTS as i64 + 3).collect();
+        let want: Vec<i64> = (2..events as i64 + 3).collect();
         assert_eq!(revs.len(), want.len());
         assert!(revs == want, "events out of order or repeated");
+        let read = rss_kib(server.0.id());
+        eprintln!(
+            "rusd RSS after the watcher read all {} events from revision 1: {read} KiB (+{} KiB over the start)",
+            revs.len(),
+            read.saturating_sub(before)
+        );
     }
     grown
 }
