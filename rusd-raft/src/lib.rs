@@ -15,7 +15,9 @@
 //!   applied log id written atomically with the data (etcd's consistent index), auth changes
 //!   included (applied to the `rusd_auth::AuthStore` of the same engine); snapshots are the
 //!   engine-portable backend snapshot (every tree, `auth` included), so members may run
-//!   different engines;
+//!   different engines; snapshots are files in `<data-dir>/raft-snap`, built, sent, received
+//!   and restored by streaming, so they take a few MiB of memory whatever the store size
+//!   (see [`state_machine`]'s "Snapshots");
 //! * [`network`]: the peer gRPC service (AppendEntries, Vote, chunked InstallSnapshot, and
 //!   Forward for client requests reaching a follower);
 //! * [`node`]: [`RaftNode`], the API a server uses: start, write, linearizable barrier
@@ -81,6 +83,7 @@ pub mod file_log;
 pub mod log_store;
 pub mod network;
 pub mod node;
+mod snapshot_files;
 pub mod state_machine;
 pub mod types;
 
