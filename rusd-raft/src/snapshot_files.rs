@@ -285,12 +285,6 @@ impl SnapshotFiles {
             }
         }
     }
-
-    /// The current snapshot's metadata.
-    #[cfg(test)]
-    pub(crate) fn current_meta(&self) -> Option<SnapshotMeta> {
-        self.inner.lock().current.as_ref().map(|(m, _)| m.clone())
-    }
 }
 
 #[cfg(unix)]
