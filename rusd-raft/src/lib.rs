@@ -46,7 +46,8 @@
 //! `etcd-cluster`), as etcd derives them; every member of a new cluster initialises it with
 //! the same membership. Without cluster flags `rusd` is a one-member cluster (same data
 //! directory layout: the store in `<data-dir>/member`, the raft log in
-//! `<data-dir>/raft-log`; a data directory written before replication is adopted).
+//! `<data-dir>/raft-wal` (or `raft-log` on an engine), the raft snapshots in
+//! `<data-dir>/raft-snap`; a data directory written before replication is adopted).
 //!
 //! * **Add a member**: `etcdctl member add m4 --peer-urls=http://127.0.0.1:2386`, then start it
 //!   with `--initial-cluster-state existing` and its `--listen-peer-urls`. It joins as a learner,

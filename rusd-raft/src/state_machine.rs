@@ -85,9 +85,10 @@
 //! A crash mid-build or mid-receive leaves a `*.tmp` file: opening the directory deletes
 //! every temporary file, every image without its metadata and every snapshot but the newest
 //! complete one, which becomes the current snapshot again (so a restarted leader can send it
-//! without building one). A crash during a restore is the engine's matter
-//! (`restore_validated` replaces the content atomically per engine); the raft log still
-//! holds the snapshot's place, so openraft sends the snapshot again.
+//! without building one). A crash during the restore itself leaves the store as the engine's
+//! `restore_validated` guarantees (each engine replaces its content all-or-nothing): at its
+//! old state, and then the member's raft log is unchanged too and the leader sends the
+//! snapshot again, or at the snapshot's state.
 
 use std::io::{BufWriter, Seek, SeekFrom};
 use std::path::PathBuf;
