@@ -106,7 +106,7 @@ async fn leader_of(nodes: &[&Node]) -> NodeId {
 async fn converge(nodes: &[&Node]) {
     let mut last = 0;
     for n in nodes {
-        last = last.max(n.metrics().last_log_index);
+        last = last.max(n.indexes().0);
     }
     for n in nodes {
         n.wait_for(WAIT, |m| m.applied_index >= last).await.unwrap();
