@@ -15,7 +15,9 @@
 //!   applied log id written atomically with the data (etcd's consistent index), auth changes
 //!   included (applied to the `rusd_auth::AuthStore` of the same engine); snapshots are the
 //!   engine-portable backend snapshot (every tree, `auth` included), so members may run
-//!   different engines;
+//!   different engines; snapshots are files in `<data-dir>/raft-snap`, built, sent, received
+//!   and restored by streaming, so they take a few MiB of memory whatever the store size
+//!   (see [`state_machine`]'s "Snapshots");
 //! * [`network`]: the peer gRPC service (AppendEntries, Vote, chunked InstallSnapshot, and
 //!   Forward for client requests reaching a follower);
 //! * [`node`]: [`RaftNode`], the API a server uses: start, write, linearizable barrier
@@ -44,7 +46,8 @@
 //! `etcd-cluster`), as etcd derives them; every member of a new cluster initialises it with
 //! the same membership. Without cluster flags `rusd` is a one-member cluster (same data
 //! directory layout: the store in `<data-dir>/member`, the raft log in
-//! `<data-dir>/raft-log`; a data directory written before replication is adopted).
+//! `<data-dir>/raft-wal` (or `raft-log` on an engine), the raft snapshots in
+//! `<data-dir>/raft-snap`; a data directory written before replication is adopted).
 //!
 //! * **Add a member**: `etcdctl member add m4 --peer-urls=http://127.0.0.1:2386`, then start it
 //!   with `--initial-cluster-state existing` and its `--listen-peer-urls`. It joins as a learner,
@@ -81,6 +84,7 @@ pub mod file_log;
 pub mod log_store;
 pub mod network;
 pub mod node;
+mod snapshot_files;
 pub mod state_machine;
 pub mod types;
 

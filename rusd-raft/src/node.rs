@@ -108,7 +108,8 @@ pub struct RaftNodeConfig<B: Backend> {
     pub initial_members: BTreeMap<NodeId, Member>,
     /// New cluster or joining.
     pub initial_state: InitialState,
-    /// The member's data directory; the raft log lives in `<data_dir>/raft-log`.
+    /// The member's data directory; the raft log lives in `<data_dir>/raft-log`, the raft
+    /// snapshots in `<data_dir>/raft-snap` ([`crate::state_machine::SNAPSHOT_DIR`]).
     pub data_dir: PathBuf,
     /// The state machine's engine, opened with `Durability::Buffered` (the log is the WAL).
     pub backend: Arc<B>,
@@ -971,8 +972,9 @@ impl<B: Backend> RaftNode<B> {
         }
         let sm = {
             let backend = backend.clone();
+            let snapshot_dir = data_dir.join(crate::state_machine::SNAPSHOT_DIR);
             tokio::task::spawn_blocking(move || {
-                StateMachine::open_with_auth(backend, store_config, auth)
+                StateMachine::open_with_snapshot_dir(backend, store_config, auth, snapshot_dir)
             })
             .await
             .map_err(raft_err)??

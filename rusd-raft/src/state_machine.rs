@@ -50,8 +50,48 @@
 //! (`Backend::restore_validated`), flushes it and reloads the same [`MvccStore`] from it
 //! ([`MvccStore::reload`]): every holder of the store keeps a valid handle; its watchers end
 //! (their clients re-watch from their revision, as after a restart).
+//!
+//! ## Where snapshots live, and what memory they take
+//! Snapshots are files, never images in memory (openraft's `SnapshotData` is a
+//! [`tokio::fs::File`]). A member keeps them in `<data-dir>/raft-snap` ([`SNAPSHOT_DIR`],
+//! [`StateMachine::open_with_snapshot_dir`]; [`StateMachine::open`] uses a private temporary
+//! directory deleted with the state machine):
+//!
+//! * **Build** (every `--snapshot-count` entries): `Backend::snapshot_to` streams through a
+//!   1 MiB write buffer into `build-<n>.tmp`, which is fsynced, read once more to check it and
+//!   find its metadata, then renamed to `<n>-<snapshot id>.snap` next to its metadata
+//!   `<n>-<snapshot id>.meta` (JSON; written and renamed first), and the directory fsynced.
+//!   The previous snapshot's files are deleted as soon as the new one is in place, so the
+//!   directory holds one snapshot (two while a newer one is being written).
+//! * **Send**: [`get_current_snapshot`](RaftStateMachine::get_current_snapshot) opens the
+//!   file; openraft reads it chunk by chunk (`snapshot_max_chunk_size`, 3 MiB by default) for
+//!   each lagging follower, so each transfer holds one chunk in memory. A file replaced
+//!   meanwhile stays readable through the open handle until the transfer ends.
+//! * **Receive**: [`begin_receiving_snapshot`](RaftStateMachine::begin_receiving_snapshot)
+//!   gives a fresh `recv-<n>.tmp` that openraft writes each chunk into at its offset (the file
+//!   of an earlier, abandoned receive is deleted then). [`install_snapshot`](
+//!   RaftStateMachine::install_snapshot) fsyncs it, validates the whole file in a first pass
+//!   (magic, structure, checksum: `ValidatedSnapshot::from_file`) **before** the backend is
+//!   touched, restores from the same file in a second pass, and keeps it as the current
+//!   snapshot. A corrupt file is deleted and refused with a storage error (the snapshot
+//!   error as its source): openraft stops the member, whose store is unchanged; restarted, it
+//!   asks for the snapshot again.
+//!
+//! Memory is therefore a few MiB of buffers (the 1 MiB write buffer, 256 KiB read buffers,
+//! one chunk per transfer) whatever the store size; disk holds one image (two during a
+//! build or an install).
+//!
+//! ## Crashes
+//! A crash mid-build or mid-receive leaves a `*.tmp` file: opening the directory deletes
+//! every temporary file, every image without its metadata and every snapshot but the newest
+//! complete one, which becomes the current snapshot again (so a restarted leader can send it
+//! without building one). A crash during the restore itself leaves the store as the engine's
+//! `restore_validated` guarantees (each engine replaces its content all-or-nothing): at its
+//! old state, and then the member's raft log is unchanged too and the leader sends the
+//! snapshot again, or at the snapshot's state.
 
-use std::io::Cursor;
+use std::io::{BufWriter, Seek, SeekFrom};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -59,12 +99,12 @@ use mvcc_core::store::META_APPLY;
 use mvcc_core::{MvccError, MvccStore, StoreConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
-use parking_lot::Mutex;
 use rusd_auth::{AuthConfig, AuthError, AuthInfo, AuthStore};
 use serde::{Deserialize, Serialize};
 use storage_api::snapshot::ValidatedSnapshot;
 use storage_api::{Backend, Tree, WriteBatch};
 
+use crate::snapshot_files::SnapshotFiles;
 use crate::types::{
     Applied, Command, CommandError, CommandResponse, Entry, LogId, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
@@ -108,8 +148,15 @@ fn snap_err(e: &(impl std::error::Error + 'static)) -> StorageError {
     StorageIOError::read_snapshot(None, AnyError::new(e)).into()
 }
 
-/// The last snapshot built or installed: metadata and image.
-type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, Arc<Vec<u8>>)>>>;
+fn snap_write_err(e: &(impl std::error::Error + 'static)) -> StorageError {
+    StorageIOError::write_snapshot(None, AnyError::new(e)).into()
+}
+
+/// The directory of a member's raft snapshots, inside its data directory.
+pub const SNAPSHOT_DIR: &str = "raft-snap";
+
+/// Write buffer of a snapshot build.
+const SNAPSHOT_WRITE_BUFFER: usize = 1024 * 1024;
 
 /// The index of the last entry a [`StateMachine`] applied, shared with its readers.
 ///
@@ -137,7 +184,7 @@ pub struct StateMachine<B: Backend> {
     store: Arc<MvccStore<B>>,
     auth: Arc<AuthStore<B>>,
     meta: ApplyMeta,
-    current: CurrentSnapshot,
+    snapshots: Arc<SnapshotFiles>,
     applied: AppliedIndex,
 }
 
@@ -154,11 +201,41 @@ impl<B: Backend> StateMachine<B> {
     /// [`Command::Authenticate`] apply to: `auth` must be opened on the same `backend` (its
     /// rows share the atomic writes of the apply record); `None` opens one with
     /// [`AuthConfig::default`] (simple tokens, 300 s TTL).
+    ///
+    /// Snapshots go to a private temporary directory, deleted with the state machine; a
+    /// member keeps them in its data directory with
+    /// [`open_with_snapshot_dir`](Self::open_with_snapshot_dir).
     pub fn open_with_auth(
         backend: Arc<B>,
         config: StoreConfig,
         auth: Option<Arc<AuthStore<B>>>,
     ) -> Result<Self, StorageError> {
+        Self::open_in(backend, config, auth, None)
+    }
+
+    /// [`open_with_auth`](Self::open_with_auth) with the snapshots in `snapshot_dir` (created
+    /// if needed; see the [module docs](self#snapshots)): the newest complete snapshot found
+    /// there is the current one, every other file there is deleted.
+    pub fn open_with_snapshot_dir(
+        backend: Arc<B>,
+        config: StoreConfig,
+        auth: Option<Arc<AuthStore<B>>>,
+        snapshot_dir: impl Into<PathBuf>,
+    ) -> Result<Self, StorageError> {
+        Self::open_in(backend, config, auth, Some(snapshot_dir.into()))
+    }
+
+    fn open_in(
+        backend: Arc<B>,
+        config: StoreConfig,
+        auth: Option<Arc<AuthStore<B>>>,
+        snapshot_dir: Option<PathBuf>,
+    ) -> Result<Self, StorageError> {
+        let snapshots = match snapshot_dir {
+            Some(dir) => SnapshotFiles::open(dir),
+            None => SnapshotFiles::temporary(),
+        }
+        .map_err(|e| snap_err(&e))?;
         let auth = match auth {
             Some(a) => a,
             None => Arc::new(
@@ -178,7 +255,7 @@ impl<B: Backend> StateMachine<B> {
             store: Arc::new(store),
             auth,
             meta,
-            current: Arc::new(Mutex::new(None)),
+            snapshots: Arc::new(snapshots),
             applied,
         })
     }
@@ -196,6 +273,11 @@ impl<B: Backend> StateMachine<B> {
     /// The auth store the auth commands apply to.
     pub fn auth(&self) -> Arc<AuthStore<B>> {
         self.auth.clone()
+    }
+
+    /// The directory the snapshot files live in.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.snapshots.dir().to_path_buf()
     }
 }
 
@@ -448,26 +530,56 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             store: self.store.clone(),
-            current: self.current.clone(),
+            snapshots: self.snapshots.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let snapshots = self.snapshots.clone();
+        let file = tokio::task::spawn_blocking(move || snapshots.begin_receiving())
+            .await
+            .map_err(|e| snap_write_err(&e))?
+            .map_err(|e| snap_write_err(&e))?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
+        let mut data = *snapshot;
+        // Completes the writes still in flight in tokio's file.
+        tokio::io::AsyncWriteExt::flush(&mut data)
+            .await
+            .map_err(|e| snap_write_err(&e))?;
+        let data = data.into_std().await;
         let store = self.store.clone();
         let auth = self.auth.clone();
-        let image = data.clone();
+        let snapshots = self.snapshots.clone();
+        let snap_meta = meta.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            let mut reader = image.as_slice();
-            let validated = ValidatedSnapshot::read_from(&mut reader).map_err(|e| snap_err(&e))?;
+            // The received file itself, or a copy of any other file (e.g. a snapshot of
+            // another state machine handed over whole).
+            let (temp, file) = match snapshots.take_receiving(&data) {
+                Some(temp) => (temp, data),
+                None => {
+                    let (temp, mut copy) = snapshots
+                        .create_temp("copy")
+                        .map_err(|e| snap_write_err(&e))?;
+                    let mut src = data;
+                    src.seek(SeekFrom::Start(0))
+                        .and_then(|_| std::io::copy(&mut src, &mut copy))
+                        .map_err(|e| snap_write_err(&e))?;
+                    (temp, copy)
+                }
+            };
+            file.sync_all().map_err(|e| snap_write_err(&e))?;
+            // First pass: the whole file is checked (checksum included) before the backend
+            // is touched; a bad snapshot is refused and its file deleted (`temp`'s drop).
+            let reader = file.try_clone().map_err(|e| snap_err(&e))?;
+            let validated = ValidatedSnapshot::from_file(reader).map_err(|e| snap_err(&e))?;
+            // Second pass: the records, from the same file.
             let backend = store.backend();
             backend
                 .restore_validated(validated)
@@ -475,7 +587,11 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             backend.flush().map_err(|e| sm_write_err(&e))?;
             store.reload().map_err(|e| sm_read_err(&e))?;
             // The image carries the `auth` tree: users, roles, the enabled flag, the revision.
-            auth.recover().map_err(|e| sm_read_err(&e))
+            auth.recover().map_err(|e| sm_read_err(&e))?;
+            snapshots
+                .commit(temp, &snap_meta)
+                .map_err(|e| snap_write_err(&e))?;
+            Ok(())
         })
         .await
         .map_err(|e| sm_write_err(&e))??;
@@ -499,7 +615,6 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
                 .filter(|_| stored.last_applied == meta.last_log_id),
         };
         self.applied.set(meta.last_log_id);
-        *self.current.lock() = Some((meta.clone(), Arc::new(data)));
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }
@@ -507,14 +622,15 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<openraft::Snapshot<TypeConfig>>, StorageError> {
-        Ok(self
-            .current
-            .lock()
-            .as_ref()
-            .map(|(meta, data)| openraft::Snapshot {
-                meta: meta.clone(),
-                snapshot: Box::new(Cursor::new(data.as_ref().clone())),
-            }))
+        let snapshots = self.snapshots.clone();
+        let current = tokio::task::spawn_blocking(move || snapshots.current())
+            .await
+            .map_err(|e| snap_err(&e))?
+            .map_err(|e| snap_err(&e))?;
+        Ok(current.map(|(meta, file)| openraft::Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
     }
 }
 
@@ -522,13 +638,12 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
 #[derive(Debug)]
 pub struct SnapshotBuilder<B: Backend> {
     store: Arc<MvccStore<B>>,
-    current: CurrentSnapshot,
+    snapshots: Arc<SnapshotFiles>,
 }
 
-/// Finds the apply record inside a snapshot image.
-fn meta_of_image(image: &[u8]) -> Result<ApplyMeta, StorageError> {
-    let mut reader = image;
-    let validated = ValidatedSnapshot::read_from(&mut reader).map_err(|e| snap_err(&e))?;
+/// Finds the apply record inside a snapshot file (validating the whole file on the way).
+fn meta_of_file(file: std::fs::File) -> Result<ApplyMeta, StorageError> {
+    let validated = ValidatedSnapshot::from_file(file).map_err(|e| snap_err(&e))?;
     for entry in validated.entries().map_err(|e| snap_err(&e))? {
         let entry = entry.map_err(|e| snap_err(&e))?;
         if entry.tree == Tree::Meta && entry.key == META_APPLY {
@@ -538,33 +653,51 @@ fn meta_of_image(image: &[u8]) -> Result<ApplyMeta, StorageError> {
     Ok(ApplyMeta::default())
 }
 
+/// Streams the store's image into a new file of `snapshots` and makes it the current one.
+fn build_blocking<B: Backend>(
+    store: &MvccStore<B>,
+    snapshots: &SnapshotFiles,
+) -> Result<(SnapshotMeta, std::fs::File, u64), StorageError> {
+    // Durable first: the log may be purged up to this snapshot.
+    store.flush().map_err(|e| sm_write_err(&e))?;
+    let (temp, file) = snapshots
+        .create_temp("build")
+        .map_err(|e| snap_write_err(&e))?;
+    let mut out = BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER, file);
+    let bytes = store
+        .backend()
+        .snapshot_to(&mut out)
+        .map_err(|e| snap_write_err(&e))?;
+    let file = out.into_inner().map_err(|e| snap_write_err(e.error()))?;
+    file.sync_all().map_err(|e| snap_write_err(&e))?;
+    let meta = meta_of_file(file)?;
+    let snapshot_id = match meta.last_applied {
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+        None => "empty".to_string(),
+    };
+    let snap_meta = SnapshotMeta {
+        last_log_id: meta.last_applied,
+        last_membership: meta.last_membership,
+        snapshot_id,
+    };
+    let file = snapshots
+        .commit(temp, &snap_meta)
+        .map_err(|e| snap_write_err(&e))?;
+    Ok((snap_meta, file, bytes))
+}
+
 impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<B> {
     async fn build_snapshot(&mut self) -> Result<openraft::Snapshot<TypeConfig>, StorageError> {
         let store = self.store.clone();
-        let (image, meta) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
-            // Durable first: the log may be purged up to this snapshot.
-            store.flush().map_err(|e| sm_write_err(&e))?;
-            let image = store.backend().snapshot().map_err(|e| snap_err(&e))?;
-            let meta = meta_of_image(&image)?;
-            Ok((image, meta))
-        })
-        .await
-        .map_err(|e| sm_write_err(&e))??;
-        let snapshot_id = match meta.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
-            None => "empty".to_string(),
-        };
-        let snap_meta = SnapshotMeta {
-            last_log_id: meta.last_applied,
-            last_membership: meta.last_membership,
-            snapshot_id,
-        };
-        let image = Arc::new(image);
-        *self.current.lock() = Some((snap_meta.clone(), image.clone()));
-        tracing::info!(last_log_id = ?snap_meta.last_log_id, bytes = image.len(), "built snapshot");
+        let snapshots = self.snapshots.clone();
+        let (meta, file, bytes) =
+            tokio::task::spawn_blocking(move || build_blocking(&store, &snapshots))
+                .await
+                .map_err(|e| sm_write_err(&e))??;
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes, "built snapshot");
         Ok(openraft::Snapshot {
-            meta: snap_meta,
-            snapshot: Box::new(Cursor::new(image.as_ref().clone())),
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }

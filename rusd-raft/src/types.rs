@@ -23,7 +23,6 @@
 //! decode unchanged.
 
 use std::fmt;
-use std::io::Cursor;
 
 use mvcc_core::{
     Compaction, CompactionResponse, DeleteRange, DeleteRangeResponse, LeaseInfo, MvccError, Put,
@@ -348,7 +347,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

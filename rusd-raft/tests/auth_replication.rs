@@ -211,7 +211,7 @@ async fn auth_changes_replicate_checked_at_apply_and_travel_in_the_snapshot() {
         )
         .await;
         n1.add_learner(2, m2).await.unwrap();
-        let last = n1.metrics().last_log_index;
+        let last = n1.indexes().0;
         n2.wait_for(WAIT, |m| m.applied_index >= last)
             .await
             .unwrap();
@@ -245,7 +245,7 @@ async fn auth_changes_replicate_checked_at_apply_and_travel_in_the_snapshot() {
             other => panic!("{other:?}"),
         };
         // `<prefix>.<raft index of the entry>` (etcd's simple token); nothing else is written.
-        let index = n1.metrics().last_log_index;
+        let index = n1.indexes().0;
         assert_eq!(token, format!("{prefix}.{index}"));
         n2.wait_for(WAIT, |m| m.applied_index >= index)
             .await
@@ -300,7 +300,7 @@ async fn auth_changes_replicate_checked_at_apply_and_travel_in_the_snapshot() {
             .await
             .unwrap();
         assert_eq!(auth_revision(revoked), rev + 1);
-        let index = n1.metrics().last_log_index;
+        let index = n1.indexes().0;
         n2.wait_for(WAIT, |m| m.applied_index >= index)
             .await
             .unwrap();

@@ -106,7 +106,7 @@ async fn leader_of(nodes: &[&Node]) -> NodeId {
 async fn converge(nodes: &[&Node]) {
     let mut last = 0;
     for n in nodes {
-        last = last.max(n.metrics().last_log_index);
+        last = last.max(n.indexes().0);
     }
     for n in nodes {
         n.wait_for(WAIT, |m| m.applied_index >= last).await.unwrap();
@@ -391,6 +391,130 @@ async fn a_new_member_catches_up_by_snapshot_after_the_log_was_purged() {
         converge(&[&n1, &n2]).await;
         assert_eq!(image(&n1), image(&n2));
         n2.shutdown().await.unwrap();
+        n1.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test took longer than 120 s");
+}
+
+/// The files of a member's snapshot directory, sorted.
+fn snapshot_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir.join(rusd_raft::state_machine::SNAPSHOT_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+    names.sort();
+    names
+}
+
+/// Whether the directory holds one `<n>-<id>.snap` with its `<n>-<id>.meta`, nothing else.
+fn one_snapshot(names: &[String]) -> bool {
+    match names {
+        [meta, snap] => meta
+            .strip_suffix(".meta")
+            .is_some_and(|stem| *snap == format!("{stem}.snap")),
+        _ => false,
+    }
+}
+
+/// Waits until a member's snapshot directory holds exactly one snapshot (a build may be
+/// under way when asked), failing with the directory's content after [`WAIT`].
+async fn wait_one_snapshot(dir: &Path) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let names = snapshot_files(dir);
+        if one_snapshot(&names) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not exactly one snapshot: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_catches_up_by_a_snapshot_sent_in_many_chunks() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        const CHUNK: u64 = 4096;
+        let tmp = tempfile::tempdir().unwrap();
+        let raft = rusd_raft::openraft::Config {
+            snapshot_policy: rusd_raft::openraft::SnapshotPolicy::LogsSinceLast(20),
+            max_in_snapshot_log_to_keep: 0,
+            purge_batch_size: 1,
+            snapshot_max_chunk_size: CHUNK,
+            ..raft_config()
+        };
+        let l1 = bind().await;
+        let m1 = member(1, &l1);
+        let s1 = Spec {
+            id: 1,
+            kind: BackendKind::Sled,
+            dir: tmp.path().join("m1"),
+        };
+        let n1 = start(
+            &s1,
+            l1,
+            open_backend(s1.kind, &s1.dir),
+            &BTreeMap::from([(1, m1.clone())]),
+            InitialState::New,
+            raft.clone(),
+        )
+        .await;
+        leader_of(&[&n1]).await;
+        let value = "v".repeat(500);
+        for i in 0..60 {
+            let rev = revision_of(n1.write(put(&format!("c/{i:03}"), &value)).await.unwrap());
+            assert_eq!(rev, i + 2);
+        }
+        n1.raft()
+            .wait(Some(WAIT))
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= 40),
+                "the log is purged behind a snapshot",
+            )
+            .await
+            .unwrap();
+        wait_one_snapshot(&s1.dir).await;
+
+        // A memory learner joins and receives the snapshot in many chunks.
+        let l3 = bind().await;
+        let m3 = member(3, &l3);
+        let s3 = Spec {
+            id: 3,
+            kind: BackendKind::Memory,
+            dir: tmp.path().join("m3"),
+        };
+        let n3 = start(
+            &s3,
+            l3,
+            open_backend(s3.kind, &s3.dir),
+            &BTreeMap::new(),
+            InitialState::Existing,
+            raft.clone(),
+        )
+        .await;
+        n1.add_learner(3, m3.clone()).await.unwrap();
+        converge(&[&n1, &n3]).await;
+        let snap = n3.raft().metrics().borrow().snapshot;
+        assert!(
+            snap.is_some_and(|s| s.index >= 40),
+            "the learner installed a snapshot: {snap:?}"
+        );
+        let leader_image = image(&n1);
+        assert!(
+            leader_image.len() as u64 > 6 * CHUNK,
+            "{} bytes: several chunks",
+            leader_image.len()
+        );
+        assert_eq!(n3.store().current_revision(), 61);
+        assert_eq!(values(&n3, "c/").len(), 60);
+        assert_eq!(leader_image, image(&n3));
+        // The received snapshot is the learner's current one: one file, no temporary left.
+        wait_one_snapshot(&s3.dir).await;
+        n3.shutdown().await.unwrap();
         n1.shutdown().await.unwrap();
     })
     .await

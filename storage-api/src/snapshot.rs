@@ -17,6 +17,7 @@
 //! flags, unknown tree ids, keys out of order, a wrong count, a checksum mismatch, a
 //! truncated input and trailing bytes.
 
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use tempfile::SpooledTempFile;
@@ -140,11 +141,12 @@ fn field_len(b: &[u8]) -> StorageResult<u32> {
         })
 }
 
-/// Reads the input, hashing and spooling every byte.
+/// Reads the input, hashing every byte and spooling it (when there is a spool).
 struct Tee<'r> {
     input: &'r mut dyn Read,
-    spool: SpooledTempFile,
+    spool: Option<SpooledTempFile>,
     hasher: crc32fast::Hasher,
+    bytes: u64,
 }
 
 impl Tee<'_> {
@@ -161,9 +163,13 @@ impl Tee<'_> {
 
     fn keep(&mut self, buf: &[u8]) -> StorageResult<()> {
         self.hasher.update(buf);
-        self.spool
-            .write_all(buf)
-            .map_err(|e| StorageError::io("spooling snapshot", e))
+        self.bytes += buf.len() as u64;
+        match &mut self.spool {
+            Some(spool) => spool
+                .write_all(buf)
+                .map_err(|e| StorageError::io("spooling snapshot", e)),
+            None => Ok(()),
+        }
     }
 
     fn u8(&mut self) -> StorageResult<u8> {
@@ -224,20 +230,115 @@ fn read_len(tee: &mut Tee<'_>, what: &str) -> StorageResult<u32> {
 ///
 /// Up to [`SPOOL_MEMORY_LIMIT`] bytes are held in memory; larger snapshots live in an
 /// anonymous temporary file that disappears when this value is dropped.
+///
+/// A snapshot validated in place with [`from_file`](ValidatedSnapshot::from_file) is read
+/// from its own file instead: nothing is copied and memory stays at a few buffers.
 #[derive(Debug)]
 pub struct ValidatedSnapshot {
-    spool: SpooledTempFile,
+    source: Source,
     entries: u64,
     bytes: u64,
 }
 
+/// Where the bytes of a [`ValidatedSnapshot`] are read back from.
+#[derive(Debug)]
+enum Source {
+    /// A copy made while validating.
+    Spool(SpooledTempFile),
+    /// The validated file itself.
+    File(File),
+}
+
+impl Read for Source {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Source::Spool(s) => s.read(buf),
+            Source::File(f) => f.read(buf),
+        }
+    }
+}
+
+impl Seek for Source {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        match self {
+            Source::Spool(s) => s.seek(pos),
+            Source::File(f) => f.seek(pos),
+        }
+    }
+}
+
+/// Read buffer of [`ValidatedSnapshot::from_file`] and of the entries' reader.
+const READ_BUFFER: usize = 256 * 1024;
+
 impl ValidatedSnapshot {
-    /// Reads the whole input and validates it.
+    /// Reads the whole input and validates it, keeping a copy (see the [type docs](Self)).
     pub fn read_from(input: &mut dyn Read) -> StorageResult<Self> {
+        let (spool, entries, bytes) =
+            validate(input, Some(SpooledTempFile::new(SPOOL_MEMORY_LIMIT)))?;
+        let spool = spool.ok_or_else(|| StorageError::io("spooling snapshot", lost_spool()))?;
+        Ok(ValidatedSnapshot {
+            source: Source::Spool(spool),
+            entries,
+            bytes,
+        })
+    }
+
+    /// Validates the snapshot stored in `file` (read from its start) in a first pass over it,
+    /// without copying it anywhere; [`entries`](Self::entries) then reads the records from
+    /// the same file in a second pass. Memory use is a fixed read buffer (plus the largest
+    /// key) whatever the snapshot size. The file must not change until the entries are read.
+    pub fn from_file(mut file: File) -> StorageResult<Self> {
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| StorageError::io("rewinding snapshot file", e))?;
+        let (_, entries, bytes) = {
+            let mut reader = io::BufReader::with_capacity(READ_BUFFER, &mut file);
+            validate(&mut reader, None)?
+        };
+        Ok(ValidatedSnapshot {
+            source: Source::File(file),
+            entries,
+            bytes,
+        })
+    }
+
+    /// Number of records.
+    pub fn entry_count(&self) -> u64 {
+        self.entries
+    }
+
+    /// Size of the snapshot in bytes.
+    pub fn byte_len(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The records in (tree, key) order. Only I/O errors of the spool file can occur.
+    pub fn entries(mut self) -> StorageResult<SnapshotEntries> {
+        self.source
+            .seek(SeekFrom::Start(HEADER_LEN))
+            .map_err(|e| StorageError::io("rewinding snapshot spool", e))?;
+        Ok(SnapshotEntries {
+            spool: io::BufReader::with_capacity(READ_BUFFER, self.source),
+            remaining: self.entries,
+        })
+    }
+}
+
+fn lost_spool() -> io::Error {
+    io::Error::other("the snapshot spool is missing")
+}
+
+/// Reads and checks a whole snapshot, spooling it into `spool` if given; returns the spool,
+/// the record count and the byte length.
+fn validate(
+    input: &mut dyn Read,
+    spool: Option<SpooledTempFile>,
+) -> StorageResult<(Option<SpooledTempFile>, u64, u64)> {
+    {
         let mut tee = Tee {
             input,
-            spool: SpooledTempFile::new(SPOOL_MEMORY_LIMIT),
+            spool,
             hasher: crc32fast::Hasher::new(),
+            bytes: 0,
         };
         // Magic: report garbage as BadMagic even when it is shorter than the magic.
         let mut magic = [0u8; 8];
@@ -328,42 +429,13 @@ impl ValidatedSnapshot {
                 }
             }
         }
-        let bytes = tee
-            .spool
-            .stream_position()
-            .map_err(|e| StorageError::io("spooling snapshot", e))?;
-        Ok(ValidatedSnapshot {
-            spool: tee.spool,
-            entries: count,
-            bytes,
-        })
-    }
-
-    /// Number of records.
-    pub fn entry_count(&self) -> u64 {
-        self.entries
-    }
-
-    /// Size of the snapshot in bytes.
-    pub fn byte_len(&self) -> u64 {
-        self.bytes
-    }
-
-    /// The records in (tree, key) order. Only I/O errors of the spool file can occur.
-    pub fn entries(mut self) -> StorageResult<SnapshotEntries> {
-        self.spool
-            .seek(SeekFrom::Start(HEADER_LEN))
-            .map_err(|e| StorageError::io("rewinding snapshot spool", e))?;
-        Ok(SnapshotEntries {
-            spool: io::BufReader::new(self.spool),
-            remaining: self.entries,
-        })
+        Ok((tee.spool, count, tee.bytes))
     }
 }
 
 /// Iterator over the records of a [`ValidatedSnapshot`].
 pub struct SnapshotEntries {
-    spool: io::BufReader<SpooledTempFile>,
+    spool: io::BufReader<Source>,
     remaining: u64,
 }
 
@@ -490,6 +562,47 @@ mod tests {
         let mut bad_tree = data.clone();
         bad_tree[17] = 9;
         assert!(matches!(err(&bad_tree), SnapshotError::Malformed(_)));
+    }
+
+    #[test]
+    fn validates_and_reads_a_file_in_place() {
+        let data = sample();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.snap");
+        std::fs::write(&path, &data).unwrap();
+        let v = ValidatedSnapshot::from_file(File::open(&path).unwrap()).unwrap();
+        assert_eq!(v.entry_count(), 3);
+        assert_eq!(v.byte_len(), data.len() as u64);
+        let keys: Vec<_> = v
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.tree, e.key, e.value)
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (Tree::Kv, b"a".to_vec(), b"1".to_vec()),
+                (Tree::Kv, b"b".to_vec(), vec![]),
+                (Tree::Meta, vec![], b"m".to_vec()),
+            ]
+        );
+        let mut flipped = data.clone();
+        flipped[27] ^= 0x01;
+        std::fs::write(&path, &flipped).unwrap();
+        match ValidatedSnapshot::from_file(File::open(&path).unwrap()) {
+            Err(StorageError::Snapshot(SnapshotError::ChecksumMismatch { stored, computed })) => {
+                assert_ne!(stored, computed)
+            }
+            other => panic!("expected a checksum mismatch, got {other:?}"),
+        }
+        std::fs::write(&path, &data[..data.len() - 2]).unwrap();
+        match ValidatedSnapshot::from_file(File::open(&path).unwrap()) {
+            Err(StorageError::Snapshot(e)) => assert_eq!(e, SnapshotError::Truncated),
+            other => panic!("expected a truncated snapshot, got {other:?}"),
+        }
     }
 
     #[test]
