@@ -98,12 +98,17 @@ pub const DEFAULT_COMPACTION_BATCH_LIMIT: usize = 1000;
 pub const DEFAULT_COMPACTION_SLEEP_INTERVAL: Duration = Duration::from_millis(10);
 /// Times a read of the current revision is retried when a compaction overtook it.
 pub(crate) const MAX_READ_RETRIES: usize = 64;
-/// Rows read per backend scan during recovery.
 /// Bytes the row cache charges per row beyond its key and value (see
 /// [`StoreConfig::with_row_cache_bytes`]).
 pub const ROW_CACHE_ENTRY_OVERHEAD: usize = crate::row_cache::ENTRY_OVERHEAD;
 
+/// Most rows read per backend scan during recovery and history reads.
 pub(crate) const RESTORE_CHUNK: usize = 10_000;
+/// Fewest rows recovery reads per backend scan.
+const RESTORE_MIN_CHUNK: usize = 16;
+/// Bytes of rows recovery aims to hold at once: its chunk of rows follows the average row
+/// size seen so far, so that a store of large values is not read 10,000 values at a time.
+const RESTORE_CHUNK_BYTES: usize = 8 << 20;
 
 /// Limits and tunables of an [`MvccStore`].
 #[derive(Clone)]
@@ -452,13 +457,17 @@ impl<B: Backend> MvccStore<B> {
         let mut key_lease: HashMap<Vec<u8>, i64> = HashMap::new();
         let mut start = Revision::new(1, 0).to_key(false);
         let mut rows = 0usize;
+        let mut limit = RESTORE_MIN_CHUNK;
         loop {
-            let chunk = self.backend.scan(Tree::Kv, &start, &[], RESTORE_CHUNK)?;
+            let chunk = self.backend.scan(Tree::Kv, &start, &[], limit)?;
             let Some((last_key, _)) = chunk.last() else {
                 break;
             };
             start = successor(last_key);
-            let done = chunk.len() < RESTORE_CHUNK;
+            let done = chunk.len() < limit;
+            let bytes: usize = chunk.iter().map(|(k, v)| k.len() + v.len()).sum();
+            let per_row = (bytes / chunk.len()).max(1);
+            limit = (RESTORE_CHUNK_BYTES / per_row).clamp(RESTORE_MIN_CHUNK, RESTORE_CHUNK);
             for (rkey, rvalue) in &chunk {
                 let (rev, tombstone) = Revision::from_key(rkey)?;
                 let kv = KeyValue::decode(rvalue)?;
