@@ -17,6 +17,7 @@
 
 mod cases;
 mod fixture;
+pub mod online_defrag;
 
 pub use cases::*;
 pub use fixture::Fixture;
