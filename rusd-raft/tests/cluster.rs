@@ -305,98 +305,6 @@ async fn three_members_on_three_engines_replicate_forward_converge_and_survive_t
     .expect("test took longer than 120 s");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_new_member_catches_up_by_snapshot_after_the_log_was_purged() {
-    tokio::time::timeout(Duration::from_secs(120), async {
-        let tmp = tempfile::tempdir().unwrap();
-        let raft = rusd_raft::openraft::Config {
-            snapshot_policy: rusd_raft::openraft::SnapshotPolicy::LogsSinceLast(20),
-            max_in_snapshot_log_to_keep: 0,
-            purge_batch_size: 1,
-            ..raft_config()
-        };
-        let l1 = bind().await;
-        let m1 = member(1, &l1);
-        let one = BTreeMap::from([(1, m1.clone())]);
-        let s1 = Spec {
-            id: 1,
-            kind: BackendKind::Sled,
-            dir: tmp.path().join("m1"),
-        };
-        let n1 = start(
-            &s1,
-            l1,
-            open_backend(s1.kind, &s1.dir),
-            &one,
-            InitialState::New,
-            raft.clone(),
-        )
-        .await;
-        leader_of(&[&n1]).await;
-        for i in 0..100 {
-            let rev = revision_of(n1.write(put(&format!("s/{i:03}"), "x")).await.unwrap());
-            assert_eq!(rev, i + 2);
-        }
-        // The log is purged behind a snapshot.
-        let purged = tokio::time::timeout(WAIT, async {
-            loop {
-                let p = n1.raft().metrics().borrow().purged;
-                if let Some(p) = p {
-                    if p.index >= 60 {
-                        return p.index;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("log purged");
-        assert!(purged >= 60);
-
-        // A redb learner joins; the entries it needs are gone, so it gets the snapshot.
-        let l2 = bind().await;
-        let m2 = member(2, &l2);
-        let s2 = Spec {
-            id: 2,
-            kind: BackendKind::Redb,
-            dir: tmp.path().join("m2"),
-        };
-        let n2 = start(
-            &s2,
-            l2,
-            open_backend(s2.kind, &s2.dir),
-            &BTreeMap::new(),
-            InitialState::Existing,
-            raft.clone(),
-        )
-        .await;
-        n1.add_learner(2, m2.clone()).await.unwrap();
-        converge(&[&n1, &n2]).await;
-        let snap = n2.raft().metrics().borrow().snapshot;
-        assert!(
-            snap.is_some_and(|s| s.index >= 60),
-            "the learner installed a snapshot: {snap:?}"
-        );
-        assert_eq!(n2.store().current_revision(), 101);
-        assert_eq!(values(&n2, "s/").len(), 100);
-        assert_eq!(image(&n1), image(&n2));
-
-        // Promoted, it takes writes (forwarded to the leader) and stays identical.
-        n2.change_membership(MembershipChange::Promote { id: 2 })
-            .await
-            .unwrap();
-        n2.wait_for(WAIT, |m| m.voters.len() == 2).await.unwrap();
-        let rev = revision_of(n2.write(put("s/new", "y")).await.unwrap());
-        assert_eq!(rev, 102);
-        converge(&[&n1, &n2]).await;
-        assert_eq!(image(&n1), image(&n2));
-        n2.shutdown().await.unwrap();
-        n1.shutdown().await.unwrap();
-    })
-    .await
-    .expect("test took longer than 120 s");
-}
-
 /// The files of a member's snapshot directory, sorted.
 fn snapshot_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> =
@@ -435,83 +343,146 @@ async fn wait_one_snapshot(dir: &Path) {
     }
 }
 
+/// A member that has to catch up by snapshot: member 1 (sled) leads alone, writes `writes`
+/// puts of `value` under `prefix` (revisions 2..), purges its log behind a snapshot (at least
+/// up to index `purged`), then a learner `learner` of engine `kind` joins; the entries it
+/// needs are gone, so it gets the snapshot. Returns the leader and the learner (caught up,
+/// with a snapshot at `purged` or later installed) with their specs.
+async fn catch_up_by_snapshot(
+    tmp: &Path,
+    raft: rusd_raft::openraft::Config,
+    (prefix, writes, value): (&str, i64, &str),
+    purged: u64,
+    (learner, kind): (NodeId, BackendKind),
+) -> ((Node, Spec), (Node, Spec)) {
+    let l1 = bind().await;
+    let m1 = member(1, &l1);
+    let s1 = Spec {
+        id: 1,
+        kind: BackendKind::Sled,
+        dir: tmp.join("m1"),
+    };
+    let n1 = start(
+        &s1,
+        l1,
+        open_backend(s1.kind, &s1.dir),
+        &BTreeMap::from([(1, m1)]),
+        InitialState::New,
+        raft.clone(),
+    )
+    .await;
+    leader_of(&[&n1]).await;
+    for i in 0..writes {
+        let rev = revision_of(
+            n1.write(put(&format!("{prefix}{i:03}"), value))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(rev, i + 2);
+    }
+    n1.raft()
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index >= purged),
+            "the log is purged behind a snapshot",
+        )
+        .await
+        .unwrap();
+    wait_one_snapshot(&s1.dir).await;
+
+    let l = bind().await;
+    let m = member(learner, &l);
+    let spec = Spec {
+        id: learner,
+        kind,
+        dir: tmp.join(format!("m{learner}")),
+    };
+    let n = start(
+        &spec,
+        l,
+        open_backend(spec.kind, &spec.dir),
+        &BTreeMap::new(),
+        InitialState::Existing,
+        raft,
+    )
+    .await;
+    n1.add_learner(learner, m).await.unwrap();
+    converge(&[&n1, &n]).await;
+    let snap = n.raft().metrics().borrow().snapshot;
+    assert!(
+        snap.is_some_and(|s| s.index >= purged),
+        "the learner installed a snapshot: {snap:?}"
+    );
+    assert_eq!(n.store().current_revision(), writes + 1);
+    assert_eq!(values(&n, prefix).len(), usize::try_from(writes).unwrap());
+    assert_eq!(image(&n1), image(&n));
+    ((n1, s1), (n, spec))
+}
+
+fn purging_config() -> rusd_raft::openraft::Config {
+    rusd_raft::openraft::Config {
+        snapshot_policy: rusd_raft::openraft::SnapshotPolicy::LogsSinceLast(20),
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        ..raft_config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_member_catches_up_by_snapshot_after_the_log_was_purged() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let tmp = tempfile::tempdir().unwrap();
+        // A redb learner.
+        let ((n1, _), (n2, _)) = catch_up_by_snapshot(
+            tmp.path(),
+            purging_config(),
+            ("s/", 100, "x"),
+            60,
+            (2, BackendKind::Redb),
+        )
+        .await;
+
+        // Promoted, it takes writes (forwarded to the leader) and stays identical.
+        n2.change_membership(MembershipChange::Promote { id: 2 })
+            .await
+            .unwrap();
+        n2.wait_for(WAIT, |m| m.voters.len() == 2).await.unwrap();
+        let rev = revision_of(n2.write(put("s/new", "y")).await.unwrap());
+        assert_eq!(rev, 102);
+        converge(&[&n1, &n2]).await;
+        assert_eq!(image(&n1), image(&n2));
+        n2.shutdown().await.unwrap();
+        n1.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test took longer than 120 s");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_catches_up_by_a_snapshot_sent_in_many_chunks() {
     tokio::time::timeout(Duration::from_secs(120), async {
         const CHUNK: u64 = 4096;
         let tmp = tempfile::tempdir().unwrap();
         let raft = rusd_raft::openraft::Config {
-            snapshot_policy: rusd_raft::openraft::SnapshotPolicy::LogsSinceLast(20),
-            max_in_snapshot_log_to_keep: 0,
-            purge_batch_size: 1,
             snapshot_max_chunk_size: CHUNK,
-            ..raft_config()
+            ..purging_config()
         };
-        let l1 = bind().await;
-        let m1 = member(1, &l1);
-        let s1 = Spec {
-            id: 1,
-            kind: BackendKind::Sled,
-            dir: tmp.path().join("m1"),
-        };
-        let n1 = start(
-            &s1,
-            l1,
-            open_backend(s1.kind, &s1.dir),
-            &BTreeMap::from([(1, m1.clone())]),
-            InitialState::New,
-            raft.clone(),
-        )
-        .await;
-        leader_of(&[&n1]).await;
+        // A memory learner receives the snapshot in many chunks.
         let value = "v".repeat(500);
-        for i in 0..60 {
-            let rev = revision_of(n1.write(put(&format!("c/{i:03}"), &value)).await.unwrap());
-            assert_eq!(rev, i + 2);
-        }
-        n1.raft()
-            .wait(Some(WAIT))
-            .metrics(
-                |m| m.purged.is_some_and(|p| p.index >= 40),
-                "the log is purged behind a snapshot",
-            )
-            .await
-            .unwrap();
-        wait_one_snapshot(&s1.dir).await;
-
-        // A memory learner joins and receives the snapshot in many chunks.
-        let l3 = bind().await;
-        let m3 = member(3, &l3);
-        let s3 = Spec {
-            id: 3,
-            kind: BackendKind::Memory,
-            dir: tmp.path().join("m3"),
-        };
-        let n3 = start(
-            &s3,
-            l3,
-            open_backend(s3.kind, &s3.dir),
-            &BTreeMap::new(),
-            InitialState::Existing,
-            raft.clone(),
+        let ((n1, _), (n3, s3)) = catch_up_by_snapshot(
+            tmp.path(),
+            raft,
+            ("c/", 60, &value),
+            40,
+            (3, BackendKind::Memory),
         )
         .await;
-        n1.add_learner(3, m3.clone()).await.unwrap();
-        converge(&[&n1, &n3]).await;
-        let snap = n3.raft().metrics().borrow().snapshot;
-        assert!(
-            snap.is_some_and(|s| s.index >= 40),
-            "the learner installed a snapshot: {snap:?}"
-        );
         let leader_image = image(&n1);
         assert!(
             leader_image.len() as u64 > 6 * CHUNK,
             "{} bytes: several chunks",
             leader_image.len()
         );
-        assert_eq!(n3.store().current_revision(), 61);
-        assert_eq!(values(&n3, "c/").len(), 60);
-        assert_eq!(leader_image, image(&n3));
         // The received snapshot is the learner's current one: one file, no temporary left.
         wait_one_snapshot(&s3.dir).await;
         n3.shutdown().await.unwrap();

@@ -1,6 +1,8 @@
 //! The `rusd` binary: flags, engine selection, SIGTERM/SIGINT shutdown with exit 0, restart on
 //! the same data directory.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -473,17 +475,7 @@ async fn offline_snapshot_restore_and_export_subcommands() {
         .get("k", Some(etcd_client::GetOptions::new().with_prefix()))
         .await
         .unwrap();
-    let kvs: Vec<(String, String, i64)> = r
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
-                kv.key_str().unwrap().to_string(),
-                kv.value_str().unwrap().to_string(),
-                kv.mod_revision(),
-            )
-        })
-        .collect();
+    let kvs = common::kvs(&r);
     assert_eq!(
         kvs,
         vec![

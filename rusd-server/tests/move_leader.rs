@@ -164,17 +164,7 @@ async fn run() {
             .unwrap();
         let header = got.header().unwrap();
         assert_eq!((header.member_id(), header.raft_term()), (ids[i], new_term));
-        let kvs: Vec<(String, String, i64)> = got
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    kv.key_str().unwrap().to_string(),
-                    kv.value_str().unwrap().to_string(),
-                    kv.mod_revision(),
-                )
-            })
-            .collect();
+        let kvs = common::kvs(&got);
         assert_eq!(
             kvs,
             vec![

@@ -72,17 +72,7 @@ async fn put_and_read_everywhere(clients: &mut [Client], key: &str, value: &str)
         .revision();
     for c in clients.iter_mut() {
         let r = c.get(key, None).await.unwrap();
-        let got: Vec<(String, String, i64)> = r
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    kv.key_str().unwrap().to_string(),
-                    kv.value_str().unwrap().to_string(),
-                    kv.mod_revision(),
-                )
-            })
-            .collect();
+        let got = common::kvs(&r);
         assert_eq!(got, vec![(key.to_string(), value.to_string(), rev)]);
     }
 }

@@ -77,3 +77,17 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
     (head.lines().next().unwrap().to_string(), body.to_string())
 }
+
+/// `(key, value, mod revision)` of every key-value of a Get response, in order.
+pub fn kvs(r: &etcd_client::GetResponse) -> Vec<(String, String, i64)> {
+    r.kvs()
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                String::from_utf8_lossy(kv.value()).into_owned(),
+                kv.mod_revision(),
+            )
+        })
+        .collect()
+}
