@@ -159,7 +159,7 @@ impl Put {
     }
 
     /// True when the put needs the key's current state.
-    pub(crate) fn reads_key(&self) -> bool {
+    pub fn reads_key(&self) -> bool {
         self.prev_kv || self.ignore_value || self.ignore_lease
     }
 

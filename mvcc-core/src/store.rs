@@ -1046,6 +1046,123 @@ impl<B: Backend> MvccStore<B> {
         Ok((rev, kv))
     }
 
+    /// etcd `Put` for several plain puts (no `prev_kv`, `ignore_value` or `ignore_lease`) in
+    /// order, each in its own revision as [`kv_put`](Self::kv_put) would give it, with **one**
+    /// backend write for all of them (and the apply metadata row when set, see
+    /// [`set_apply_meta`](Self::set_apply_meta)): a replicated store applies a batch of client
+    /// puts with one engine write instead of one per put.
+    ///
+    /// A put that [`kv_put`](Self::kv_put) would refuse (its validation, an unknown lease) gets
+    /// that error in its place of the result and writes nothing; the others get their
+    /// response. The outer error is a failure of the store itself (nothing of the group is then
+    /// visible unless the backend write reads back as applied, as for any write), or
+    /// [`MvccError::InvalidArgument`] for a put that reads its key or a store in
+    /// [`CommitMode::GroupSync`] (both need a write per put).
+    pub fn kv_put_group(
+        &self,
+        puts: &[&crate::request::Put],
+    ) -> MvccResult<Vec<MvccResult<crate::request::PutResponse>>> {
+        self.check_writable()?;
+        if self.config.commit_mode == CommitMode::GroupSync {
+            return Err(MvccError::InvalidArgument(
+                "a put group needs CommitMode::Backend".into(),
+            ));
+        }
+        if puts.iter().any(|p| p.reads_key()) {
+            return Err(MvccError::InvalidArgument(
+                "a put group takes plain puts only".into(),
+            ));
+        }
+        let w = self.lock_write();
+        let begin = self.applied.load(Ordering::Acquire);
+        // Key -> (create revision, version) after the group's earlier puts.
+        let mut latest: HashMap<&[u8], (i64, i64)> = HashMap::new();
+        let mut results = Vec::with_capacity(puts.len());
+        let mut written: Vec<(i64, Change)> = Vec::with_capacity(puts.len());
+        let mut batch = WriteBatch::with_capacity(puts.len() + 1);
+        {
+            let leases = self.leases.lock();
+            for p in puts {
+                if let Err(e) = p.validate(&self.config) {
+                    results.push(Err(e));
+                    continue;
+                }
+                if p.lease != 0 && !leases.contains(p.lease) {
+                    results.push(Err(MvccError::LeaseNotFound(p.lease)));
+                    continue;
+                }
+                let rev = begin + written.len() as i64 + 1;
+                let (created, version) = match latest.get(p.key.as_slice()) {
+                    Some(&cv) => cv,
+                    None => match self.index.get(&p.key, begin) {
+                        Ok((_, created, ver)) => (created.main, ver),
+                        Err(_) => (0, 0),
+                    },
+                };
+                let kv = KeyValue {
+                    key: p.key.clone(),
+                    value: p.value.clone(),
+                    create_revision: if version == 0 { rev } else { created },
+                    mod_revision: rev,
+                    version: version + 1,
+                    lease: p.lease,
+                };
+                latest.insert(p.key.as_slice(), (kv.create_revision, kv.version));
+                batch.put(Tree::Kv, Revision::new(rev, 0).to_key(false), kv.encode());
+                results.push(Ok(crate::request::PutResponse {
+                    revision: rev,
+                    prev_kv: None,
+                    kv: kv.clone(),
+                }));
+                written.push((
+                    rev,
+                    Change {
+                        kv,
+                        tombstone: false,
+                    },
+                ));
+            }
+        }
+        let Some((first_rev, first)) = written.first() else {
+            return Ok(results);
+        };
+        self.add_apply_meta(&mut batch);
+        // After a failed write, the row of the first put tells whether the batch was applied.
+        let lost_ack = match self.backend.write(&batch) {
+            Ok(()) => None,
+            Err(e) => {
+                let key = Revision::new(*first_rev, 0).to_key(false);
+                Some(self.settle(e.into(), Tree::Kv, &key, Some(&first.kv.encode()))?)
+            }
+        };
+        self.index.apply_changes(
+            written
+                .iter()
+                .map(|(rev, c)| (c.kv.key.as_slice(), Revision::new(*rev, 0), false)),
+        )?;
+        {
+            let mut leases = self.leases.lock();
+            for (_, c) in &written {
+                if c.kv.lease == 0 {
+                    leases.detach(&c.kv.key);
+                } else {
+                    leases.attach(&c.kv.key, c.kv.lease);
+                }
+            }
+        }
+        self.group.written();
+        for (rev, c) in written {
+            self.applied.store(rev, Ordering::Release);
+            self.revs.set_current(rev);
+            self.hub.notify_with(rev, || vec![Event::from_change(c)]);
+        }
+        drop(w);
+        match lost_ack {
+            Some(e) => Err(e),
+            None => Ok(results),
+        }
+    }
+
     /// Deletes the keys of `[key, end)` (etcd convention, see [`range`](Self::range)) in one
     /// revision; returns the revision and the deleted key-values as they were. When nothing
     /// matched, nothing is written and the current revision is returned.

@@ -1084,7 +1084,112 @@ fn conveniences_are_requests<B: Backend>() {
     assert_eq!((rev, deleted), (14, vec![kv("k", "2", 12, 13, 2, 0)]));
 }
 
+/// `kv_put_group`: the same revisions, responses, errors, watch events and leases as the same
+/// puts one by one with `kv_put`; the apply record is written with them (rusd-raft's
+/// `batch_replay` test checks that the group is one backend write).
+fn put_group_is_sequential_puts_in_one_write<B: Backend>() {
+    let (env_group, env_seq) = (Env::<B>::new(), Env::<B>::new());
+    let (g, q) = (env_group.open(), env_seq.open());
+    for s in [&g, &q] {
+        s.lease_grant(7, 600).unwrap();
+        s.put(b"a", b"0", 0).unwrap();
+    }
+    let watcher = g.watch(b"", b"\0", 0).unwrap();
+    let puts = [
+        Put::new("a", "1", 0),
+        Put::new("b", "2", 7),
+        Put::new("", "x", 0),
+        Put::new("a", "3", 0),
+        Put::new("c", "4", 99),
+        Put::new("b", "5", 0),
+    ];
+    g.set_apply_meta(b"record".to_vec());
+    let refs: Vec<&Put> = puts.iter().collect();
+    let grouped: Vec<String> = g
+        .kv_put_group(&refs)
+        .unwrap()
+        .into_iter()
+        .map(|r| format!("{r:?}"))
+        .collect();
+    let sequential: Vec<String> = puts.iter().map(|p| format!("{:?}", q.kv_put(p))).collect();
+    assert_eq!(grouped, sequential);
+    let expected = |key: &str, value: &str, create: i64, rev: i64, version: i64, lease: i64| {
+        format!(
+            "{:?}",
+            Ok::<_, MvccError>(PutResponse {
+                revision: rev,
+                prev_kv: None,
+                kv: kv(key, value, create, rev, version, lease),
+            })
+        )
+    };
+    assert_eq!(
+        grouped,
+        vec![
+            expected("a", "1", 2, 3, 2, 0),
+            expected("b", "2", 4, 4, 1, 7),
+            format!("{:?}", Err::<PutResponse, _>(MvccError::EmptyKey)),
+            expected("a", "3", 2, 5, 3, 0),
+            format!("{:?}", Err::<PutResponse, _>(MvccError::LeaseNotFound(99))),
+            expected("b", "5", 4, 6, 2, 0),
+        ]
+    );
+    assert_eq!((g.current_revision(), q.current_revision()), (6, 6));
+    // One watch response per revision, as for separate puts.
+    let got: Vec<(i64, Vec<String>)> = (0..4)
+        .map(|_| {
+            let r = watcher
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .unwrap();
+            let keys = r
+                .events
+                .iter()
+                .map(|e| String::from_utf8_lossy(&e.kv.key).into_owned())
+                .collect();
+            (r.revision, keys)
+        })
+        .collect();
+    let names = |k: &str| vec![k.to_string()];
+    assert_eq!(
+        got,
+        vec![
+            (3, names("a")),
+            (4, names("b")),
+            (5, names("a")),
+            (6, names("b"))
+        ]
+    );
+    assert_eq!(g.watch_events(3).unwrap(), q.watch_events(3).unwrap());
+    // b's last put has no lease: revoking 7 deletes nothing, on both.
+    assert_eq!(g.lease_revoke(7).unwrap(), q.lease_revoke(7).unwrap());
+    assert_eq!(g.current_revision(), 6);
+    // A plain put after the group continues the revisions.
+    assert_eq!(g.put(b"d", b"6", 0).unwrap().0, 7);
+    // A put reading its key is refused, nothing written.
+    let reads = Put {
+        prev_kv: true,
+        ..Put::new("e", "7", 0)
+    };
+    assert!(matches!(
+        g.kv_put_group(&[&puts[0], &reads]),
+        Err(MvccError::InvalidArgument(_))
+    ));
+    assert_eq!(g.current_revision(), 7);
+    // Everything, the record included, is in the engine.
+    let g = env_group.reopen(g);
+    assert_eq!(g.apply_meta().unwrap(), Some(b"record".to_vec()));
+    assert_eq!(
+        g.kv_range(&all()).unwrap().kvs,
+        vec![
+            kv("a", "3", 2, 5, 3, 0),
+            kv("b", "5", 4, 6, 2, 0),
+            kv("d", "6", 7, 7, 1, 0)
+        ]
+    );
+}
+
 engine_tests!(
+    put_group_is_sequential_puts_in_one_write,
     range_sort_table,
     range_filter_table,
     keys_only_and_count_only,
