@@ -11,7 +11,8 @@ use crate::error::{MvccError, MvccResult};
 
 /// Current encoding version byte.
 pub const KV_FORMAT_VERSION: u8 = 1;
-const HEADER_LEN: usize = 1 + 8 * 4 + 4;
+/// Bytes of an encoded row before its key.
+pub(crate) const HEADER_LEN: usize = 1 + 8 * 4 + 4;
 
 /// A key's state at one revision, as etcd's `mvccpb.KeyValue`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
