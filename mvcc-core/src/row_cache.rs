@@ -108,12 +108,19 @@ impl RowCache {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// The decoded row of `rev`, if cached.
-    pub(crate) fn get(&self, rev: Revision) -> MvccResult<Option<KeyValue>> {
+    /// Decodes the row of `rev` into `kv` if cached; true on a hit (`kv` unchanged on a miss).
+    pub(crate) fn get_into(&self, rev: Revision, kv: &mut KeyValue) -> MvccResult<bool> {
         match self.shard(rev).lock().map.get(&rev) {
-            Some(row) => KeyValue::decode(row).map(Some),
-            None => Ok(None),
+            Some(row) => KeyValue::decode_into(row, kv).map(|()| true),
+            None => Ok(false),
         }
+    }
+
+    /// The decoded row of `rev`, if cached.
+    #[cfg(test)]
+    pub(crate) fn get(&self, rev: Revision) -> MvccResult<Option<KeyValue>> {
+        let mut kv = KeyValue::default();
+        Ok(self.get_into(rev, &mut kv)?.then_some(kv))
     }
 
     /// Caches `row`, the encoded row of `rev` (already decoded once, so known to be well

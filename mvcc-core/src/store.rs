@@ -869,7 +869,8 @@ impl<B: Backend> MvccStore<B> {
                 None => Err(self.missing_row(rev, at)),
             };
         };
-        if let Some(kv) = cache.get(rev)? {
+        let mut kv = KeyValue::default();
+        if cache.get_into(rev, &mut kv)? {
             return Ok(kv);
         }
         let generation = cache.generation();
@@ -911,10 +912,9 @@ impl<B: Backend> MvccStore<B> {
         let generation = match &self.row_cache {
             Some(cache) => {
                 let generation = cache.generation();
-                for (i, rev) in revs.iter().enumerate() {
-                    match cache.get(*rev)? {
-                        Some(kv) => kvs[i] = kv,
-                        None => order.push(i as u32),
+                for (i, (rev, kv)) in revs.iter().zip(kvs.iter_mut()).enumerate() {
+                    if !cache.get_into(*rev, kv)? {
+                        order.push(i as u32);
                     }
                 }
                 if order.is_empty() {
