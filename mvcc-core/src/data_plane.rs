@@ -158,36 +158,58 @@ impl<B: Backend> MvccStore<B> {
         self.check_open()?;
         req.validate(&self.config)?;
         let plan = RangePlan::of(req);
-        let range = (!req.range_end.is_empty()).then(|| KeyRange::new(&req.key, &req.range_end));
+        let (kvs, count, current) = self.read_range(
+            &req.key,
+            &req.range_end,
+            req.revision,
+            plan.fetch,
+            req.count_only,
+        )?;
+        Ok(plan.finish(req, kvs, count as i64, current))
+    }
+
+    /// The read of a range: `(key-values, count, current revision)` of `[key, range_end)` at
+    /// `revision` (`<= 0` = current), at most `fetch` key-values (`<= 0` = all); the key is
+    /// already checked. A read of the current revision that a compaction overtook is retried
+    /// at the new current revision.
+    pub(crate) fn read_range(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        revision: i64,
+        fetch: i64,
+        count_only: bool,
+    ) -> MvccResult<(Vec<KeyValue>, usize, i64)> {
+        let range = (!range_end.is_empty()).then(|| KeyRange::new(key, range_end));
         let mut attempts = 0;
         loop {
             let revs = self.rev_pair();
-            if req.revision > revs.current {
+            if revision > revs.current {
                 return Err(MvccError::FutureRevision);
             }
-            let at = if req.revision <= 0 {
+            let at = if revision <= 0 {
                 revs.current
             } else {
-                req.revision
+                revision
             };
             if at < revs.compact {
                 return Err(MvccError::Compacted);
             }
             let read = match &range {
-                None => self.read_key_at(&req.key, at, req.count_only),
-                Some(range) => self.read_at(range, at, plan.fetch, req.count_only),
+                None => self.read_key_at(key, at, count_only),
+                Some(range) => self.read_at(range, at, fetch, count_only),
             };
             let compacted_meanwhile = at < self.compact_revision();
             match read {
                 // A read of the current revision raced a compaction above it: read again at the
                 // new current revision.
                 Ok(_) | Err(MvccError::Compacted)
-                    if compacted_meanwhile && req.revision <= 0 && attempts < MAX_READ_RETRIES =>
+                    if compacted_meanwhile && revision <= 0 && attempts < MAX_READ_RETRIES =>
                 {
                     attempts += 1;
                 }
                 Ok(_) if compacted_meanwhile => return Err(MvccError::Compacted),
-                Ok((kvs, count)) => return Ok(plan.finish(req, kvs, count as i64, revs.current)),
+                Ok((kvs, count)) => return Ok((kvs, count, revs.current)),
                 Err(e) => return Err(e),
             }
         }

@@ -11,7 +11,8 @@ use crate::error::{MvccError, MvccResult};
 
 /// Current encoding version byte.
 pub const KV_FORMAT_VERSION: u8 = 1;
-const HEADER_LEN: usize = 1 + 8 * 4 + 4;
+/// Bytes of an encoded row before its key.
+pub(crate) const HEADER_LEN: usize = 1 + 8 * 4 + 4;
 
 /// A key's state at one revision, as etcd's `mvccpb.KeyValue`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -49,52 +50,64 @@ impl KeyValue {
 
     /// Decodes a row it owns, reusing its buffer for the value.
     pub(crate) fn decode_owned(mut data: Vec<u8>) -> MvccResult<KeyValue> {
-        let (mut kv, value_at) = Self::decode_header(&data)?;
-        data.drain(..value_at);
-        kv.value = data;
-        Ok(kv)
+        let (ints, key_len) = Self::decode_header(&data)?;
+        let key = data[HEADER_LEN..HEADER_LEN + key_len].to_vec();
+        data.drain(..HEADER_LEN + key_len);
+        Ok(Self::with_header(ints, key, data))
     }
 
     /// Decodes a row; [`MvccError::Corruption`] on an unknown version or a truncated row.
     pub fn decode(data: &[u8]) -> MvccResult<KeyValue> {
-        let (mut kv, value_at) = Self::decode_header(data)?;
-        kv.value = data[value_at..].to_vec();
-        Ok(kv)
+        let (ints, key_len) = Self::decode_header(data)?;
+        let (key, value) = data[HEADER_LEN..].split_at(key_len);
+        Ok(Self::with_header(ints, key.to_vec(), value.to_vec()))
     }
 
-    /// Decodes everything but the value; returns the offset of the value.
-    fn decode_header(data: &[u8]) -> MvccResult<(KeyValue, usize)> {
-        let corrupt = |why: &str| MvccError::Corruption(format!("bad kv row: {why}"));
-        let (&version_byte, rest) = data.split_first().ok_or_else(|| corrupt("empty"))?;
-        if version_byte != KV_FORMAT_VERSION {
-            return Err(corrupt(&format!("unknown format version {version_byte}")));
+    /// [`decode`](Self::decode) into `kv`, in place (no move of a whole `KeyValue`); `kv` is
+    /// left unchanged on an error.
+    pub(crate) fn decode_into(data: &[u8], kv: &mut KeyValue) -> MvccResult<()> {
+        let (ints, key_len) = Self::decode_header(data)?;
+        let (key, value) = data[HEADER_LEN..].split_at(key_len);
+        kv.key = key.to_vec();
+        kv.value = value.to_vec();
+        [kv.create_revision, kv.mod_revision, kv.version, kv.lease] = ints;
+        Ok(())
+    }
+
+    fn with_header(ints: [i64; 4], key: Vec<u8>, value: Vec<u8>) -> KeyValue {
+        let [create_revision, mod_revision, version, lease] = ints;
+        KeyValue {
+            key,
+            value,
+            create_revision,
+            mod_revision,
+            version,
+            lease,
         }
-        if data.len() < HEADER_LEN {
-            return Err(corrupt("truncated header"));
+    }
+
+    /// Checks the header and returns `[create_revision, mod_revision, version, lease]` and the
+    /// key length; the row is then at least `HEADER_LEN + key length` bytes long.
+    #[inline]
+    fn decode_header(data: &[u8]) -> MvccResult<([i64; 4], usize)> {
+        let Some(h) = data.first_chunk::<HEADER_LEN>() else {
+            return Err(bad_row(data));
+        };
+        if h[0] != KV_FORMAT_VERSION {
+            return Err(bad_row(data));
         }
-        let int = |i: usize| {
+        let int = |at: usize| {
             let mut b = [0u8; 8];
-            b.copy_from_slice(&rest[i * 8..i * 8 + 8]);
+            b.copy_from_slice(&h[at..at + 8]);
             i64::from_be_bytes(b)
         };
         let mut len = [0u8; 4];
-        len.copy_from_slice(&rest[32..36]);
+        len.copy_from_slice(&h[33..37]);
         let key_len = u32::from_be_bytes(len) as usize;
-        let body = &data[HEADER_LEN..];
-        if body.len() < key_len {
-            return Err(corrupt("truncated key"));
+        if data.len() - HEADER_LEN < key_len {
+            return Err(bad_row(data));
         }
-        Ok((
-            KeyValue {
-                create_revision: int(0),
-                mod_revision: int(1),
-                version: int(2),
-                lease: int(3),
-                key: body[..key_len].to_vec(),
-                value: Vec::new(),
-            },
-            HEADER_LEN + key_len,
-        ))
+        Ok(([int(1), int(9), int(17), int(25)], key_len))
     }
 
     /// The tombstone row / deletion event of `key` deleted at `revision`.
@@ -105,6 +118,19 @@ impl KeyValue {
             ..KeyValue::default()
         }
     }
+}
+
+/// The error for a row [`KeyValue::decode`] refuses (kept out of the decode's hot path).
+#[cold]
+#[inline(never)]
+fn bad_row(data: &[u8]) -> MvccError {
+    let why = match data.first() {
+        None => "empty".to_string(),
+        Some(&v) if v != KV_FORMAT_VERSION => format!("unknown format version {v}"),
+        Some(_) if data.len() < HEADER_LEN => "truncated header".to_string(),
+        Some(_) => "truncated key".to_string(),
+    };
+    MvccError::Corruption(format!("bad kv row: {why}"))
 }
 
 #[cfg(test)]
@@ -125,8 +151,37 @@ mod tests {
         assert_eq!(enc[0], 1);
         assert_eq!(enc.len(), HEADER_LEN + 3 + 7);
         assert_eq!(KeyValue::decode(&enc).unwrap(), kv);
+        let mut into = KeyValue::tombstone(b"other".to_vec(), 1);
+        KeyValue::decode_into(&enc, &mut into).unwrap();
+        assert_eq!(into, kv);
         let empty = KeyValue::tombstone(Vec::new(), 9);
         assert_eq!(KeyValue::decode(&empty.encode()).unwrap(), empty);
+    }
+
+    #[test]
+    fn bad_rows_say_why() {
+        let why = |data: &[u8]| match KeyValue::decode(data) {
+            Err(MvccError::Corruption(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        let enc = KeyValue {
+            key: b"long key".to_vec(),
+            ..KeyValue::default()
+        }
+        .encode();
+        assert_eq!(why(&[]), "bad kv row: empty");
+        assert_eq!(why(&[2; 40]), "bad kv row: unknown format version 2");
+        assert_eq!(why(&enc[..36]), "bad kv row: truncated header");
+        assert_eq!(why(&enc[..enc.len() - 1]), "bad kv row: truncated key");
+        assert_eq!(
+            KeyValue::decode_owned(enc[..40].to_vec()).map_err(|e| e.to_string()),
+            Err(MvccError::Corruption("bad kv row: truncated key".into()).to_string())
+        );
+        // The exact length is a row with an empty value.
+        assert_eq!(KeyValue::decode(&enc).unwrap().key, b"long key".to_vec());
+        let mut kv = KeyValue::tombstone(b"k".to_vec(), 3);
+        assert!(KeyValue::decode_into(&enc[..40], &mut kv).is_err());
+        assert_eq!(kv, KeyValue::tombstone(b"k".to_vec(), 3));
     }
 
     #[test]

@@ -16,8 +16,9 @@
 //! write failed and is reused by the next write is never in the cache.
 //!
 //! The cache is split in shards by revision, each bounded by bytes (key + value + a fixed
-//! per-entry overhead) and evicting in insertion order (FIFO): a hit costs one shard lock, one
-//! hash lookup and the clone of the row.
+//! per-entry overhead) and evicting in insertion order (FIFO). An entry is the row as the engine
+//! stored it (one contiguous allocation, moved in from the engine's answer without a copy): a hit
+//! costs one shard lock, one hash lookup and the decode of the row (a copy of its key and value).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -25,11 +26,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::kv::KeyValue;
+use crate::error::MvccResult;
+use crate::kv::{KeyValue, HEADER_LEN};
 use crate::revision::Revision;
 
-/// Bytes charged per entry beyond its key and value: the `KeyValue` and `Revision`, the map
-/// slot, the eviction queue slot and two allocation headers, rounded up.
+/// Bytes charged per entry beyond its key and value: the row header, the map slot (revision
+/// and boxed row, at the map's load factor), the eviction queue slot and the allocation header,
+/// rounded up.
 pub(crate) const ENTRY_OVERHEAD: usize = 160;
 
 /// Number of shards (a power of two).
@@ -56,7 +59,7 @@ impl Hasher for RevHasher {
     }
 }
 
-type RevMap = HashMap<Revision, KeyValue, BuildHasherDefault<RevHasher>>;
+type RevMap = HashMap<Revision, Box<[u8]>, BuildHasherDefault<RevHasher>>;
 
 #[derive(Default)]
 struct Shard {
@@ -74,8 +77,9 @@ pub(crate) struct RowCache {
     bytes: AtomicUsize,
 }
 
-fn cost(kv: &KeyValue) -> usize {
-    kv.key.len() + kv.value.len() + ENTRY_OVERHEAD
+/// The charge of an encoded row (its header is part of [`ENTRY_OVERHEAD`]).
+fn cost(row: &[u8]) -> usize {
+    row.len().saturating_sub(HEADER_LEN) + ENTRY_OVERHEAD
 }
 
 impl RowCache {
@@ -104,16 +108,27 @@ impl RowCache {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// The row of `rev`, if cached.
-    pub(crate) fn get(&self, rev: Revision) -> Option<KeyValue> {
-        self.shard(rev).lock().map.get(&rev).cloned()
+    /// Decodes the row of `rev` into `kv` if cached; true on a hit (`kv` unchanged on a miss).
+    pub(crate) fn get_into(&self, rev: Revision, kv: &mut KeyValue) -> MvccResult<bool> {
+        match self.shard(rev).lock().map.get(&rev) {
+            Some(row) => KeyValue::decode_into(row, kv).map(|()| true),
+            None => Ok(false),
+        }
     }
 
-    /// Caches `kv` as the row of `rev`, read from the engine after [`generation`](Self::generation)
-    /// returned `generation`; ignored when a [`clear`](Self::clear) came in between or the row
-    /// alone exceeds a shard.
-    pub(crate) fn insert(&self, generation: u64, rev: Revision, kv: &KeyValue) {
-        let c = cost(kv);
+    /// The decoded row of `rev`, if cached.
+    #[cfg(test)]
+    pub(crate) fn get(&self, rev: Revision) -> MvccResult<Option<KeyValue>> {
+        let mut kv = KeyValue::default();
+        Ok(self.get_into(rev, &mut kv)?.then_some(kv))
+    }
+
+    /// Caches `row`, the encoded row of `rev` (already decoded once, so known to be well
+    /// formed), read from the engine after [`generation`](Self::generation) returned
+    /// `generation`; ignored when a [`clear`](Self::clear) came in between or the row alone
+    /// exceeds a shard.
+    pub(crate) fn insert(&self, generation: u64, rev: Revision, row: Vec<u8>) {
+        let c = cost(&row);
         if c > self.shard_capacity {
             return;
         }
@@ -134,7 +149,7 @@ impl RowCache {
                 freed += g;
             }
         }
-        shard.map.insert(rev, kv.clone());
+        shard.map.insert(rev, row.into_boxed_slice());
         shard.order.push_back(rev);
         shard.bytes += c;
         drop(shard);
@@ -158,10 +173,10 @@ impl RowCache {
         for shard in self.shards.iter() {
             let mut s = shard.lock();
             let mut freed = 0;
-            s.map.retain(|rev, kv| {
+            s.map.retain(|rev, row| {
                 let keep = rev.main > revision || available.contains(rev);
                 if !keep {
-                    freed += cost(kv);
+                    freed += cost(row);
                 }
                 keep
             });
@@ -209,14 +224,14 @@ mod tests {
     fn hit_miss_and_byte_accounting() {
         let c = RowCache::new(1 << 20).unwrap();
         let g = c.generation();
-        assert_eq!(c.get(Revision::new(2, 0)), None);
-        c.insert(g, Revision::new(2, 0), &kv(2, 10));
-        c.insert(g, Revision::new(3, 1), &kv(3, 20));
+        assert_eq!(c.get(Revision::new(2, 0)).unwrap(), None);
+        c.insert(g, Revision::new(2, 0), kv(2, 10).encode());
+        c.insert(g, Revision::new(3, 1), kv(3, 20).encode());
         // A second insert of a cached revision changes nothing.
-        c.insert(g, Revision::new(3, 1), &kv(3, 20));
-        assert_eq!(c.get(Revision::new(2, 0)), Some(kv(2, 10)));
-        assert_eq!(c.get(Revision::new(3, 1)), Some(kv(3, 20)));
-        assert_eq!(c.get(Revision::new(3, 0)), None);
+        c.insert(g, Revision::new(3, 1), kv(3, 20).encode());
+        assert_eq!(c.get(Revision::new(2, 0)).unwrap(), Some(kv(2, 10)));
+        assert_eq!(c.get(Revision::new(3, 1)).unwrap(), Some(kv(3, 20)));
+        assert_eq!(c.get(Revision::new(3, 0)).unwrap(), None);
         assert_eq!(c.len(), 2);
         assert_eq!(c.bytes(), (4 + 10) + (4 + 20) + 2 * ENTRY_OVERHEAD);
     }
@@ -227,34 +242,34 @@ mod tests {
         let c = RowCache::new(16 * 1000).unwrap();
         let g = c.generation();
         for i in 1..=900 {
-            c.insert(g, Revision::new(i, 0), &kv(i, 100));
+            c.insert(g, Revision::new(i, 0), kv(i, 100).encode());
         }
         assert!(c.bytes() <= 16 * 1000, "{} bytes", c.bytes());
         assert_eq!(c.bytes(), c.len() * 264);
         // The newest row is always kept, the first one long evicted.
-        assert_eq!(c.get(Revision::new(900, 0)), Some(kv(900, 100)));
+        assert_eq!(c.get(Revision::new(900, 0)).unwrap(), Some(kv(900, 100)));
         assert_eq!(c.len(), 16 * 3);
-        assert_eq!(c.get(Revision::new(1, 0)), None);
+        assert_eq!(c.get(Revision::new(1, 0)).unwrap(), None);
         // A row larger than a shard is not cached.
-        c.insert(g, Revision::new(950, 0), &kv(950, 2000));
-        assert_eq!(c.get(Revision::new(950, 0)), None);
+        c.insert(g, Revision::new(950, 0), kv(950, 2000).encode());
+        assert_eq!(c.get(Revision::new(950, 0)).unwrap(), None);
     }
 
     #[test]
     fn clear_empties_and_refuses_stale_inserts() {
         let c = RowCache::new(1 << 20).unwrap();
         let before = c.generation();
-        c.insert(before, Revision::new(2, 0), &kv(2, 10));
+        c.insert(before, Revision::new(2, 0), kv(2, 10).encode());
         c.clear();
-        assert_eq!(c.get(Revision::new(2, 0)), None);
+        assert_eq!(c.get(Revision::new(2, 0)).unwrap(), None);
         assert_eq!(c.bytes(), 0);
         // A row read before the clear (a restore) is not inserted after it.
-        c.insert(before, Revision::new(5, 0), &kv(5, 10));
-        assert_eq!(c.get(Revision::new(5, 0)), None);
+        c.insert(before, Revision::new(5, 0), kv(5, 10).encode());
+        assert_eq!(c.get(Revision::new(5, 0)).unwrap(), None);
         let after = c.generation();
         assert_ne!(after, before);
-        c.insert(after, Revision::new(5, 0), &kv(5, 10));
-        assert_eq!(c.get(Revision::new(5, 0)), Some(kv(5, 10)));
+        c.insert(after, Revision::new(5, 0), kv(5, 10).encode());
+        assert_eq!(c.get(Revision::new(5, 0)).unwrap(), Some(kv(5, 10)));
     }
 
     #[test]
@@ -262,12 +277,12 @@ mod tests {
         let c = RowCache::new(1 << 20).unwrap();
         let g = c.generation();
         for i in 1..=6 {
-            c.insert(g, Revision::new(i, 0), &kv(i, 10));
+            c.insert(g, Revision::new(i, 0), kv(i, 10).encode());
         }
         let available: HashSet<Revision> = [Revision::new(3, 0)].into_iter().collect();
         c.retain_compacted(4, &available);
         let left: Vec<i64> = (1..=6)
-            .filter(|&i| c.get(Revision::new(i, 0)).is_some())
+            .filter(|&i| c.get(Revision::new(i, 0)).unwrap().is_some())
             .collect();
         assert_eq!(left, vec![3, 5, 6]);
         assert_eq!(c.bytes(), 3 * (4 + 10 + ENTRY_OVERHEAD));

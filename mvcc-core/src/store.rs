@@ -872,21 +872,25 @@ impl<B: Backend> MvccStore<B> {
     /// Reads the row of revision `rev` (a put) for a read at `at`, from the row cache when it
     /// holds it.
     pub(crate) fn load_kv(&self, rev: Revision, at: i64) -> MvccResult<KeyValue> {
-        let generation = match &self.row_cache {
-            Some(cache) => match cache.get(rev) {
-                Some(kv) => return Ok(kv),
-                None => cache.generation(),
-            },
-            None => 0,
+        let Some(cache) = &self.row_cache else {
+            return match self.backend.get(Tree::Kv, &rev.to_bytes())? {
+                Some(v) => KeyValue::decode_owned(v),
+                None => Err(self.missing_row(rev, at)),
+            };
         };
-        let kv = match self.backend.get(Tree::Kv, &rev.to_bytes())? {
-            Some(v) => KeyValue::decode_owned(v)?,
-            None => return Err(self.missing_row(rev, at)),
-        };
-        if let Some(cache) = &self.row_cache {
-            cache.insert(generation, rev, &kv);
+        let mut kv = KeyValue::default();
+        if cache.get_into(rev, &mut kv)? {
+            return Ok(kv);
         }
-        Ok(kv)
+        let generation = cache.generation();
+        match self.backend.get(Tree::Kv, &rev.to_bytes())? {
+            Some(row) => {
+                let kv = KeyValue::decode(&row)?;
+                cache.insert(generation, rev, row);
+                Ok(kv)
+            }
+            None => Err(self.missing_row(rev, at)),
+        }
     }
 
     /// The error of a read at `at` that found no row for revision `rev`: compacted away, or a
@@ -913,14 +917,13 @@ impl<B: Backend> MvccStore<B> {
         }
         let mut kvs = vec![KeyValue::default(); revs.len()];
         // Positions of the rows still to read, then in ascending revision order.
-        let mut order: Vec<u32> = Vec::with_capacity(revs.len());
+        let mut order: Vec<u32> = Vec::new();
         let generation = match &self.row_cache {
             Some(cache) => {
                 let generation = cache.generation();
-                for (i, rev) in revs.iter().enumerate() {
-                    match cache.get(*rev) {
-                        Some(kv) => kvs[i] = kv,
-                        None => order.push(i as u32),
+                for (i, (rev, kv)) in revs.iter().zip(kvs.iter_mut()).enumerate() {
+                    if !cache.get_into(*rev, kv)? {
+                        order.push(i as u32);
                     }
                 }
                 if order.is_empty() {
@@ -947,13 +950,17 @@ impl<B: Backend> MvccStore<B> {
         }
         for (&i, row) in order.iter().zip(rows) {
             let i = i as usize;
-            kvs[i] = match row {
-                Some(v) => KeyValue::decode_owned(v)?,
-                None => return Err(self.missing_row(revs[i], at)),
+            let Some(row) = row else {
+                return Err(self.missing_row(revs[i], at));
             };
-            if let Some(cache) = &self.row_cache {
-                cache.insert(generation, revs[i], &kvs[i]);
-            }
+            kvs[i] = match &self.row_cache {
+                Some(cache) => {
+                    let kv = KeyValue::decode(&row)?;
+                    cache.insert(generation, revs[i], row);
+                    kv
+                }
+                None => KeyValue::decode_owned(row)?,
+            };
         }
         Ok(kvs)
     }
@@ -1011,13 +1018,16 @@ impl<B: Backend> MvccStore<B> {
         limit: i64,
         count_only: bool,
     ) -> MvccResult<RangeResult> {
-        self.kv_range(&crate::request::Range {
-            key: key.to_vec(),
-            range_end: end.to_vec(),
-            revision,
-            limit,
-            count_only,
-            ..Default::default()
+        // `kv_range` of a request without sort, filters or `keys_only`, without building one.
+        self.check_open()?;
+        self.check_key(key)?;
+        let (kvs, count, current) = self.read_range(key, end, revision, limit, count_only)?;
+        let count = count as i64;
+        Ok(RangeResult {
+            more: !count_only && limit > 0 && count > limit,
+            kvs: if count_only { Vec::new() } else { kvs },
+            count,
+            revision: current,
         })
     }
 

@@ -77,21 +77,23 @@ type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 const INLINE_KEY: usize = 22;
 
 /// A key of the index: short keys inline, longer ones in an exact-size heap slice.
+///
+/// An inline key is its bytes, zero-padded to [`INLINE_KEY`], followed by its length: two
+/// overlapping big-endian words (bytes 0..16 and 15..23) order two inline keys by their padded
+/// bytes, then by length, which is their byte order.
 #[derive(Clone)]
 enum IndexKey {
-    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Inline([u8; INLINE_KEY + 1]),
     Heap(Box<[u8]>),
 }
 
 impl IndexKey {
     fn new(key: &[u8]) -> Self {
         if key.len() <= INLINE_KEY {
-            let mut bytes = [0u8; INLINE_KEY];
+            let mut bytes = [0u8; INLINE_KEY + 1];
             bytes[..key.len()].copy_from_slice(key);
-            IndexKey::Inline {
-                len: key.len() as u8,
-                bytes,
-            }
+            bytes[INLINE_KEY] = key.len() as u8;
+            IndexKey::Inline(bytes)
         } else {
             IndexKey::Heap(key.into())
         }
@@ -105,7 +107,7 @@ impl IndexKey {
 
     fn as_slice(&self) -> &[u8] {
         match self {
-            IndexKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            IndexKey::Inline(bytes) => &bytes[..usize::from(bytes[INLINE_KEY])],
             IndexKey::Heap(b) => b,
         }
     }
@@ -131,38 +133,30 @@ impl PartialOrd for IndexKey {
     }
 }
 
-/// Byte-wise order of two zero-padded inline keys: as two big-endian words, then by length
-/// (equal padded bytes mean one key is the other plus trailing zero bytes). Same order as
+/// Byte-wise order of two inline keys (see [`IndexKey`]): bytes 0..16 as one big-endian word,
+/// then bytes 15..23 (the last padded key bytes and the length) as another. Same order as
 /// comparing the slices.
-fn inline_order(
-    a: &[u8; INLINE_KEY],
-    a_len: u8,
-    b: &[u8; INLINE_KEY],
-    b_len: u8,
-) -> std::cmp::Ordering {
-    let words = |x: &[u8; INLINE_KEY]| {
-        let mut hi = [0u8; 16];
-        hi.copy_from_slice(&x[..16]);
-        let mut lo = [0u8; 8];
-        lo[..INLINE_KEY - 16].copy_from_slice(&x[16..]);
-        (u128::from_be_bytes(hi), u64::from_be_bytes(lo))
+#[inline]
+fn inline_order(a: &[u8; INLINE_KEY + 1], b: &[u8; INLINE_KEY + 1]) -> std::cmp::Ordering {
+    const _: () = assert!(INLINE_KEY + 1 == 16 + 8 - 1);
+    let hi = |x: &[u8; INLINE_KEY + 1]| {
+        let mut w = [0u8; 16];
+        w.copy_from_slice(&x[..16]);
+        u128::from_be_bytes(w)
     };
-    words(a).cmp(&words(b)).then(a_len.cmp(&b_len))
+    let lo = |x: &[u8; INLINE_KEY + 1]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&x[15..]);
+        u64::from_be_bytes(w)
+    };
+    hi(a).cmp(&hi(b)).then_with(|| lo(a).cmp(&lo(b)))
 }
 
 impl Ord for IndexKey {
+    #[inline]
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         match (self, other) {
-            (
-                IndexKey::Inline {
-                    len: a_len,
-                    bytes: a,
-                },
-                IndexKey::Inline {
-                    len: b_len,
-                    bytes: b,
-                },
-            ) => inline_order(a, *a_len, b, *b_len),
+            (IndexKey::Inline(a), IndexKey::Inline(b)) => inline_order(a, b),
             _ => self.as_slice().cmp(other.as_slice()),
         }
     }
@@ -376,6 +370,21 @@ fn lookup_mut<'t>(tree: &'t mut Tree, key: &[u8]) -> Option<&'t mut Entry> {
     }
 }
 
+/// The entries of `range`, in key order; `None` when the range is empty. Bounds that fit inline
+/// are searched as inline keys (compared word by word), the others as byte slices.
+fn entries<'t>(tree: &'t Tree, range: &KeyRange) -> Option<btree_map::Range<'t, IndexKey, Entry>> {
+    let (lo, hi) = range.bounds()?;
+    let probe = |b: Bound<&[u8]>| match b {
+        Bound::Included(k) => IndexKey::probe(k).map(Bound::Included),
+        Bound::Excluded(k) => IndexKey::probe(k).map(Bound::Excluded),
+        Bound::Unbounded => Some(Bound::Unbounded),
+    };
+    Some(match (probe(lo), probe(hi)) {
+        (Some(lo), Some(hi)) => tree.range((lo, hi)),
+        _ => tree.range::<[u8], _>((lo, hi)),
+    })
+}
+
 impl TreeIndex {
     /// An empty index.
     pub fn new() -> Self {
@@ -484,13 +493,13 @@ impl TreeIndex {
         at_rev: i64,
         limit: usize,
     ) -> (Vec<(Vec<u8>, Revision)>, usize) {
-        let Some(bounds) = range.bounds() else {
+        let tree = self.tree.read();
+        let Some(entries) = entries(&tree, range) else {
             return (Vec::new(), 0);
         };
-        let tree = self.tree.read();
         let mut out = Vec::new();
         let mut count = 0;
-        for (key, e) in tree.range::<[u8], _>(bounds) {
+        for (key, e) in entries {
             if let Ok((rev, _, _)) = e.get(at_rev) {
                 if limit == 0 || out.len() < limit {
                     out.push((key.as_slice().to_vec(), rev));
@@ -508,13 +517,13 @@ impl TreeIndex {
         at_rev: i64,
         limit: usize,
     ) -> (Vec<Revision>, usize) {
-        let Some(bounds) = range.bounds() else {
+        let tree = self.tree.read();
+        let Some(entries) = entries(&tree, range) else {
             return (Vec::new(), 0);
         };
-        let tree = self.tree.read();
         let mut out = Vec::new();
         let mut count = 0;
-        for (_, e) in tree.range::<[u8], _>(bounds) {
+        for (_, e) in entries {
             if let Ok((rev, _, _)) = e.get(at_rev) {
                 if limit == 0 || out.len() < limit {
                     out.push(rev);
@@ -531,11 +540,11 @@ impl TreeIndex {
         range: &KeyRange,
         at_rev: i64,
     ) -> Vec<(Vec<u8>, Revision, Revision, i64)> {
-        let Some(bounds) = range.bounds() else {
+        let tree = self.tree.read();
+        let Some(entries) = entries(&tree, range) else {
             return Vec::new();
         };
-        let tree = self.tree.read();
-        tree.range::<[u8], _>(bounds)
+        entries
             .filter_map(|(key, e)| {
                 e.get(at_rev)
                     .ok()

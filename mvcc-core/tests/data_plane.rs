@@ -1077,6 +1077,54 @@ fn conveniences_are_requests<B: Backend>() {
     let r = s.range(b"a", b"z", 0, 2, false).unwrap();
     assert_eq!(r, s.kv_range(&Range { limit: 2, ..all() }).unwrap());
     assert_eq!((r.more, r.count), (true, 5));
+    // `range` reads without building a request: same answers and errors as `kv_range`.
+    let mut cases = 0;
+    for (key, end) in [
+        ("a", ""),
+        ("c", ""),
+        ("zz", ""),
+        ("", ""),
+        ("a", "z"),
+        ("b", "d"),
+        ("d", "b"),
+        ("c", "\0"),
+        ("a", "a"),
+    ] {
+        for revision in [0, 4, 9, 11, 12] {
+            for limit in [0, 1, 2, 10] {
+                for count_only in [false, true] {
+                    let req = Range {
+                        key: key.as_bytes().to_vec(),
+                        range_end: end.as_bytes().to_vec(),
+                        revision,
+                        limit,
+                        count_only,
+                        ..Range::default()
+                    };
+                    let fast = s.range(&req.key, &req.range_end, revision, limit, count_only);
+                    let slow = s.kv_range(&req);
+                    assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{req:?}");
+                    cases += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 9 * 5 * 4 * 2);
+    let r = s.range(b"b", b"d", 9, 1, false).unwrap();
+    assert_eq!(
+        (r.kvs, r.count, r.more, r.revision),
+        (vec![kv("b", "5", 3, 8, 3, 0)], 1, false, 11)
+    );
+    let r = s.range(b"a", b"\0", 0, 3, true).unwrap();
+    assert_eq!((r.kvs, r.count, r.more, r.revision), (vec![], 5, false, 11));
+    assert!(matches!(
+        s.range(b"a", b"", 12, 0, false),
+        Err(MvccError::FutureRevision)
+    ));
+    assert!(matches!(
+        s.range(b"", b"z", 0, 0, false),
+        Err(MvccError::EmptyKey)
+    ));
     let (rev, kv1) = s.put(b"k", b"1", 0).unwrap();
     let p = s.kv_put(&put("k", "2")).unwrap();
     assert_eq!((rev, kv1.version, p.revision, p.kv.version), (12, 1, 13, 2));
