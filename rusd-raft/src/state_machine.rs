@@ -50,7 +50,7 @@
 //! run different engines and converge to byte-identical snapshots (once their background
 //! compactions finished). Its raft metadata (last log
 //! id, membership) is read from the apply metadata row *inside* the image, so it matches the
-//! data exactly even while entries keep being applied. Before the image is taken the store's
+//! data exactly even while entries keep being applied. After the image is taken the store's
 //! backend is flushed, so the state machine on disk is at least as new as any snapshot that
 //! lets openraft purge the log. Installing a snapshot restores the backend from it
 //! (`Backend::restore_validated`), flushes it and reloads the same [`MvccStore`] from it
@@ -701,8 +701,6 @@ fn build_blocking<B: Backend>(
     store: &MvccStore<B>,
     snapshots: &SnapshotFiles,
 ) -> Result<(SnapshotMeta, std::fs::File, u64), StorageError> {
-    // Durable first: the log may be purged up to this snapshot.
-    store.flush().map_err(|e| sm_write_err(&e))?;
     let (temp, file) = snapshots
         .create_temp("build")
         .map_err(|e| snap_write_err(&e))?;
@@ -713,6 +711,12 @@ fn build_blocking<B: Backend>(
         .map_err(|e| snap_write_err(&e))?;
     let file = out.into_inner().map_err(|e| snap_write_err(e.error()))?;
     file.sync_all().map_err(|e| snap_write_err(&e))?;
+    // Durable before the snapshot is reported: openraft may then purge the log up to it, so
+    // the store on disk must hold at least what the image holds. Entries are applied while
+    // the image is taken, so the flush comes after it (a flush before it left the image
+    // ahead of the disk: a power cut then found the log purged past the store's apply
+    // record, and the member could not restart).
+    store.flush().map_err(|e| sm_write_err(&e))?;
     let meta = meta_of_file(file)?;
     let snapshot_id = match meta.last_applied {
         Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
