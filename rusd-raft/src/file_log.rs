@@ -246,6 +246,9 @@ impl FileLog {
         }
         if !existed {
             sync_dir(&dir).map_err(io_write)?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent).map_err(io_write)?;
+            }
         }
         Ok(FileLog {
             inner: Arc::new(Inner {

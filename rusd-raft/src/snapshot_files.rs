@@ -113,7 +113,14 @@ impl SnapshotFiles {
     }
 
     fn open_inner(dir: PathBuf, temp: Option<tempfile::TempDir>) -> io::Result<Self> {
-        fs::create_dir_all(&dir)?;
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir)?;
+            // The directory's name must be durable before any snapshot in it counts: the log
+            // is purged behind snapshots.
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
         let mut snaps = Vec::new();
         let mut others = Vec::new();
         for entry in fs::read_dir(&dir)? {

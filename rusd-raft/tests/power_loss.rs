@@ -43,8 +43,9 @@
 //! is `RUSD_POWER_CUTS=200 cargo test --release -p rusd-raft --test power_loss`.
 //! `RUSD_POWER_SEED` replays a run's choices (not its thread timing); `RUSD_POWER_DEBUG=1` prints
 //! the durable tree after each cut and the restarted node's metrics. The `FileLog`
-//! configurations are `#[ignore]`d until `FileLog::open` fsyncs the parent of the `raft-wal`
-//! directory it creates (without it a cut loses the whole log); `--include-ignored` runs them.
+//! configurations found that `FileLog::open` did not fsync the parent of the `raft-wal`
+//! directory it creates: the directory's name was never durable and a cut lost the whole log
+//! (acknowledged writes lost at the first cut); it does now.
 //! Without `/dev/fuse` (or without root and `fusermount3`) the tests are skipped, unless `CI`
 //! is set: then they fail.
 #![cfg(unix)]
@@ -1036,11 +1037,8 @@ fn detects_loss(setup: Setup, max_cuts: usize) {
     );
 }
 
-/// Ignored until `FileLog::open` fsyncs the parent of the `raft-wal` directory it creates:
-/// without that the directory's name is never durable and a cut loses the whole raft log
-/// (acknowledged writes lost at the first or second cut). Run with `--include-ignored`.
+/// The raft log in its own file (rusd's default).
 #[test]
-#[ignore = "FileLog::open does not fsync the parent of raft-wal: the whole log is lost at a cut"]
 fn power_loss_raft_sled_file_log() {
     if fuse_ready("power_loss_raft_sled_file_log") {
         no_loss(Setup {
@@ -1052,11 +1050,8 @@ fn power_loss_raft_sled_file_log() {
     }
 }
 
-/// Ignored until `FileLog::open` fsyncs the parent of the `raft-wal` directory it creates:
-/// without that the directory's name is never durable and a cut loses the whole raft log
-/// (acknowledged writes lost at the first or second cut). Run with `--include-ignored`.
+/// The raft log in its own file (rusd's default).
 #[test]
-#[ignore = "FileLog::open does not fsync the parent of raft-wal: the whole log is lost at a cut"]
 fn power_loss_raft_redb_file_log() {
     if fuse_ready("power_loss_raft_redb_file_log") {
         no_loss(Setup {
