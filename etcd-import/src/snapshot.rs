@@ -5,7 +5,9 @@
 //!   fsync, link into place, directory fsync).
 //! * [`restore`]: validates a snapshot completely, then restores it into a new store of any
 //!   compiled engine in a missing or empty directory and checks the store opens at the
-//!   snapshot's revision; on failure the directory is emptied again.
+//!   snapshot's revision; on failure the directory is emptied again. The source's raft apply
+//!   record is dropped, so `rusd` adopts the store as a new one-member cluster (add members
+//!   with MemberAdd; they catch up by snapshot).
 //! * [`status`]: the revision, live key count, size and CRC-32 of a snapshot, computed by
 //!   restoring it into a volatile in-memory store.
 
@@ -15,7 +17,7 @@ use std::path::Path;
 
 use mvcc_core::{AnyBackend, MvccStore};
 use storage_api::snapshot::ValidatedSnapshot;
-use storage_api::{Backend, BackendConfig, BackendKind, MemoryBackend, StorageError};
+use storage_api::{Backend, BackendConfig, BackendKind, MemoryBackend, StorageError, Tree};
 
 use crate::error::ImportError;
 use crate::export::{open_existing, write_new_file};
@@ -157,6 +159,12 @@ pub fn restore(
     let result = (|| -> Result<SnapshotSummary, ImportError> {
         let backend = AnyBackend::open(kind, BackendConfig::new(data_dir))?;
         backend.restore_validated(snap)?;
+        // The source member's raft position (its last applied entry and membership) means
+        // nothing to the cluster this store starts: without it `rusd` adopts the store as
+        // written before replication (as `etcdutl snapshot restore` writes a new membership
+        // and consistent index). With it, the member waited forever as a learner of the old
+        // cluster.
+        backend.delete(Tree::Meta, mvcc_core::store::META_APPLY)?;
         backend.flush()?;
         let store = MvccStore::new(backend)?;
         let s = summarize(&store, kind, records, size, crc32);

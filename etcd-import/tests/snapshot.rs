@@ -378,3 +378,39 @@ fn cli_subcommands_exact_output() {
         Some(2)
     );
 }
+
+/// A snapshot saved from a raft member carries its apply record (last applied entry,
+/// membership); a restore drops it, so `rusd` adopts the store as a new cluster's instead of
+/// waiting as a learner of the old one.
+#[test]
+fn restore_drops_the_source_members_raft_position() {
+    use storage_api::{Backend, Tree};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    build_rusd_store(&src, BackendKind::Sled);
+    let store = open_rusd(&src, BackendKind::Sled);
+    store.set_apply_meta(b"{\"last_applied\":5}".to_vec());
+    store.write_apply_meta().expect("apply record");
+    assert!(store.apply_meta().expect("read").is_some());
+    store.close().expect("close");
+    drop(store);
+    let file = dir.path().join("member.snap");
+    save(&src, &file, None).expect("save");
+    for kind in ENGINES {
+        let target = dir.path().join(format!("restored-{kind}"));
+        let r = restore(&file, &target, kind).expect("restore");
+        assert_eq!((r.revision, r.live_keys), (RUSD_CURRENT, LIVE));
+        if kind == BackendKind::Memory {
+            continue; // volatile: nothing to reopen
+        }
+        let store = open_rusd(&target, kind);
+        assert_eq!(store.apply_meta().expect("read"), None, "{kind}");
+        assert_eq!(
+            store
+                .backend()
+                .get(Tree::Meta, mvcc_core::store::META_APPLY)
+                .expect("get"),
+            None
+        );
+    }
+}

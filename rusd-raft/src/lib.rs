@@ -56,7 +56,13 @@
 //! * **Replace a dead member**: `etcdctl member remove <id>`, then add a new one as above with
 //!   an empty data directory.
 //! * **Back up**: `etcdctl snapshot save` on any member gives the portable store image (see
-//!   `storage_api::snapshot`). Restoring a cluster from it is not automated yet.
+//!   `storage_api::snapshot`).
+//! * **Restore a cluster from a backup**: `rusd snapshot restore <file> --data-dir m1` (any
+//!   engine; the source member's raft position is dropped), start `m1` alone (no
+//!   `--initial-cluster`: it adopts the store as a one-member cluster and takes a snapshot at
+//!   once), then add the other members one by one as above (`member add`, then start them
+//!   with `--initial-cluster-state existing` and an `--initial-cluster` naming the members so
+//!   far); they catch up by snapshot.
 //!
 //! # Guarantees
 //! * A write is acknowledged once its entry is durable (flushed) in the logs of a quorum and
