@@ -57,17 +57,15 @@
 #![cfg(unix)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mvcc_core::engine::AnyBackend;
 use mvcc_core::{CommitMode, Event, EventKind, KeyValue, MvccError, MvccStore, StoreConfig, TxnOp};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use parking_lot::RwLock;
 use powerloss_fs::{Image, Mount, Options};
 use storage_api::snapshot::ValidatedSnapshot;
@@ -80,7 +78,7 @@ const CHILD_ENV: &str = "RUSD_POWER_CHILD";
 const DIR_ENV: &str = "RUSD_POWER_DIR";
 const ENGINE_ENV: &str = "RUSD_POWER_ENGINE";
 const CONFIG_ENV: &str = "RUSD_POWER_CONFIG";
-const SEED_ENV: &str = "RUSD_POWER_SEED";
+use powerloss_fs::harness::{base_seed, freeze_child, fuse_ready, spawn_reader, SEED_ENV};
 const CYCLE_ENV: &str = "RUSD_POWER_CYCLE";
 /// Keys `k00` .. `k15`.
 const KEYS: u64 = 16;
@@ -597,97 +595,6 @@ fn child_maintenance<B: Backend>(
 
 // ---------------------------------------------------------------------------------------------
 // The parent: one child run, cut at the chosen moment.
-
-fn cuts() -> usize {
-    std::env::var("RUSD_POWER_CUTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200)
-}
-
-fn base_seed() -> u64 {
-    std::env::var(SEED_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
-
-/// `false` (skip) when FUSE cannot be used here and `CI` is unset; panics when `CI` is set.
-fn fuse_ready(test: &str) -> bool {
-    match powerloss_fs::availability() {
-        Ok(()) => true,
-        Err(e) if std::env::var_os("CI").is_some() => {
-            panic!("{test}: {e}, and CI is set: this test must run")
-        }
-        Err(e) => {
-            eprintln!("{test}: skipped: {e}");
-            false
-        }
-    }
-}
-
-/// Reads complete lines only (a line cut by the kill is not an acknowledgement).
-fn spawn_reader(
-    stdout: std::process::ChildStdout,
-) -> (mpsc::Receiver<String>, std::thread::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) if buf.last() == Some(&b'\n') => {
-                    let line = String::from_utf8_lossy(&buf[..buf.len() - 1]).into_owned();
-                    // libtest prints `test power_loss_child_entry ... ` before the first line.
-                    let line = match line.find("@@ ") {
-                        Some(i) => line[i..].to_string(),
-                        None => line,
-                    };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => break,
-            }
-        }
-    });
-    (rx, handle)
-}
-
-/// Stops the child and waits until none of its threads runs user code any more: from then on
-/// it can neither print nor observe anything (threads inside a system call stop on return).
-fn freeze_child(child: &Child) {
-    let pid = child.id() as i32;
-    let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        let running = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|tasks| {
-                tasks.flatten().any(|t| {
-                    std::fs::read_to_string(t.path().join("stat"))
-                        .ok()
-                        .and_then(|s| {
-                            s.rsplit_once(')')
-                                .and_then(|(_, rest)| rest.split_whitespace().next())
-                                .map(|st| st == "R")
-                        })
-                        .unwrap_or(false)
-                })
-            })
-            .unwrap_or(false);
-        if !running {
-            return;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
 
 /// What one child run printed.
 #[derive(Default)]
@@ -1252,7 +1159,15 @@ fn big_values(_kind: BackendKind) -> bool {
 fn no_loss_with(kind: BackendKind, setup: Setup, torn: bool, big: bool) {
     let seed = base_seed();
     let tolerate = setup == Setup::Group && GROUP_SYNC_PUBLISHES_BEFORE_FLUSH;
-    let out = power_cycles(kind, setup, cuts(), seed, tolerate, torn, big);
+    let out = power_cycles(
+        kind,
+        setup,
+        powerloss_fs::harness::cuts(200),
+        seed,
+        tolerate,
+        torn,
+        big,
+    );
     if !out.tolerated.is_empty() {
         eprintln!(
             "power_loss[{kind} {}]: KNOWN BUG (GroupSync publishes before flushing): {} \

@@ -31,6 +31,7 @@
 #![deny(missing_docs)]
 
 mod fs;
+pub mod harness;
 mod image;
 mod mount;
 

@@ -51,10 +51,9 @@
 #![cfg(unix)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,8 +61,6 @@ use mvcc_core::{
     AnyBackend, CommitMode, Compaction, DeleteRange, Event, EventKind, KeyValue, MvccStore, Put,
     RequestOp, StoreConfig, Txn,
 };
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use powerloss_fs::{Image, Mount, Options};
 use rusd_raft::{Command, CommandResponse, InitialState, RaftNode, RaftNodeConfig};
 use storage_api::{BackendConfig, BackendKind, Durability};
@@ -72,7 +69,7 @@ use tokio::net::TcpListener;
 const CHILD_ENV: &str = "RUSD_POWER_CHILD";
 const DIR_ENV: &str = "RUSD_POWER_DIR";
 const CONFIG_ENV: &str = "RUSD_POWER_CONFIG";
-const SEED_ENV: &str = "RUSD_POWER_SEED";
+use powerloss_fs::harness::{base_seed, freeze_child, fuse_ready, spawn_reader, SEED_ENV};
 const CYCLE_ENV: &str = "RUSD_POWER_CYCLE";
 /// Keys `k00` .. `k15`.
 const KEYS: u64 = 16;
@@ -389,96 +386,6 @@ async fn child_maintenance(node: &RaftNode<AnyBackend>, seed: u64, snapshots: bo
 
 // ---------------------------------------------------------------------------------------------
 // The parent: one child run, cut at the chosen moment.
-
-fn cuts() -> usize {
-    std::env::var("RUSD_POWER_CUTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20)
-}
-
-fn base_seed() -> u64 {
-    std::env::var(SEED_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
-
-/// `false` (skip) when FUSE cannot be used here and `CI` is unset; panics when `CI` is set.
-fn fuse_ready(test: &str) -> bool {
-    match powerloss_fs::availability() {
-        Ok(()) => true,
-        Err(e) if std::env::var_os("CI").is_some() => {
-            panic!("{test}: {e}, and CI is set: this test must run")
-        }
-        Err(e) => {
-            eprintln!("{test}: skipped: {e}");
-            false
-        }
-    }
-}
-
-/// Reads complete lines only (a line cut by the kill is not an acknowledgement).
-fn spawn_reader(
-    stdout: std::process::ChildStdout,
-) -> (mpsc::Receiver<String>, std::thread::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) if buf.last() == Some(&b'\n') => {
-                    let line = String::from_utf8_lossy(&buf[..buf.len() - 1]).into_owned();
-                    // libtest prints `test power_loss_child_entry ... ` before the first line.
-                    let line = match line.find("@@ ") {
-                        Some(i) => line[i..].to_string(),
-                        None => line,
-                    };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => break,
-            }
-        }
-    });
-    (rx, handle)
-}
-
-/// Stops the child and waits until none of its threads runs user code any more.
-fn freeze_child(child: &Child) {
-    let pid = child.id() as i32;
-    let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        let running = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|tasks| {
-                tasks.flatten().any(|t| {
-                    std::fs::read_to_string(t.path().join("stat"))
-                        .ok()
-                        .and_then(|s| {
-                            s.rsplit_once(')')
-                                .and_then(|(_, rest)| rest.split_whitespace().next())
-                                .map(|st| st == "R")
-                        })
-                        .unwrap_or(false)
-                })
-            })
-            .unwrap_or(false);
-        if !running {
-            return;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
 
 /// What one child run printed.
 #[derive(Default)]
@@ -1000,7 +907,7 @@ fn power_cycles(setup: Setup, cycles: usize, seed: u64) -> Outcome {
 /// The harness on a correct configuration: no loss in any cycle.
 fn no_loss(setup: Setup) {
     let seed = base_seed();
-    let out = power_cycles(setup, cuts(), seed);
+    let out = power_cycles(setup, powerloss_fs::harness::cuts(20), seed);
     assert!(
         out.losses.is_empty(),
         "power_loss[{}]: {} problem(s) at cycle {}:\n{}",
