@@ -119,6 +119,9 @@ async fn rss_growth_kib(stalled: bool) -> u64 {
                 // No raft snapshot during the run: both runs keep the same log in memory.
                 "--snapshot-count",
                 "1000000",
+                // Room for the documented 1M-event run (about 3 GiB of redb file).
+                "--quota-backend-bytes",
+                "17179869184",
                 "--listen-client-urls",
                 &format!("http://127.0.0.1:{port}"),
             ])
