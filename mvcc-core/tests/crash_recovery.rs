@@ -37,8 +37,8 @@
 #[path = "common/model.rs"]
 mod model;
 
+use powerloss_fs::harness::spawn_reader;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -551,36 +551,6 @@ struct ChildRun {
     acked: Vec<(Op, String)>,
     pending: Option<Op>,
     done: bool,
-}
-
-/// Reads complete lines only (a line cut by the kill is not an acknowledgement).
-fn spawn_reader(
-    stdout: std::process::ChildStdout,
-) -> (mpsc::Receiver<String>, std::thread::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) if buf.last() == Some(&b'\n') => {
-                    let line = String::from_utf8_lossy(&buf[..buf.len() - 1]).into_owned();
-                    // libtest prints `test crash_child_entry ... ` before the first line.
-                    let line = match line.find("@@ ") {
-                        Some(i) => line[i..].to_string(),
-                        None => line,
-                    };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => break,
-            }
-        }
-    });
-    (rx, handle)
 }
 
 #[allow(clippy::too_many_arguments)]
