@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 
 use common::Env;
 use mvcc_core::{
-    Compare, CompareOp, KeyValue, MvccError, MvccStore, StoreConfig, TxnOp, CURRENT_ROW_OVERHEAD,
+    CommitMode, Compare, CompareOp, KeyValue, MvccError, MvccStore, StoreConfig, TxnOp,
+    CURRENT_ROW_OVERHEAD,
 };
 use storage_api::fault::{FaultKind, FaultOp, FaultyBackend};
 use storage_api::Backend;
@@ -346,6 +347,39 @@ fn failed_writes_leave_no_current_row<B: Backend>() {
     b.inner().close().unwrap();
 }
 
+/// Under group commit a write is in the index (with its current row) before its flush makes
+/// it visible: until then reads at the visible revision answer the previous row.
+fn unpublished_rows_stay_invisible<B: Backend>() {
+    let env = Env::<B>::with_config(
+        StoreConfig::default()
+            .with_row_cache_bytes(1 << 20)
+            .with_commit_mode(CommitMode::GroupSync),
+    );
+    let b = FaultyBackend::wrap(env.open_backend());
+    let s = std::sync::Arc::new(MvccStore::with_config(b.clone(), env.config.clone()).unwrap());
+    let (r1, _) = s.put(b"k", b"v1", 0).unwrap();
+    let hold = b.plan().hold_nth(FaultOp::Flush, 1);
+    let writer = {
+        let s = s.clone();
+        std::thread::spawn(move || s.put(b"k", b"v2", 0).map(|(rev, _)| rev))
+    };
+    hold.wait_reached();
+    assert_eq!(s.current_revision(), r1);
+    assert_eq!(value_at(&s, b"k", 0), Some(b"v1".to_vec()));
+    let all = s.range(b"a", b"z", 0, 0, false).unwrap();
+    assert_eq!(all.kvs.len(), 1);
+    assert_eq!(
+        (all.kvs[0].value.as_slice(), all.kvs[0].mod_revision),
+        (&b"v1"[..], r1)
+    );
+    hold.release();
+    let r2 = writer.join().unwrap().unwrap();
+    assert_eq!(r2, r1 + 1);
+    assert_eq!(value_at(&s, b"k", 0), Some(b"v2".to_vec()));
+    assert_eq!(value_at(&s, b"k", r1), Some(b"v1".to_vec()));
+    b.inner().close().unwrap();
+}
+
 engine_tests!(
     point_in_time_reads_are_exact,
     point_in_time_reads_are_exact_with_row_cache,
@@ -354,4 +388,5 @@ engine_tests!(
     cached_reads_race_writes_and_compactions,
     reads_race_current_row_evictions,
     failed_writes_leave_no_current_row,
+    unpublished_rows_stay_invisible,
 );
