@@ -419,7 +419,7 @@ fn check(ops: &[Op]) -> Result<(), TestCaseError> {
             [
                 Engine::new(k, false, 0),
                 Engine::new(k, true, 0),
-                Engine::new(k, true, 300),
+                Engine::new(k, true, 400),
             ]
         })
         .collect();
