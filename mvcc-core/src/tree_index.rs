@@ -234,6 +234,7 @@ impl Entry {
     }
 
     /// The current row, if held.
+    #[cfg(test)]
     fn row(&self) -> Option<&Arc<[u8]>> {
         match self {
             Entry::Held(h) => Some(&h.row),
@@ -243,7 +244,7 @@ impl Entry {
 
     /// The current row when a read at `at_rev` sees it (its revision is `<= at_rev`).
     #[inline]
-    fn current_row(&self, at_rev: i64) -> Option<&[u8]> {
+    fn current_row(&self, at_rev: i64) -> Option<&Arc<[u8]>> {
         match self {
             Entry::Held(h) if h.entry.latest_main() <= at_rev => Some(&h.row),
             _ => None,
@@ -827,41 +828,58 @@ impl TreeIndex {
     }
 
     /// The rows of the keys of `range` existing at `at_rev`, in key order, at most `limit` of
-    /// them (`0` = unlimited), in one walk: current rows held by the index are decoded (the
-    /// first [`DECODE_UNDER_LOCK`] under the read lock, the others handed back shared), the
-    /// others are named by revision for the caller to read. See [`RangeRows`].
+    /// them (`0` = unlimited), from one index walk: current rows held by the index are decoded
+    /// (the first [`DECODE_UNDER_LOCK`] under the read lock, the others handed back shared),
+    /// the others are named by revision for the caller to read. See [`RangeRows`].
+    ///
+    /// The walk only collects where each row is; every row's cache lines are then touched in a
+    /// tight loop before any is decoded, so their loads from memory overlap instead of
+    /// following one another (decoding a row allocates, which keeps the processor from
+    /// looking ahead to the next row's).
     pub(crate) fn range_rows(
         &self,
         range: &KeyRange,
         at_rev: i64,
         limit: usize,
     ) -> MvccResult<RangeRows> {
+        enum Src<'t> {
+            Row(&'t Arc<[u8]>),
+            Rev(Revision),
+        }
         let mut out = RangeRows::default();
         let tree = self.tree.read();
         let Some(entries) = entries(&tree.map, range) else {
             return Ok(out);
         };
+        let mut srcs: Vec<Src<'_>> = Vec::new();
         for (_, s) in entries {
-            if limit != 0 && out.kvs.len() >= limit {
-                // Past the limit only the count is wanted.
-                if s.current_row(at_rev).is_some() || s.get(at_rev).is_ok() {
-                    out.count += 1;
-                }
-                continue;
-            }
-            let i = out.kvs.len();
             if let Some(row) = s.current_row(at_rev) {
-                out.kvs.push(KeyValue::default());
-                if i < DECODE_UNDER_LOCK {
-                    KeyValue::decode_into(row, &mut out.kvs[i])?;
-                } else if let Some(shared) = s.row() {
-                    out.later.push((i, Arc::clone(shared)));
+                if limit == 0 || srcs.len() < limit {
+                    srcs.push(Src::Row(row));
                 }
                 out.count += 1;
             } else if let Ok((rev, _, _)) = s.get(at_rev) {
-                out.kvs.push(KeyValue::default());
-                out.loads.push((i, rev));
+                if limit == 0 || srcs.len() < limit {
+                    srcs.push(Src::Rev(rev));
+                }
                 out.count += 1;
+            }
+        }
+        let mut touched = 0u8;
+        for src in srcs.iter().take(DECODE_UNDER_LOCK) {
+            if let Src::Row(row) = src {
+                for line in row.iter().step_by(64) {
+                    touched ^= *line;
+                }
+            }
+        }
+        std::hint::black_box(touched);
+        out.kvs.resize_with(srcs.len(), KeyValue::default);
+        for (i, (src, kv)) in srcs.into_iter().zip(out.kvs.iter_mut()).enumerate() {
+            match src {
+                Src::Row(row) if i < DECODE_UNDER_LOCK => KeyValue::decode_into(row, kv)?,
+                Src::Row(row) => out.later.push((i, Arc::clone(row))),
+                Src::Rev(rev) => out.loads.push((i, rev)),
             }
         }
         Ok(out)
