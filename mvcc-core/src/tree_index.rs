@@ -440,6 +440,10 @@ pub(crate) const CURRENT_ROW_OVERHEAD: usize = 96;
 /// range does not hold writers back for the copy of every row.
 const DECODE_UNDER_LOCK: usize = 256;
 
+/// A sweep that makes room for a current row frees `1 / EVICT_SLACK` of the row budget more
+/// than the row needs.
+const EVICT_SLACK: usize = 64;
+
 /// The charge of a current row (see [`CURRENT_ROW_OVERHEAD`]).
 fn row_cost(row: &[u8]) -> usize {
     row.len() + CURRENT_ROW_OVERHEAD
@@ -654,12 +658,19 @@ impl TreeIndex {
 
     /// Drops current rows until `need` more bytes fit the budget: sweeps the entries in key
     /// order from the last sweep's stop, wrapping around once. Called under the write lock.
+    ///
+    /// A sweep frees [`EVICT_SLACK`] of the budget beyond `need`, so the search for the
+    /// sweep's start (and the walk over entries holding no row) is paid once per many writes
+    /// rather than by every write of a full budget.
     fn make_room(&self, inner: &mut Inner, need: usize) {
-        let target = self.row_capacity.saturating_sub(need);
         let mut bytes = self.row_bytes.load(Ordering::Relaxed);
-        if bytes <= target {
+        if bytes + need <= self.row_capacity {
             return;
         }
+        let target = self
+            .row_capacity
+            .saturating_sub(need)
+            .saturating_sub(self.row_capacity / EVICT_SLACK);
         let Inner { map, cursor } = inner;
         let mut stop: Option<IndexKey> = None;
         let mut sweep = |key: &IndexKey, slot: &mut Entry| {
