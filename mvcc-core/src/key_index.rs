@@ -209,6 +209,11 @@ impl History {
         self.generations.len() == 1 && self.generations[0].is_empty()
     }
 
+    /// The newest revision recorded (put or tombstone).
+    pub(crate) fn modified(&self) -> Revision {
+        self.modified
+    }
+
     pub(crate) fn is_live(&self) -> bool {
         self.generations.last().is_some_and(|g| !g.is_empty())
     }

@@ -90,7 +90,9 @@ pub use request::{
     RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, Txn, TxnResponse,
 };
 pub use revision::Revision;
-pub use store::{MvccStore, RangeResult, StoreConfig, ROW_CACHE_ENTRY_OVERHEAD};
+pub use store::{
+    MvccStore, RangeResult, StoreConfig, CURRENT_ROW_OVERHEAD, ROW_CACHE_ENTRY_OVERHEAD,
+};
 pub use tree_index::{KeyRange, TreeIndex};
 pub use txn::{
     Compare, CompareOp, CompareTarget, RangeRequest, TxnOp, TxnOpResponse, TxnRequest, TxnResult,

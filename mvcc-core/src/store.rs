@@ -71,7 +71,7 @@ use crate::kv::KeyValue;
 use crate::lease::{Clock, LeaseTable, SystemClock};
 use crate::revision::{Revision, REVISION_BYTES};
 use crate::row_cache::RowCache;
-use crate::tree_index::{KeyRange, TreeIndex};
+use crate::tree_index::{KeyRange, RangeRows, RowRead, TreeIndex};
 use crate::watch::{Event, WatchHub};
 
 /// Meta key of the current revision (a recovery guard, see the [module docs](self)).
@@ -101,6 +101,16 @@ pub(crate) const MAX_READ_RETRIES: usize = 64;
 /// Bytes the row cache charges per row beyond its key and value (see
 /// [`StoreConfig::with_row_cache_bytes`]).
 pub const ROW_CACHE_ENTRY_OVERHEAD: usize = crate::row_cache::ENTRY_OVERHEAD;
+
+/// Bytes charged per current row kept by the key index beyond the encoded row (see
+/// [`StoreConfig::with_row_cache_bytes`]).
+pub const CURRENT_ROW_OVERHEAD: usize = crate::tree_index::CURRENT_ROW_OVERHEAD;
+
+/// The part of a row budget of `bytes` (see [`StoreConfig::with_row_cache_bytes`]) given to
+/// the current rows kept by the key index: three quarters; the row cache gets the rest.
+fn current_rows_share(bytes: usize) -> usize {
+    bytes / 4 * 3
+}
 
 /// Most rows read per backend scan during recovery and history reads.
 pub(crate) const RESTORE_CHUNK: usize = 10_000;
@@ -170,10 +180,15 @@ impl fmt::Debug for StoreConfig {
 }
 
 impl StoreConfig {
-    /// Keeps up to `bytes` of decoded rows in memory (each charged its key and value plus
-    /// [`ROW_CACHE_ENTRY_OVERHEAD`] bytes), answering reads of a cached revision without the
-    /// engine. Memory budgets: this comes on top of the engine's own cache, so an embedder with
-    /// one budget (`--cache-size-mb`) gives the engine that budget minus `bytes`.
+    /// Keeps up to `bytes` of rows in memory, answering reads of them without the engine.
+    /// Three quarters of `bytes` go to the *current rows*: the key index keeps, in the entry of
+    /// a key whose newest revision is a put, that revision's encoded row (handed over by the
+    /// write that creates it, or by recovery; each charged its length plus
+    /// [`CURRENT_ROW_OVERHEAD`]), so a read at or above that revision finds the row in its
+    /// index walk. The rest is a cache of rows by revision, filled by reads (each charged its
+    /// key and value plus [`ROW_CACHE_ENTRY_OVERHEAD`] bytes). Memory budgets: this comes on
+    /// top of the engine's own cache, so an embedder with one budget (`--cache-size-mb`) gives
+    /// the engine that budget minus `bytes`.
     pub fn with_row_cache_bytes(mut self, bytes: usize) -> Self {
         self.row_cache_bytes = bytes;
         self
@@ -401,12 +416,13 @@ impl<B: Backend> MvccStore<B> {
     /// restores the current revision (never lower than before), the compaction revision, the
     /// leases and their attachments, and finishes an interrupted compaction.
     pub fn with_config(backend: Arc<B>, config: StoreConfig) -> MvccResult<Self> {
-        let row_cache = RowCache::new(config.row_cache_bytes);
+        let current_rows = current_rows_share(config.row_cache_bytes);
+        let row_cache = RowCache::new(config.row_cache_bytes - current_rows);
         let store = MvccStore {
             backend,
             config,
             row_cache,
-            index: TreeIndex::new(),
+            index: TreeIndex::with_row_budget(current_rows),
             revs: Arc::new(RevCell::new(Revs {
                 current: 1,
                 compact: -1,
@@ -471,8 +487,16 @@ impl<B: Backend> MvccStore<B> {
             for (rkey, rvalue) in &chunk {
                 let (rev, tombstone) = Revision::from_key(rkey)?;
                 let kv = KeyValue::decode(rvalue)?;
-                self.index
-                    .restore_row(&kv.key, rev, tombstone, kv.create_revision, kv.version)?;
+                let row = (!tombstone && self.index.keeps_rows())
+                    .then(|| Arc::<[u8]>::from(rvalue.as_slice()));
+                self.index.restore_row_with(
+                    &kv.key,
+                    rev,
+                    tombstone,
+                    kv.create_revision,
+                    kv.version,
+                    row,
+                )?;
                 if tombstone || kv.lease == 0 {
                     key_lease.remove(&kv.key);
                 } else {
@@ -641,9 +665,11 @@ impl<B: Backend> MvccStore<B> {
         self.revs.load()
     }
 
-    /// Bytes held by the row cache (see [`StoreConfig::with_row_cache_bytes`]); 0 without one.
+    /// Bytes of rows held in memory, as charged against
+    /// [`StoreConfig::with_row_cache_bytes`]: the current rows kept by the key index plus the
+    /// row cache; 0 without a budget.
     pub fn row_cache_bytes(&self) -> usize {
-        self.row_cache.as_ref().map_or(0, RowCache::bytes)
+        self.index.row_bytes() + self.row_cache.as_ref().map_or(0, RowCache::bytes)
     }
 
     /// Number of keys the index tracks (live keys and deleted keys with retained history).
@@ -981,11 +1007,30 @@ impl<B: Backend> MvccStore<B> {
         if let KeyRange::Single(key) = range {
             return self.read_key_at(key, at, count_only);
         }
-        let (revs, count) = self.index.range_revisions(range, at, lim);
-        if count_only {
-            return Ok((Vec::new(), count));
+        if count_only || !self.index.keeps_rows() {
+            let (revs, count) = self.index.range_revisions(range, at, lim);
+            if count_only {
+                return Ok((Vec::new(), count));
+            }
+            return Ok((self.load_kvs(&revs, at)?, count));
         }
-        Ok((self.load_kvs(&revs, at)?, count))
+        // One index walk: the current rows come with it, the others are read by revision.
+        let RangeRows {
+            mut kvs,
+            later,
+            loads,
+            count,
+        } = self.index.range_rows(range, at, lim)?;
+        for (i, row) in later {
+            KeyValue::decode_into(&row, &mut kvs[i])?;
+        }
+        if !loads.is_empty() {
+            let revs: Vec<Revision> = loads.iter().map(|&(_, rev)| rev).collect();
+            for ((i, _), kv) in loads.into_iter().zip(self.load_kvs(&revs, at)?) {
+                kvs[i] = kv;
+            }
+        }
+        Ok((kvs, count))
     }
 
     /// [`read_at`](Self::read_at) of the single key `key`.
@@ -995,11 +1040,19 @@ impl<B: Backend> MvccStore<B> {
         at: i64,
         count_only: bool,
     ) -> MvccResult<(Vec<KeyValue>, usize)> {
-        match self.index.get(key, at) {
-            Ok(_) if count_only => Ok((Vec::new(), 1)),
-            Ok((rev, _, _)) => Ok((vec![self.load_kv(rev, at)?], 1)),
-            Err(MvccError::RevisionNotFound) => Ok((Vec::new(), 0)),
-            Err(e) => Err(e),
+        if count_only || !self.index.keeps_rows() {
+            return match self.index.get(key, at) {
+                Ok(_) if count_only => Ok((Vec::new(), 1)),
+                Ok((rev, _, _)) => Ok((vec![self.load_kv(rev, at)?], 1)),
+                Err(MvccError::RevisionNotFound) => Ok((Vec::new(), 0)),
+                Err(e) => Err(e),
+            };
+        }
+        let mut kv = KeyValue::default();
+        match self.index.get_row(key, at, &mut kv)? {
+            RowRead::Row => Ok((vec![kv], 1)),
+            RowRead::Load(rev) => Ok((vec![self.load_kv(rev, at)?], 1)),
+            RowRead::Missing => Ok((Vec::new(), 0)),
         }
     }
 
@@ -1145,11 +1198,11 @@ impl<B: Backend> MvccStore<B> {
                 Some(self.settle(e.into(), Tree::Kv, &key, Some(&first.kv.encode()))?)
             }
         };
-        self.index.apply_changes(
-            written
-                .iter()
-                .map(|(rev, c)| (c.kv.key.as_slice(), Revision::new(*rev, 0), false)),
-        )?;
+        let keeps_rows = self.index.keeps_rows();
+        self.index.apply_changes(written.iter().map(|(rev, c)| {
+            let row = keeps_rows.then(|| Arc::<[u8]>::from(c.kv.encode()));
+            (c.kv.key.as_slice(), Revision::new(*rev, 0), false, row)
+        }))?;
         {
             let mut leases = self.leases.lock();
             for (_, c) in &written {
@@ -1291,12 +1344,18 @@ impl<B: Backend> MvccStore<B> {
             return Ok((begin_rev, changes));
         }
         let rev = begin_rev + 1;
+        // The encoded row of a single put, kept for the index's current row.
+        let mut single_row = None;
         let written = match changes.as_slice() {
             // One put: a plain single-row write, no batch.
             [c] if !c.tombstone && extra.is_empty() => {
                 let key = Revision::new(rev, 0).to_bytes();
-                self.backend_put(Tree::Kv, &key, &c.kv.encode())
-                    .map_err(MvccError::from)
+                let row = c.kv.encode();
+                let written = self
+                    .backend_put(Tree::Kv, &key, &row)
+                    .map_err(MvccError::from);
+                single_row = Some(row);
+                written
             }
             _ => self.write_changes(rev, &changes, extra),
         };
@@ -1309,12 +1368,19 @@ impl<B: Backend> MvccStore<B> {
             }
             (Err(e), None) => return Err(e),
         };
+        // Only now (the write applied) may the index hand its rows to readers.
+        let keeps_rows = self.index.keeps_rows();
         self.index
             .apply_changes(changes.iter().enumerate().map(|(sub, c)| {
+                let row = (keeps_rows && !c.tombstone).then(|| match single_row.take() {
+                    Some(row) => Arc::<[u8]>::from(row),
+                    None => Arc::<[u8]>::from(c.kv.encode()),
+                });
                 (
                     c.kv.key.as_slice(),
                     Revision::new(rev, sub as i64),
                     c.tombstone,
+                    row,
                 )
             }))?;
         {

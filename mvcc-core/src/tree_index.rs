@@ -5,11 +5,14 @@ use std::borrow::Borrow;
 use std::collections::{btree_map, BTreeMap, HashSet};
 use std::fmt;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 
 use crate::error::{MvccError, MvccResult};
 use crate::key_index::{Generation, History, KeyIndex};
+use crate::kv::KeyValue;
 use crate::revision::Revision;
 
 /// A set of keys in etcd's wire convention.
@@ -170,7 +173,12 @@ impl fmt::Debug for IndexKey {
 
 /// The history of one key in the index. Most keys are written once and never deleted; they
 /// take the inline form, with no allocation. Keys with one live generation take the
-/// [`Entry::Live`] form.
+/// [`Entry::Live`] form. Any form may be wrapped in [`Entry::Held`] with its current row.
+///
+/// Invariant (kept under the index write lock): an entry is [`Entry::Held`] only while the row
+/// it holds is the row of its newest revision and that revision is a put. Every change of the
+/// newest revision (put, tombstone, recovery row) first unwraps it; compaction never removes
+/// the newest revision of a live key, so it leaves it.
 #[derive(Debug, Clone)]
 enum Entry {
     /// One live generation created by its only revision `(main, sub)` (version 1).
@@ -179,6 +187,17 @@ enum Entry {
     Live(Box<Generation>),
     /// Any other history.
     Full(Box<History>),
+    /// One of the other forms with the encoded row of its newest revision, a put (behind one
+    /// pointer, so an entry stays two words).
+    Held(Box<Held>),
+}
+
+/// An entry with its current row (see [`Entry::Held`]).
+#[derive(Debug, Clone)]
+struct Held {
+    /// Never [`Entry::Held`] itself.
+    entry: Entry,
+    row: Arc<[u8]>,
 }
 
 /// Appends `rev`, growing the vector by half its size (not doubling) when full.
@@ -214,8 +233,52 @@ impl Entry {
         }
     }
 
+    /// The current row, if held.
+    #[cfg(test)]
+    fn row(&self) -> Option<&Arc<[u8]>> {
+        match self {
+            Entry::Held(h) => Some(&h.row),
+            _ => None,
+        }
+    }
+
+    /// The current row when a read at `at_rev` sees it (its revision is `<= at_rev`).
+    #[inline]
+    fn current_row(&self, at_rev: i64) -> Option<&Arc<[u8]>> {
+        match self {
+            Entry::Held(h) if h.entry.latest_main() <= at_rev => Some(&h.row),
+            _ => None,
+        }
+    }
+
+    /// Unwraps a held entry, returning its row.
+    fn take_row(&mut self) -> Option<Arc<[u8]>> {
+        if !matches!(self, Entry::Held(_)) {
+            return None;
+        }
+        match std::mem::replace(self, Entry::Single { main: 0, sub: 0 }) {
+            Entry::Held(h) => {
+                let Held { entry, row } = *h;
+                *self = entry;
+                Some(row)
+            }
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    /// Holds `row` as the current row (replacing one held already).
+    fn hold(&mut self, row: Arc<[u8]>) {
+        self.take_row();
+        let entry = std::mem::replace(self, Entry::Single { main: 0, sub: 0 });
+        *self = Entry::Held(Box::new(Held { entry, row }));
+    }
+
     /// Runs `f` on the full form of the history (converting a compact entry).
     fn with_full<T>(&mut self, f: impl FnOnce(&mut History) -> T) -> T {
+        self.take_row();
         if let Entry::Full(h) = self {
             return f(h);
         }
@@ -230,6 +293,7 @@ impl Entry {
             Entry::Single { main, sub } => History::single(Revision::new(*main, i64::from(*sub))),
             Entry::Live(g) => History::from_live((**g).clone()),
             Entry::Full(h) => (**h).clone(),
+            Entry::Held(h) => h.entry.to_history(),
         }
     }
 
@@ -249,10 +313,13 @@ impl Entry {
                 Ok((g.revs[n], g.created, g.ver - after))
             }
             Entry::Full(h) => h.get(at_rev),
+            Entry::Held(h) => h.entry.get(at_rev),
         }
     }
 
     fn put(&mut self, key: &[u8], rev: Revision) -> MvccResult<()> {
+        // The index unwraps a held entry first (and accounts for its row); never keep it.
+        self.take_row();
         match self {
             Entry::Single { main, sub } => {
                 let first = Revision::new(*main, i64::from(*sub));
@@ -276,6 +343,9 @@ impl Entry {
                 Ok(())
             }
             Entry::Full(h) => h.put(key, rev),
+            Entry::Held(_) => Err(MvccError::Corruption(
+                "a held entry inside a held entry".into(),
+            )),
         }
     }
 
@@ -308,6 +378,8 @@ impl Entry {
                 let h = std::mem::replace(&mut **h, History::new());
                 *self = Entry::from_history(h);
             }
+            // The newest revision stays, and so does its row.
+            Entry::Held(h) => h.entry.compact(at_rev, available),
         }
     }
 
@@ -325,6 +397,18 @@ impl Entry {
                 }
             }
             Entry::Full(h) => h.keep(at_rev, available),
+            Entry::Held(h) => h.entry.keep(at_rev, available),
+        }
+    }
+
+    /// The main revision of the newest revision recorded (put or tombstone).
+    #[inline]
+    fn latest_main(&self) -> i64 {
+        match self {
+            Entry::Single { main, .. } => *main,
+            Entry::Live(g) => g.revs.last().map_or(i64::MAX, |r| r.main),
+            Entry::Full(h) => h.modified().main,
+            Entry::Held(h) => h.entry.latest_main(),
         }
     }
 
@@ -332,6 +416,7 @@ impl Entry {
         match self {
             Entry::Single { .. } | Entry::Live(_) => false,
             Entry::Full(h) => h.is_empty(),
+            Entry::Held(h) => h.entry.is_empty(),
         }
     }
 
@@ -340,19 +425,84 @@ impl Entry {
             Entry::Single { .. } => 1,
             Entry::Live(g) => g.revs.len(),
             Entry::Full(h) => h.revision_count(),
+            Entry::Held(h) => h.entry.revision_count(),
         }
     }
+}
+
+/// Bytes charged for a current row held by the index beyond the encoded row itself: the
+/// shared row's reference counts, the boxed entry that holds it (two words of entry, two of
+/// row handle) and both allocations' headers, rounded up.
+pub(crate) const CURRENT_ROW_OVERHEAD: usize = 96;
+
+/// Rows decoded while the index read lock is held, per range read; the rows after these are
+/// decoded once the lock is released (their shared handles are cloned under it), so a huge
+/// range does not hold writers back for the copy of every row.
+const DECODE_UNDER_LOCK: usize = 256;
+
+/// A sweep that makes room for a current row frees `1 / EVICT_SLACK` of the row budget more
+/// than the row needs.
+const EVICT_SLACK: usize = 64;
+
+/// The charge of a current row (see [`CURRENT_ROW_OVERHEAD`]).
+fn row_cost(row: &[u8]) -> usize {
+    row.len() + CURRENT_ROW_OVERHEAD
 }
 
 /// The index over every key: key → history (a [`KeyIndex`] without a copy of the key),
 /// ordered by key bytes. Behind a `RwLock` that every operation holds only for its own
 /// duration.
+///
+/// With a row budget ([`with_row_budget`](Self::with_row_budget)) the entry of a key whose
+/// newest revision is a put may also hold that revision's encoded row, set by the write that
+/// creates it (and by recovery), so a read at or above that revision takes the row from the
+/// entry during its index walk: one search per key instead of index + row cache or engine.
+/// The rows held are bounded by the budget: a write that would exceed it first drops other
+/// entries' rows, sweeping the index in key order from where the last sweep stopped (under the
+/// write lock the writer holds, so a reader sees either a row that is current or none, and
+/// then reads the row by revision as without a budget).
 #[derive(Debug, Default)]
 pub struct TreeIndex {
-    tree: RwLock<Tree>,
+    tree: RwLock<Inner>,
+    /// Bytes of current rows held (changed under the write lock only).
+    row_bytes: AtomicUsize,
+    /// The most `row_bytes` may reach (0 = the index holds no row).
+    row_capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    map: Tree,
+    /// Where the last eviction sweep stopped.
+    cursor: Option<IndexKey>,
 }
 
 type Tree = BTreeMap<IndexKey, Entry>;
+
+/// A read of one key through the index (see [`TreeIndex::get_row`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowRead {
+    /// The key does not exist at the read revision.
+    Missing,
+    /// The current row answered it (decoded into the caller's `KeyValue`).
+    Row,
+    /// The key exists at the read revision in the row of this revision, not held by the index.
+    Load(Revision),
+}
+
+/// The answer of [`TreeIndex::range_rows`].
+#[derive(Debug, Default)]
+pub(crate) struct RangeRows {
+    /// One slot per key in the answer, in key order; filled from current rows where the index
+    /// held them (decoded under the lock), default elsewhere.
+    pub(crate) kvs: Vec<KeyValue>,
+    /// Slots to fill by decoding these rows (rows beyond [`DECODE_UNDER_LOCK`]).
+    pub(crate) later: Vec<(usize, Arc<[u8]>)>,
+    /// Slots to fill with the row of a revision (not held by the index).
+    pub(crate) loads: Vec<(usize, Revision)>,
+    /// Number of keys in the range at the read revision, regardless of the limit.
+    pub(crate) count: usize,
+}
 
 /// The entry of `key`.
 fn lookup<'t>(tree: &'t Tree, key: &[u8]) -> Option<&'t Entry> {
@@ -391,67 +541,197 @@ impl TreeIndex {
         Self::default()
     }
 
+    /// An empty index that keeps the current rows handed to it by writes (see the type docs),
+    /// up to `bytes` of them (each charged its length plus [`CURRENT_ROW_OVERHEAD`]; 0 = none).
+    pub fn with_row_budget(bytes: usize) -> Self {
+        TreeIndex {
+            row_capacity: bytes,
+            ..Self::default()
+        }
+    }
+
+    /// True when the index keeps current rows (a non-zero row budget).
+    pub(crate) fn keeps_rows(&self) -> bool {
+        self.row_capacity > 0
+    }
+
+    /// Bytes of current rows held, as charged against the row budget.
+    pub fn row_bytes(&self) -> usize {
+        self.row_bytes.load(Ordering::Relaxed)
+    }
+
     /// `(modified, created, version)` of `key` at `at_rev`; [`MvccError::RevisionNotFound`] when
     /// the key does not exist at `at_rev`.
     pub fn get(&self, key: &[u8], at_rev: i64) -> MvccResult<(Revision, Revision, i64)> {
         let tree = self.tree.read();
-        lookup(&tree, key)
+        lookup(&tree.map, key)
             .ok_or(MvccError::RevisionNotFound)?
             .get(at_rev)
+    }
+
+    /// The row of `key` at `at_rev`: decoded into `kv` when the index holds it
+    /// ([`RowRead::Row`]), else the revision to read it from ([`RowRead::Load`]), or
+    /// [`RowRead::Missing`] when the key does not exist at `at_rev`.
+    pub(crate) fn get_row(
+        &self,
+        key: &[u8],
+        at_rev: i64,
+        kv: &mut KeyValue,
+    ) -> MvccResult<RowRead> {
+        let tree = self.tree.read();
+        let Some(slot) = lookup(&tree.map, key) else {
+            return Ok(RowRead::Missing);
+        };
+        if let Some(row) = slot.current_row(at_rev) {
+            KeyValue::decode_into(row, kv)?;
+            return Ok(RowRead::Row);
+        }
+        match slot.get(at_rev) {
+            Ok((rev, _, _)) => Ok(RowRead::Load(rev)),
+            Err(MvccError::RevisionNotFound) => Ok(RowRead::Missing),
+            Err(e) => Err(e),
+        }
     }
 
     /// Records a put of `key` at `rev`.
     pub fn put(&self, key: &[u8], rev: Revision) -> MvccResult<()> {
         let mut tree = self.tree.write();
-        Self::put_locked(&mut tree, key, rev)
+        self.put_locked(&mut tree, key, rev, None)
     }
 
-    fn put_locked(tree: &mut Tree, key: &[u8], rev: Revision) -> MvccResult<()> {
-        if let Some(probe) = IndexKey::probe(key) {
-            // One search for both cases.
-            return match tree.entry(probe) {
-                btree_map::Entry::Occupied(mut o) => o.get_mut().put(key, rev),
-                btree_map::Entry::Vacant(v) => {
-                    v.insert(Entry::put_new(rev));
-                    Ok(())
-                }
-            };
+    /// Records a put of `key` at `rev` whose encoded row is `row` (kept as the key's current
+    /// row when the budget allows).
+    fn put_locked(
+        &self,
+        inner: &mut Inner,
+        key: &[u8],
+        rev: Revision,
+        row: Option<Arc<[u8]>>,
+    ) -> MvccResult<()> {
+        let row = row.filter(|r| self.row_capacity > 0 && row_cost(r) <= self.row_capacity);
+        if let Some(r) = &row {
+            self.make_room(inner, row_cost(r));
         }
-        match tree.get_mut(key) {
-            Some(e) => e.put(key, rev),
-            None => {
-                tree.insert(IndexKey::new(key), Entry::put_new(rev));
-                Ok(())
+        let tree = &mut inner.map;
+        let slot = match IndexKey::probe(key) {
+            // One search for both cases.
+            Some(probe) => match tree.entry(probe) {
+                btree_map::Entry::Occupied(o) => o.into_mut(),
+                btree_map::Entry::Vacant(v) => {
+                    let slot = v.insert(Entry::put_new(rev));
+                    self.set_row(slot, row);
+                    return Ok(());
+                }
+            },
+            None => match tree.get_mut(key) {
+                Some(slot) => slot,
+                None => {
+                    let slot = tree
+                        .entry(IndexKey::new(key))
+                        .or_insert(Entry::put_new(rev));
+                    self.set_row(slot, row);
+                    return Ok(());
+                }
+            },
+        };
+        // The row (if any) leaves before the history changes: no entry ever holds a row that is
+        // not its newest revision's.
+        self.set_row(slot, None);
+        slot.put(key, rev)?;
+        self.set_row(slot, row);
+        Ok(())
+    }
+
+    /// Replaces the current row of `slot` with `row`, keeping the byte count.
+    fn set_row(&self, slot: &mut Entry, row: Option<Arc<[u8]>>) {
+        let added = row.as_deref().map_or(0, row_cost);
+        let removed = slot.take_row().as_deref().map_or(0, row_cost);
+        if let Some(row) = row {
+            slot.hold(row);
+        }
+        if added != removed {
+            let bytes = self.row_bytes.load(Ordering::Relaxed);
+            self.row_bytes
+                .store(bytes + added - removed, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops current rows until `need` more bytes fit the budget: sweeps the entries in key
+    /// order from the last sweep's stop, wrapping around once. Called under the write lock.
+    ///
+    /// A sweep frees [`EVICT_SLACK`] of the budget beyond `need`, so the search for the
+    /// sweep's start (and the walk over entries holding no row) is paid once per many writes
+    /// rather than by every write of a full budget.
+    fn make_room(&self, inner: &mut Inner, need: usize) {
+        let mut bytes = self.row_bytes.load(Ordering::Relaxed);
+        if bytes + need <= self.row_capacity {
+            return;
+        }
+        let target = self
+            .row_capacity
+            .saturating_sub(need)
+            .saturating_sub(self.row_capacity / EVICT_SLACK);
+        let Inner { map, cursor } = inner;
+        let mut stop: Option<IndexKey> = None;
+        let mut sweep = |key: &IndexKey, slot: &mut Entry| {
+            if let Some(row) = slot.take_row() {
+                bytes -= row_cost(&row);
+                if bytes <= target {
+                    stop = Some(key.clone());
+                    return true;
+                }
+            }
+            false
+        };
+        let mut done = false;
+        if let Some(c) = cursor.as_ref() {
+            for (k, s) in map.range_mut::<IndexKey, _>((Bound::Excluded(c), Bound::Unbounded)) {
+                if sweep(k, s) {
+                    done = true;
+                    break;
+                }
             }
         }
+        if !done {
+            for (k, s) in map.iter_mut() {
+                if sweep(k, s) {
+                    break;
+                }
+            }
+        }
+        *cursor = stop;
+        self.row_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// Records a deletion of `key` at `rev`; [`MvccError::RevisionNotFound`] when it is not live.
     pub fn tombstone(&self, key: &[u8], rev: Revision) -> MvccResult<()> {
         let mut tree = self.tree.write();
-        lookup_mut(&mut tree, key)
-            .ok_or(MvccError::RevisionNotFound)?
-            .tombstone(key, rev)
+        self.tombstone_locked(&mut tree, key, rev)
+    }
+
+    fn tombstone_locked(&self, inner: &mut Inner, key: &[u8], rev: Revision) -> MvccResult<()> {
+        let slot = lookup_mut(&mut inner.map, key).ok_or(MvccError::RevisionNotFound)?;
+        self.set_row(slot, None);
+        slot.tombstone(key, rev)
     }
 
     /// Applies a list of changes (`(key, revision, is_tombstone)`) under one lock acquisition.
     pub fn apply(&self, changes: &[(Vec<u8>, Revision, bool)]) -> MvccResult<()> {
-        self.apply_changes(changes.iter().map(|(k, r, t)| (k.as_slice(), *r, *t)))
+        self.apply_changes(changes.iter().map(|(k, r, t)| (k.as_slice(), *r, *t, None)))
     }
 
-    /// [`apply`](Self::apply) over borrowed keys.
+    /// [`apply`](Self::apply) over borrowed keys, with the encoded row of each put (kept as the
+    /// key's current row when the budget allows; `None` keeps none).
     pub(crate) fn apply_changes<'k>(
         &self,
-        changes: impl IntoIterator<Item = (&'k [u8], Revision, bool)>,
+        changes: impl IntoIterator<Item = (&'k [u8], Revision, bool, Option<Arc<[u8]>>)>,
     ) -> MvccResult<()> {
         let mut tree = self.tree.write();
-        for (key, rev, tombstone) in changes {
+        for (key, rev, tombstone, row) in changes {
             if tombstone {
-                lookup_mut(&mut tree, key)
-                    .ok_or(MvccError::RevisionNotFound)?
-                    .tombstone(key, rev)?;
+                self.tombstone_locked(&mut tree, key, rev)?;
             } else {
-                Self::put_locked(&mut tree, key, rev)?;
+                self.put_locked(&mut tree, key, rev, row)?;
             }
         }
         Ok(())
@@ -468,21 +748,45 @@ impl TreeIndex {
         created: i64,
         version: i64,
     ) -> MvccResult<()> {
+        self.restore_row_with(key, rev, tombstone, created, version, None)
+    }
+
+    /// [`restore_row`](Self::restore_row), with the encoded row of a put (kept as the key's
+    /// current row when the budget allows).
+    pub(crate) fn restore_row_with(
+        &self,
+        key: &[u8],
+        rev: Revision,
+        tombstone: bool,
+        created: i64,
+        version: i64,
+        row: Option<Arc<[u8]>>,
+    ) -> MvccResult<()> {
         let mut tree = self.tree.write();
-        match lookup_mut(&mut tree, key) {
-            Some(e) if tombstone => e.tombstone(key, rev),
-            Some(e) => e.put(key, rev),
-            None => {
-                let mut h = History::new();
-                if tombstone {
-                    h.restore_tombstone(rev);
-                } else {
-                    h.restore(Revision::new(created, 0), rev, version);
-                }
-                tree.insert(IndexKey::new(key), Entry::from_history(h));
-                Ok(())
-            }
+        if lookup(&tree.map, key).is_some() {
+            return if tombstone {
+                self.tombstone_locked(&mut tree, key, rev)
+            } else {
+                self.put_locked(&mut tree, key, rev, row)
+            };
         }
+        let mut h = History::new();
+        if tombstone {
+            h.restore_tombstone(rev);
+        } else {
+            h.restore(Revision::new(created, 0), rev, version);
+        }
+        let row =
+            row.filter(|r| !tombstone && self.row_capacity > 0 && row_cost(r) <= self.row_capacity);
+        if let Some(r) = &row {
+            self.make_room(&mut tree, row_cost(r));
+        }
+        let slot = tree
+            .map
+            .entry(IndexKey::new(key))
+            .or_insert(Entry::from_history(h));
+        self.set_row(slot, row);
+        Ok(())
     }
 
     /// The keys of `range` that exist at `at_rev` with their visible revision, in key order, at
@@ -494,13 +798,13 @@ impl TreeIndex {
         limit: usize,
     ) -> (Vec<(Vec<u8>, Revision)>, usize) {
         let tree = self.tree.read();
-        let Some(entries) = entries(&tree, range) else {
+        let Some(entries) = entries(&tree.map, range) else {
             return (Vec::new(), 0);
         };
         let mut out = Vec::new();
         let mut count = 0;
-        for (key, e) in entries {
-            if let Ok((rev, _, _)) = e.get(at_rev) {
+        for (key, s) in entries {
+            if let Ok((rev, _, _)) = s.get(at_rev) {
                 if limit == 0 || out.len() < limit {
                     out.push((key.as_slice().to_vec(), rev));
                 }
@@ -518,13 +822,13 @@ impl TreeIndex {
         limit: usize,
     ) -> (Vec<Revision>, usize) {
         let tree = self.tree.read();
-        let Some(entries) = entries(&tree, range) else {
+        let Some(entries) = entries(&tree.map, range) else {
             return (Vec::new(), 0);
         };
         let mut out = Vec::new();
         let mut count = 0;
-        for (_, e) in entries {
-            if let Ok((rev, _, _)) = e.get(at_rev) {
+        for (_, s) in entries {
+            if let Ok((rev, _, _)) = s.get(at_rev) {
                 if limit == 0 || out.len() < limit {
                     out.push(rev);
                 }
@@ -534,6 +838,64 @@ impl TreeIndex {
         (out, count)
     }
 
+    /// The rows of the keys of `range` existing at `at_rev`, in key order, at most `limit` of
+    /// them (`0` = unlimited), from one index walk: current rows held by the index are decoded
+    /// (the first [`DECODE_UNDER_LOCK`] under the read lock, the others handed back shared),
+    /// the others are named by revision for the caller to read. See [`RangeRows`].
+    ///
+    /// The walk only collects where each row is; every row's cache lines are then touched in a
+    /// tight loop before any is decoded, so their loads from memory overlap instead of
+    /// following one another (decoding a row allocates, which keeps the processor from
+    /// looking ahead to the next row's).
+    pub(crate) fn range_rows(
+        &self,
+        range: &KeyRange,
+        at_rev: i64,
+        limit: usize,
+    ) -> MvccResult<RangeRows> {
+        enum Src<'t> {
+            Row(&'t Arc<[u8]>),
+            Rev(Revision),
+        }
+        let mut out = RangeRows::default();
+        let tree = self.tree.read();
+        let Some(entries) = entries(&tree.map, range) else {
+            return Ok(out);
+        };
+        let mut srcs: Vec<Src<'_>> = Vec::new();
+        for (_, s) in entries {
+            if let Some(row) = s.current_row(at_rev) {
+                if limit == 0 || srcs.len() < limit {
+                    srcs.push(Src::Row(row));
+                }
+                out.count += 1;
+            } else if let Ok((rev, _, _)) = s.get(at_rev) {
+                if limit == 0 || srcs.len() < limit {
+                    srcs.push(Src::Rev(rev));
+                }
+                out.count += 1;
+            }
+        }
+        let mut touched = 0u8;
+        for src in srcs.iter().take(DECODE_UNDER_LOCK) {
+            if let Src::Row(row) = src {
+                for line in row.iter().step_by(64) {
+                    touched ^= *line;
+                }
+            }
+        }
+        std::hint::black_box(touched);
+        out.kvs.resize_with(srcs.len(), KeyValue::default);
+        for (i, (src, kv)) in srcs.into_iter().zip(out.kvs.iter_mut()).enumerate() {
+            match src {
+                Src::Row(row) if i < DECODE_UNDER_LOCK => KeyValue::decode_into(row, kv)?,
+                Src::Row(row) => out.later.push((i, Arc::clone(row))),
+                Src::Rev(rev) => out.loads.push((i, rev)),
+            }
+        }
+        Ok(out)
+    }
+
     /// `(key, modified, created, version)` of every key of `range` existing at `at_rev`.
     pub fn range_full(
         &self,
@@ -541,12 +903,12 @@ impl TreeIndex {
         at_rev: i64,
     ) -> Vec<(Vec<u8>, Revision, Revision, i64)> {
         let tree = self.tree.read();
-        let Some(entries) = entries(&tree, range) else {
+        let Some(entries) = entries(&tree.map, range) else {
             return Vec::new();
         };
         entries
-            .filter_map(|(key, e)| {
-                e.get(at_rev)
+            .filter_map(|(key, s)| {
+                s.get(at_rev)
                     .ok()
                     .map(|(m, c, v)| (key.as_slice().to_vec(), m, c, v))
             })
@@ -559,22 +921,25 @@ impl TreeIndex {
     /// Keys are processed in chunks of [`COMPACT_CHUNK`] under the write lock, so readers and
     /// writers interleave with a long compaction. This is safe concurrently with writes: they
     /// only add revisions above the current revision, which compaction at `rev` never touches,
-    /// and each key is compacted (and removed when empty) atomically.
+    /// and each key is compacted (and removed when empty) atomically. Compaction keeps the
+    /// newest revision of every live key, so current rows stay.
     pub fn compact(&self, rev: i64) -> HashSet<Revision> {
         let mut available = HashSet::new();
-        let keys: Vec<IndexKey> = self.tree.read().keys().cloned().collect();
+        let keys: Vec<IndexKey> = self.tree.read().map.keys().cloned().collect();
         for chunk in keys.chunks(COMPACT_CHUNK) {
             let mut tree = self.tree.write();
             for key in chunk {
-                let empty = match tree.get_mut(key) {
-                    Some(e) => {
-                        e.compact(rev, &mut available);
-                        e.is_empty()
+                let empty = match tree.map.get_mut(key) {
+                    Some(s) => {
+                        s.compact(rev, &mut available);
+                        s.is_empty()
                     }
                     None => false,
                 };
                 if empty {
-                    tree.remove(key);
+                    if let Some(mut s) = tree.map.remove(key) {
+                        self.set_row(&mut s, None);
+                    }
                 }
             }
         }
@@ -585,35 +950,48 @@ impl TreeIndex {
     pub fn keep(&self, rev: i64) -> HashSet<Revision> {
         let mut available = HashSet::new();
         let tree = self.tree.read();
-        for e in tree.values() {
-            e.keep(rev, &mut available);
+        for s in tree.map.values() {
+            s.keep(rev, &mut available);
         }
         available
     }
 
     /// Number of revisions retained for `key` (0 if unknown).
     pub fn count_revisions(&self, key: &[u8]) -> usize {
-        lookup(&self.tree.read(), key).map_or(0, Entry::revision_count)
+        lookup(&self.tree.read().map, key).map_or(0, Entry::revision_count)
     }
 
-    /// Forgets every key (before a rebuild from a replaced backend).
+    /// Forgets every key (before a rebuild from a replaced backend), and their current rows.
     pub(crate) fn clear(&self) {
-        self.tree.write().clear();
+        let mut tree = self.tree.write();
+        tree.map.clear();
+        tree.cursor = None;
+        self.row_bytes.store(0, Ordering::Relaxed);
     }
 
     /// Number of keys in the index (live or with retained history).
     pub fn len(&self) -> usize {
-        self.tree.read().len()
+        self.tree.read().map.len()
     }
 
     /// True when the index holds no key.
     pub fn is_empty(&self) -> bool {
-        self.tree.read().is_empty()
+        self.tree.read().map.is_empty()
     }
 
     /// A copy of the index entry of `key`.
     pub fn key_index(&self, key: &[u8]) -> Option<KeyIndex> {
-        lookup(&self.tree.read(), key).map(|e| KeyIndex::from_history(key, e.to_history()))
+        lookup(&self.tree.read().map, key).map(|s| KeyIndex::from_history(key, s.to_history()))
+    }
+
+    /// Number of keys holding a current row, and their charged bytes recounted (tests).
+    #[cfg(test)]
+    pub(crate) fn recount_rows(&self) -> (usize, usize) {
+        let tree = self.tree.read();
+        tree.map
+            .values()
+            .filter_map(|s| s.row().map(|r| &r[..]))
+            .fold((0, 0), |(n, b), r| (n + 1, b + row_cost(r)))
     }
 }
 
@@ -829,5 +1207,182 @@ mod tests {
         assert!(ti.get(b"a", 5).is_err());
         assert_eq!(ti.get(b"b", 6).unwrap(), (r(4), r(2), 3));
         assert!(ti.get(b"b", 7).is_err());
+    }
+
+    fn row(key: &[u8], value: &[u8], rev: i64) -> Arc<[u8]> {
+        KeyValue {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            create_revision: rev,
+            mod_revision: rev,
+            version: 1,
+            lease: 0,
+        }
+        .encode()
+        .into()
+    }
+
+    fn read(ti: &TreeIndex, key: &[u8], at: i64) -> (RowRead, Vec<u8>) {
+        let mut kv = KeyValue::default();
+        let got = ti.get_row(key, at, &mut kv).unwrap();
+        (got, kv.value)
+    }
+
+    #[test]
+    fn current_rows_follow_the_newest_revision() {
+        let ti = TreeIndex::with_row_budget(1 << 20);
+        let apply = |key: &[u8], rev: i64, value: Option<&[u8]>| {
+            let row = value.map(|v| row(key, v, rev));
+            ti.apply_changes([(key, r(rev), value.is_none(), row)])
+                .unwrap();
+        };
+        apply(b"a", 2, Some(b"a2"));
+        assert_eq!(read(&ti, b"a", 2), (RowRead::Row, b"a2".to_vec()));
+        // Below the row's revision the key does not exist.
+        assert_eq!(read(&ti, b"a", 1), (RowRead::Missing, vec![]));
+        apply(b"a", 3, Some(b"a3"));
+        assert_eq!(read(&ti, b"a", 3), (RowRead::Row, b"a3".to_vec()));
+        // An older revision is read by revision, never from the current row.
+        assert_eq!(read(&ti, b"a", 2), (RowRead::Load(r(2)), vec![]));
+        let one = row(b"a", b"a3", 3).len() + CURRENT_ROW_OVERHEAD;
+        assert_eq!(ti.row_bytes(), one);
+        // A put without a row (no budget share for it) drops the old one.
+        ti.put(b"a", r(4)).unwrap();
+        assert_eq!(read(&ti, b"a", 4), (RowRead::Load(r(4)), vec![]));
+        assert_eq!(ti.row_bytes(), 0);
+        apply(b"a", 5, Some(b"a5"));
+        apply(b"a", 6, None);
+        assert_eq!(read(&ti, b"a", 6), (RowRead::Missing, vec![]));
+        assert_eq!(read(&ti, b"a", 5), (RowRead::Load(r(5)), vec![]));
+        assert_eq!(ti.row_bytes(), 0);
+        // Re-created after the deletion (a `Full` history).
+        apply(b"a", 7, Some(b"a7"));
+        assert_eq!(read(&ti, b"a", 7), (RowRead::Row, b"a7".to_vec()));
+        assert_eq!(read(&ti, b"a", 6), (RowRead::Missing, vec![]));
+        // A refused put (revision not above the newest) leaves no row behind.
+        assert!(ti
+            .apply_changes([(&b"a"[..], r(7), false, Some(row(b"a", b"bad", 7)))])
+            .is_err());
+        assert_eq!(read(&ti, b"a", 7), (RowRead::Load(r(7)), vec![]));
+        apply(b"a", 8, Some(b"a8"));
+        // Compaction keeps the newest revision, so the row stays.
+        ti.compact(8);
+        assert_eq!(read(&ti, b"a", 8), (RowRead::Row, b"a8".to_vec()));
+        // A recovery row replaces it; a recovered tombstone drops it.
+        ti.restore_row_with(b"a", r(9), false, 9, 1, Some(row(b"a", b"a9", 9)))
+            .unwrap();
+        assert_eq!(read(&ti, b"a", 9), (RowRead::Row, b"a9".to_vec()));
+        ti.restore_row(b"a", r(10), true, 0, 0).unwrap();
+        assert_eq!(read(&ti, b"a", 10), (RowRead::Missing, vec![]));
+        ti.restore_row_with(b"b", r(11), false, 11, 1, Some(row(b"b", b"b11", 11)))
+            .unwrap();
+        assert_eq!(read(&ti, b"b", 11), (RowRead::Row, b"b11".to_vec()));
+        assert_eq!(ti.recount_rows(), (1, ti.row_bytes()));
+        ti.clear();
+        assert_eq!(ti.row_bytes(), 0);
+        assert_eq!(read(&ti, b"b", 11), (RowRead::Missing, vec![]));
+        // Without a budget no row is kept.
+        let none = TreeIndex::new();
+        none.apply_changes([(&b"a"[..], r(2), false, Some(row(b"a", b"x", 2)))])
+            .unwrap();
+        assert_eq!(read(&none, b"a", 2), (RowRead::Load(r(2)), vec![]));
+        assert_eq!(none.recount_rows(), (0, 0));
+    }
+
+    #[test]
+    fn current_rows_stay_within_the_budget() {
+        // Rows of 37 + 4 + 100 bytes cost 237 each: 8 fit in 2 000 bytes.
+        let one = row(b"k000", &[1; 100], 1).len() + CURRENT_ROW_OVERHEAD;
+        assert_eq!(one, 237);
+        let ti = TreeIndex::with_row_budget(2000);
+        for rev in 1..=300i64 {
+            let key = format!("k{:03}", (rev * 7) % 50).into_bytes();
+            ti.apply_changes([(
+                key.as_slice(),
+                r(rev),
+                false,
+                Some(row(&key, &[1; 100], rev)),
+            )])
+            .unwrap();
+            let (n, bytes) = ti.recount_rows();
+            assert_eq!(bytes, ti.row_bytes(), "after revision {rev}");
+            assert!(bytes <= 2000, "{bytes} bytes after revision {rev}");
+            assert_eq!(n, (rev as usize).min(8), "after revision {rev}");
+            // The row just written is always kept.
+            assert_eq!(read(&ti, &key, rev).0, RowRead::Row);
+        }
+        // A row larger than the whole budget is not kept (and the others stay).
+        ti.apply_changes([(
+            &b"big"[..],
+            r(301),
+            false,
+            Some(row(b"big", &[0; 2000], 301)),
+        )])
+        .unwrap();
+        assert_eq!(read(&ti, b"big", 301).0, RowRead::Load(r(301)));
+        assert_eq!(ti.recount_rows().0, 8);
+    }
+
+    #[test]
+    fn range_rows_mix_held_rows_and_revisions() {
+        let ti = TreeIndex::with_row_budget(1 << 30);
+        let n = DECODE_UNDER_LOCK + 40;
+        let key = |i: usize| format!("k{i:04}").into_bytes();
+        for i in 0..n {
+            let rev = i as i64 + 2;
+            // Every third key without a row, every fifth overwritten later.
+            let row = (i % 3 != 0).then(|| row(&key(i), format!("v{i}").as_bytes(), rev));
+            ti.apply_changes([(key(i).as_slice(), r(rev), false, row)])
+                .unwrap();
+        }
+        let late = n as i64 + 2;
+        for (j, i) in (0..n).step_by(5).enumerate() {
+            let rev = late + j as i64;
+            ti.apply_changes([(
+                key(i).as_slice(),
+                r(rev),
+                false,
+                Some(row(&key(i), b"new", rev)),
+            )])
+            .unwrap();
+        }
+        let all = KeyRange::new(b"k", b"l");
+        for (at, limit) in [(late - 1, 0), (late - 1, 7), (i64::MAX, 0), (i64::MAX, 300)] {
+            let got = ti.range_rows(&all, at, limit).unwrap();
+            let want = if limit == 0 { n } else { limit.min(n) };
+            assert_eq!(
+                (got.kvs.len(), got.count),
+                (want, n),
+                "at {at} limit {limit}"
+            );
+            let mut loads = got.loads.iter();
+            let mut later = got.later.iter();
+            for (i, kv) in got.kvs.iter().enumerate() {
+                let overwritten = i % 5 == 0 && at >= late;
+                if i % 3 == 0 && !overwritten {
+                    // Named by its visible revision, left for the caller.
+                    assert_eq!(loads.next(), Some(&(i, r(i as i64 + 2))));
+                    assert_eq!(kv, &KeyValue::default());
+                    continue;
+                }
+                let value = if overwritten {
+                    b"new".to_vec()
+                } else if i % 5 == 0 {
+                    // Overwritten after `at`: the held row is too new.
+                    assert_eq!(loads.next(), Some(&(i, r(i as i64 + 2))));
+                    continue;
+                } else {
+                    format!("v{i}").into_bytes()
+                };
+                if i < DECODE_UNDER_LOCK {
+                    assert_eq!((kv.key.clone(), kv.value.clone()), (key(i), value));
+                } else {
+                    let (j, shared) = later.next().unwrap();
+                    assert_eq!(*j, i);
+                    assert_eq!(KeyValue::decode(shared).unwrap().value, value);
+                }
+            }
+            assert_eq!((loads.next(), later.next()), (None, None));
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use mvcc_core::engine::{compiled_backends, AnyBackend};
 use mvcc_core::{
-    Compare, CompareOp, KeyRange, KeyValue, MvccError, MvccStore, RangeResult, TxnOp,
+    Compare, CompareOp, KeyRange, KeyValue, MvccError, MvccStore, RangeResult, StoreConfig, TxnOp,
     TxnOpResponse, TxnResult,
 };
 use proptest::prelude::*;
@@ -324,20 +324,27 @@ struct Engine {
     config: BackendConfig,
     store: Option<MvccStore<AnyBackend>>,
     reopen: bool,
+    /// The store's row budget (`StoreConfig::with_row_cache_bytes`).
+    rows: usize,
 }
 
 impl Engine {
-    fn new(kind: BackendKind, reopen: bool) -> Self {
+    fn new(kind: BackendKind, reopen: bool, rows: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = BackendConfig::new(dir.path().join("db"));
-        let store = MvccStore::new(AnyBackend::open(kind, config.clone()).unwrap()).unwrap();
+        let store = Self::open(kind, &config, rows);
         Engine {
             kind,
             _dir: dir,
             config,
             store: Some(store),
             reopen,
+            rows,
         }
+    }
+    fn open(kind: BackendKind, config: &BackendConfig, rows: usize) -> MvccStore<AnyBackend> {
+        let backend = AnyBackend::open(kind, config.clone()).unwrap();
+        MvccStore::with_config(backend, StoreConfig::default().with_row_cache_bytes(rows)).unwrap()
     }
     fn store(&self) -> &MvccStore<AnyBackend> {
         self.store.as_ref().unwrap()
@@ -380,8 +387,7 @@ impl Engine {
                     let store = self.store.take().unwrap();
                     store.backend().close().unwrap();
                     drop(store);
-                    let backend = AnyBackend::open(self.kind, self.config.clone()).unwrap();
-                    self.store = Some(MvccStore::new(backend).unwrap());
+                    self.store = Some(Self::open(self.kind, &self.config, self.rows));
                 }
                 let s = self.store();
                 Outcome::Reopen(s.current_revision(), s.compact_revision())
@@ -401,13 +407,21 @@ impl Engine {
     }
 }
 
-/// Runs `ops` on the model and on every compiled engine (with and without reopening) and
-/// checks that every result, the full history, the events and the lease attachments agree.
+/// Runs `ops` on the model and on every compiled engine (with and without reopening, and with
+/// a row budget whose index share holds two of the five keys' current rows, so writes evict
+/// them) and checks
+/// that every result, the full history, the events and the lease attachments agree.
 fn check(ops: &[Op]) -> Result<(), TestCaseError> {
     let mut model = Model::new();
     let mut engines: Vec<Engine> = compiled_backends()
         .into_iter()
-        .flat_map(|k| [Engine::new(k, false), Engine::new(k, true)])
+        .flat_map(|k| {
+            [
+                Engine::new(k, false, 0),
+                Engine::new(k, true, 0),
+                Engine::new(k, true, 400),
+            ]
+        })
         .collect();
     for (i, op) in ops.iter().enumerate() {
         let want = model.apply(op);
@@ -416,11 +430,12 @@ fn check(ops: &[Op]) -> Result<(), TestCaseError> {
             prop_assert_eq!(
                 &got,
                 &want,
-                "op #{} {:?} on {} (reopen={})",
+                "op #{} {:?} on {} (reopen={}, rows={})",
                 i,
                 op,
                 e.kind,
-                e.reopen
+                e.reopen,
+                e.rows
             );
         }
     }
@@ -438,9 +453,10 @@ fn check(ops: &[Op]) -> Result<(), TestCaseError> {
         prop_assert_eq!(
             e.history(),
             want.clone(),
-            "history on {} (reopen={})",
+            "history on {} (reopen={}, rows={})",
             e.kind,
-            e.reopen
+            e.reopen,
+            e.rows
         );
         prop_assert_eq!(
             e.store().watch_events(start).unwrap(),

@@ -2,14 +2,22 @@
 //! every range at every revision, current and past, answers exactly what a model of the
 //! history says, on every compiled engine, also across a reopen and a compaction; the same with
 //! the row cache on (large enough for every row, and too small for a range, so rows are evicted
-//! while a read runs), and across a snapshot restore that reuses revision numbers.
+//! while a read runs), and across a snapshot restore that reuses revision numbers. A row budget
+//! also makes the key index keep each key's current row (set by writes and recovery): the same
+//! checks then read current rows from the index and older ones by revision, and failed writes,
+//! tiny budgets and readers racing writers, evictions and compactions never show a stale or
+//! foreign row.
 
 mod common;
 
 use std::collections::BTreeMap;
 
 use common::Env;
-use mvcc_core::{Compare, CompareOp, KeyValue, MvccError, MvccStore, StoreConfig, TxnOp};
+use mvcc_core::{
+    CommitMode, Compare, CompareOp, KeyValue, MvccError, MvccStore, StoreConfig, TxnOp,
+    CURRENT_ROW_OVERHEAD,
+};
+use storage_api::fault::{FaultKind, FaultOp, FaultyBackend};
 use storage_api::Backend;
 
 /// The model: for each revision, the key-values alive at it.
@@ -117,16 +125,38 @@ fn check_history<B: Backend>(s: &MvccStore<B>, history: &History, from: i64) {
     }
 }
 
+/// Bytes the current rows of `live` are charged.
+fn current_rows_bytes(live: &BTreeMap<Vec<u8>, KeyValue>) -> usize {
+    live.values()
+        .map(|kv| kv.encode().len() + CURRENT_ROW_OVERHEAD)
+        .sum()
+}
+
 fn reads_are_exact_with<B: Backend>(config: StoreConfig) {
+    let budget = config.row_cache_bytes;
     let env = Env::<B>::with_config(config);
     let s = env.open();
     let history = write_history(&s);
     check_history(&s, &history, 1);
     // Twice: the second pass reads what the first one cached.
     check_history(&s, &history, 1);
-    // The same answers from disk after a reopen (rows read back by the engine).
+    assert!(
+        s.row_cache_bytes() <= budget,
+        "{} bytes",
+        s.row_cache_bytes()
+    );
+    // The same answers from disk after a reopen (rows read back by the engine; recovery hands
+    // the index the current rows that fit its three quarters of the budget).
     let s = env.reopen(s);
-    assert_eq!(s.row_cache_bytes(), 0);
+    let held = current_rows_bytes(&history[history.len() - 1].1);
+    if budget == 0 {
+        assert_eq!(s.row_cache_bytes(), 0);
+    } else if held <= budget / 4 * 3 {
+        assert_eq!(s.row_cache_bytes(), held);
+    } else {
+        assert!(s.row_cache_bytes() <= budget / 4 * 3);
+        assert!(s.row_cache_bytes() > 0);
+    }
     check_history(&s, &history, 1);
     // Compact half-way: older revisions are refused, every later one is still exact.
     let at = history[history.len() / 2].0;
@@ -180,7 +210,11 @@ fn restore_replaces_cached_rows<B: Backend>() {
         .restore(&b.backend().snapshot().unwrap())
         .unwrap();
     a.reload().unwrap();
-    assert_eq!(a.row_cache_bytes(), 0);
+    // The cache is empty; the index holds the current rows recovered from `b`'s rows.
+    let b_rows = b.range(b"key/", b"key0", 0, 0, false).unwrap().kvs;
+    let b_live: BTreeMap<Vec<u8>, KeyValue> =
+        b_rows.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+    assert_eq!(a.row_cache_bytes(), current_rows_bytes(&b_live));
     let all = a.range(b"key/", b"key0", 0, 0, false).unwrap();
     let want: Vec<Vec<u8>> = (0..20).map(|i| format!("b{i}").into_bytes()).collect();
     let got: Vec<Vec<u8>> = all.kvs.iter().map(|kv| kv.value.clone()).collect();
@@ -202,8 +236,18 @@ fn restore_replaces_cached_rows<B: Backend>() {
 /// read answers each key's value as written for the version it reports, and no key's version
 /// goes back between two reads (a stale or misplaced cached row would break one of them).
 fn cached_reads_race_writes_and_compactions<B: Backend>() {
+    reads_race_writes_and_compactions::<B>(16 * 2000);
+}
+
+/// As [`cached_reads_race_writes_and_compactions`] with a budget whose index share holds about
+/// ten current rows of the forty keys: every write evicts another key's row while readers walk.
+fn reads_race_current_row_evictions<B: Backend>() {
+    reads_race_writes_and_compactions::<B>(1336);
+}
+
+fn reads_race_writes_and_compactions<B: Backend>(budget: usize) {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let env = Env::<B>::with_config(StoreConfig::default().with_row_cache_bytes(16 * 2000));
+    let env = Env::<B>::with_config(StoreConfig::default().with_row_cache_bytes(budget));
     let s = env.open();
     let n = 40;
     let value = |k: usize, version: i64| format!("{k}:{version}").into_bytes();
@@ -239,10 +283,101 @@ fn cached_reads_race_writes_and_compactions<B: Backend>() {
             if round % 50 == 49 {
                 s.compact(s.current_revision()).unwrap();
             }
+            assert!(
+                s.row_cache_bytes() <= budget,
+                "{} bytes",
+                s.row_cache_bytes()
+            );
         }
         done.store(true, Ordering::Release);
     });
     s.backend().close().unwrap();
+}
+
+/// The value of `key` at `at` (`None` when absent).
+fn value_at<B: Backend>(s: &MvccStore<B>, key: &[u8], at: i64) -> Option<Vec<u8>> {
+    let r = s.range(key, &[], at, 0, false).unwrap();
+    assert!(r.kvs.len() <= 1);
+    r.kvs.into_iter().next().map(|kv| kv.value)
+}
+
+/// A write that fails is not applied, and its revision number is reused by the next write:
+/// no read may show its row. One that is applied although it reported an error is read as
+/// applied; one whose outcome is unknown fails the store, which keeps serving what it had.
+fn failed_writes_leave_no_current_row<B: Backend>() {
+    let env = Env::<B>::with_config(StoreConfig::default().with_row_cache_bytes(1 << 20));
+    let b = FaultyBackend::wrap(env.open_backend());
+    let s = MvccStore::with_config(b.clone(), env.config.clone()).unwrap();
+    let (r1, _) = s.put(b"k", b"v1", 0).unwrap();
+    b.plan().fail_nth(FaultOp::Write, 1, FaultKind::Before);
+    assert!(s.put(b"k", b"lost", 0).is_err());
+    assert_eq!(value_at(&s, b"k", 0), Some(b"v1".to_vec()));
+    b.plan().fail_nth(FaultOp::Write, 1, FaultKind::Before);
+    let ops = [TxnOp::put("k", "lost", 0), TxnOp::put("j", "lost", 0)];
+    assert!(s.txn(&[], &ops, &[]).is_err());
+    assert_eq!(value_at(&s, b"k", 0), Some(b"v1".to_vec()));
+    assert_eq!(value_at(&s, b"j", 0), None);
+    b.plan().fail_nth(FaultOp::Write, 1, FaultKind::Before);
+    assert!(s.delete_range(b"k", &[]).is_err());
+    assert_eq!(value_at(&s, b"k", 0), Some(b"v1".to_vec()));
+    // The next write takes the revision the failed ones would have had.
+    let (r2, _) = s.put(b"k", b"v2", 0).unwrap();
+    assert_eq!(r2, r1 + 1);
+    assert_eq!(value_at(&s, b"k", 0), Some(b"v2".to_vec()));
+    assert_eq!(value_at(&s, b"k", r1), Some(b"v1".to_vec()));
+    assert_eq!(value_at(&s, b"j", 0), None);
+    // Applied, acknowledgement lost: the store reads it back and applies it.
+    b.plan().fail_nth(FaultOp::Write, 1, FaultKind::After);
+    assert!(s.put(b"k", b"v3", 0).is_err());
+    assert_eq!(s.failure(), None);
+    assert_eq!(value_at(&s, b"k", 0), Some(b"v3".to_vec()));
+    assert_eq!(value_at(&s, b"k", r2), Some(b"v2".to_vec()));
+    // Outcome unknown (the read-back fails too): the store fails, nothing of the write shows.
+    let before = s.current_revision();
+    b.plan()
+        .fail_nth(FaultOp::Write, 1, FaultKind::After)
+        .fail_nth(FaultOp::Read, 1, FaultKind::Before);
+    assert!(s.put(b"k", b"v4", 0).is_err());
+    assert!(s.failure().is_some());
+    assert_eq!(s.current_revision(), before);
+    assert_eq!(value_at(&s, b"k", 0), Some(b"v3".to_vec()));
+    let all = s.range(b"a", b"z", 0, 0, false).unwrap();
+    let values: Vec<Vec<u8>> = all.kvs.into_iter().map(|kv| kv.value).collect();
+    assert_eq!(values, vec![b"v3".to_vec()]);
+    b.inner().close().unwrap();
+}
+
+/// Under group commit a write is in the index (with its current row) before its flush makes
+/// it visible: until then reads at the visible revision answer the previous row.
+fn unpublished_rows_stay_invisible<B: Backend>() {
+    let env = Env::<B>::with_config(
+        StoreConfig::default()
+            .with_row_cache_bytes(1 << 20)
+            .with_commit_mode(CommitMode::GroupSync),
+    );
+    let b = FaultyBackend::wrap(env.open_backend());
+    let s = std::sync::Arc::new(MvccStore::with_config(b.clone(), env.config.clone()).unwrap());
+    let (r1, _) = s.put(b"k", b"v1", 0).unwrap();
+    let hold = b.plan().hold_nth(FaultOp::Flush, 1);
+    let writer = {
+        let s = s.clone();
+        std::thread::spawn(move || s.put(b"k", b"v2", 0).map(|(rev, _)| rev))
+    };
+    hold.wait_reached();
+    assert_eq!(s.current_revision(), r1);
+    assert_eq!(value_at(&s, b"k", 0), Some(b"v1".to_vec()));
+    let all = s.range(b"a", b"z", 0, 0, false).unwrap();
+    assert_eq!(all.kvs.len(), 1);
+    assert_eq!(
+        (all.kvs[0].value.as_slice(), all.kvs[0].mod_revision),
+        (&b"v1"[..], r1)
+    );
+    hold.release();
+    let r2 = writer.join().unwrap().unwrap();
+    assert_eq!(r2, r1 + 1);
+    assert_eq!(value_at(&s, b"k", 0), Some(b"v2".to_vec()));
+    assert_eq!(value_at(&s, b"k", r1), Some(b"v1".to_vec()));
+    b.inner().close().unwrap();
 }
 
 engine_tests!(
@@ -251,4 +386,7 @@ engine_tests!(
     point_in_time_reads_are_exact_with_tiny_row_cache,
     restore_replaces_cached_rows,
     cached_reads_race_writes_and_compactions,
+    reads_race_current_row_evictions,
+    failed_writes_leave_no_current_row,
+    unpublished_rows_stay_invisible,
 );
