@@ -3,7 +3,8 @@
 //!
 //! * [`save`]: the snapshot of a stopped rusd store, written to a new file (temporary file,
 //!   fsync, link into place, directory fsync).
-//! * [`restore`]: validates a snapshot completely, then restores it into a new store of any
+//! * [`restore`]: validates a snapshot (bare, or framed as the client API's Snapshot streams
+//!   it, see [`crate::frame`]) completely, then restores it into a new store of any
 //!   compiled engine in a missing or empty directory and checks the store opens at the
 //!   snapshot's revision; on failure the directory is emptied again. The source's raft apply
 //!   record is dropped, so `rusd` adopts the store as a new one-member cluster (add members
