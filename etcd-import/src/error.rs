@@ -36,7 +36,8 @@ pub enum ImportError {
         /// The length the file must have.
         needed: u64,
     },
-    /// An `etcdctl snapshot save` file whose SHA-256 trailer does not match its content.
+    /// An `etcdctl snapshot save` file (of etcd, or of rusd: see [`crate::frame`]) whose
+    /// SHA-256 trailer does not match its content.
     #[error("snapshot SHA-256 trailer does not match the file content")]
     SnapshotChecksum,
     /// A bbolt page is malformed.

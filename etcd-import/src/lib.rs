@@ -33,6 +33,7 @@ pub mod cli;
 pub mod error;
 pub mod etcd;
 pub mod export;
+pub mod frame;
 pub mod import;
 pub mod snapshot;
 pub mod status;

@@ -3,7 +3,8 @@
 //!
 //! * [`save`]: the snapshot of a stopped rusd store, written to a new file (temporary file,
 //!   fsync, link into place, directory fsync).
-//! * [`restore`]: validates a snapshot completely, then restores it into a new store of any
+//! * [`restore`]: validates a snapshot (bare, or framed as the client API's Snapshot streams
+//!   it, see [`crate::frame`]) completely, then restores it into a new store of any
 //!   compiled engine in a missing or empty directory and checks the store opens at the
 //!   snapshot's revision; on failure the directory is emptied again. The source's raft apply
 //!   record is dropped, so `rusd` adopts the store as a new one-member cluster (add members
@@ -21,6 +22,7 @@ use storage_api::{Backend, BackendConfig, BackendKind, MemoryBackend, StorageErr
 
 use crate::error::ImportError;
 use crate::export::{open_existing, write_new_file};
+use crate::frame::Framing;
 use crate::import::check_target;
 use crate::status::EtcdStatus;
 
@@ -65,21 +67,33 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImportError + '_ {
     }
 }
 
-/// Reads and validates the snapshot file at `path`; returns it with its CRC-32 trailer.
+/// Reads and validates the snapshot file at `path`, bare or framed as the client API's
+/// Snapshot streams it (what `etcdctl snapshot save` writes; see [`crate::frame`]); returns it
+/// with its CRC-32 trailer.
 pub fn read_snapshot(path: &Path) -> Result<(ValidatedSnapshot, u32), ImportError> {
-    let f = File::open(path).map_err(io_err(path))?;
+    let mut f = File::open(path).map_err(io_err(path))?;
     let len = f.metadata().map_err(io_err(path))?.len();
     if len == 0 {
         return Err(ImportError::Empty);
     }
-    let snap = ValidatedSnapshot::read_from(&mut BufReader::new(f))?;
-    // The trailer's last four bytes are the CRC-32 the validation just checked.
-    let mut f = File::open(path).map_err(io_err(path))?;
-    let mut crc = [0u8; 4];
-    f.seek(SeekFrom::End(-4))
-        .and_then(|_| f.read_exact(&mut crc))
-        .map_err(io_err(path))?;
-    Ok((snap, u32::from_be_bytes(crc)))
+    let read = |snap_len: u64| -> Result<(ValidatedSnapshot, u32), ImportError> {
+        let f = File::open(path).map_err(io_err(path))?;
+        let snap = ValidatedSnapshot::read_from(&mut BufReader::new(f).take(snap_len))?;
+        // The trailer's last four bytes are the CRC-32 the validation just checked.
+        let mut f = File::open(path).map_err(io_err(path))?;
+        let mut crc = [0u8; 4];
+        f.seek(SeekFrom::Start(snap_len.saturating_sub(4)))
+            .and_then(|_| f.read_exact(&mut crc))
+            .map_err(io_err(path))?;
+        Ok((snap, u32::from_be_bytes(crc)))
+    };
+    match crate::frame::framed_len(&mut f, len).map_err(io_err(path))? {
+        Framing::Bare => read(len),
+        Framing::Framed { len: snap_len } => read(snap_len),
+        // A framed file whose hash does not match, unless it is a bare snapshot that happens
+        // to end like a frame.
+        Framing::BadHash { .. } => read(len).map_err(|_| ImportError::SnapshotChecksum),
+    }
 }
 
 fn summarize<B: Backend>(

@@ -414,3 +414,74 @@ fn restore_drops_the_source_members_raft_position() {
         );
     }
 }
+
+/// The client API's Snapshot (what `etcdctl snapshot save` writes) frames the portable
+/// snapshot for etcdctl (`snapshot | zeros | length | SHA-256`): `status` and `restore` read
+/// such a file exactly as the bare snapshot; a framed file whose hash does not match is
+/// refused as etcd's trailer is, and writes nothing.
+#[test]
+fn a_snapshot_framed_as_the_client_api_streams_it_reads_as_the_bare_one() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    build_rusd_store(&src, BackendKind::Sled);
+    let bare = dir.path().join("bare.snap");
+    let saved = save(&src, &bare, None).expect("save");
+    let frame = |snap: &[u8]| {
+        let mut framed = snap.to_vec();
+        framed.extend(etcd_import::frame::padding(snap.len() as u64));
+        let hash = Sha256::digest(&framed);
+        framed.extend_from_slice(&hash);
+        framed
+    };
+    let bytes = std::fs::read(&bare).expect("read");
+    let framed = frame(&bytes);
+    assert_eq!(etcd_import::frame::unframe(&framed), Some(bytes.as_slice()));
+    let framed_file = dir.path().join("framed.snap");
+    std::fs::write(&framed_file, &framed).expect("write");
+
+    let want = (RUSD_CURRENT, LIVE, bytes.len() as u64, saved.crc32);
+    let st = status(&framed_file).expect("status");
+    assert_eq!((st.revision, st.live_keys, st.size, st.crc32), want);
+    for kind in ENGINES {
+        let target = dir.path().join(format!("restored-{kind}"));
+        let r = restore(&framed_file, &target, kind).expect("restore");
+        assert_eq!(
+            (
+                r.records,
+                r.revision,
+                r.compact_revision,
+                r.live_keys,
+                r.leases
+            ),
+            (RECORDS, RUSD_CURRENT, RUSD_COMPACT, LIVE, 2),
+            "{kind}"
+        );
+    }
+
+    // A flipped bit anywhere before the hash: the hash is wrong.
+    let mut flipped = framed.clone();
+    flipped[10] ^= 0x01;
+    let flipped_file = dir.path().join("flipped.snap");
+    std::fs::write(&flipped_file, &flipped).expect("write");
+    assert!(matches!(
+        status(&flipped_file),
+        Err(ImportError::SnapshotChecksum)
+    ));
+    let target = dir.path().join("target");
+    assert!(matches!(
+        restore(&flipped_file, &target, BackendKind::Redb),
+        Err(ImportError::SnapshotChecksum)
+    ));
+    assert!(!target.exists());
+    // A correctly framed but truncated snapshot: the snapshot's own validation refuses it.
+    let cut = dir.path().join("cut.snap");
+    std::fs::write(&cut, frame(&bytes[..bytes.len() / 2])).expect("write");
+    assert!(matches!(
+        restore(&cut, &target, BackendKind::Redb),
+        Err(ImportError::Storage(StorageError::Snapshot(
+            SnapshotError::Truncated
+        )))
+    ));
+    assert!(!target.exists());
+}

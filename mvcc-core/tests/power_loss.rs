@@ -45,6 +45,12 @@
 //! nothing, and against a store that publishes writes before flushing them, must report a
 //! loss (`power_loss_detects_*`).
 //!
+//! The cut-and-restart loop (child start, the cut at the chosen moment, remount, cut counts by
+//! target, seeds, stopping at the first finding) and the model of acknowledged writes are
+//! `powerloss_fs::harness`'s ([`power_cycles`](powerloss_fs::harness::power_cycles) over this
+//! test's `Driver`, which starts the child, parses its lines and reopens the store and checks it on the
+//! remounted image); the other power-loss test shares them.
+//!
 //! # Running
 //! `RUSD_POWER_CUTS` sets the cuts per engine and configuration (default 200, the CI profile);
 //! the long run is
@@ -59,7 +65,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,12 +80,12 @@ use storage_api::{
     StorageResult, Tree, WriteBatch,
 };
 
-const CHILD_ENV: &str = "RUSD_POWER_CHILD";
-const DIR_ENV: &str = "RUSD_POWER_DIR";
 const ENGINE_ENV: &str = "RUSD_POWER_ENGINE";
 const CONFIG_ENV: &str = "RUSD_POWER_CONFIG";
-use powerloss_fs::harness::{base_seed, freeze_child, fuse_ready, spawn_reader, SEED_ENV};
-const CYCLE_ENV: &str = "RUSD_POWER_CYCLE";
+use powerloss_fs::harness::{
+    base_seed, fuse_ready, power_cycles as run_cycles, sort_events, Acked, AckedKind,
+    PowerLossDriver, Rng, Target, CHILD_ENV, CYCLE_ENV, DIR_ENV, SEED_ENV,
+};
 /// Keys `k00` .. `k15`.
 const KEYS: u64 = 16;
 /// Puts per transaction (one revision).
@@ -87,26 +93,14 @@ const TXN_WIDTH: usize = 3;
 const WRITERS: usize = 3;
 
 // ---------------------------------------------------------------------------------------------
-// Deterministic randomness (no extra dependency).
+// Deterministic randomness: the harness's [`Rng`].
 
-struct Rng(u64);
+trait KeyRng {
+    /// A key of `k00` .. `k15`.
+    fn key(&mut self) -> String;
+}
 
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[lo, hi)`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo).max(1)
-    }
+impl KeyRng for Rng {
     fn key(&mut self) -> String {
         format!("k{:02}", self.range(0, KEYS))
     }
@@ -612,58 +606,22 @@ struct ChildRun {
     done: bool,
 }
 
-#[derive(Debug, Clone)]
-enum Acked {
-    Put {
-        rev: i64,
-        key: String,
-        value: String,
-    },
-    Txn {
-        rev: i64,
-        value: String,
-        keys: Vec<String>,
-    },
-    Del {
-        rev: i64,
-        key: String,
-    },
-}
-
-impl Acked {
-    fn rev(&self) -> i64 {
-        match self {
-            Acked::Put { rev, .. } | Acked::Txn { rev, .. } | Acked::Del { rev, .. } => *rev,
-        }
-    }
-
-    /// The events the revision must hold, as `(kind, key, value)` sorted.
-    fn expected(&self) -> Vec<(EventKind, String, String)> {
-        let mut v = match self {
-            Acked::Put { key, value, .. } => vec![(EventKind::Put, key.clone(), value.clone())],
-            Acked::Txn { value, keys, .. } => keys
-                .iter()
-                .map(|k| (EventKind::Put, k.clone(), value.clone()))
-                .collect(),
-            Acked::Del { key, .. } => vec![(EventKind::Delete, key.clone(), String::new())],
-        };
-        v.sort_by(|a, b| (&a.1, &a.2).cmp(&(&b.1, &b.2)));
-        v
-    }
-}
-
-fn summary(events: &[Event]) -> Vec<(EventKind, String, String)> {
+/// `events` as [`Acked::expected`] describes a revision.
+fn summary(events: &[Event]) -> Vec<(AckedKind, String, String)> {
     let mut v: Vec<_> = events
         .iter()
         .map(|e| {
             (
-                e.kind,
+                match e.kind {
+                    EventKind::Put => AckedKind::Put,
+                    EventKind::Delete => AckedKind::Delete,
+                },
                 String::from_utf8_lossy(&e.kv.key).into_owned(),
                 value_text(&e.kv.value),
             )
         })
         .collect();
-    v.sort_by(|a, b| (&a.1, &a.2).cmp(&(&b.1, &b.2)));
+    sort_events(&mut v);
     v
 }
 
@@ -687,151 +645,19 @@ fn parse_run(lines: Vec<String>) -> ChildRun {
                 let e = parse_event(t[1], t[2]);
                 run.watched.entry(e.kv.mod_revision).or_default().push(e);
             }
-            "ACK" => match t[1] {
-                "put" => run.acked.push(Acked::Put {
-                    rev: t[2].parse().unwrap(),
-                    key: t[3].into(),
-                    value: t[4].into(),
-                }),
-                "txn" => run.acked.push(Acked::Txn {
-                    rev: t[2].parse().unwrap(),
-                    value: t[3].into(),
-                    keys: t[4].split(',').map(String::from).collect(),
-                }),
-                "del" => run.acked.push(Acked::Del {
-                    rev: t[2].parse().unwrap(),
-                    key: t[3].into(),
-                }),
-                "compact" => {
+            "ACK" => match (Acked::parse(&t[1..]), t[1]) {
+                (Some(a), _) => run.acked.push(a),
+                (None, "compact") => {
                     run.acked_compact = run.acked_compact.max(t[2].parse().unwrap());
                     run.pending = None;
                 }
-                "defrag" | "restore" => run.pending = None,
-                other => panic!("unknown ack {other:?} in {l:?}"),
+                (None, "defrag" | "restore") => run.pending = None,
+                (None, other) => panic!("unknown ack {other:?} in {l:?}"),
             },
             other => panic!("unknown line {other:?}: {l:?}"),
         }
     }
     run
-}
-
-/// Where in the child's life the power is cut.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Target {
-    /// After a random delay of the running workload.
-    Anytime,
-    /// A few milliseconds after `@@ BEGIN <op>`.
-    Op(&'static str),
-    /// During start-up (store recovery), before `@@ READY` or soon after.
-    Startup,
-}
-
-/// Runs one child on `dir` and cuts the power as `target` says; returns what it printed and
-/// the durable image.
-#[allow(clippy::too_many_arguments)]
-fn run_child(
-    mount: Mount,
-    dir: &Path,
-    log: &Path,
-    kind: BackendKind,
-    config: &str,
-    seed: u64,
-    cycle: usize,
-    target: Target,
-    delay: Duration,
-) -> (ChildRun, Image, powerloss_fs::Stats) {
-    let stderr = std::fs::File::create(log).unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "power_loss_child_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, "1")
-        .env(DIR_ENV, dir)
-        .env(ENGINE_ENV, kind.name())
-        .env(CONFIG_ENV, config)
-        .env(SEED_ENV, seed.to_string())
-        .env(CYCLE_ENV, cycle.to_string())
-        .env_remove("RUST_BACKTRACE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .unwrap();
-    let (rx, reader) = spawn_reader(child.stdout.take().unwrap());
-    let mut lines = Vec::new();
-    let stderr_text = || std::fs::read_to_string(log).unwrap_or_default();
-    if target != Target::Startup {
-        let ready_deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let left = ready_deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) => {
-                    let ready = l.starts_with("@@ READY");
-                    lines.push(l);
-                    if ready {
-                        break;
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "cycle {cycle}: child never became ready; stderr:\n{}",
-                        stderr_text()
-                    );
-                }
-            }
-        }
-    }
-    let deadline = Instant::now() + delay;
-    let mut armed: Option<Instant> = None;
-    loop {
-        let until = armed.unwrap_or(deadline);
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                if let (Target::Op(op), None) = (target, armed) {
-                    if l.starts_with(&format!("@@ BEGIN {op}")) {
-                        let jitter = Duration::from_micros(seed % 8000);
-                        armed = Some(Instant::now() + jitter);
-                    }
-                }
-                lines.push(l);
-            }
-            Err(_) => break,
-        }
-    }
-    // `RUSD_POWER_NO_FREEZE` (an experiment, not a test): cut while the child runs, so it lives
-    // on for a moment after the cut and sees its `fsync`s fail with `EIO`. Whatever it then
-    // observes shows what the store exposes after a failed sync.
-    if std::env::var_os("RUSD_POWER_NO_FREEZE").is_none() {
-        freeze_child(&child);
-    }
-    let stats = mount.stats();
-    let image = mount.cut_power().unwrap();
-    if std::env::var_os("RUSD_POWER_NO_FREEZE").is_some() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill(); // SIGKILL, also wakes the stopped process to die
-    let status = child.wait().unwrap();
-    reader.join().unwrap();
-    lines.extend(rx.try_iter());
-    let run = parse_run(lines);
-    use std::os::unix::process::ExitStatusExt;
-    assert!(
-        status.signal() == Some(9)
-            || (run.done && status.success())
-            // Without the freeze, the child may fail on EIO before the kill.
-            || std::env::var_os("RUSD_POWER_NO_FREEZE").is_some(),
-        "cycle {cycle}: child failed ({status}); stderr:\n{}",
-        stderr_text()
-    );
-    (run, image, stats)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1001,6 +827,111 @@ struct Outcome {
     bytes_written: u64,
 }
 
+/// This test's side of the harness's cut-and-restart loop: the store in the child, reopened
+/// in-process on the remounted image and checked.
+struct Driver {
+    kind: BackendKind,
+    setup: Setup,
+    /// The child's configuration (the setup's name, `+big` with big values).
+    config: String,
+    tolerate_observed: bool,
+    torn: bool,
+    torn_rng: Rng,
+    history: History,
+    out: Outcome,
+}
+
+impl PowerLossDriver for Driver {
+    type Run = ChildRun;
+
+    fn name(&self) -> String {
+        format!("{} {}", self.kind, self.setup.name())
+    }
+
+    fn child_env(&self) -> Vec<(String, String)> {
+        vec![
+            (ENGINE_ENV.into(), self.kind.name().into()),
+            (CONFIG_ENV.into(), self.config.clone()),
+        ]
+    }
+
+    fn ready_timeout(&self) -> Duration {
+        Duration::from_secs(120)
+    }
+
+    fn choose(&self, rng: &mut Rng) -> (Target, Duration) {
+        let target = match rng.range(0, 10) {
+            0 => Target::Op("compact"),
+            1 => Target::Op("restore"),
+            2 => Target::Op("defrag"),
+            3 => Target::Startup,
+            _ => Target::Anytime,
+        };
+        let delay = Duration::from_millis(match target {
+            Target::Startup => rng.range(0, 80),
+            Target::Op(_) => 1500,
+            Target::Anytime => rng.range(5, 400),
+        });
+        (target, delay)
+    }
+
+    fn mount_options(&mut self) -> Options {
+        Options::new().torn_seed(self.torn.then(|| self.torn_rng.next()))
+    }
+
+    fn before_cut(&mut self, mount: &Mount) {
+        let stats = mount.stats();
+        self.out.fsyncs += stats.fsyncs;
+        self.out.fsyncdirs += stats.fsyncdirs;
+        self.out.bytes_written += stats.bytes_written;
+    }
+
+    fn parse(&self, lines: Vec<String>) -> ChildRun {
+        parse_run(lines)
+    }
+
+    fn pending<'a>(&self, run: &'a ChildRun) -> Option<&'a str> {
+        run.pending.as_deref()
+    }
+
+    fn errors<'a>(&self, run: &'a ChildRun) -> &'a [String] {
+        &run.errors
+    }
+
+    fn exit_ok(&self, status: ExitStatus, run: &ChildRun) -> bool {
+        run.done && status.success()
+    }
+
+    fn check(&mut self, dir: &Path, run: &ChildRun, _cycle: usize, ctx: &str) -> Vec<String> {
+        let out = &mut self.out;
+        out.acked += run.acked.len();
+        out.reads += run.reads.len();
+        out.watched += run.watched.values().map(Vec::len).sum::<usize>();
+        let backend = match AnyBackend::open(self.kind, backend_config(dir, Setup::Sync)) {
+            Ok(b) => b,
+            Err(e) => panic!("{ctx}: reopen failed: {e}"),
+        };
+        let store = match MvccStore::new(backend.clone()) {
+            Ok(s) => s,
+            Err(e) => panic!("{ctx}: store recovery failed: {e}"),
+        };
+        let Findings { hard, observed } = verify(&store, run, &mut self.history, ctx);
+        let problems = if self.tolerate_observed {
+            out.tolerated.extend(observed);
+            hard
+        } else {
+            let mut all = hard;
+            all.extend(observed);
+            all
+        };
+        out.final_revision = store.current_revision();
+        out.final_compact = store.compact_revision();
+        backend.close().unwrap();
+        drop(store);
+        problems
+    }
+}
+
 /// Runs up to `cycles` power cuts of `kind` under `setup`; stops at the first cycle that finds
 /// a loss. With `tolerate_observed`, observed-but-lost revisions are collected in
 /// `Outcome::tolerated` instead, and only hard problems stop the run. With `torn`, each cut
@@ -1015,98 +946,23 @@ fn power_cycles(
     torn: bool,
     big: bool,
 ) -> Outcome {
-    let config = format!("{}{}", setup.name(), if big { "+big" } else { "" });
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    let mountpoint = tmp.path().join("mnt");
-    std::fs::create_dir(&mountpoint).unwrap();
-    let log = tmp.path().join("child.stderr");
-    let mut torn_rng = Rng::new(seed ^ 0x7047_6e00);
-    let mut options = || Options::new().torn_seed(torn.then(|| torn_rng.next()));
-    let mut mount = Mount::mount(&mountpoint, Image::default(), options()).unwrap();
-    // The first child creates the data directory: its name must be durable too.
-    let dir = mount.mountpoint().join("db");
-    let mut rng = Rng::new(seed);
-    let mut history = History::default();
-    let mut out = Outcome::default();
-    for cycle in 0..cycles {
-        let target = match rng.range(0, 10) {
-            0 => Target::Op("compact"),
-            1 => Target::Op("restore"),
-            2 => Target::Op("defrag"),
-            3 => Target::Startup,
-            _ => Target::Anytime,
-        };
-        let delay = Duration::from_millis(match target {
-            Target::Startup => rng.range(0, 80),
-            Target::Op(_) => 1500,
-            Target::Anytime => rng.range(5, 400),
-        });
-        let child_seed = rng.next();
-        let ctx = format!(
-            "{kind} {} cycle {cycle} ({target:?}, {SEED_ENV}={seed})",
-            setup.name()
-        );
-        let (run, image, stats) = run_child(
-            mount, &dir, &log, kind, &config, child_seed, cycle, target, delay,
-        );
-        out.fsyncs += stats.fsyncs;
-        out.fsyncdirs += stats.fsyncdirs;
-        out.bytes_written += stats.bytes_written;
-        let key = match target {
-            Target::Op(op) => op.to_string(),
-            other => format!("{other:?}").to_lowercase(),
-        };
-        let t = out.targets.entry(key).or_default();
-        t.0 += 1;
-        if let (Target::Op(op), Some(p)) = (target, &run.pending) {
-            t.1 += usize::from(p == op);
-        }
-        out.acked += run.acked.len();
-        out.reads += run.reads.len();
-        out.watched += run.watched.values().map(Vec::len).sum::<usize>();
-
-        if std::env::var_os("RUSD_POWER_DEBUG").is_some() {
-            for (path, entry) in image.tree() {
-                let size = match entry {
-                    powerloss_fs::Entry::File(d) => d.len().to_string(),
-                    powerloss_fs::Entry::Dir => "dir".into(),
-                };
-                eprintln!("{ctx}: image {}: {size}", path.display());
-            }
-        }
-        mount = Mount::mount(&mountpoint, image, options()).unwrap();
-        let backend = match AnyBackend::open(kind, backend_config(&dir, Setup::Sync)) {
-            Ok(b) => b,
-            Err(e) => panic!("{ctx}: reopen failed: {e}"),
-        };
-        let store = match MvccStore::new(backend.clone()) {
-            Ok(s) => s,
-            Err(e) => panic!("{ctx}: store recovery failed: {e}"),
-        };
-        let Findings { hard, observed } = verify(&store, &run, &mut history, &ctx);
-        let problems = if tolerate_observed {
-            out.tolerated.extend(observed);
-            hard
-        } else {
-            let mut all = hard;
-            all.extend(observed);
-            all
-        };
-        out.final_revision = store.current_revision();
-        out.final_compact = store.compact_revision();
-        backend.close().unwrap();
-        drop(store);
-        out.cycles = cycle + 1;
-        if !problems.is_empty() {
-            out.losses = problems;
-            if !run.errors.is_empty() {
-                out.losses.push(format!("child errors: {:?}", run.errors));
-            }
-            break;
-        }
-    }
-    mount.unmount().unwrap();
+    let mut driver = Driver {
+        kind,
+        setup,
+        config: format!("{}{}", setup.name(), if big { "+big" } else { "" }),
+        tolerate_observed,
+        torn,
+        torn_rng: Rng::new(seed ^ 0x7047_6e00),
+        history: History::default(),
+        out: Outcome::default(),
+    };
+    let done = run_cycles(&mut driver, tmp.path(), cycles, seed);
+    let mut out = driver.out;
+    out.cycles = done.cycles;
+    out.targets = done.targets;
+    out.losses = done.losses;
     eprintln!(
         "power_loss[{kind} {}{}{}]: {} cuts in {:.1?} ({SEED_ENV}={seed}): {} acknowledged writes, \
          {} reads and {} watch events checked, final revision {} (compacted at {}), cuts by \
@@ -1407,9 +1263,9 @@ fn power_loss_lines_round_trip() {
     assert_eq!(
         run.acked[1].expected(),
         vec![
-            (EventKind::Put, "k01".into(), "T1".into()),
-            (EventKind::Put, "k02".into(), "T1".into()),
-            (EventKind::Put, "k03".into(), "T1".into()),
+            (AckedKind::Put, "k01".into(), "T1".into()),
+            (AckedKind::Put, "k02".into(), "T1".into()),
+            (AckedKind::Put, "k03".into(), "T1".into()),
         ]
     );
     assert_eq!(run.acked_compact, 4);

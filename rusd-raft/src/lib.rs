@@ -55,14 +55,22 @@
 //!   in sync; `--learner` keeps it a learner until `etcdctl member promote`.
 //! * **Replace a dead member**: `etcdctl member remove <id>`, then add a new one as above with
 //!   an empty data directory.
-//! * **Back up**: `etcdctl snapshot save` on any member gives the portable store image (see
-//!   `storage_api::snapshot`).
-//! * **Restore a cluster from a backup**: `rusd snapshot restore <file> --data-dir m1` (any
-//!   engine; the source member's raft position is dropped), start `m1` alone (no
-//!   `--initial-cluster`: it adopts the store as a one-member cluster and takes a snapshot at
-//!   once), then add the other members one by one as above (`member add`, then start them
-//!   with `--initial-cluster-state existing` and an `--initial-cluster` naming the members so
-//!   far); they catch up by snapshot.
+//! * **Back up**: `etcdctl snapshot save` on any member (a follower too) gives the portable
+//!   store image (see `storage_api::snapshot`), framed with a SHA-256 as etcdctl expects (see
+//!   `etcd_import::frame`); `rusd snapshot save <data dir> <file>` does the same offline.
+//! * **Restore a cluster from a backup**: stop the old members; `rusd snapshot restore <file>
+//!   --data-dir m1 [--backend <engine>]` (any engine; a framed or bare snapshot; the source
+//!   member's raft position is dropped), start `m1` alone (no `--initial-cluster`: it adopts
+//!   the store as a one-member cluster, takes a snapshot and purges its log before it serves
+//!   clients), then add the other members one by one as above (`member add`, then start them
+//!   with empty data directories, `--initial-cluster-state existing` and an
+//!   `--initial-cluster` naming the members so far); they catch up by snapshot. As with
+//!   `etcdctl snapshot restore`, every key keeps its create and mod revisions and version, the
+//!   store its revision (the next write gets the one after) and its compaction, and leases
+//!   stay with their keys; a lease's remaining TTL starts again from its full TTL (or its last
+//!   checkpointed remaining TTL) when the new cluster elects its leader. Member ids derive
+//!   from the new peer URLs and token. `rusd-server/tests/cluster_restore.rs` runs this with
+//!   three processes.
 //!
 //! # Guarantees
 //! * A write is acknowledged once its entry is durable (flushed) in the logs of a quorum and

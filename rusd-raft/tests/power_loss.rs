@@ -38,6 +38,12 @@
 //! raft log not synced (`log_sync = false`) must report a lost acknowledged write
 //! (`power_loss_detects_raft_log_not_synced`).
 //!
+//! The cut-and-restart loop (child start, the cut at the chosen moment, remount, cut counts by
+//! target, seeds, stopping at the first finding) and the model of acknowledged writes are
+//! `powerloss_fs::harness`'s ([`power_cycles`](powerloss_fs::harness::power_cycles) over this
+//! test's `Driver`, which starts the child, parses its lines and restarts the node and checks it on the
+//! remounted image); the other power-loss test shares them.
+//!
 //! # Running
 //! `RUSD_POWER_CUTS` sets the cuts per configuration (default 20, the CI profile); the long run
 //! is `RUSD_POWER_CUTS=200 cargo test --release -p rusd-raft --test power_loss`.
@@ -53,7 +59,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,16 +67,15 @@ use mvcc_core::{
     AnyBackend, CommitMode, Compaction, DeleteRange, Event, EventKind, KeyValue, MvccStore, Put,
     RequestOp, StoreConfig, Txn,
 };
-use powerloss_fs::{Image, Mount, Options};
 use rusd_raft::{Command, CommandResponse, InitialState, RaftNode, RaftNodeConfig};
 use storage_api::{BackendConfig, BackendKind, Durability};
 use tokio::net::TcpListener;
 
-const CHILD_ENV: &str = "RUSD_POWER_CHILD";
-const DIR_ENV: &str = "RUSD_POWER_DIR";
 const CONFIG_ENV: &str = "RUSD_POWER_CONFIG";
-use powerloss_fs::harness::{base_seed, freeze_child, fuse_ready, spawn_reader, SEED_ENV};
-const CYCLE_ENV: &str = "RUSD_POWER_CYCLE";
+use powerloss_fs::harness::{
+    base_seed, fuse_ready, power_cycles as run_cycles, sort_events, Acked, AckedKind,
+    PowerLossDriver, Rng, Target, CHILD_ENV, CYCLE_ENV, DIR_ENV, SEED_ENV,
+};
 /// Keys `k00` .. `k15`.
 const KEYS: u64 = 16;
 /// Puts per transaction (one revision).
@@ -79,26 +84,14 @@ const WRITERS: usize = 3;
 const NODE_ID: u64 = 1;
 
 // ---------------------------------------------------------------------------------------------
-// Deterministic randomness (no extra dependency).
+// Deterministic randomness: the harness's [`Rng`].
 
-struct Rng(u64);
+trait KeyRng {
+    /// A key of `k00` .. `k15`.
+    fn key(&mut self) -> String;
+}
 
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[lo, hi)`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo).max(1)
-    }
+impl KeyRng for Rng {
     fn key(&mut self) -> String {
         format!("k{:02}", self.range(0, KEYS))
     }
@@ -400,58 +393,22 @@ struct ChildRun {
     errors: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Acked {
-    Put {
-        rev: i64,
-        key: String,
-        value: String,
-    },
-    Txn {
-        rev: i64,
-        value: String,
-        keys: Vec<String>,
-    },
-    Del {
-        rev: i64,
-        key: String,
-    },
-}
-
-impl Acked {
-    fn rev(&self) -> i64 {
-        match self {
-            Acked::Put { rev, .. } | Acked::Txn { rev, .. } | Acked::Del { rev, .. } => *rev,
-        }
-    }
-
-    /// The events the revision must hold, as `(kind, key, value)` sorted.
-    fn expected(&self) -> Vec<(EventKind, String, String)> {
-        let mut v = match self {
-            Acked::Put { key, value, .. } => vec![(EventKind::Put, key.clone(), value.clone())],
-            Acked::Txn { value, keys, .. } => keys
-                .iter()
-                .map(|k| (EventKind::Put, k.clone(), value.clone()))
-                .collect(),
-            Acked::Del { key, .. } => vec![(EventKind::Delete, key.clone(), String::new())],
-        };
-        v.sort_by(|a, b| (&a.1, &a.2).cmp(&(&b.1, &b.2)));
-        v
-    }
-}
-
-fn summary(events: &[Event]) -> Vec<(EventKind, String, String)> {
+/// `events` as [`Acked::expected`] describes a revision.
+fn summary(events: &[Event]) -> Vec<(AckedKind, String, String)> {
     let mut v: Vec<_> = events
         .iter()
         .map(|e| {
             (
-                e.kind,
+                match e.kind {
+                    EventKind::Put => AckedKind::Put,
+                    EventKind::Delete => AckedKind::Delete,
+                },
                 String::from_utf8_lossy(&e.kv.key).into_owned(),
                 String::from_utf8_lossy(&e.kv.value).into_owned(),
             )
         })
         .collect();
-    v.sort_by(|a, b| (&a.1, &a.2).cmp(&(&b.1, &b.2)));
+    sort_events(&mut v);
     v
 }
 
@@ -471,143 +428,17 @@ fn parse_run(lines: Vec<String>) -> ChildRun {
                 let kvs = t[2..].iter().filter(|s| !s.is_empty()).map(|s| parse_kv(s));
                 run.reads.push((t[1].parse().unwrap(), kvs.collect()));
             }
-            "ACK" => match t[1] {
-                "put" => run.acked.push(Acked::Put {
-                    rev: t[2].parse().unwrap(),
-                    key: t[3].into(),
-                    value: t[4].into(),
-                }),
-                "txn" => run.acked.push(Acked::Txn {
-                    rev: t[2].parse().unwrap(),
-                    value: t[3].into(),
-                    keys: t[4].split(',').map(String::from).collect(),
-                }),
-                "del" => run.acked.push(Acked::Del {
-                    rev: t[2].parse().unwrap(),
-                    key: t[3].into(),
-                }),
-                "compact" => {
+            "ACK" => match (Acked::parse(&t[1..]), t[1]) {
+                (Some(a), _) => run.acked.push(a),
+                (None, "compact") => {
                     run.acked_compact = run.acked_compact.max(t[2].parse().unwrap());
                 }
-                other => panic!("unknown ack {other:?} in {l:?}"),
+                (None, other) => panic!("unknown ack {other:?} in {l:?}"),
             },
             other => panic!("unknown line {other:?}: {l:?}"),
         }
     }
     run
-}
-
-/// Where in the child's life the power is cut.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target {
-    /// After a random delay of the running workload.
-    Anytime,
-    /// A few milliseconds after `@@ BEGIN <op>`.
-    Op(&'static str),
-    /// During start-up (log and store recovery, election), before `@@ READY` or soon after.
-    Startup,
-}
-
-/// Runs one child on `dir` and cuts the power as `target` says; returns what it printed and
-/// the durable image.
-#[allow(clippy::too_many_arguments)]
-fn run_child(
-    mount: Mount,
-    dir: &Path,
-    log: &Path,
-    setup: Setup,
-    seed: u64,
-    cycle: usize,
-    target: Target,
-    delay: Duration,
-) -> (ChildRun, Image) {
-    let stderr = std::fs::File::create(log).unwrap();
-    let mut child = Process::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "power_loss_child_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, "1")
-        .env(DIR_ENV, dir)
-        .env(CONFIG_ENV, setup.name())
-        .env(SEED_ENV, seed.to_string())
-        .env(CYCLE_ENV, cycle.to_string())
-        .env_remove("RUST_BACKTRACE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .unwrap();
-    let (rx, reader) = spawn_reader(child.stdout.take().unwrap());
-    let mut lines = Vec::new();
-    let stderr_text = || std::fs::read_to_string(log).unwrap_or_default();
-    let fail = |child: &mut Child, lines: &[String], why: &str| -> ! {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "{} cycle {cycle}: {why}; lines: {lines:?}; stderr:\n{}",
-            setup.name(),
-            stderr_text()
-        );
-    };
-    if target != Target::Startup {
-        let ready_deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = ready_deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) => {
-                    let ready = l.starts_with("@@ READY");
-                    let err = l.starts_with("@@ ERR");
-                    lines.push(l);
-                    if ready {
-                        break;
-                    }
-                    if err {
-                        fail(&mut child, &lines, "child failed to start");
-                    }
-                }
-                Err(_) => fail(&mut child, &lines, "child never became ready"),
-            }
-        }
-    }
-    let deadline = Instant::now() + delay;
-    let mut armed: Option<Instant> = None;
-    loop {
-        let until = armed.unwrap_or(deadline);
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                if let (Target::Op(op), None) = (target, armed) {
-                    if l.starts_with(&format!("@@ BEGIN {op}")) {
-                        let jitter = Duration::from_micros(seed % 8000);
-                        armed = Some(Instant::now() + jitter);
-                    }
-                }
-                lines.push(l);
-            }
-            Err(_) => break,
-        }
-    }
-    freeze_child(&child);
-    let image = mount.cut_power().unwrap();
-    let _ = child.kill(); // SIGKILL, also wakes the stopped process to die
-    let status = child.wait().unwrap();
-    reader.join().unwrap();
-    lines.extend(rx.try_iter());
-    use std::os::unix::process::ExitStatusExt;
-    if status.signal() != Some(9) {
-        panic!(
-            "{} cycle {cycle}: child ended before the cut ({status}); lines: {lines:?}; \
-             stderr:\n{}",
-            setup.name(),
-            stderr_text()
-        );
-    }
-    (parse_run(lines), image)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -742,6 +573,80 @@ struct Outcome {
     final_compact: i64,
 }
 
+/// This test's side of the harness's cut-and-restart loop: a lone node in the child, the node
+/// started again in-process on the remounted image and checked.
+struct Driver {
+    setup: Setup,
+    rt: tokio::runtime::Runtime,
+    history: History,
+    out: Outcome,
+}
+
+impl PowerLossDriver for Driver {
+    type Run = ChildRun;
+
+    fn name(&self) -> String {
+        self.setup.name()
+    }
+
+    fn child_env(&self) -> Vec<(String, String)> {
+        vec![(CONFIG_ENV.into(), self.setup.name())]
+    }
+
+    fn ready_timeout(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+
+    fn choose(&self, rng: &mut Rng) -> (Target, Duration) {
+        let target = match rng.range(0, 10) {
+            0 | 1 => Target::Op("compact"),
+            2 | 3 => Target::Op("snapshot"),
+            4 => Target::Startup,
+            _ => Target::Anytime,
+        };
+        let delay = Duration::from_millis(match target {
+            Target::Startup => rng.range(0, 300),
+            Target::Op(_) => 1500,
+            Target::Anytime => rng.range(5, 400),
+        });
+        (target, delay)
+    }
+
+    fn parse(&self, lines: Vec<String>) -> ChildRun {
+        parse_run(lines)
+    }
+
+    fn pending<'a>(&self, run: &'a ChildRun) -> Option<&'a str> {
+        run.pending.as_deref()
+    }
+
+    fn errors<'a>(&self, run: &'a ChildRun) -> &'a [String] {
+        &run.errors
+    }
+
+    fn exit_ok(&self, _status: ExitStatus, _run: &ChildRun) -> bool {
+        false
+    }
+
+    fn errors_fail_clean_cycle(&self) -> bool {
+        true
+    }
+
+    fn check(&mut self, dir: &Path, run: &ChildRun, cycle: usize, ctx: &str) -> Vec<String> {
+        self.out.acked += run.acked.len();
+        self.out.reads += run.reads.len();
+        self.rt.block_on(restart_and_check(
+            dir,
+            self.setup,
+            run,
+            &mut self.history,
+            cycle,
+            ctx,
+            &mut self.out,
+        ))
+    }
+}
+
 /// Restarts the node on the remounted image, checks it and writes once; returns the problems.
 async fn restart_and_check(
     dir: &Path,
@@ -811,82 +716,23 @@ async fn restart_and_check(
 fn power_cycles(setup: Setup, cycles: usize, seed: u64) -> Outcome {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    let mountpoint = tmp.path().join("mnt");
-    std::fs::create_dir(&mountpoint).unwrap();
-    let log = tmp.path().join("child.stderr");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let mut mount = Mount::mount(&mountpoint, Image::default(), Options::new()).unwrap();
-    // The first child creates the data directory: its name must be durable too.
-    let dir = mount.mountpoint().join("db");
-    let mut rng = Rng::new(seed);
-    let mut history = History::default();
-    let mut out = Outcome::default();
-    for cycle in 0..cycles {
-        let target = match rng.range(0, 10) {
-            0 | 1 => Target::Op("compact"),
-            2 | 3 => Target::Op("snapshot"),
-            4 => Target::Startup,
-            _ => Target::Anytime,
-        };
-        let delay = Duration::from_millis(match target {
-            Target::Startup => rng.range(0, 300),
-            Target::Op(_) => 1500,
-            Target::Anytime => rng.range(5, 400),
-        });
-        let child_seed = rng.next();
-        let ctx = format!(
-            "{} cycle {cycle} ({target:?}, {SEED_ENV}={seed})",
-            setup.name()
-        );
-        let (run, image) = run_child(mount, &dir, &log, setup, child_seed, cycle, target, delay);
-        let key = match target {
-            Target::Op(op) => op.to_string(),
-            other => format!("{other:?}").to_lowercase(),
-        };
-        let t = out.targets.entry(key).or_default();
-        t.0 += 1;
-        if let (Target::Op(op), Some(p)) = (target, &run.pending) {
-            t.1 += usize::from(p == op);
-        }
-        out.acked += run.acked.len();
-        out.reads += run.reads.len();
-        if std::env::var_os("RUSD_POWER_DEBUG").is_some() {
-            for (path, entry) in image.tree() {
-                let size = match entry {
-                    powerloss_fs::Entry::File(d) => d.len().to_string(),
-                    powerloss_fs::Entry::Dir => "dir".into(),
-                };
-                eprintln!("{ctx}: image {}: {size}", path.display());
-            }
-        }
-        mount = Mount::mount(&mountpoint, image, Options::new()).unwrap();
-        let mut problems = rt.block_on(restart_and_check(
-            &dir,
-            setup,
-            &run,
-            &mut history,
-            cycle,
-            &ctx,
-            &mut out,
-        ));
-        out.cycles = cycle + 1;
-        if !problems.is_empty() {
-            if !run.errors.is_empty() {
-                problems.push(format!("child errors: {:?}", run.errors));
-            }
-            out.losses = problems;
-            break;
-        }
-        if !run.errors.is_empty() {
-            panic!("{ctx}: the child reported errors: {:?}", run.errors);
-        }
-    }
+    let mut driver = Driver {
+        setup,
+        rt,
+        history: History::default(),
+        out: Outcome::default(),
+    };
+    let done = run_cycles(&mut driver, tmp.path(), cycles, seed);
+    let Driver { rt, mut out, .. } = driver;
     drop(rt);
-    mount.unmount().unwrap();
+    out.cycles = done.cycles;
+    out.targets = done.targets;
+    out.losses = done.losses;
     eprintln!(
         "power_loss[{}]: {} cuts in {:.1?} ({SEED_ENV}={seed}): {} acknowledged writes and {} \
          reads checked, final revision {} (compacted at {}), cuts by target (cuts, with the op \
@@ -1042,9 +888,9 @@ fn power_loss_lines_round_trip() {
     assert_eq!(
         run.acked[1].expected(),
         vec![
-            (EventKind::Put, "k01".into(), "T1".into()),
-            (EventKind::Put, "k02".into(), "T1".into()),
-            (EventKind::Put, "k03".into(), "T1".into()),
+            (AckedKind::Put, "k01".into(), "T1".into()),
+            (AckedKind::Put, "k02".into(), "T1".into()),
+            (AckedKind::Put, "k03".into(), "T1".into()),
         ]
     );
     assert_eq!(run.acked_compact, 4);

@@ -502,17 +502,18 @@ pub async fn start_member(
         "raft member started"
     );
     if adopt {
-        let r = raft.clone();
-        tokio::spawn(async move {
-            if let Err(e) = adopt_store(&r).await {
-                tracing::error!(error = %rusd_raft::error_line(&e), "adopting the store failed");
-            }
-        });
+        // Before serving clients: a member added (MemberAdd) before the log is purged would
+        // be sent the log from its first entry, which holds none of the adopted data, instead
+        // of the snapshot.
+        adopt_store(&raft).await.map_err(|e| {
+            ServerError::Task(format!("adopting the store: {}", rusd_raft::error_line(&e)))
+        })?;
     }
     Ok(raft)
 }
 
-/// Takes a snapshot of an adopted store and purges the log behind it (see [`start_member`]).
+/// Takes a snapshot of an adopted store and purges the log behind it (see [`start_member`]);
+/// returns once the log is purged.
 async fn adopt_store(raft: &Raft) -> Result<(), rusd_raft::RaftError> {
     let m = raft
         .wait_for(Duration::from_secs(60), |m| {
@@ -542,6 +543,20 @@ async fn adopt_store(raft: &Raft) -> Result<(), rusd_raft::RaftError> {
             .purge_log(index)
             .await
             .map_err(|e| rusd_raft::RaftError::Raft(e.to_string()))?;
+        // openraft purges asynchronously.
+        let mut rx = r.metrics();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                if rx.borrow_and_update().purged.map(|p| p.index) >= Some(index) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .map_err(|_| rusd_raft::RaftError::Timeout)?;
         tracing::info!(
             snapshot = index,
             applied = m.applied_index,

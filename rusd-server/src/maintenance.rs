@@ -126,76 +126,10 @@ fn alarm(state: &State, r: &AlarmRequest) -> Result<AlarmResponse, Status> {
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
-/// The framing of a snapshot stream.
-///
-/// etcdctl's `snapshot save` accepts a stream only when its length is 32 bytes more than a
-/// multiple of 512 (an etcd snapshot is a bbolt file followed by its SHA-256). rusd streams the
-/// portable snapshot of the engine ([`storage_api::snapshot`]) framed as
-/// `snapshot | zeros | snapshot length (u64 BE) | SHA-256 of everything before`, where the
-/// zeros make the part before the hash a multiple of 512 bytes. [`unframe`](frame::unframe)
-/// checks the hash and returns the portable snapshot.
-pub mod frame {
-    use sha2::{Digest, Sha256};
-
-    /// The alignment etcdctl expects before the hash.
-    pub const ALIGN: u64 = 512;
-    /// Length of the trailing hash.
-    pub const HASH_LEN: usize = 32;
-
-    /// Bytes of padding (zeros, then the 8-byte length) after a snapshot of `len` bytes.
-    pub fn padding_len(len: u64) -> u64 {
-        (len + 8).div_ceil(ALIGN) * ALIGN - len
-    }
-
-    /// The padding after a snapshot of `len` bytes.
-    pub fn padding(len: u64) -> Vec<u8> {
-        let mut pad = vec![0u8; padding_len(len) as usize];
-        let n = pad.len();
-        pad[n - 8..].copy_from_slice(&len.to_be_bytes());
-        pad
-    }
-
-    /// Checks a framed snapshot and returns the portable snapshot inside; `None` when the
-    /// length, hash or padding is wrong.
-    pub fn unframe(data: &[u8]) -> Option<&[u8]> {
-        if data.len() < HASH_LEN + 8 || !((data.len() - HASH_LEN) as u64).is_multiple_of(ALIGN) {
-            return None;
-        }
-        let (body, hash) = data.split_at(data.len() - HASH_LEN);
-        if Sha256::digest(body).as_slice() != hash {
-            return None;
-        }
-        let mut len = [0u8; 8];
-        len.copy_from_slice(&body[body.len() - 8..]);
-        let len = usize::try_from(u64::from_be_bytes(len)).ok()?;
-        if len > body.len() - 8 || body[len..body.len() - 8].iter().any(|b| *b != 0) {
-            return None;
-        }
-        Some(&body[..len])
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn round_trip() {
-            for len in [0u64, 1, 100, 503, 504, 505, 512, 1000, 4096] {
-                let snap: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
-                let mut framed = snap.clone();
-                framed.extend(padding(len));
-                assert_eq!(framed.len() as u64 % ALIGN, 0);
-                let h = Sha256::digest(&framed);
-                framed.extend_from_slice(&h);
-                assert_eq!(framed.len() as u64 % ALIGN, HASH_LEN as u64);
-                assert_eq!(unframe(&framed), Some(snap.as_slice()));
-                let mut bad = framed.clone();
-                bad[0] ^= 1;
-                assert_eq!(unframe(&bad), None);
-            }
-        }
-    }
-}
+/// The framing of a snapshot stream (`snapshot | zeros | length | SHA-256`, so that etcdctl's
+/// `snapshot save` accepts it); it lives in `etcd_import`, whose `rusd snapshot restore` and
+/// `status` read such a file as well as a bare portable snapshot.
+pub use etcd_import::frame;
 
 fn stream_snapshot(state: &State, tx: &mpsc::Sender<Result<SnapshotResponse, Status>>) {
     use sha2::{Digest, Sha256};
