@@ -296,7 +296,10 @@ impl cluster_server::Cluster for ClusterService {
 /// A data directory written by a rusd without replication (a store, no raft log) is adopted
 /// by a one-member cluster: its content becomes the state the log starts from, and a snapshot
 /// is taken at once so that members added later start from that snapshot, not from an empty
-/// log. A multi-member `--initial-cluster` over such a directory is refused.
+/// log. A multi-member `--initial-cluster` over such a directory is refused. The adoption is
+/// recorded in the file [`ADOPT_MARKER`] of the data directory until its snapshot is taken
+/// and the log purged, so a member that crashes in between adopts again when it restarts
+/// (its raft log exists by then, which alone would make it skip the adoption).
 ///
 /// `auth` is the auth store opened on `backend`: the state machine applies the replicated
 /// auth commands to it.
@@ -406,9 +409,11 @@ pub async fn start_member(
         })?
     };
 
-    // A store written without replication?
+    // A store written without replication, or one whose adoption a crash interrupted?
+    let marker = cfg.data_dir.join(ADOPT_MARKER);
+    let pending = marker.exists();
     let log_dirs = [cfg.data_dir.join("raft-wal"), cfg.data_dir.join("raft-log")];
-    let adopt = {
+    let adopt = pending || {
         let b = backend.clone();
         let has_log = log_dirs.iter().any(|d| d.exists());
         tokio::task::spawn_blocking(move || -> Result<bool, ServerError> {
@@ -427,6 +432,9 @@ pub async fn start_member(
              cluster (no --initial-cluster), then add members with MemberAdd",
             cfg.data_dir.display()
         )));
+    }
+    if adopt && !pending {
+        create_durably(&marker)?;
     }
 
     // Peer TLS: every peer URL https (served and dialled over TLS) or none.
@@ -502,14 +510,63 @@ pub async fn start_member(
         "raft member started"
     );
     if adopt {
+        if std::env::var_os(EXIT_BEFORE_ADOPT).is_some() {
+            tracing::warn!("{EXIT_BEFORE_ADOPT} is set: exiting before the adoption snapshot");
+            std::process::exit(EXIT_BEFORE_ADOPT_CODE);
+        }
         // Before serving clients: a member added (MemberAdd) before the log is purged would
         // be sent the log from its first entry, which holds none of the adopted data, instead
         // of the snapshot.
         adopt_store(&raft).await.map_err(|e| {
             ServerError::Task(format!("adopting the store: {}", rusd_raft::error_line(&e)))
         })?;
+        remove_durably(&marker)?;
     }
     Ok(raft)
+}
+
+/// File in the data directory that exists while an adopted store has no snapshot yet (see
+/// [`start_member`]).
+pub const ADOPT_MARKER: &str = "adopting";
+
+/// Test hook: when this environment variable is set, a member that adopts a store exits with
+/// [`EXIT_BEFORE_ADOPT_CODE`] after its raft log exists and before the adoption snapshot (a
+/// crash at the worst moment, for `rusd-server/tests/cluster_restore.rs`).
+pub const EXIT_BEFORE_ADOPT: &str = "RUSD_TEST_EXIT_BEFORE_ADOPT";
+
+/// Exit status of a member stopped by [`EXIT_BEFORE_ADOPT`].
+pub const EXIT_BEFORE_ADOPT_CODE: i32 = 86;
+
+/// Creates `path` (empty) and makes it and its name durable.
+fn create_durably(path: &std::path::Path) -> Result<(), ServerError> {
+    let io = |source| ServerError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::File::create(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    sync_parent(path)
+}
+
+/// Removes `path` and makes the removal durable.
+fn remove_durably(path: &std::path::Path) -> Result<(), ServerError> {
+    std::fs::remove_file(path).map_err(|source| ServerError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    sync_parent(path)
+}
+
+/// `fsync` of the directory that holds `path`.
+fn sync_parent(path: &std::path::Path) -> Result<(), ServerError> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| ServerError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// Takes a snapshot of an adopted store and purges the log behind it (see [`start_member`]);

@@ -36,6 +36,15 @@ pub enum ServerError {
     /// A background task failed.
     #[error("background task: {0}")]
     Task(String),
+    /// A file of the data directory could not be written, synced or removed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The gRPC errors of etcd (`api/v3rpc/rpctypes`), with etcd's exact codes and messages.
