@@ -478,7 +478,7 @@ async fn crash_before_adopting() {
 
     let new_dir = tmp.path().join("new");
     let mut n1 = member(&new_dir, "n1", "sled", NEW_TOKEN);
-    let mut n2 = member(&new_dir, "n2", "sled", NEW_TOKEN);
+    let n2 = member(&new_dir, "n2", "sled", NEW_TOKEN);
     let restored = std::process::Command::new(RUSD)
         .args(["snapshot", "restore"])
         .arg(&backup)
