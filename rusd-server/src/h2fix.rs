@@ -1146,7 +1146,13 @@ mod tests {
             0x41, 0x8c, 0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff,
         ];
         let mut input = start();
-        for (id, b) in [(1u32, &b1[..]), (3, &huff[..]), (5, &b2), (7, &b3), (9, &b4)] {
+        for (id, b) in [
+            (1u32, &b1[..]),
+            (3, &huff[..]),
+            (5, &b2),
+            (7, &b3),
+            (9, &b4),
+        ] {
             input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, id, b));
         }
         for (chunk, read) in [(1, 1), (9, 50), (READ_CHUNK, 16 * 1024)] {
@@ -1260,10 +1266,15 @@ mod tests {
             0,
             reason::COMPRESSION_ERROR,
         );
-        // 4096 then `:method GET`: accepted, forwarded as the encoder's block for `:method GET`.
+        // 4096 then `:method GET`: accepted, forwarded as sent (nothing to repair).
         let r = run(&one_block(&[0x3F, 0xE1, 0x1F, 0x82]), 4, 4);
         let mut expect = start();
-        expect.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &[0x82]));
+        expect.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS,
+            1,
+            &[0x3F, 0xE1, 0x1F, 0x82],
+        ));
         assert_eq!(r.forwarded, expect);
         assert_eq!((r.written, r.violation), (vec![], None));
     }
