@@ -839,7 +839,7 @@ mod etcd_mode {
         cargo run --release -p bench-suite --features etcd -- versus-etcd \
         (the etcd-client crate needs protoc: apt-get install protobuf-compiler)";
 
-    pub fn load(_: &Cli, _: &[String], _: &LoadArgs, _: Option<u32>) -> Result<(), String> {
+    pub fn load(_: &Cli, _: &[String], _: &LoadArgs, _: &[u32]) -> Result<(), String> {
         Err(NEEDS_FEATURE.into())
     }
 
