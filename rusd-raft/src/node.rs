@@ -19,7 +19,10 @@
 //! rather than a leader lease: a lease read is only safe with bounded clock drift and pauses
 //! (a paused leader that resumes after its lease ran out would serve stale reads), and these
 //! processes can be stopped with SIGSTOP; ReadIndex costs one heartbeat round per read batch
-//! and depends on no clock.
+//! and depends on no clock. Concurrent reads share rounds (`ReadRounds`, as etcd batches its
+//! ReadIndex requests): one round runs at a time per member, the reads that arrive meanwhile
+//! wait for the next one; a follower forwards one request per round, and the leader serves
+//! forwarded and local reads with shared rounds of its own.
 //!
 //! # Leadership
 //! A member that becomes leader (or restarts as the lone voter, whose leadership openraft
