@@ -136,9 +136,10 @@ enum Cmd {
         endpoints: Vec<String>,
         #[command(flatten)]
         load: LoadArgs,
-        /// The server's pid, to report its peak RSS (`VmHWM` of /proc/PID/status).
-        #[arg(long)]
-        pid: Option<u32>,
+        /// The server's pid, to report its CPU time per operation and peak RSS (`VmHWM` of
+        /// /proc/PID/status); comma-separated pids (every member of a cluster): summed.
+        #[arg(long, value_delimiter = ',')]
+        pid: Vec<u32>,
     },
     /// Start a real etcd (when `etcd` is on PATH) and `rusd` on each engine, one at a time on
     /// loopback with a fresh data directory, run the same load against each and print them
@@ -453,7 +454,7 @@ fn main() -> ExitCode {
             endpoints,
             load,
             pid,
-        }) => etcd_mode::load(&cli, endpoints, load, *pid),
+        }) => etcd_mode::load(&cli, endpoints, load, pid),
         Some(Cmd::VersusEtcd { load }) => etcd_mode::versus_etcd(&cli, load),
         None => compare(&cli),
     };
@@ -546,7 +547,7 @@ mod etcd_mode {
         cli: &Cli,
         endpoints: &[String],
         args: &LoadArgs,
-        pid: Option<u32>,
+        pids: &[u32],
     ) -> Result<(), String> {
         let configs = configs(cli, args)?;
         let rt = runtime()?;
@@ -558,7 +559,7 @@ mod etcd_mode {
                 "load: {label}, {} clients, {} ops",
                 config.clients, config.ops
             );
-            let run = rt.block_on(load::run(endpoints, &label, None, pid, config))?;
+            let run = rt.block_on(load::run_with(endpoints, &label, None, pids, config, None))?;
             progress(&run);
             runs.push(run);
         }
@@ -566,8 +567,8 @@ mod etcd_mode {
             "{} puts of 8-byte keys with {}-byte values, then as many single-key ranges{}.\n\n{}",
             runs.first().map_or(0, |r| r.put.ops),
             args.value_size,
-            if pid.is_some() {
-                "; peak RSS: the server's VmHWM since it started"
+            if !pids.is_empty() {
+                "; peak RSS: the server's VmHWM since it started (summed over the pids)"
             } else {
                 ""
             },
@@ -838,7 +839,7 @@ mod etcd_mode {
         cargo run --release -p bench-suite --features etcd -- versus-etcd \
         (the etcd-client crate needs protoc: apt-get install protobuf-compiler)";
 
-    pub fn load(_: &Cli, _: &[String], _: &LoadArgs, _: Option<u32>) -> Result<(), String> {
+    pub fn load(_: &Cli, _: &[String], _: &LoadArgs, _: &[u32]) -> Result<(), String> {
         Err(NEEDS_FEATURE.into())
     }
 

@@ -19,7 +19,10 @@
 //! rather than a leader lease: a lease read is only safe with bounded clock drift and pauses
 //! (a paused leader that resumes after its lease ran out would serve stale reads), and these
 //! processes can be stopped with SIGSTOP; ReadIndex costs one heartbeat round per read batch
-//! and depends on no clock.
+//! and depends on no clock. Concurrent reads share rounds (`ReadRounds`, as etcd batches its
+//! ReadIndex requests): one round runs at a time per member, the reads that arrive meanwhile
+//! wait for the next one; a follower forwards one request per round, and the leader serves
+//! forwarded and local reads with shared rounds of its own.
 //!
 //! # Leadership
 //! A member that becomes leader (or restarts as the lone voter, whose leadership openraft
@@ -478,8 +481,94 @@ async fn propose_batch(raft: &Raft, batch: Vec<Proposal>, timeout: Duration) {
     }
 }
 
+/// Which read-index rounds: a member's linearizable reads ([`RaftNode::linearizable_barrier`],
+/// a read index from wherever the leader is) or the leader's own read-index check (its local
+/// reads' rounds and the read indexes followers forward to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadKind {
+    Barrier,
+    Leader,
+}
+
+/// What a read-index round answers: the read index (`None`: nothing committed yet), or
+/// `Ok(None)` from a leader round on a member that is not the leader.
+type RoundResult = Result<Option<Option<u64>>, WireError>;
+
+/// Read-index rounds of one [`ReadKind`], batched as etcd batches its ReadIndex requests: one
+/// round runs at a time, and every read that arrives meanwhile shares the next one. A round
+/// that starts after a read arrived confirms the leadership and takes the commit index after
+/// that read arrived, so its index serves the read exactly as a round of its own would: the
+/// reads stay linearizable, at one quorum round (or one forwarded request) per batch instead
+/// of one per read.
+#[derive(Default)]
+struct ReadRounds {
+    queue: parking_lot::Mutex<RoundQueue>,
+}
+
+impl ReadRounds {
+    /// A read joins: `None` when no round runs (the caller runs the next one, and the rounds
+    /// are marked running), else the receiver of the next round's result.
+    fn join(&self) -> Option<oneshot::Receiver<RoundResult>> {
+        let mut q = self.queue.lock();
+        if q.running {
+            let (tx, rx) = oneshot::channel();
+            q.waiting.push(tx);
+            Some(rx)
+        } else {
+            q.running = true;
+            None
+        }
+    }
+
+    /// A round ended: the reads that joined meanwhile, for the next round, or `None` when no
+    /// read waits (the rounds stop; the next read runs one itself).
+    fn next(&self) -> Option<Vec<oneshot::Sender<RoundResult>>> {
+        let mut q = self.queue.lock();
+        if q.waiting.is_empty() {
+            q.running = false;
+            None
+        } else {
+            Some(std::mem::take(&mut q.waiting))
+        }
+    }
+
+    /// Stops the rounds; the reads still waiting see `Stopped`.
+    fn stop(&self) {
+        let mut q = self.queue.lock();
+        q.running = false;
+        q.waiting.clear();
+    }
+}
+
+#[derive(Default)]
+struct RoundQueue {
+    /// A round is running (or about to).
+    running: bool,
+    /// The reads waiting for the next round.
+    waiting: Vec<oneshot::Sender<RoundResult>>,
+}
+
+/// Whose turn it is to run rounds; on drop (the rounds' end, or a cancelled caller) the
+/// reads still waiting are handed to a task of their own, so no cancellation strands them.
+struct RoundTurn<'a, B: Backend> {
+    core: &'a Core<B>,
+    kind: ReadKind,
+}
+
+impl<B: Backend> Drop for RoundTurn<'_, B> {
+    fn drop(&mut self) {
+        self.core.hand_on_rounds(self.kind);
+    }
+}
+
 /// The part of a member shared with its peer service and background tasks.
 struct Core<B: Backend> {
+    /// This core, for the tasks that run read rounds on their own.
+    me: std::sync::Weak<Core<B>>,
+    /// Batched linearizable reads of this member.
+    barrier_rounds: ReadRounds,
+    /// Batched read-index checks of this member as the leader.
+    leader_rounds: ReadRounds,
     id: NodeId,
     cluster_id: u64,
     raft: Raft,
@@ -610,28 +699,12 @@ impl<B: Backend> Core<B> {
                 .propose(cmd.clone(), deadline)
                 .await?
                 .map(ForwardReply::Write)),
-            ForwardRequest::ReadIndex => loop {
-                self.transfer_done(deadline).await?;
-                match tokio::time::timeout_at(deadline, self.raft.get_read_log_id()).await {
-                    Err(_) => return Err(RaftError::Timeout),
-                    Ok(Ok((read, _))) => {
-                        return Ok(Some(ForwardReply::ReadIndex(read.map(|l| l.index))))
-                    }
-                    Ok(Err(e)) if e.forward_to_leader().is_some() => return Ok(None),
-                    // openraft gives the heartbeats of one leadership check a single
-                    // heartbeat interval: a slow or reconnecting peer fails the check at
-                    // once. Retry until the deadline, as etcd's ReadIndex does; a leader
-                    // cut off from its quorum then answers "request timed out".
-                    Ok(Err(openraft::error::RaftError::APIError(
-                        openraft::error::CheckIsLeaderError::QuorumNotEnough(_),
-                    ))) => {
-                        if Instant::now() + RETRY_PAUSE >= deadline {
-                            return Err(RaftError::Timeout);
-                        }
-                        tokio::time::sleep(RETRY_PAUSE).await;
-                    }
-                    Ok(Err(e)) => return Err(raft_err(e)),
-                }
+            ForwardRequest::ReadIndex => match self
+                .read_round(ReadKind::Leader, self.run_leader_round())
+                .await?
+            {
+                Some(index) => Ok(Some(ForwardReply::ReadIndex(index))),
+                None => Ok(None),
             },
             ForwardRequest::KeepAlive(id) => {
                 if !self.is_leader() {
@@ -760,6 +833,106 @@ impl<B: Backend> Core<B> {
             }
         }
         Ok(())
+    }
+
+    /// A barrier round: a read index from the leader, wherever it is.
+    async fn run_barrier_round(&self) -> RaftResult<Option<Option<u64>>> {
+        match self.on_leader(ForwardRequest::ReadIndex).await? {
+            ForwardReply::ReadIndex(index) => Ok(Some(index)),
+            other => Err(RaftError::Raft(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// A leader round: the read index, or `Ok(None)` when this member is not the leader.
+    async fn run_leader_round(&self) -> RaftResult<Option<Option<u64>>> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            self.transfer_done(deadline).await?;
+            match tokio::time::timeout_at(deadline, self.raft.get_read_log_id()).await {
+                Err(_) => return Err(RaftError::Timeout),
+                Ok(Ok((read, _))) => return Ok(Some(read.map(|l| l.index))),
+                Ok(Err(e)) if e.forward_to_leader().is_some() => return Ok(None),
+                // openraft gives the heartbeats of one leadership check a single
+                // heartbeat interval: a slow or reconnecting peer fails the check at
+                // once. Retry until the deadline, as etcd's ReadIndex does; a leader
+                // cut off from its quorum then answers "request timed out".
+                Ok(Err(openraft::error::RaftError::APIError(
+                    openraft::error::CheckIsLeaderError::QuorumNotEnough(_),
+                ))) => {
+                    if Instant::now() + RETRY_PAUSE >= deadline {
+                        return Err(RaftError::Timeout);
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Ok(Err(e)) => return Err(raft_err(e)),
+            }
+        }
+    }
+
+    fn rounds(&self, kind: ReadKind) -> &ReadRounds {
+        match kind {
+            ReadKind::Barrier => &self.barrier_rounds,
+            ReadKind::Leader => &self.leader_rounds,
+        }
+    }
+
+    /// A read index from a round of `kind` that starts after this call: run by this caller
+    /// when none is running, else shared with every read that waits for the next one.
+    /// `round` is this kind's round ([`Core::run_barrier_round`] or
+    /// [`Core::run_leader_round`]), run only when this caller runs it.
+    async fn read_round(
+        &self,
+        kind: ReadKind,
+        round: impl std::future::Future<Output = RaftResult<Option<Option<u64>>>>,
+    ) -> RaftResult<Option<Option<u64>>> {
+        let rx = self.rounds(kind).join();
+        match rx {
+            Some(rx) => match rx.await {
+                Ok(result) => result.map_err(RaftError::from),
+                Err(_) => Err(RaftError::Stopped),
+            },
+            None => {
+                let _turn = RoundTurn { core: self, kind };
+                round.await
+            }
+        }
+    }
+
+    /// Ends a turn of `kind`: the reads that joined meanwhile get rounds of their own in a
+    /// task, or the rounds stop.
+    fn hand_on_rounds(&self, kind: ReadKind) {
+        let Some(waiting) = self.rounds(kind).next() else {
+            return;
+        };
+        let (Some(core), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            // The member is going away: the waiting reads see `Stopped`.
+            drop(waiting);
+            self.rounds(kind).stop();
+            return;
+        };
+        runtime.spawn(async move {
+            let turn = RoundTurn { core: &core, kind };
+            let mut waiting = waiting;
+            loop {
+                let result = match kind {
+                    ReadKind::Barrier => core.run_barrier_round().await,
+                    ReadKind::Leader => core.run_leader_round().await,
+                };
+                let result = result.map_err(|e| e.to_wire());
+                for w in waiting.drain(..) {
+                    let _ = w.send(result.clone());
+                }
+                match core.rounds(kind).next() {
+                    Some(next) => waiting = next,
+                    None => {
+                        // The rounds stopped: nothing to hand on.
+                        std::mem::forget(turn);
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Waits (until `deadline`) while a leader transfer is under way.
@@ -1031,7 +1204,10 @@ impl<B: Backend> RaftNode<B> {
             timeout: request_timeout,
             queue: parking_lot::Mutex::new(Queue::default()),
         });
-        let core = Arc::new(Core {
+        let core = Arc::new_cyclic(|me| Core {
+            me: me.clone(),
+            barrier_rounds: ReadRounds::default(),
+            leader_rounds: ReadRounds::default(),
             id,
             cluster_id,
             raft: raft.clone(),
@@ -1192,10 +1368,11 @@ impl<B: Backend> RaftNode<B> {
     /// [module docs](self#linearizable-reads-readindex)).
     pub async fn linearizable_barrier(&self) -> RaftResult<()> {
         let deadline = Instant::now() + self.core.request_timeout;
-        let index = match self.core.on_leader(ForwardRequest::ReadIndex).await? {
-            ForwardReply::ReadIndex(index) => index,
-            other => return Err(RaftError::Raft(format!("unexpected reply {other:?}"))),
-        };
+        let index = self
+            .core
+            .read_round(ReadKind::Barrier, self.core.run_barrier_round())
+            .await?
+            .flatten();
         let Some(index) = index else {
             return Ok(());
         };
@@ -1540,6 +1717,44 @@ mod tests {
     use super::*;
     use mvcc_core::ManualClock;
     use storage_api::MemoryBackend;
+
+    #[test]
+    fn read_rounds_share_the_next_round_among_the_reads_that_joined_meanwhile() {
+        let rounds = ReadRounds::default();
+        // The first read runs a round itself.
+        assert!(rounds.join().is_none());
+        // Two reads arrive while it runs: they wait for the next round.
+        let mut a = rounds.join().expect("a round is running");
+        let mut b = rounds.join().expect("a round is running");
+        // The round ends: both get the next round, which is still running.
+        let next = rounds.next().expect("two reads wait");
+        assert_eq!(next.len(), 2);
+        // A read arriving during that second round waits for a third.
+        let mut c = rounds.join().expect("the second round is running");
+        for tx in next {
+            tx.send(Ok(Some(Some(7)))).unwrap();
+        }
+        assert_eq!(a.try_recv().unwrap(), Ok(Some(Some(7))));
+        assert_eq!(b.try_recv().unwrap(), Ok(Some(Some(7))));
+        assert!(c.try_recv().is_err(), "c waits for the third round");
+        let third = rounds.next().expect("c waits");
+        assert_eq!(third.len(), 1);
+        for tx in third {
+            tx.send(Err(WireError::Timeout)).unwrap();
+        }
+        assert_eq!(c.try_recv().unwrap(), Err(WireError::Timeout));
+        // Nobody waits: the rounds stop, and the next read runs one itself.
+        assert!(rounds.next().is_none());
+        assert!(rounds.join().is_none());
+        // Stopping drops the waiting reads' senders: they see the channel closed.
+        let mut d = rounds.join().expect("a round is running");
+        rounds.stop();
+        assert!(matches!(
+            d.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+        assert!(rounds.join().is_none());
+    }
 
     #[test]
     fn due_checkpoints_are_the_long_leases_whose_remaining_ttl_moved() {

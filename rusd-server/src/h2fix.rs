@@ -6,11 +6,16 @@
 //! gRPC's passthrough resolver with the endpoint as given, so with `--endpoints=http://host:port`
 //! it sends `:authority: http://host:port`. grpc-go servers accept that; the `h2` crate behind
 //! tonic resets such streams with `PROTOCOL_ERROR`. [`AuthorityFix`] parses the client's frames,
-//! decodes every header block (HPACK, with the client's dynamic table), replaces an authority
-//! `scheme://rest` by `rest`, and re-encodes the block with its own HPACK encoder, whose dynamic
-//! table is the one h2's decoder mirrors (h2 only ever sees blocks from that encoder). Every other
-//! frame is passed through byte for byte. A connection that does not start with the HTTP/2 client
-//! preface is passed through untouched.
+//! decodes every header block (HPACK, with the client's dynamic table) and checks its
+//! authority. Blocks pass to h2 as the client sent them (h2's decoder then follows the client's
+//! table, as ours does) until the first one whose authority is `scheme://rest`: from that block
+//! on, every block is re-encoded with the filter's own HPACK encoder, the authority replaced by
+//! `rest`; the first re-encoded block starts with two table size updates (to 0, then back to
+//! 4096) that empty h2's table, so that from there h2's decoder mirrors the filter's encoder.
+//! A client that never sends such an authority (every gRPC client but etcdctl's few commands)
+//! costs the decoding only, not a re-encoding. Every other frame is passed through byte for
+//! byte. A connection that does not start with the HTTP/2 client preface is passed through
+//! untouched.
 //!
 //! # HPACK implementation
 //!
@@ -216,6 +221,9 @@ pub struct AuthorityFix<S> {
     /// Built once per connection (see [`unhuffman`]).
     huffman: loona_hpack::huffman::HuffmanDecoder,
     encoder: loona_hpack::Encoder<'static>,
+    /// Header blocks go to h2 re-encoded by `encoder` (from the first block that needed a
+    /// repair on); before, they pass as the client sent them.
+    reencode: bool,
     eof: bool,
     last_stream: u32,
     violation: Option<Violation>,
@@ -249,6 +257,7 @@ impl<S> AuthorityFix<S> {
             decoder,
             huffman: loona_hpack::huffman::HuffmanDecoder::new(),
             encoder: loona_hpack::Encoder::new(),
+            reencode: false,
             eof: false,
             last_stream: 0,
             violation: None,
@@ -421,9 +430,12 @@ impl<S> AuthorityFix<S> {
         };
         check_block(&p.block)?;
         let plain = unhuffman(&p.block, &mut self.huffman)?;
-        let mut headers: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        // The decoded list: names and values one after the other in `text`, with their ends.
+        let mut text: Vec<u8> = Vec::new();
+        let mut fields: Vec<(usize, usize)> = Vec::new();
         let mut list = 0usize;
         let mut over = false;
+        let mut repair = false;
         self.decoder
             .decode_with_cb(
                 plain.as_deref().unwrap_or(&p.block),
@@ -434,11 +446,16 @@ impl<S> AuthorityFix<S> {
                     let size = name.len() + value.len() + 32;
                     if list + size > MAX_HEADER_LIST {
                         over = true;
-                        headers = Vec::new();
                         return;
                     }
                     list += size;
-                    headers.push((name.into_owned(), value.into_owned()));
+                    if &*name == b":authority" && authority_host(&value).is_some() {
+                        repair = true;
+                    }
+                    text.extend_from_slice(&name);
+                    let name_end = text.len();
+                    text.extend_from_slice(&value);
+                    fields.push((name_end, text.len()));
                 },
             )
             .map_err(|_| violation(reason::COMPRESSION_ERROR, "bad header block"))?;
@@ -448,25 +465,33 @@ impl<S> AuthorityFix<S> {
                 "decoded header list over 64 KiB",
             ));
         }
-        for (name, value) in headers.iter_mut() {
-            if name.as_slice() == b":authority" {
-                if let Some(i) = value.windows(3).position(|w| w == b"://") {
-                    value.drain(..i + 3);
-                    while value.last() == Some(&b'/') {
-                        value.pop();
-                    }
-                }
-            }
-        }
-        let mut block = Vec::with_capacity(list);
-        self.encoder
-            .encode_into(
-                headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
-                &mut block,
-            )
-            .map_err(|_| violation(reason::INTERNAL_ERROR, "header block encoding failed"))?;
-        drop(headers);
         self.last_stream = self.last_stream.max(p.stream_id);
+        let block = if self.reencode || repair {
+            let mut block = Vec::with_capacity(list + 4);
+            if !self.reencode {
+                // h2's table holds what the client's blocks put there; this encoder's is
+                // empty: empty h2's too (size 0), then give it the full size back.
+                block.extend_from_slice(&TABLE_RESET);
+                self.reencode = true;
+            }
+            let mut start = 0;
+            let headers = fields.iter().map(|&(name_end, end)| {
+                let name = text.get(start..name_end).unwrap_or_default();
+                let mut value = text.get(name_end..end).unwrap_or_default();
+                start = end;
+                if name == b":authority" {
+                    value = authority_host(value).unwrap_or(value);
+                }
+                (name, value)
+            });
+            self.encoder
+                .encode_into(headers, &mut block)
+                .map_err(|_| violation(reason::INTERNAL_ERROR, "header block encoding failed"))?;
+            block
+        } else {
+            // Nothing to repair and h2's table is the client's: the block as the client sent it.
+            p.block
+        };
         let mut chunks = block.chunks(MAX_FRAME).peekable();
         let mut first = true;
         loop {
@@ -520,6 +545,21 @@ impl<S: AsyncWrite + Unpin> AuthorityFix<S> {
             Poll::Ready(Ok(()))
         }
     }
+}
+
+/// Two dynamic table size updates (RFC 7541 6.3) that start the first re-encoded block: to 0,
+/// which empties h2's table, then back to [`MAX_TABLE_SIZE`] (4096: `0x3f 0xe1 0x1f`).
+const TABLE_RESET: [u8; 4] = [0x20, 0x3f, 0xe1, 0x1f];
+
+/// The `rest` of an authority `scheme://rest` (trailing `/` removed), `None` when it has no
+/// scheme.
+fn authority_host(value: &[u8]) -> Option<&[u8]> {
+    let i = value.windows(3).position(|w| w == b"://")?;
+    let mut host = value.get(i + 3..)?;
+    while let Some(h) = host.strip_suffix(b"/") {
+        host = h;
+    }
+    Some(host)
 }
 
 /// The bytes of the frame `raw[start..end]`, header included.
@@ -1081,10 +1121,70 @@ mod tests {
                     (b":path".to_vec(), b"/etcdserverpb.KV/Range".to_vec())
                 );
             }
-            // The blocks are exactly what the HPACK encoder gives for the repaired requests.
+            // The blocks are exactly what the HPACK encoder gives for the repaired requests,
+            // the first one after the table reset.
             let mut e = loona_hpack::Encoder::new();
-            assert_eq!(frames[1].3, request_block(&mut e, b"127.0.0.1:2379"));
+            let mut first = TABLE_RESET.to_vec();
+            first.extend(request_block(&mut e, b"127.0.0.1:2379"));
+            assert_eq!(frames[1].3, first);
             assert_eq!(frames[3].3, request_block(&mut e, b"127.0.0.1:2379"));
+        }
+    }
+
+    #[test]
+    fn blocks_pass_verbatim_until_one_needs_a_repair() {
+        // The client's encoder fills its dynamic table with the first requests (Huffman-coded
+        // strings included); the third request's authority has a scheme and references
+        // nothing new, the fourth references the table again.
+        let mut enc = loona_hpack::Encoder::new();
+        let b1 = request_block(&mut enc, b"127.0.0.1:2379");
+        let b2 = request_block(&mut enc, b"127.0.0.1:2379");
+        let b3 = request_block(&mut enc, b"http://127.0.0.1:2379/");
+        let b4 = request_block(&mut enc, b"127.0.0.1:2379");
+        // A Huffman-coded literal (RFC 7541 C.4.1: `www.example.com`) as the authority.
+        let huff = [
+            0x41, 0x8c, 0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff,
+        ];
+        let mut input = start();
+        for (id, b) in [
+            (1u32, &b1[..]),
+            (3, &huff[..]),
+            (5, &b2),
+            (7, &b3),
+            (9, &b4),
+        ] {
+            input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, id, b));
+        }
+        for (chunk, read) in [(1, 1), (9, 50), (READ_CHUNK, 16 * 1024)] {
+            let r = run(&input, chunk, read);
+            assert_eq!(r.violation, None);
+            let frames = decode_frames(&r.forwarded[PREFACE.len()..]);
+            assert_eq!(frames.len(), 6);
+            // Before the repair: the client's own bytes.
+            assert_eq!(frames[1].3, b1);
+            assert_eq!(frames[2].3, huff);
+            assert_eq!(frames[3].3, b2);
+            // The repair starts with the table reset, then this filter's encoding.
+            let mut e = loona_hpack::Encoder::new();
+            let mut repaired = TABLE_RESET.to_vec();
+            repaired.extend(request_block(&mut e, b"127.0.0.1:2379"));
+            assert_eq!(frames[4].3, repaired);
+            assert_eq!(frames[5].3, request_block(&mut e, b"127.0.0.1:2379"));
+            // h2's view: one decoder over the forwarded blocks sees every request with the
+            // repaired authority, and the Huffman-coded one as sent.
+            let mut dec = loona_hpack::Decoder::new();
+            for (i, frame) in frames.iter().enumerate().skip(1) {
+                let h = dec.decode(&frame.3).unwrap();
+                if i == 2 {
+                    assert_eq!(
+                        h,
+                        vec![(b":authority".to_vec(), b"www.example.com".to_vec())]
+                    );
+                } else {
+                    assert_eq!(h.len(), 5, "block {i}");
+                    assert_eq!(h[3], (b":authority".to_vec(), b"127.0.0.1:2379".to_vec()));
+                }
+            }
         }
     }
 
@@ -1166,10 +1266,15 @@ mod tests {
             0,
             reason::COMPRESSION_ERROR,
         );
-        // 4096 then `:method GET`: accepted, forwarded as the encoder's block for `:method GET`.
+        // 4096 then `:method GET`: accepted, forwarded as sent (nothing to repair).
         let r = run(&one_block(&[0x3F, 0xE1, 0x1F, 0x82]), 4, 4);
         let mut expect = start();
-        expect.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &[0x82]));
+        expect.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS,
+            1,
+            &[0x3F, 0xE1, 0x1F, 0x82],
+        ));
         assert_eq!(r.forwarded, expect);
         assert_eq!((r.written, r.violation), (vec![], None));
     }
