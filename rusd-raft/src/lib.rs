@@ -7,8 +7,9 @@
 //!   replicated [`Command`]s (mvcc-core's own request types, rusd-auth's `AuthCommand`s and
 //!   simple-token logins) and their responses;
 //! * [`file_log`]: the raft log, rusd's write-ahead log: one append-only file, one `write`
-//!   and one `fdatasync` per append (group fsync), the unpurged entries in memory (etcd's
-//!   design); [`log_store`] is the alternative on a dedicated storage-api engine instance
+//!   and one `fdatasync` per append (group fsync); entries are read back from the file, with
+//!   only an index (12 bytes per entry) and a byte-bounded cache of the newest entries in
+//!   memory (not etcd's all-in-memory `MemoryStorage`); [`log_store`] is the alternative on a dedicated storage-api engine instance
 //!   (one write batch and one engine flush per append), slower because of the engine's flush;
 //!   why not `raft-engine` is explained there;
 //! * [`state_machine`]: the store applying committed entries in buffered mode, with the last
