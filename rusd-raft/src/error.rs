@@ -17,6 +17,10 @@ pub enum RaftError {
     /// A learner cannot be promoted before it caught up with the leader.
     #[error("learner {0:x} is not in sync with the leader")]
     LearnerNotReady(NodeId),
+    /// Another membership change is still being committed; [`crate::node::RaftNode`]
+    /// retries the change until its deadline, so callers see this only in logs.
+    #[error("a membership change is in progress")]
+    MembershipInProgress,
     /// No leader is known (an election is running, or this member lost its quorum).
     #[error("no leader")]
     NoLeader,

@@ -771,9 +771,28 @@ impl<B: Backend> Core<B> {
     }
 
     /// Applies a membership change on this member (the leader). `Err(None)`: not the leader.
+    /// A change that arrives while another one is still being committed (openraft changes
+    /// membership through a joint configuration; a new member's promotion is one such change)
+    /// waits for it and is retried, so back-to-back MemberAdds succeed as in etcd; the
+    /// caller's deadline bounds the wait.
     async fn change(&self, change: MembershipChange) -> Result<(), Option<RaftError>> {
+        loop {
+            match self.change_once(change.clone()).await {
+                Err(Some(RaftError::MembershipInProgress)) => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt of [`Core::change`].
+    async fn change_once(&self, change: MembershipChange) -> Result<(), Option<RaftError>> {
         let map = |e: OpenraftError<NodeId, ClientWriteError<NodeId, Member>>| match e {
             OpenraftError::APIError(ClientWriteError::ForwardToLeader(_)) => None,
+            OpenraftError::APIError(ClientWriteError::ChangeMembershipError(
+                openraft::error::ChangeMembershipError::InProgress(_),
+            )) => Some(RaftError::MembershipInProgress),
             other => Some(raft_err(other)),
         };
         match change {
@@ -793,7 +812,11 @@ impl<B: Backend> Core<B> {
                 tokio::spawn(promote_when_caught_up(self.raft.clone(), id));
             }
             MembershipChange::Promote { id } => {
-                if !caught_up(&self.raft, id) {
+                if !caught_up_soon(&self.raft, id).await {
+                    // While a change is being committed, wait for it.
+                    if membership_in_progress(&self.raft) {
+                        return Err(Some(RaftError::MembershipInProgress));
+                    }
                     return Err(Some(RaftError::LearnerNotReady(id)));
                 }
                 self.raft
@@ -1565,6 +1588,33 @@ const PROMOTION_WINDOW: Duration = Duration::from_secs(600);
 /// True when learner `id` is in sync with this member, the leader: its replicated index is
 /// within a tenth of the log (at least 10 entries) of the leader's last entry, as etcd's
 /// "learner ready" check.
+/// [`caught_up`], allowing [`PROGRESS_GRACE`] for the leader to learn the learner's
+/// progress: after every membership change the leader rebuilds its replication streams, and
+/// a learner's progress is unknown until its stream's first answer.
+async fn caught_up_soon(raft: &Raft, id: NodeId) -> bool {
+    let deadline = Instant::now() + PROGRESS_GRACE;
+    loop {
+        if caught_up(raft, id) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// See [`caught_up_soon`].
+const PROGRESS_GRACE: Duration = Duration::from_secs(1);
+
+/// True while the newest membership (joint or not) is not applied yet, i.e. not committed.
+fn membership_in_progress(raft: &Raft) -> bool {
+    let m = raft.metrics();
+    let m = m.borrow();
+    let config = m.membership_config.log_id().map(|l| l.index);
+    config > m.last_applied.map(|l| l.index)
+}
+
 fn caught_up(raft: &Raft, id: NodeId) -> bool {
     let m = raft.metrics();
     let m = m.borrow();
