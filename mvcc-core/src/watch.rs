@@ -43,6 +43,13 @@ pub const DEFAULT_WATCHER_CAPACITY: usize = 1024;
 /// one revision with more events is read whole).
 pub const CATCH_UP_ROWS: usize = 1000;
 
+/// Rows one catch-up read takes at least (a watcher of a narrow range skips most rows).
+/// Between this and [`CATCH_UP_ROWS`], a read takes one row more than the queue has free
+/// slots, so that what it reads fits; a catch-up stops once the queue is full: a read larger than the room would be thrown away and read
+/// again, once per response the consumer takes (a 1000-fold read amplification for a client
+/// that reads its history response by response).
+pub const MIN_CATCH_UP_ROWS: usize = 64;
+
 /// What a change did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -133,6 +140,18 @@ pub(crate) struct Sink {
     progress_pending: Mutex<bool>,
     /// One catch-up at a time per stream.
     catching_up: Mutex<()>,
+    /// Events read from storage by this stream's catch-ups ([`WatchStream::history_events_read`]).
+    events_read: std::sync::atomic::AtomicU64,
+}
+
+impl Sink {
+    /// Free slots of the queue.
+    fn room(&self) -> usize {
+        self.tx
+            .capacity()
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.tx.len())
+    }
 }
 
 #[derive(Debug)]
@@ -416,7 +435,17 @@ fn catch_up_one(hub: &WatchHub, src: &dyn HistorySource, sink: &Sink, id: i64) -
             }
             continue;
         }
-        let (chunk, after) = match src.chunk(&range, next, target, CATCH_UP_ROWS) {
+        let room = sink.room();
+        if room == 0 {
+            return Ok(());
+        }
+        // One row more than the room: the last revision read is left for the next read when
+        // the read is full (it may continue), so `room` single-event revisions fill the queue
+        // exactly and nothing read is thrown away.
+        let rows = room
+            .saturating_add(1)
+            .clamp(MIN_CATCH_UP_ROWS, CATCH_UP_ROWS);
+        let (chunk, after) = match src.chunk(&range, next, target, rows) {
             Ok(c) => c,
             // Compacted under the read: the check above cancels the watcher.
             Err(MvccError::Compacted) => continue,
@@ -425,6 +454,9 @@ fn catch_up_one(hub: &WatchHub, src: &dyn HistorySource, sink: &Sink, id: i64) -
         if next < src.compact() {
             continue;
         }
+        let read: usize = chunk.iter().map(|(_, evs)| evs.len()).sum();
+        sink.events_read
+            .fetch_add(read as u64, std::sync::atomic::Ordering::Relaxed);
         let mut reached = after;
         let mut stop = false;
         for (rev, events) in chunk {
@@ -557,11 +589,23 @@ impl WatchStream {
         self.rx.len()
     }
 
-    /// True when an unsynced watcher waits for [`catch_up`](Self::catch_up) and the queue has
-    /// room for it (or a progress notification waits for it).
+    /// True when an unsynced watcher waits for [`catch_up`](Self::catch_up) and at least half
+    /// the queue is free (so that each catch-up moves a batch of responses, not one), or when a
+    /// progress notification waits and the queue has room for it.
     pub fn needs_catch_up(&self) -> bool {
-        (!self.sink.unsynced.lock().is_empty() || *self.sink.progress_pending.lock())
-            && !self.sink.tx.is_full()
+        let room = self.sink.room();
+        let low_water = (self.capacity / 2).max(1);
+        (room >= low_water && !self.sink.unsynced.lock().is_empty())
+            || (room > 0 && *self.sink.progress_pending.lock())
+    }
+
+    /// Events this stream's catch-ups have read from storage so far, counting those read but
+    /// not yet queued (they are read again): with a consumer that takes one response at a
+    /// time, about one read per event delivered.
+    pub fn history_events_read(&self) -> u64 {
+        self.sink
+            .events_read
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reads stored history for the unsynced watchers into the queue while it has room
@@ -788,6 +832,7 @@ impl<B: Backend> MvccStore<B> {
                 unsynced: Mutex::new(BTreeSet::new()),
                 progress_pending: Mutex::new(false),
                 catching_up: Mutex::new(()),
+                events_read: std::sync::atomic::AtomicU64::new(0),
             }),
             rx,
             hub: self.hub.clone(),
