@@ -542,7 +542,7 @@ impl TreeIndex {
     }
 
     /// An empty index that keeps the current rows handed to it by writes (see the type docs),
-    /// up to `bytes` of them (each charged its length plus [`CURRENT_ROW_OVERHEAD`]; 0 = none).
+    /// up to `bytes` of them (each charged its length plus `CURRENT_ROW_OVERHEAD`; 0 = none).
     pub fn with_row_budget(bytes: usize) -> Self {
         TreeIndex {
             row_capacity: bytes,

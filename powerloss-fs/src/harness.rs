@@ -1,5 +1,5 @@
 //! Plumbing shared by the power-loss tests that run a store in a child process on a
-//! [`Mount`](crate::Mount) (`mvcc-core/tests/power_loss.rs`, `rusd-raft/tests/power_loss.rs`):
+//! [`Mount`] (`mvcc-core/tests/power_loss.rs`, `rusd-raft/tests/power_loss.rs`):
 //! the cut count and seed from the environment, the FUSE availability check, the child's
 //! output reader, the freeze before a cut, the model of acknowledged writes ([`Acked`]) and
 //! the cut-and-restart loop ([`power_cycles`] over a [`PowerLossDriver`]: the test says how to
