@@ -70,8 +70,11 @@
 //!   store its revision (the next write gets the one after) and its compaction, and leases
 //!   stay with their keys; a lease's remaining TTL starts again from its full TTL (or its last
 //!   checkpointed remaining TTL) when the new cluster elects its leader. Member ids derive
-//!   from the new peer URLs and token. `rusd-server/tests/cluster_restore.rs` runs this with
-//!   three processes.
+//!   from the new peer URLs and token. A crash of `m1` before its adoption snapshot is
+//!   harmless: the adoption is marked by the file `adopting` in its data directory until the
+//!   log is purged, and a restart adopts again. A `member add` while another member's
+//!   promotion is still being committed waits for it. `rusd-server/tests/cluster_restore.rs`
+//!   runs this with three processes, and once with a crash before the adoption snapshot.
 //!
 //! # Guarantees
 //! * A write is acknowledged once its entry is durable (flushed) in the logs of a quorum and

@@ -116,7 +116,8 @@ async fn rss_growth_kib(stalled: bool) -> u64 {
                 "16",
                 "--durability",
                 "buffered",
-                // No raft snapshot during the run: both runs keep the same log in memory.
+                // No raft snapshot during the run: both runs keep the same raft log (on
+                // disk, with its index and a bounded cache of the newest entries in memory).
                 "--snapshot-count",
                 "1000000",
                 // Room for the documented 1M-event run (about 3 GiB of redb file).
