@@ -3,6 +3,8 @@
 //! readable, the killed member restarted catches up, and a fourth member is added (a learner
 //! promoted once in sync) and removed.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -20,17 +22,6 @@ fn member(tmp: &std::path::Path, name: &str, backend: &str) -> Member {
         .token(TOKEN)
         .arg("--durability")
         .arg("sync")
-}
-
-async fn connect(endpoint: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(c) = Client::connect([endpoint], None).await {
-            return c;
-        }
-        assert!(Instant::now() < deadline, "cannot connect to {endpoint}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The leader every one of `clients` reports, once they agree (and it is not `not`).
@@ -106,7 +97,7 @@ async fn run() {
     let mut cluster = members;
     let mut clients = Vec::new();
     for m in &cluster {
-        clients.push(connect(&m.endpoint()).await);
+        clients.push(common::connect_to(&m.endpoint()).await);
     }
     let leader = agreed_leader(&mut clients, 0, Duration::from_secs(20)).await;
 
@@ -167,7 +158,7 @@ async fn run() {
 
     // The killed member restarts from its data dir and catches up.
     cluster[li].restart().unwrap();
-    let mut back = connect(&cluster[li].endpoint()).await;
+    let mut back = common::connect_to(&cluster[li].endpoint()).await;
     let target = survivors[0].status().await.unwrap().raft_index();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -218,7 +209,7 @@ async fn run() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut c4 = connect(&cluster[3].endpoint()).await;
+    let mut c4 = common::connect_to(&cluster[3].endpoint()).await;
     check_all(&mut c4, &acked, false).await;
     let rev = put(&mut c4, "k/zz4", "four").await;
     assert_eq!(rev, next_rev + 1);

@@ -20,6 +20,8 @@
 //! serializable reads from an isolated member, recorded as linearizable reads, make the
 //! checker report a violation.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -109,19 +111,6 @@ impl Drop for Cluster {
     }
 }
 
-async fn connect(endpoint: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Ok(c)) =
-            tokio::time::timeout(Duration::from_secs(2), Client::connect([endpoint], None)).await
-        {
-            return c;
-        }
-        assert!(Instant::now() < deadline, "cannot connect to {endpoint}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 impl Cluster {
     async fn start() -> Cluster {
         let tmp = tempfile::Builder::new()
@@ -178,7 +167,7 @@ impl Cluster {
         let mut clients = Vec::new();
         for m in &cluster.members {
             m.server.wait_client(Duration::from_secs(30)).unwrap();
-            clients.push(connect(&m.endpoint()).await);
+            clients.push(common::connect_to(&m.endpoint()).await);
         }
         *cluster.clients.write().unwrap() = clients;
         cluster
@@ -281,7 +270,7 @@ impl Cluster {
             .server
             .wait_client(Duration::from_secs(30))
             .unwrap();
-        let c = connect(&self.members[i].endpoint()).await;
+        let c = common::connect_to(&self.members[i].endpoint()).await;
         self.clients.write().unwrap()[i] = c;
     }
 }

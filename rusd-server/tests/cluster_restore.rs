@@ -65,17 +65,6 @@ fn member(parent: &Path, name: &str, backend: &str, token: &str) -> Member {
         .arg("sync")
 }
 
-async fn connect(endpoint: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(c) = Client::connect([endpoint], None).await {
-            return c;
-        }
-        assert!(Instant::now() < deadline, "cannot connect to {endpoint}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The leader every one of `clients` reports, once they agree.
 async fn agreed_leader(clients: &mut [Client], within: Duration) -> u64 {
     let deadline = Instant::now() + within;
@@ -190,7 +179,7 @@ async fn run() {
     // Dropping the members kills them, whatever happened.
     let mut clients = Vec::new();
     for m in &old {
-        clients.push(connect(&m.endpoint()).await);
+        clients.push(common::connect_to(&m.endpoint()).await);
     }
     let leader = agreed_leader(&mut clients, Duration::from_secs(20)).await;
     let c = &mut clients[0];
@@ -305,7 +294,7 @@ async fn run() {
     let n1_started = Instant::now();
     new[0].spawn("", ClusterState::New).unwrap();
     new[0].wait_client(Duration::from_secs(30)).unwrap();
-    let c1 = connect(&new[0].endpoint()).await;
+    let c1 = common::connect_to(&new[0].endpoint()).await;
     let ids: Vec<u64> = new
         .iter()
         .map(|m| rusd_raft::member_id(&[m.peer_url()], NEW_TOKEN))
@@ -326,7 +315,7 @@ async fn run() {
         assert_eq!(added.member_list().len(), i + 1);
         let flag = initial_cluster(&new[..=i]);
         new[i].spawn(&flag, ClusterState::Existing).unwrap();
-        let mut ci = connect(&new[i].endpoint()).await;
+        let mut ci = common::connect_to(&new[i].endpoint()).await;
         let name = new[i].name().to_string();
         wait_voter(&mut new_clients[0], ids[i], &name).await;
         wait_revision(&mut ci, 9, &name).await;
@@ -461,7 +450,7 @@ async fn crash_before_adopting() {
     let mut src = member(&tmp.path().join("old"), "s1", "sled", OLD_TOKEN);
     src.spawn("", ClusterState::New).unwrap();
     src.wait_client(Duration::from_secs(30)).unwrap();
-    let mut c = connect(&src.endpoint()).await;
+    let mut c = common::connect_to(&src.endpoint()).await;
     for (i, k) in ["a", "b", "c"].into_iter().enumerate() {
         let r = c.put(k, format!("v{i}"), None).await.unwrap();
         assert_eq!(r.header().unwrap().revision(), i as i64 + 2);
@@ -514,7 +503,7 @@ async fn crash_before_adopting() {
     // The restart adopts; n2 is added by the first request n1 answers.
     n1.spawn("", ClusterState::New).unwrap();
     n1.wait_client(Duration::from_secs(30)).unwrap();
-    let mut c1 = connect(&n1.endpoint()).await;
+    let mut c1 = common::connect_to(&n1.endpoint()).await;
     let id2 = rusd_raft::member_id(&[n2.peer_url()], NEW_TOKEN);
     let added = c1.member_add([n2.peer_url().as_str()], None).await.unwrap();
     assert_eq!(added.member().unwrap().id(), id2);
@@ -527,7 +516,7 @@ async fn crash_before_adopting() {
     let flag = initial_cluster(&members);
     members[1].spawn(&flag, ClusterState::Existing).unwrap();
     members[1].wait_client(Duration::from_secs(30)).unwrap();
-    let mut c2 = connect(&members[1].endpoint()).await;
+    let mut c2 = common::connect_to(&members[1].endpoint()).await;
     wait_voter(&mut c1, id2, "n2").await;
     wait_revision(&mut c2, 4, "n2").await;
     let want: BTreeMap<String, Kv> = [("a", "v0", 2), ("b", "v1", 3), ("c", "v2", 4)]

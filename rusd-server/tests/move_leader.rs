@@ -19,17 +19,6 @@ const TOKEN: &str = "rusd-move-leader-test";
 /// `--election-timeout` of the members (ms).
 const ELECTION_MS: u64 = 300;
 
-async fn connect(endpoint: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(c) = Client::connect([endpoint], None).await {
-            return c;
-        }
-        assert!(Instant::now() < deadline, "cannot connect to {endpoint}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The leader and term every one of `clients` reports, once they agree.
 async fn agreed_leader(clients: &mut [Client], within: Duration) -> (u64, u64) {
     let deadline = Instant::now() + within;
@@ -81,7 +70,7 @@ async fn run() {
         .collect();
     let mut clients = Vec::new();
     for m in &members {
-        clients.push(connect(&m.endpoint()).await);
+        clients.push(common::connect_to(&m.endpoint()).await);
     }
     let (leader, term) = agreed_leader(&mut clients, Duration::from_secs(20)).await;
     let li = ids.iter().position(|id| *id == leader).unwrap();

@@ -31,17 +31,6 @@ fn member(tmp: &Path, name: &str) -> Member {
         .https_peers()
 }
 
-async fn connect(endpoint: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(c) = Client::connect([endpoint], None).await {
-            return c;
-        }
-        assert!(Instant::now() < deadline, "cannot connect to {endpoint}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until every member reports the same leader; returns it.
 async fn agreed_leader(clients: &mut [Client]) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -193,7 +182,7 @@ async fn mutual_tls() {
     // Dropping the members kills them, whatever happened.
     let mut clients = Vec::new();
     for m in &members {
-        clients.push(connect(&m.endpoint()).await);
+        clients.push(common::connect_to(&m.endpoint()).await);
     }
     let leader = agreed_leader(&mut clients).await;
     assert_ne!(leader, 0);
@@ -275,7 +264,7 @@ async fn auto_tls() {
     }
     let mut clients = Vec::new();
     for m in &members {
-        clients.push(connect(&m.endpoint()).await);
+        clients.push(common::connect_to(&m.endpoint()).await);
     }
     agreed_leader(&mut clients).await;
     put_and_read_everywhere(&mut clients, "k/auto", "over-auto-tls").await;

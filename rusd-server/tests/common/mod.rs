@@ -91,3 +91,21 @@ pub fn kvs(r: &etcd_client::GetResponse) -> Vec<(String, String, i64)> {
         })
         .collect()
 }
+
+/// A client of `endpoint` (`127.0.0.1:port`), retrying for up to 30 s while the server starts
+/// (each attempt capped at 2 s).
+pub async fn connect_to(endpoint: &str) -> Client {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Ok(c)) =
+            tokio::time::timeout(Duration::from_secs(2), Client::connect([endpoint], None)).await
+        {
+            return c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cannot connect to {endpoint}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
