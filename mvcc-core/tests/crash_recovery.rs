@@ -37,12 +37,11 @@
 #[path = "common/model.rs"]
 mod model;
 
-use powerloss_fs::harness::spawn_reader;
+use powerloss_fs::harness::{collect_until, spawn_reader};
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use mvcc_core::engine::AnyBackend;
@@ -609,28 +608,13 @@ fn run_child(
         }
     }
     // Kill after the delay, or shortly after the targeted operation began.
-    let deadline = Instant::now() + delay;
-    let mut armed: Option<Instant> = None;
-    loop {
-        let until = armed.unwrap_or(deadline);
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                if let (Some(t), None) = (target, armed) {
-                    if l.starts_with(&format!("@@ BEGIN {t}")) {
-                        let jitter = Duration::from_micros(seed % 6000);
-                        armed = Some(Instant::now() + jitter);
-                    }
-                }
-                lines.push(l);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => break,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
+    collect_until(
+        &rx,
+        &mut lines,
+        delay,
+        target,
+        Duration::from_micros(seed % 6000),
+    );
     let _ = child.kill(); // SIGKILL
     let status = child.wait().unwrap();
     reader.join().unwrap();

@@ -65,6 +65,39 @@ pub fn fuse_ready(test: &str) -> bool {
     }
 }
 
+/// Collects the child's lines from `rx` into `lines` until the moment to strike: `delay`
+/// after the call, or, when `op` is given and the child prints `@@ BEGIN <op>` first,
+/// `jitter` after that line (inside the operation); or until the child's output ends.
+pub fn collect_until(
+    rx: &mpsc::Receiver<String>,
+    lines: &mut Vec<String>,
+    delay: Duration,
+    op: Option<&str>,
+    jitter: Duration,
+) {
+    let deadline = Instant::now() + delay;
+    let begin = op.map(|op| format!("@@ BEGIN {op}"));
+    let mut armed: Option<Instant> = None;
+    loop {
+        let until = armed.unwrap_or(deadline);
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                if let (Some(begin), None) = (&begin, armed) {
+                    if l.starts_with(begin.as_str()) {
+                        armed = Some(Instant::now() + jitter);
+                    }
+                }
+                lines.push(l);
+            }
+            Err(_) => break,
+        }
+    }
+}
+
 /// Reads complete lines only (a line cut by the kill is not an acknowledgement).
 pub fn spawn_reader(
     stdout: std::process::ChildStdout,
@@ -451,27 +484,17 @@ fn run_child<D: PowerLossDriver>(
             }
         }
     }
-    let deadline = Instant::now() + delay;
-    let mut armed: Option<Instant> = None;
-    loop {
-        let until = armed.unwrap_or(deadline);
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                if let (Target::Op(op), None) = (target, armed) {
-                    if l.starts_with(&format!("@@ BEGIN {op}")) {
-                        let jitter = Duration::from_micros(seed % 8000);
-                        armed = Some(Instant::now() + jitter);
-                    }
-                }
-                lines.push(l);
-            }
-            Err(_) => break,
-        }
-    }
+    let op = match target {
+        Target::Op(op) => Some(op),
+        _ => None,
+    };
+    collect_until(
+        &rx,
+        &mut lines,
+        delay,
+        op,
+        Duration::from_micros(seed % 8000),
+    );
     if !no_freeze {
         freeze_child(&child);
     }
