@@ -310,16 +310,44 @@ fn read_lossy(path: &Path) -> Result<String> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// A loopback port that was free a moment ago (bound to `127.0.0.1:0`, then released).
-/// Another process may take it before it is used; tests that bind it should retry or fail
-/// clearly.
+/// Where [`free_port`] looks first: below Linux's default ephemeral range (32768-60999), so
+/// that no outgoing connection (of a test's members talking to each other, say) can be given
+/// the port as its source port between the check and the bind of the process it is for.
+const QUIET_PORTS: std::ops::Range<u16> = 10_000..32_000;
+
+/// A loopback port that was free a moment ago (bound, then released), never handed out before
+/// by this process. It is picked at random in [`QUIET_PORTS`] (outside the ephemeral range,
+/// so outgoing connections cannot take it meanwhile), else it is what binding
+/// `127.0.0.1:0` gives. Another process may still take it before it is used; tests that bind
+/// it should retry or fail clearly.
 pub fn free_port() -> Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let span = u64::from(QUIET_PORTS.end - QUIET_PORTS.start);
+    for _ in 0..64 {
+        // A random number per call (std's hasher keys are random).
+        let r = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = QUIET_PORTS.start + (r % span) as u16;
+        if handed.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            handed.insert(port);
+            return Ok(port);
+        }
+    }
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| Error::io("binding 127.0.0.1:0", e))?;
-    let addr = listener
+    let port = listener
         .local_addr()
-        .map_err(|e| Error::io("reading the bound address", e))?;
-    Ok(addr.port())
+        .map_err(|e| Error::io("reading the bound address", e))?
+        .port();
+    handed.insert(port);
+    Ok(port)
 }
 
 /// `127.0.0.1:<free_port()>`.

@@ -137,6 +137,20 @@ fn spawning_a_missing_program_fails() {
     assert!(matches!(err, Error::Io { .. }), "{err:?}");
 }
 
+/// Ports are handed out once per process, outside the kernel's ephemeral range (so no
+/// outgoing connection can be given one as its source port before it is bound).
+#[test]
+fn free_ports_are_distinct_and_below_the_ephemeral_range() {
+    let ports: Vec<u16> = (0..300).map(|_| free_port().expect("port")).collect();
+    let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+    assert_eq!(distinct.len(), 300);
+    let quiet = ports
+        .iter()
+        .filter(|p| (10_000..32_000).contains(*p))
+        .count();
+    assert_eq!(quiet, 300, "{ports:?}");
+}
+
 #[test]
 fn free_ports_and_wait_port() {
     let port = free_port().expect("port");
