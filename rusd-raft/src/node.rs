@@ -10,6 +10,11 @@
 //! timeout; any other failure (a timeout, a broken connection) is returned, since the command
 //! may have been applied: the client decides, as with etcd.
 //!
+//! A follower forwards concurrent writes together: a write that finds fewer than two
+//! forwarding requests in flight goes at once, the writes that arrive meanwhile wait and go
+//! as one request (`Core::forward_write`), which the leader proposes as one batch entry
+//! and answers with each command's own result, in their order.
+//!
 //! # Linearizable reads: ReadIndex
 //! [`RaftNode::linearizable_barrier`] uses openraft's `ensure_linearizable`, i.e. ReadIndex:
 //! the leader confirms it is still leader with a round of heartbeats to a quorum, takes its
@@ -55,6 +60,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -237,6 +243,11 @@ pub struct RaftNodeMetrics {
     pub voters: BTreeSet<NodeId>,
     /// Every member (voters and learners).
     pub members: BTreeMap<NodeId, Member>,
+    /// Requests this member sent to forward writes to the leader, since it started.
+    pub write_forwards: u64,
+    /// Writes this member forwarded to the leader in those requests (more than
+    /// `write_forwards` when concurrent writes went together).
+    pub forwarded_writes: u64,
 }
 
 /// A membership change, as proposed on the leader.
@@ -294,6 +305,10 @@ enum ForwardRequest {
     Leases,
     /// Sent by the leader to the transferee of a leader transfer: campaign now.
     Campaign,
+    /// Several writes a follower received meanwhile, forwarded together (see
+    /// [`Core::forward_write`]); answered by [`ForwardReply::Writes`], one result per command
+    /// in the same order. Added last: postcard names variants by position.
+    Writes(Vec<Command>),
 }
 
 /// The leader's answer to a [`ForwardRequest`].
@@ -306,6 +321,31 @@ enum ForwardReply {
     /// `None`: no such lease.
     TimeToLive(Option<LeaseInfo>),
     Leases(Vec<i64>),
+    /// The results of a [`ForwardRequest::Writes`], in its order: `Ok(None)` for a command
+    /// that was not proposed because the receiver is not the leader (safe to retry).
+    Writes(Vec<Result<Option<Applied>, WireError>>),
+}
+
+/// A copy of `e` for each caller of a failed forwarding request.
+fn copy_of(e: &RaftError) -> RaftError {
+    match e {
+        RaftError::Transport { peer, source } => RaftError::Transport {
+            peer: *peer,
+            source: source.clone(),
+        },
+        RaftError::InvalidArgument(m) => RaftError::InvalidArgument(m.clone()),
+        other => RaftError::from(other.to_wire()),
+    }
+}
+
+/// A forwarding slot taken by a caller; released (and the waiting writes sent) on drop.
+struct ForwardSlot<'a, B: Backend>(&'a Core<B>);
+
+impl<B: Backend> Drop for ForwardSlot<'_, B> {
+    fn drop(&mut self) {
+        self.0.forwards.lock().in_flight -= 1;
+        self.0.drain_forwards();
+    }
 }
 
 /// Where a request goes.
@@ -325,6 +365,61 @@ struct Proposal {
 const MAX_BATCH: usize = 256;
 /// Batches in flight at once (one being flushed while the next gathers).
 const BATCHES_IN_FLIGHT: usize = 2;
+
+/// How a member's answer to a forwarded request it cannot decode begins (the `Display` of
+/// [`RaftError::Decode`] for "forwarded request"): a leader older than
+/// [`ForwardRequest::Writes`] answers a `Writes` request with it.
+const UNDECODABLE_FORWARD: &str = "cannot decode forwarded request";
+
+/// Most bytes (postcard) of the commands a follower forwards in one request (at least one
+/// command is always sent, whatever its size).
+const MAX_FORWARD_BYTES: usize = 4 * 1024 * 1024;
+
+/// A write a follower forwards to the leader `peer`, and where its result goes.
+struct ForwardedWrite {
+    peer: NodeId,
+    member: Member,
+    cmd: Command,
+    reply: oneshot::Sender<RaftResult<Option<Applied>>>,
+}
+
+/// Writes waiting to be forwarded, and how many forwarding requests are in flight.
+#[derive(Default)]
+struct ForwardQueue {
+    waiting: Vec<ForwardedWrite>,
+    in_flight: usize,
+}
+
+/// The next forwarded batch: the first waiting write's leader, and the writes for that leader
+/// in their order, up to [`MAX_BATCH`] commands and [`MAX_FORWARD_BYTES`]; the others wait.
+fn take_forwards(waiting: &mut Vec<ForwardedWrite>) -> Vec<ForwardedWrite> {
+    let Some(peer) = waiting.first().map(|w| w.peer) else {
+        return Vec::new();
+    };
+    let mut batch = Vec::new();
+    let mut bytes = 0usize;
+    let mut rest = Vec::new();
+    let mut full = false;
+    for w in waiting.drain(..) {
+        if full || w.peer != peer {
+            rest.push(w);
+            continue;
+        }
+        let size = postcard::experimental::serialized_size(&w.cmd).unwrap_or(0);
+        if !batch.is_empty()
+            && (batch.len() >= MAX_BATCH || bytes.saturating_add(size) > MAX_FORWARD_BYTES)
+        {
+            // Full: this write and every later one wait, in their order.
+            full = true;
+            rest.push(w);
+            continue;
+        }
+        bytes = bytes.saturating_add(size);
+        batch.push(w);
+    }
+    *waiting = rest;
+    batch
+}
 
 /// Commands waiting to be proposed, and how many proposals are in flight.
 #[derive(Default)]
@@ -369,6 +464,50 @@ impl Batcher {
         };
         self.drain();
         rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    /// Proposes `cmds` (a follower's forwarded writes) and returns each one's result, in
+    /// their order (`Ok(None)`: not the leader, not proposed). They are proposed together,
+    /// with whatever else waits, as in [`Batcher::propose`]: by this caller when a slot is
+    /// free and nothing waits, else by the waiting commands' task.
+    async fn propose_many(
+        self: &Arc<Self>,
+        cmds: Vec<Command>,
+    ) -> Vec<RaftResult<Option<Applied>>> {
+        let mut receivers = Vec::with_capacity(cmds.len());
+        let mut proposals = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            let (reply, rx) = oneshot::channel();
+            proposals.push(Proposal { cmd, reply });
+            receivers.push(rx);
+        }
+        let own = {
+            let mut q = self.queue.lock();
+            if q.in_flight < BATCHES_IN_FLIGHT
+                && q.waiting.is_empty()
+                && proposals.len() <= MAX_BATCH
+            {
+                q.in_flight += 1;
+                Some(proposals)
+            } else {
+                q.waiting.append(&mut proposals);
+                None
+            }
+        };
+        match own {
+            Some(batch) => {
+                // As in `propose`: the guard hands the slot on even if this future is
+                // dropped; only this caller's commands are in the entry.
+                let _slot = Slot(self.clone());
+                propose_batch(&self.raft, batch, self.timeout).await;
+            }
+            None => self.drain(),
+        }
+        let mut results = Vec::with_capacity(receivers.len());
+        for rx in receivers {
+            results.push(rx.await.unwrap_or(Err(RaftError::Stopped)));
+        }
+        results
     }
 
     /// Proposes the waiting commands if a slot is free (in a task of their own, so that no
@@ -573,6 +712,15 @@ struct Core<B: Backend> {
     cluster_id: u64,
     raft: Raft,
     batcher: Arc<Batcher>,
+    /// Writes of this member (a follower) waiting to be forwarded to the leader.
+    forwards: parking_lot::Mutex<ForwardQueue>,
+    /// Forwarding requests of writes sent ([`RaftNodeMetrics::write_forwards`]).
+    write_forwards: AtomicU64,
+    /// Writes forwarded in them ([`RaftNodeMetrics::forwarded_writes`]).
+    forwarded_writes: AtomicU64,
+    /// Answer a forwarded `Writes` request as a member older than it would (tests of the
+    /// rolling-upgrade fallback; see [`RaftNode::answer_writes_as_older_member`]).
+    as_older_member: std::sync::atomic::AtomicBool,
     clients: Arc<PeerClients>,
     store: Arc<MvccStore<B>>,
     /// The state machine's applied index (ahead of openraft's metrics).
@@ -670,13 +818,202 @@ impl<B: Backend> Core<B> {
         }
     }
 
+    /// Forwards the write `cmd` to the leader `peer`. `Ok(None)`: the receiver is not the
+    /// leader, nothing was proposed. A write that finds fewer than [`BATCHES_IN_FLIGHT`]
+    /// forwarding requests in flight and none waiting is sent at once by its caller, as a
+    /// [`ForwardRequest::Write`]; the writes that arrive meanwhile wait and go together, in
+    /// their order, as one [`ForwardRequest::Writes`] (one peer request, and one proposal on
+    /// the leader, instead of one each), and each caller gets its own command's result.
+    async fn forward_write(
+        &self,
+        peer: NodeId,
+        member: Member,
+        cmd: Command,
+        deadline: Instant,
+    ) -> RaftResult<Option<Applied>> {
+        let queued = {
+            let mut q = self.forwards.lock();
+            if q.in_flight < BATCHES_IN_FLIGHT && q.waiting.is_empty() {
+                q.in_flight += 1;
+                Err((member, cmd))
+            } else {
+                let (reply, rx) = oneshot::channel();
+                q.waiting.push(ForwardedWrite {
+                    peer,
+                    member,
+                    cmd,
+                    reply,
+                });
+                Ok(rx)
+            }
+        };
+        let rx = match queued {
+            Ok(rx) => rx,
+            Err((member, cmd)) => {
+                // The guard hands the slot on even if this future is dropped.
+                let _slot = ForwardSlot(self);
+                self.write_forwards.fetch_add(1, Ordering::Relaxed);
+                self.forwarded_writes.fetch_add(1, Ordering::Relaxed);
+                let req = ForwardRequest::Write(cmd);
+                return match self.forward(peer, &member, &req, deadline).await? {
+                    None => Ok(None),
+                    Some(ForwardReply::Write(applied)) => Ok(Some(applied)),
+                    Some(other) => Err(RaftError::Raft(format!("unexpected reply {other:?}"))),
+                };
+            }
+        };
+        self.drain_forwards();
+        match tokio::time::timeout_at(deadline, rx).await {
+            Err(_) => Err(RaftError::Timeout),
+            Ok(Err(_)) => Err(RaftError::Stopped),
+            Ok(Ok(result)) => result,
+        }
+    }
+
+    /// Sends the waiting writes if a forwarding slot is free (in a task of their own, so that
+    /// no caller's cancellation can strand the others).
+    fn drain_forwards(&self) {
+        let batch = {
+            let mut q = self.forwards.lock();
+            if q.in_flight >= BATCHES_IN_FLIGHT || q.waiting.is_empty() {
+                return;
+            }
+            q.in_flight += 1;
+            take_forwards(&mut q.waiting)
+        };
+        let (Some(core), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            // The member is being dropped: the batch's callers see `Stopped`.
+            self.forwards.lock().in_flight -= 1;
+            return;
+        };
+        runtime.spawn(async move {
+            let mut batch = batch;
+            loop {
+                core.send_forwards(batch).await;
+                let mut q = core.forwards.lock();
+                if q.waiting.is_empty() {
+                    q.in_flight -= 1;
+                    return;
+                }
+                batch = take_forwards(&mut q.waiting);
+            }
+        });
+    }
+
+    /// Forwards `batch` (writes for one leader) in one request and hands every caller its own
+    /// command's result; a failure of the request itself is every caller's.
+    async fn send_forwards(&self, batch: Vec<ForwardedWrite>) {
+        let Some((peer, member)) = batch.first().map(|w| (w.peer, w.member.clone())) else {
+            return;
+        };
+        let (mut cmds, replies): (Vec<Command>, Vec<_>) =
+            batch.into_iter().map(|w| (w.cmd, w.reply)).unzip();
+        let single = cmds.len() == 1;
+        self.write_forwards.fetch_add(1, Ordering::Relaxed);
+        self.forwarded_writes
+            .fetch_add(cmds.len() as u64, Ordering::Relaxed);
+        let req = match cmds.pop() {
+            Some(only) if single => ForwardRequest::Write(only),
+            Some(last) => {
+                cmds.push(last);
+                ForwardRequest::Writes(cmds)
+            }
+            None => return,
+        };
+        let deadline = Instant::now() + self.request_timeout;
+        match self.forward(peer, &member, &req, deadline).await {
+            Ok(None) => {
+                for r in replies {
+                    let _ = r.send(Ok(None));
+                }
+            }
+            Ok(Some(ForwardReply::Write(applied))) if single => {
+                for r in replies {
+                    let _ = r.send(Ok(Some(applied.clone())));
+                }
+            }
+            Ok(Some(ForwardReply::Writes(results)))
+                if !single && results.len() == replies.len() =>
+            {
+                for (r, result) in replies.into_iter().zip(results) {
+                    let _ = r.send(result.map_err(RaftError::from));
+                }
+            }
+            Ok(Some(other)) => {
+                let line = format!("unexpected reply to forwarded writes: {other:?}");
+                for r in replies {
+                    let _ = r.send(Err(RaftError::Raft(line.clone())));
+                }
+            }
+            Err(RaftError::Raft(line)) if !single && line.starts_with(UNDECODABLE_FORWARD) => {
+                // A leader older than `Writes` could not decode the request, so it proposed
+                // nothing: during a rolling upgrade each write goes on its own, as before.
+                let ForwardRequest::Writes(cmds) = req else {
+                    return;
+                };
+                // One after the other, in their order (only while a member is older).
+                for (r, cmd) in replies.into_iter().zip(cmds) {
+                    let req = ForwardRequest::Write(cmd);
+                    let result = self.forward(peer, &member, &req, deadline).await;
+                    let _ = r.send(match result {
+                        Ok(None) => Ok(None),
+                        Ok(Some(ForwardReply::Write(applied))) => Ok(Some(applied)),
+                        Ok(Some(other)) => Err(RaftError::Raft(format!(
+                            "unexpected reply to a forwarded write: {other:?}"
+                        ))),
+                        Err(e) => Err(e),
+                    });
+                }
+            }
+            Err(e) => {
+                for r in replies {
+                    let _ = r.send(Err(copy_of(&e)));
+                }
+            }
+        }
+    }
+
+    /// Proposes a follower's forwarded writes here (this member must be the leader).
+    /// `Ok(None)`: not the leader, none was proposed.
+    async fn local_writes(
+        &self,
+        cmds: Vec<Command>,
+        deadline: Instant,
+    ) -> RaftResult<Option<ForwardReply>> {
+        if cmds.iter().any(|c| matches!(c, Command::Batch(_))) {
+            return Err(RaftError::InvalidArgument(
+                "a batch is not a client command".into(),
+            ));
+        }
+        self.transfer_done(deadline).await?;
+        let results = tokio::time::timeout_at(deadline, self.batcher.propose_many(cmds))
+            .await
+            .map_err(|_| RaftError::Timeout)?;
+        if results.iter().all(|r| matches!(r, Ok(None))) {
+            return Ok(None);
+        }
+        Ok(Some(ForwardReply::Writes(
+            results
+                .into_iter()
+                .map(|r| r.map_err(|e| e.to_wire()))
+                .collect(),
+        )))
+    }
+
     /// Runs `req` on the leader, wherever it is, retrying while there is none or it moved.
     async fn on_leader(&self, req: ForwardRequest) -> RaftResult<ForwardReply> {
         let deadline = Instant::now() + self.request_timeout;
         loop {
             let answered = match self.target(deadline).await? {
                 Target::Local => self.local(&req, deadline).await?,
-                Target::Remote(peer, member) => self.forward(peer, &member, &req, deadline).await?,
+                Target::Remote(peer, member) => match &req {
+                    ForwardRequest::Write(cmd) => self
+                        .forward_write(peer, member, cmd.clone(), deadline)
+                        .await?
+                        .map(ForwardReply::Write),
+                    _ => self.forward(peer, &member, &req, deadline).await?,
+                },
             };
             if let Some(reply) = answered {
                 return Ok(reply);
@@ -750,6 +1087,7 @@ impl<B: Backend> Core<B> {
                 }
                 Ok(Some(ForwardReply::Leases(self.store.leases())))
             }
+            ForwardRequest::Writes(cmds) => self.local_writes(cmds.clone(), deadline).await,
             ForwardRequest::Campaign => {
                 // openraft's election at once (a no-op on a leader); the leader stopped its
                 // heartbeats and waited for the followers' leader lease to run out, so the
@@ -1080,7 +1418,19 @@ impl<B: Backend> ForwardHandler for Core<B> {
             Err(e) => return Err(wire(e.to_wire())),
         };
         let deadline = Instant::now() + self.request_timeout;
-        match self.local(&req, deadline).await {
+        let answered = match req {
+            ForwardRequest::Writes(_) if self.as_older_member.load(Ordering::Relaxed) => {
+                // What a member older than `Writes` answers: its decoder knows no variant 7.
+                let older = RaftError::Decode {
+                    what: "forwarded request",
+                    source: postcard::Error::SerdeDeCustom,
+                };
+                return Err(wire(older.to_wire()));
+            }
+            ForwardRequest::Writes(cmds) => self.local_writes(cmds, deadline).await,
+            req => self.local(&req, deadline).await,
+        };
+        match answered {
             Ok(Some(reply)) => encode("forwarded reply", &reply).map_err(|e| wire(e.to_wire())),
             Ok(None) => {
                 let leader = self.raft.metrics().borrow().current_leader;
@@ -1235,6 +1585,10 @@ impl<B: Backend> RaftNode<B> {
             cluster_id,
             raft: raft.clone(),
             batcher,
+            forwards: parking_lot::Mutex::new(ForwardQueue::default()),
+            write_forwards: AtomicU64::new(0),
+            forwarded_writes: AtomicU64::new(0),
+            as_older_member: std::sync::atomic::AtomicBool::new(false),
             clients,
             store,
             applied,
@@ -1259,7 +1613,7 @@ impl<B: Backend> RaftNode<B> {
             let router = builder.add_service(service);
             let served = match server_tls {
                 None => {
-                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(peer_listener);
+                    let incoming = crate::network::plain_incoming(peer_listener);
                     router.serve_with_incoming_shutdown(incoming, stop).await
                 }
                 Some(config) => {
@@ -1516,6 +1870,15 @@ impl<B: Backend> RaftNode<B> {
         )
     }
 
+    /// Makes this member answer a follower's batched forwarded writes as a member of a build
+    /// older than them does (`cannot decode forwarded request`), so that tests can check the
+    /// rolling-upgrade fallback: the follower then forwards each write on its own. Not for
+    /// production use.
+    #[doc(hidden)]
+    pub fn answer_writes_as_older_member(&self, older: bool) {
+        self.core.as_older_member.store(older, Ordering::Relaxed);
+    }
+
     /// This member's view of the cluster.
     pub fn metrics(&self) -> RaftNodeMetrics {
         let m = self.core.raft.metrics().borrow().clone();
@@ -1529,6 +1892,8 @@ impl<B: Backend> RaftNode<B> {
             state: m.state,
             voters: membership.voter_ids().collect(),
             members: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+            write_forwards: self.core.write_forwards.load(Ordering::Relaxed),
+            forwarded_writes: self.core.forwarded_writes.load(Ordering::Relaxed),
         }
     }
 
@@ -1804,6 +2169,90 @@ mod tests {
             Err(oneshot::error::TryRecvError::Closed)
         ));
         assert!(rounds.join().is_none());
+    }
+
+    /// A waiting forwarded write of `key` (value of `value_len` bytes) for leader `peer`.
+    fn waiting_write(peer: NodeId, key: &str, value_len: usize) -> ForwardedWrite {
+        ForwardedWrite {
+            peer,
+            member: Member::default(),
+            cmd: Command::Put(mvcc_core::Put::new(key, vec![b'v'; value_len], 0)),
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn keys_of(writes: &[ForwardedWrite]) -> Vec<(NodeId, String)> {
+        writes
+            .iter()
+            .map(|w| match &w.cmd {
+                Command::Put(p) => (w.peer, String::from_utf8(p.key.clone()).unwrap()),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_forwarded_batch_takes_the_first_leaders_writes_in_order_within_its_limits() {
+        // The first write's leader; the writes for another leader wait, in order.
+        let mut waiting = vec![
+            waiting_write(1, "a", 1),
+            waiting_write(1, "b", 1),
+            waiting_write(2, "c", 1),
+            waiting_write(1, "d", 1),
+        ];
+        let batch = take_forwards(&mut waiting);
+        assert_eq!(
+            keys_of(&batch),
+            vec![(1, "a".into()), (1, "b".into()), (1, "d".into())]
+        );
+        assert_eq!(keys_of(&waiting), vec![(2, "c".into())]);
+        assert_eq!(keys_of(&take_forwards(&mut waiting)), vec![(2, "c".into())]);
+        assert!(waiting.is_empty());
+        assert!(take_forwards(&mut waiting).is_empty());
+
+        // At most MAX_BATCH commands; the rest wait in their order.
+        let mut waiting: Vec<_> = (0..MAX_BATCH + 3)
+            .map(|i| waiting_write(1, &format!("k{i:03}"), 1))
+            .collect();
+        let batch = take_forwards(&mut waiting);
+        assert_eq!(batch.len(), MAX_BATCH);
+        assert_eq!(
+            keys_of(&batch)[MAX_BATCH - 1].1,
+            format!("k{:03}", MAX_BATCH - 1)
+        );
+        assert_eq!(
+            keys_of(&waiting),
+            (MAX_BATCH..MAX_BATCH + 3)
+                .map(|i| (1, format!("k{i:03}")))
+                .collect::<Vec<_>>()
+        );
+
+        // At most MAX_FORWARD_BYTES, but always one command, however large; a write that
+        // does not fit stops the batch (the smaller one after it waits too: order).
+        let mib = 1024 * 1024;
+        let mut waiting = vec![
+            waiting_write(1, "big", MAX_FORWARD_BYTES + 1),
+            waiting_write(1, "x", 1),
+        ];
+        assert_eq!(
+            keys_of(&take_forwards(&mut waiting)),
+            vec![(1, "big".into())]
+        );
+        assert_eq!(keys_of(&waiting), vec![(1, "x".into())]);
+        let mut waiting = vec![
+            waiting_write(1, "m1", mib),
+            waiting_write(1, "m2", mib),
+            waiting_write(1, "m3", 3 * mib),
+            waiting_write(1, "small", 1),
+        ];
+        assert_eq!(
+            keys_of(&take_forwards(&mut waiting)),
+            vec![(1, "m1".into()), (1, "m2".into())]
+        );
+        assert_eq!(
+            keys_of(&waiting),
+            vec![(1, "m3".into()), (1, "small".into())]
+        );
     }
 
     #[test]

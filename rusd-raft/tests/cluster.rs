@@ -1023,3 +1023,251 @@ async fn a_member_added_during_a_promotion_waits_for_it() {
     .await
     .expect("test took longer than 60 s");
 }
+
+/// Polls every future of `futures` in turn until all are ready (each first poll in their
+/// order, in this one task), and returns their outputs in that order.
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *out = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.unwrap()).collect()
+}
+
+/// Command `i` of the forwarding tests: a put of its own key, or (every fourth) the revoke of
+/// a lease that does not exist, which fails with its own id.
+fn forwarded_command(i: usize) -> Command {
+    if i % 4 == 3 {
+        Command::LeaseRevoke {
+            id: 1000 + i as i64,
+        }
+    } else {
+        put(&format!("fw{i:03}"), &format!("v{i}"))
+    }
+}
+
+/// Checks that write `i` of [`forwarded_command`] got its own result (every fourth, a revoke
+/// of the unknown lease `1000 + i`, `LeaseNotFound` of that id) and returns the puts'
+/// `(i, revision)`.
+fn own_results(results: Vec<Result<CommandResponse, RaftError>>) -> Vec<(usize, i64)> {
+    let mut revisions = Vec::new();
+    for (i, result) in results.into_iter().enumerate() {
+        if i % 4 == 3 {
+            match result {
+                Err(RaftError::Command(CommandError::LeaseNotFound(id))) => {
+                    assert_eq!(id, 1000 + i as i64)
+                }
+                other => panic!("write {i}: {other:?}"),
+            }
+        } else {
+            revisions.push((i, revision_of(result.unwrap())));
+        }
+    }
+    revisions
+}
+
+/// A follower forwards the writes that arrive while its forwarding requests are in flight
+/// together, one request for all of them, and every caller gets its own command's response
+/// or error. Runs in about 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_through_a_follower_share_requests_and_get_their_own_results() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let nodes = three_memory_members(tmp.path()).await;
+        let all: Vec<&Node> = nodes.iter().collect();
+        let leader_id = leader_of(&all).await;
+        let follower = all.iter().find(|n| n.id() != leader_id).unwrap();
+        let before = follower.metrics();
+        assert_eq!((before.write_forwards, before.forwarded_writes), (0, 0));
+
+        const N: usize = 200;
+        let results = join_all(
+            (0..N)
+                .map(|i| follower.write(forwarded_command(i)))
+                .collect(),
+        )
+        .await;
+
+        // Every write was forwarded once. Usually the first two writes find free forwarding
+        // slots and go alone and the other 198, arriving meanwhile, go together in one request
+        // (3 requests); on a loaded machine a forward may come back while the writes are still
+        // arriving, which splits them into a few more requests. Without batching it is 200.
+        let after = follower.metrics();
+        assert_eq!(after.forwarded_writes, N as u64);
+        assert!(
+            (3..=20).contains(&after.write_forwards),
+            "{} forwarding requests for {N} writes",
+            after.write_forwards
+        );
+
+        let revisions = own_results(results);
+        // 150 puts, each its own revision, 2..=151.
+        let mut sorted: Vec<i64> = revisions.iter().map(|(_, r)| *r).collect();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (2..=151).collect::<Vec<i64>>());
+        // With one shared request (the usual case) it was applied in its order; requests of
+        // a split run on two slots, whose order between them is not fixed.
+        if after.write_forwards == 3 {
+            let batched: Vec<i64> = revisions
+                .iter()
+                .filter(|(i, _)| *i >= 2)
+                .map(|(_, r)| *r)
+                .collect();
+            assert!(batched.windows(2).all(|w| w[0] < w[1]), "{batched:?}");
+        }
+        converge(&all).await;
+        for n in &all {
+            for (i, revision) in &revisions {
+                let key = format!("fw{i:03}");
+                let kv = n
+                    .store()
+                    .range(key.as_bytes(), &[], 0, 0, false)
+                    .unwrap()
+                    .kvs;
+                assert_eq!(kv.len(), 1, "{key} on {}", n.id());
+                assert_eq!(
+                    (kv[0].mod_revision, kv[0].value.clone()),
+                    (*revision, format!("v{i}").into_bytes()),
+                    "{key} on {}",
+                    n.id()
+                );
+            }
+        }
+        for n in nodes {
+            n.shutdown().await.unwrap();
+        }
+    })
+    .await
+    .expect("test took longer than 60 s");
+}
+
+/// A leader of a build older than batched forwards cannot decode a `Writes` request (it
+/// proposes nothing): the follower then forwards each of those writes on its own, so a
+/// rolling upgrade loses no write. Runs in about 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_through_a_follower_fall_back_to_one_request_each_for_an_older_leader() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let nodes = three_memory_members(tmp.path()).await;
+        let all: Vec<&Node> = nodes.iter().collect();
+        for n in &all {
+            n.answer_writes_as_older_member(true);
+        }
+        let leader_id = leader_of(&all).await;
+        let follower = all.iter().find(|n| n.id() != leader_id).unwrap();
+
+        const N: usize = 40;
+        let results = join_all(
+            (0..N)
+                .map(|i| follower.write(forwarded_command(i)))
+                .collect(),
+        )
+        .await;
+        let after = follower.metrics();
+        assert_eq!(after.forwarded_writes, N as u64);
+        // Some writes went together (and were refused, then sent again one by one).
+        assert!(after.write_forwards < N as u64, "{after:?}");
+
+        let mut revisions: Vec<i64> = own_results(results).into_iter().map(|(_, r)| r).collect();
+        // 30 puts, each its own revision, 2..=31.
+        revisions.sort_unstable();
+        assert_eq!(revisions, (2..=31).collect::<Vec<i64>>());
+        for n in nodes {
+            n.shutdown().await.unwrap();
+        }
+    })
+    .await
+    .expect("test took longer than 60 s");
+}
+
+/// The leader answers a forwarded `Writes` request (postcard: variant 7, the commands) with
+/// one result per command in their order (variant 6); a follower answers it "not leader".
+/// Runs in about 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_answers_forwarded_writes_each_with_its_own_result() {
+    use rusd_raft::pb::peer_reply::Result as Reply;
+    use rusd_raft::pb::raft_peer_client::RaftPeerClient;
+    use rusd_raft::pb::PeerRequest;
+    use rusd_raft::{Applied, WireError};
+
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let nodes = three_memory_members(tmp.path()).await;
+        let all: Vec<&Node> = nodes.iter().collect();
+        let leader_id = leader_of(&all).await;
+        let leader = all.iter().find(|n| n.id() == leader_id).unwrap();
+        let follower = all.iter().find(|n| n.id() != leader_id).unwrap();
+        let url_of = |n: &Node| n.metrics().members[&n.id()].peer_urls[0].clone();
+        let cmds: Vec<Command> = vec![
+            put("a", "1"),
+            Command::LeaseRevoke { id: 42 },
+            put("b", "2"),
+            Command::DeleteRange(mvcc_core::DeleteRange::new("a", "")),
+        ];
+        let mut payload = vec![7u8];
+        payload.extend(postcard::to_stdvec(&cmds).unwrap());
+        let request = || PeerRequest {
+            cluster_id: 77,
+            payload: payload.clone(),
+        };
+
+        let mut client = RaftPeerClient::connect(url_of(leader)).await.unwrap();
+        let reply = client.forward(request()).await.unwrap().into_inner();
+        let Some(Reply::Ok(bytes)) = reply.result else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(bytes[0], 6, "ForwardReply::Writes");
+        let results: Vec<Result<Option<Applied>, WireError>> =
+            postcard::from_bytes(&bytes[1..]).unwrap();
+        let summary: Vec<Result<Option<Result<i64, CommandError>>, WireError>> = results
+            .into_iter()
+            .map(|r| r.map(|a| a.map(|Applied(r)| r.map(revision_of))))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                Ok(Some(Ok(2))),
+                Ok(Some(Err(CommandError::LeaseNotFound(42)))),
+                Ok(Some(Ok(3))),
+                Ok(Some(Ok(4))),
+            ]
+        );
+        // Applied in their order: "a" put then deleted, "b" put.
+        assert!(values(leader, "a").is_empty());
+        assert_eq!(
+            values(leader, "b"),
+            BTreeMap::from([("b".to_string(), "2".to_string())])
+        );
+
+        let mut client = RaftPeerClient::connect(url_of(follower)).await.unwrap();
+        let reply = client.forward(request()).await.unwrap().into_inner();
+        let Some(Reply::Err(bytes)) = reply.result else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(
+            postcard::from_bytes::<WireError>(&bytes).unwrap(),
+            WireError::NotLeader(Some(leader_id))
+        );
+        for n in nodes {
+            n.shutdown().await.unwrap();
+        }
+    })
+    .await
+    .expect("test took longer than 60 s");
+}
