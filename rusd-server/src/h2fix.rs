@@ -32,9 +32,9 @@
 //! hold, a size update above [`MAX_TABLE_SIZE`] or after a header field, and any string running
 //! past the block; the decoded header list is then bounded as it is produced (headers past
 //! [`MAX_HEADER_LIST`] are not kept, the block is refused). Huffman-coded strings are decoded
-//! before the block reaches `loona-hpack` (`unhuffman`), with one decoding table per connection:
-//! `loona-hpack` builds a new table for every coded string, which cost 12-17 % of the server's
-//! CPU under load.
+//! before the block reaches `loona-hpack` (`unhuffman`), with a decoding trie built at compile
+//! time (`crate::huffman`): `loona-hpack` builds a new table for every coded string, which cost
+//! 12-17 % of the server's CPU under load, and looks up each bit in hash maps.
 //!
 //! # Limits and answers
 //!
@@ -69,9 +69,9 @@
 //! = 180,267 bytes; transiently, while a block is re-encoded, the decoded list (at most
 //! [`MAX_HEADER_LIST`] of names and values), the decoder's and encoder's tables (4096 octets of
 //! entries each, RFC 7541 accounting), the block with its Huffman-coded strings decoded (at
-//! most 8/5 of [`MAX_BLOCK`] plus 3 octets per string longer than 80 octets) and the Huffman
-//! decoding table (built once per connection, about 20 KiB) come on top: under 450 KiB per
-//! connection, whatever the client sends.
+//! most 8/5 of [`MAX_BLOCK`] plus 3 octets per string longer than 80 octets) come on top
+//! (the Huffman decoding trie is a 1 KiB constant shared by every connection): under 450 KiB
+//! per connection, whatever the client sends.
 
 use std::borrow::Cow;
 use std::io;
@@ -218,8 +218,6 @@ pub struct AuthorityFix<S> {
     out_pos: usize,
     pending: Option<Pending>,
     decoder: loona_hpack::Decoder<'static>,
-    /// Built once per connection (see [`unhuffman`]).
-    huffman: loona_hpack::huffman::HuffmanDecoder,
     encoder: loona_hpack::Encoder<'static>,
     /// Header blocks go to h2 re-encoded by `encoder` (from the first block that needed a
     /// repair on); before, they pass as the client sent them.
@@ -255,7 +253,6 @@ impl<S> AuthorityFix<S> {
             out_pos: 0,
             pending: None,
             decoder,
-            huffman: loona_hpack::huffman::HuffmanDecoder::new(),
             encoder: loona_hpack::Encoder::new(),
             reencode: false,
             eof: false,
@@ -429,7 +426,7 @@ impl<S> AuthorityFix<S> {
             return Ok(());
         };
         check_block(&p.block)?;
-        let plain = unhuffman(&p.block, &mut self.huffman)?;
+        let plain = unhuffman(&p.block)?;
         // The decoded list: names and values one after the other in `text`, with their ends.
         let mut text: Vec<u8> = Vec::new();
         let mut fields: Vec<(usize, usize)> = Vec::new();
@@ -660,13 +657,11 @@ pub fn check_block(block: &[u8]) -> Result<(), Violation> {
 /// literal replaced by its decoded octets sent raw (`None`: it has none, use it as it is).
 /// The HPACK decoder then never Huffman-decodes: `loona-hpack` builds a new Huffman decoding
 /// table (257 hash-map entries) for every coded string, which cost 12-17 % of the server's
-/// CPU under load; here one table per connection serves every string. The result is at most
+/// CPU under load, and looks each bit up in it; here [`crate::huffman`]'s compile-time trie
+/// serves every string (one array index per bit). The result is at most
 /// 8/5 of the block plus 3 octets per string (the shortest code is 5 bits). A bad code or
 /// padding is the decoder's `COMPRESSION_ERROR`, as before.
-fn unhuffman(
-    block: &[u8],
-    huffman: &mut loona_hpack::huffman::HuffmanDecoder,
-) -> Result<Option<Vec<u8>>, Violation> {
+fn unhuffman(block: &[u8]) -> Result<Option<Vec<u8>>, Violation> {
     let bad = |what| violation(reason::COMPRESSION_ERROR, what);
     let mut out: Option<Vec<u8>> = None;
     // Octets of `block` before `copied` are in `out` (once it exists).
@@ -698,7 +693,7 @@ fn unhuffman(
                 .get(n..n + len)
                 .ok_or_else(|| bad("string past the block"))?;
             if huffman_coded {
-                let decoded = huffman.decode(coded).map_err(|_| bad("bad Huffman code"))?;
+                let decoded = crate::huffman::decode(coded).map_err(|_| bad("bad Huffman code"))?;
                 let o = out.get_or_insert_with(|| Vec::with_capacity(block.len() * 8 / 5 + 64));
                 o.extend_from_slice(block.get(copied..i).unwrap_or_default());
                 loona_hpack::encoder::encode_integer_into(decoded.len(), 7, 0, o)
@@ -874,11 +869,10 @@ mod tests {
         ];
         let mut raw = vec![0x82, 0x86, 0x84, 0x41, 0x0f];
         raw.extend_from_slice(b"www.example.com");
-        let mut huffman = loona_hpack::huffman::HuffmanDecoder::new();
         check_block(coded).unwrap();
-        assert_eq!(unhuffman(coded, &mut huffman).unwrap(), Some(raw.clone()));
+        assert_eq!(unhuffman(coded).unwrap(), Some(raw.clone()));
         // Nothing coded: nothing copied.
-        assert_eq!(unhuffman(&raw, &mut huffman).unwrap(), None);
+        assert_eq!(unhuffman(&raw).unwrap(), None);
         // A literal with a new name: both strings decoded, the rest copied around them.
         let mut two = vec![0x40, 0x82, 0x94, 0xe7, 0x03];
         two.extend_from_slice(b"abc");
@@ -889,7 +883,7 @@ mod tests {
         want.extend_from_slice(b"abc");
         want.push(0x82);
         check_block(&two).unwrap();
-        assert_eq!(unhuffman(&two, &mut huffman).unwrap(), Some(want));
+        assert_eq!(unhuffman(&two).unwrap(), Some(want));
         // The decoders agree on the header lists.
         let list = |block: &[u8]| {
             let mut d = loona_hpack::Decoder::new();
@@ -899,7 +893,7 @@ mod tests {
         // Padding that is not the EOS prefix (all zeros) is a compression error.
         let bad: &[u8] = &[0x41, 0x81, 0x00];
         check_block(bad).unwrap();
-        let v = unhuffman(bad, &mut huffman).unwrap_err();
+        let v = unhuffman(bad).unwrap_err();
         assert_eq!(
             (v.code, v.what),
             (reason::COMPRESSION_ERROR, "bad Huffman code")

@@ -33,6 +33,7 @@ pub mod error;
 pub mod gateway;
 pub mod h2fix;
 pub mod http;
+mod huffman;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
