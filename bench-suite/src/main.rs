@@ -90,6 +90,11 @@ struct Cli {
     /// Cache budget in MiB given to every engine.
     #[arg(long, default_value_t = 256, global = true)]
     cache_mb: u64,
+    /// Engine comparison: run the `MvccStore` phases with the key-ordered copy of the current
+    /// rows (`StoreConfig::with_key_ordered_copy`: faster ranges over rows not held in memory,
+    /// slower puts; off by default, as in `rusd`).
+    #[arg(long, global = true)]
+    key_ordered_copy: bool,
     /// Parent folder of the data directories (default: a temporary folder).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
@@ -227,6 +232,7 @@ fn worker(cli: &Cli, engine: &str) -> Result<(), Box<dyn std::error::Error>> {
         cli.engine_durability().to_config(),
         profile,
         !volatile,
+        cli.key_ordered_copy,
         &mut on_phase,
     )?;
     let report = EngineReport {
@@ -259,6 +265,9 @@ fn run_engine(cli: &Cli, kind: BackendKind, bar: &ProgressBar) -> Result<EngineR
     });
     if cli.quick {
         cmd.arg("--quick");
+    }
+    if cli.key_ordered_copy {
+        cmd.arg("--key-ordered-copy");
     }
     if let Some(d) = &cli.data_dir {
         cmd.arg("--data-dir").arg(d);

@@ -27,7 +27,9 @@ pub fn split_cache(cache_mb: u64) -> (u64, usize) {
 }
 
 /// Runs the MVCC phases; phase names match the raw ones where the operation is the same.
-/// `durable_phases` is false for a volatile store.
+/// `durable_phases` is false for a volatile store; `key_ordered_copy` runs the stores with
+/// `StoreConfig::with_key_ordered_copy`.
+#[allow(clippy::too_many_arguments)]
 pub fn run_mvcc<B: Backend>(
     open: Open<'_, B>,
     dir: &Path,
@@ -35,6 +37,7 @@ pub fn run_mvcc<B: Backend>(
     durability: Durability,
     profile: Profile,
     durable_phases: bool,
+    key_ordered_copy: bool,
     on_phase: &mut dyn FnMut(&str),
 ) -> Result<Vec<PhaseResult>, MvccError> {
     let (engine_mb, row_cache) = split_cache(cache_mb);
@@ -45,7 +48,9 @@ pub fn run_mvcc<B: Backend>(
     };
     let store = Arc::new(MvccStore::with_config(
         open(cfg("mvcc", durability))?,
-        StoreConfig::default().with_row_cache_bytes(row_cache),
+        StoreConfig::default()
+            .with_row_cache_bytes(row_cache)
+            .with_key_ordered_copy(key_ordered_copy),
     )?);
     let mut phases = Vec::new();
     let n = profile.keys;
@@ -153,7 +158,8 @@ pub fn run_mvcc<B: Backend>(
         durable_backend,
         StoreConfig::default()
             .with_commit_mode(CommitMode::GroupSync)
-            .with_row_cache_bytes(row_cache),
+            .with_row_cache_bytes(row_cache)
+            .with_key_ordered_copy(key_ordered_copy),
     )?);
     on_phase("mvcc durable put (1 writer)");
     phase::<MvccError>(

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use mvcc_core::revision::Revision;
 use mvcc_core::store::{
-    FORMAT_VERSION, META_CURRENT_REV, META_FINISHED_COMPACT_REV, META_FORMAT,
+    FORMAT_VERSION_WITHOUT_COPY, META_CURRENT_REV, META_FINISHED_COMPACT_REV, META_FORMAT,
     META_SCHEDULED_COMPACT_REV,
 };
 use mvcc_core::{AnyBackend, MvccStore};
@@ -238,7 +238,12 @@ pub fn write_store(
         META_CURRENT_REV.to_vec(),
         data.current_revision.to_be_bytes().to_vec(),
     );
-    batch.put(Tree::Meta, META_FORMAT.to_vec(), vec![FORMAT_VERSION]);
+    // Format 1: no copy of the current rows; a store opened with the copy on builds it.
+    batch.put(
+        Tree::Meta,
+        META_FORMAT.to_vec(),
+        vec![FORMAT_VERSION_WITHOUT_COPY],
+    );
     let auth = match &data.auth {
         Some(d) if !d.is_fresh() => Some(rusd_auth::persist::restore_rows(d, &mut batch)?),
         _ => None,

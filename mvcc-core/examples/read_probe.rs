@@ -7,6 +7,9 @@
 //!   the scans; `ROUNDS` rounds, default 10) for `perf record` or `valgrind --tool=callgrind`;
 //!   subtract the run of `none` (cold operations) or `warm` (`get-warm`, `range`, `scan`) to get
 //!   the operation's own instruction count.
+//! * `ROW_BUDGET=<bytes>` sets the row budget (default 16 MiB, every row held); `0` holds none,
+//!   so every range row is read from the copy of the current rows when `COPY=1` (the store
+//!   then keeps it: `StoreConfig::with_key_ordered_copy`), by revision otherwise.
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,6 +21,7 @@ fn key(i: usize) -> Vec<u8> {
 }
 
 fn main() {
+    let copy = std::env::var("COPY").is_ok_and(|v| v == "1");
     let n = 20_000usize;
     let mut order: Vec<usize> = (0..n).collect();
     let mut s = 88172645463325252u64;
@@ -35,13 +39,22 @@ fn main() {
     let raw = MemoryBackend::volatile();
     let mvb = MemoryBackend::volatile();
     {
-        let st = MvccStore::new(mvb.clone()).unwrap();
+        let st = MvccStore::with_config(
+            mvb.clone(),
+            StoreConfig::default().with_key_ordered_copy(copy),
+        )
+        .unwrap();
         for &i in &order {
             raw.put(Tree::Kv, &key(i), &value).unwrap();
             st.put(&key(i), &value, 0).unwrap();
         }
     }
     let mode = std::env::args().nth(1).unwrap_or_default();
+    // `ROW_BUDGET=0`: no current rows held, every range row comes from the copy scan.
+    let row_budget: usize = std::env::var("ROW_BUDGET")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(16 << 20);
     let keys: Vec<Vec<u8>> = order.iter().map(|&i| key(i)).collect();
     let ends10: Vec<Vec<u8>> = order.iter().map(|&i| key(i + 10)).collect();
     let ends100: Vec<Vec<u8>> = order.iter().map(|&i| key(i + 100)).collect();
@@ -54,7 +67,9 @@ fn main() {
         for _ in 0..rounds {
             let st = MvccStore::with_config(
                 mvb.clone(),
-                StoreConfig::default().with_row_cache_bytes(16 << 20),
+                StoreConfig::default()
+                    .with_row_cache_bytes(row_budget)
+                    .with_key_ordered_copy(copy),
             )
             .unwrap();
             if op.contains("warm") || op.contains("range") || op.contains("scan") {
@@ -107,7 +122,9 @@ fn main() {
         let st = Arc::new(
             MvccStore::with_config(
                 mvb.clone(),
-                StoreConfig::default().with_row_cache_bytes(16 << 20),
+                StoreConfig::default()
+                    .with_row_cache_bytes(row_budget)
+                    .with_key_ordered_copy(copy),
             )
             .unwrap(),
         );

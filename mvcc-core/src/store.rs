@@ -6,7 +6,18 @@
 //!   [`META_FINISHED_COMPACT_REV`] (8-byte big-endian `i64`), [`META_FORMAT`]. As in etcd the
 //!   current revision is recovered from the `kv` tree and the compaction revisions;
 //!   [`META_CURRENT_REV`] is only a guard, written when a compaction is scheduled, so a commit
-//!   (puts and tombstones alike) writes the `kv` tree alone.
+//!   (puts and tombstones alike) writes the `kv` and `index` trees alone.
+//! * `index` tree, only with [`StoreConfig::with_key_ordered_copy`] (format 2,
+//!   [`FORMAT_VERSION`]; without it the tree stays empty and the format is 1,
+//!   [`FORMAT_VERSION_WITHOUT_COPY`]): the key-ordered copy of the current rows,
+//!   [`copy_key`] → the encoded row of the key's newest revision when it is a put, written (or
+//!   deleted, for a tombstone) in the same backend batch as the revision row. Ranges read the
+//!   rows the key index does not hold with one scan of it; a copy row answers only when its
+//!   `mod_revision` is the revision the key index chose for the read, so point-in-time reads
+//!   and unpublished writes (group commit) fall back to the `kv` row. Compaction never removes
+//!   a live key's newest revision, so it leaves the copy alone. Opening a store of format 1
+//!   (or without [`META_FORMAT`]) with the copy on builds it from the `kv` rows, then writes
+//!   format 2; opening a format-2 store with the copy off writes format 1, then deletes it.
 //! * `lease` tree: lease id (8-byte big-endian) → encoded lease (see [`crate::lease`]).
 //!
 //! # Concurrency
@@ -85,8 +96,28 @@ pub const META_FINISHED_COMPACT_REV: &[u8] = b"finishedCompactRev";
 pub const META_APPLY: &[u8] = b"applyMeta";
 /// Meta key of the storage format version of this crate.
 pub const META_FORMAT: &[u8] = b"mvccFormat";
-/// Storage format version written to [`META_FORMAT`].
-pub const FORMAT_VERSION: u8 = 1;
+/// Storage format version written to [`META_FORMAT`] by a store that keeps the key-ordered
+/// copy of the current rows in the `index` tree ([`StoreConfig::with_key_ordered_copy`], see
+/// [`copy_key`]): 2, the `kv` tree plus a complete copy.
+pub const FORMAT_VERSION: u8 = 2;
+/// The storage format without the copy of the current rows (`kv` rows and meta only), written
+/// by a store without [`StoreConfig::with_key_ordered_copy`]. Opening such a store (or one
+/// without [`META_FORMAT`]) with the copy on builds it, then writes [`FORMAT_VERSION`];
+/// writers of a store from outside (an import) write this version and leave the copy to the
+/// first open that wants it.
+pub const FORMAT_VERSION_WITHOUT_COPY: u8 = 1;
+/// Prefix of the keys of the copy of the current rows in [`Tree::Index`].
+pub const COPY_PREFIX: u8 = b'c';
+
+/// The `index`-tree key of the copy of `key`'s current row: [`COPY_PREFIX`] followed by `key`.
+/// Its value is the encoded [`KeyValue`] of the key's newest revision (the same bytes as its
+/// `kv` row); a key whose newest revision is a tombstone, or that does not exist, has none.
+pub fn copy_key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 1);
+    out.push(COPY_PREFIX);
+    out.extend_from_slice(key);
+    out
+}
 
 /// etcd's default maximum number of operations in a transaction.
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
@@ -146,6 +177,9 @@ pub struct StoreConfig {
     /// default). Rows are immutable, so a cached row needs no invalidation but compaction and
     /// [`MvccStore::reload`]; see [`with_row_cache_bytes`](Self::with_row_cache_bytes).
     pub row_cache_bytes: usize,
+    /// Keep the key-ordered copy of the current rows in the `index` tree (off by default):
+    /// see [`with_key_ordered_copy`](Self::with_key_ordered_copy).
+    pub key_ordered_copy: bool,
 }
 
 impl Default for StoreConfig {
@@ -160,6 +194,7 @@ impl Default for StoreConfig {
             commit_mode: CommitMode::Backend,
             early_publish: false,
             row_cache_bytes: 0,
+            key_ordered_copy: false,
         }
     }
 }
@@ -175,11 +210,27 @@ impl fmt::Debug for StoreConfig {
             .field("commit_mode", &self.commit_mode)
             .field("early_publish", &self.early_publish)
             .field("row_cache_bytes", &self.row_cache_bytes)
+            .field("key_ordered_copy", &self.key_ordered_copy)
             .finish_non_exhaustive()
     }
 }
 
 impl StoreConfig {
+    /// Keeps a key-ordered copy of every key's current row in the `index` tree ([`copy_key`],
+    /// format [`FORMAT_VERSION`]), written in the same batch as the revision row, so that a
+    /// range reads the rows the key index does not hold with one engine scan instead of one
+    /// point read per row. The trade (`docs/READS-PROFILE.md` §9, 1M keys): full-profile
+    /// ranges 1.5-4× faster, puts 2-8× slower (a second, random-key row in a second tree per
+    /// write; sled commits such a batch as a transaction), a second copy of every live row on
+    /// disk. Off by default. Opening a store with it on builds the copy if the store has none
+    /// (format 1); opening a store that has one with it off writes format 1 first and then
+    /// deletes the copy, so a copy is never trusted unless every write since it was built
+    /// maintained it.
+    pub fn with_key_ordered_copy(mut self, yes: bool) -> Self {
+        self.key_ordered_copy = yes;
+        self
+    }
+
     /// Keeps up to `bytes` of rows in memory, answering reads of them without the engine.
     /// Three quarters of `bytes` go to the *current rows*: the key index keeps, in the entry of
     /// a key whose newest revision is a put, that revision's encoded row (handed over by the
@@ -398,6 +449,26 @@ pub(crate) fn error_line(err: &dyn std::error::Error) -> String {
     line
 }
 
+/// Adds to `batch` the copy-row operations (see [`copy_key`]) of `changes` (`(row, tombstone)`
+/// in commit order): the newest change of each key puts its row, or deletes the copy for a
+/// tombstone. One operation per key, so no engine has to order two writes of one key in a batch.
+pub(crate) fn add_copy_ops<'c>(
+    batch: &mut WriteBatch,
+    changes: impl Iterator<Item = (&'c KeyValue, bool)>,
+) {
+    let mut newest: BTreeMap<&[u8], (&KeyValue, bool)> = BTreeMap::new();
+    for (kv, tombstone) in changes {
+        newest.insert(kv.key.as_slice(), (kv, tombstone));
+    }
+    for (key, (kv, tombstone)) in newest {
+        if tombstone {
+            batch.delete(Tree::Index, copy_key(key));
+        } else {
+            batch.put(Tree::Index, copy_key(key), kv.encode());
+        }
+    }
+}
+
 /// The key right after `key` in byte order.
 pub(crate) fn successor(key: &[u8]) -> Vec<u8> {
     let mut next = Vec::with_capacity(key.len() + 1);
@@ -450,6 +521,22 @@ impl<B: Backend> MvccStore<B> {
         }
     }
 
+    /// Deletes every row of the `index` tree (a copy of the current rows left by a build that
+    /// did not finish), in bounded batches.
+    fn clear_copy(&self) -> MvccResult<()> {
+        loop {
+            let rows = self.backend.scan(Tree::Index, &[], &[], RESTORE_CHUNK)?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut batch = WriteBatch::with_capacity(rows.len());
+            for (key, _) in rows {
+                batch.delete(Tree::Index, key);
+            }
+            self.backend.write(&batch)?;
+        }
+    }
+
     fn recover(&self) -> MvccResult<()> {
         let _c = self.compaction_lock.lock();
         self.recover_locked()
@@ -457,12 +544,32 @@ impl<B: Backend> MvccStore<B> {
 
     /// [`recover`](Self::recover) with the compaction lock held by the caller.
     fn recover_locked(&self) -> MvccResult<()> {
-        if let Some(format) = self.backend.get(Tree::Meta, META_FORMAT)? {
-            if format.as_slice() != [FORMAT_VERSION] {
+        // Format 2 holds the copy of the current rows; with the copy on, format 1 (or none: a
+        // new store, or one written from outside) gets it built below from the `kv` rows,
+        // before format 2 is written, so a crash during the build leaves format 1 and the next
+        // open builds again. With the copy off, format 1 is written first and the copy dropped.
+        let format = self.backend.get(Tree::Meta, META_FORMAT)?;
+        let had_copy = match format.as_deref() {
+            Some([FORMAT_VERSION]) => true,
+            Some([FORMAT_VERSION_WITHOUT_COPY]) | None => false,
+            Some(format) => {
                 return Err(MvccError::Corruption(format!(
                     "unsupported mvcc storage format {format:?}"
                 )));
             }
+        };
+        let want_copy = self.config.key_ordered_copy;
+        if had_copy && !want_copy {
+            // No longer maintained: format 1 durable before any write leaves it stale.
+            self.backend
+                .put(Tree::Meta, META_FORMAT, &[FORMAT_VERSION_WITHOUT_COPY])?;
+            self.backend.flush()?;
+        }
+        // Build the copy when it is wanted and missing (after clearing what a build that did
+        // not finish may have left); drop it when it is not wanted.
+        let needs_build = want_copy && !had_copy;
+        if !had_copy || !want_copy {
+            self.clear_copy()?;
         }
         let finished = self.meta_i64(META_FINISHED_COMPACT_REV)?;
         let scheduled = self.meta_i64(META_SCHEDULED_COMPACT_REV)?;
@@ -484,6 +591,9 @@ impl<B: Backend> MvccStore<B> {
             let bytes: usize = chunk.iter().map(|(k, v)| k.len() + v.len()).sum();
             let per_row = (bytes / chunk.len()).max(1);
             limit = (RESTORE_CHUNK_BYTES / per_row).clamp(RESTORE_MIN_CHUNK, RESTORE_CHUNK);
+            // Building the copy: the newest row of each key of the chunk (rows come in
+            // revision order), a tombstone deleting it.
+            let mut copy: BTreeMap<Vec<u8>, Option<&[u8]>> = BTreeMap::new();
             for (rkey, rvalue) in &chunk {
                 let (rev, tombstone) = Revision::from_key(rkey)?;
                 let kv = KeyValue::decode(rvalue)?;
@@ -502,8 +612,21 @@ impl<B: Backend> MvccStore<B> {
                 } else {
                     key_lease.insert(kv.key.clone(), kv.lease);
                 }
+                if needs_build {
+                    copy.insert(copy_key(&kv.key), (!tombstone).then_some(rvalue.as_slice()));
+                }
                 last_main = last_main.max(rev.main);
                 rows += 1;
+            }
+            if !copy.is_empty() {
+                let mut batch = WriteBatch::with_capacity(copy.len());
+                for (key, row) in copy {
+                    match row {
+                        Some(row) => batch.put(Tree::Index, key, row),
+                        None => batch.delete(Tree::Index, key),
+                    };
+                }
+                self.backend.write(&batch)?;
             }
             if done {
                 break;
@@ -533,9 +656,16 @@ impl<B: Backend> MvccStore<B> {
                 table.attach(&key, lease);
             }
         }
-        if self.backend.get(Tree::Meta, META_FORMAT)?.is_none() {
+        if format.is_none() && !want_copy {
+            self.backend
+                .put(Tree::Meta, META_FORMAT, &[FORMAT_VERSION_WITHOUT_COPY])?;
+        }
+        if needs_build {
+            // The copy durable first, then the format that says it is complete.
+            self.backend.flush()?;
             self.backend
                 .put(Tree::Meta, META_FORMAT, &[FORMAT_VERSION])?;
+            self.backend.flush()?;
         }
         tracing::debug!(
             backend = %B::KIND,
@@ -1007,30 +1137,89 @@ impl<B: Backend> MvccStore<B> {
         if let KeyRange::Single(key) = range {
             return self.read_key_at(key, at, count_only);
         }
-        if count_only || !self.index.keeps_rows() {
-            let (revs, count) = self.index.range_revisions(range, at, lim);
-            if count_only {
-                return Ok((Vec::new(), count));
-            }
-            return Ok((self.load_kvs(&revs, at)?, count));
+        if count_only {
+            let (_, count) = self.index.range_revisions(range, at, lim);
+            return Ok((Vec::new(), count));
         }
-        // One index walk: the current rows come with it, the others are read by revision.
+        // One index walk: the current rows come with it, the others are read from the copy of
+        // the current rows or by revision.
         let RangeRows {
             mut kvs,
             later,
             loads,
+            load_keys,
             count,
         } = self.index.range_rows(range, at, lim)?;
         for (i, row) in later {
             KeyValue::decode_into(&row, &mut kvs[i])?;
         }
-        if !loads.is_empty() {
-            let revs: Vec<Revision> = loads.iter().map(|&(_, rev)| rev).collect();
-            for ((i, _), kv) in loads.into_iter().zip(self.load_kvs(&revs, at)?) {
+        self.fill_loads(&mut kvs, &loads, &load_keys, at)?;
+        Ok((kvs, count))
+    }
+
+    /// Fills the slots of `loads` (`(slot, visible revision, end of its key in keys)` in key
+    /// order, as [`TreeIndex::range_rows`] names them) for a read at `at`.
+    ///
+    /// Two or more are read with one scan of the copy of the current rows ([`copy_key`]) from
+    /// the first key to the last, merged by key: a copy row answers a slot only when its
+    /// `mod_revision` is the revision the index chose, so the index alone decides what a read
+    /// sees. Any other slot (the key written after `at`, or written but not published yet
+    /// under group commit, or its copy missing) is read by revision, as a single load is.
+    fn fill_loads(
+        &self,
+        kvs: &mut [KeyValue],
+        loads: &[(usize, Revision, usize)],
+        keys: &[u8],
+        at: i64,
+    ) -> MvccResult<()> {
+        let mut misses: Vec<(usize, Revision)> = Vec::new();
+        let key_at = |n: usize| {
+            let start = n.checked_sub(1).map_or(0, |p| loads[p].2);
+            keys.get(start..loads[n].2).unwrap_or_default()
+        };
+        if loads.len() >= 2 && self.config.key_ordered_copy {
+            let rows = self.backend.scan(
+                Tree::Index,
+                &copy_key(key_at(0)),
+                &successor(&copy_key(key_at(loads.len() - 1))),
+                0,
+            )?;
+            let mut rows = rows.into_iter().peekable();
+            for (n, &(i, rev, _)) in loads.iter().enumerate() {
+                let key = key_at(n);
+                let mut hit = false;
+                while let Some((copy, _)) = rows.peek() {
+                    match copy.get(1..).unwrap_or_default().cmp(key) {
+                        std::cmp::Ordering::Less => {
+                            rows.next();
+                        }
+                        std::cmp::Ordering::Equal => {
+                            if let Some((_, row)) = rows.next() {
+                                let kv = KeyValue::decode_owned(row)?;
+                                if kv.mod_revision == rev.main {
+                                    kvs[i] = kv;
+                                    hit = true;
+                                }
+                            }
+                            break;
+                        }
+                        std::cmp::Ordering::Greater => break,
+                    }
+                }
+                if !hit {
+                    misses.push((i, rev));
+                }
+            }
+        } else {
+            misses.extend(loads.iter().map(|&(i, rev, _)| (i, rev)));
+        }
+        if !misses.is_empty() {
+            let revs: Vec<Revision> = misses.iter().map(|&(_, rev)| rev).collect();
+            for ((i, _), kv) in misses.into_iter().zip(self.load_kvs(&revs, at)?) {
                 kvs[i] = kv;
             }
         }
-        Ok((kvs, count))
+        Ok(())
     }
 
     /// [`read_at`](Self::read_at) of the single key `key`.
@@ -1189,6 +1378,9 @@ impl<B: Backend> MvccStore<B> {
         let Some((first_rev, first)) = written.first() else {
             return Ok(results);
         };
+        if self.config.key_ordered_copy {
+            add_copy_ops(&mut batch, written.iter().map(|(_, c)| (&c.kv, false)));
+        }
         self.add_apply_meta(&mut batch);
         // After a failed write, the row of the first put tells whether the batch was applied.
         let lost_ack = match self.backend.write(&batch) {
@@ -1347,13 +1539,25 @@ impl<B: Backend> MvccStore<B> {
         // The encoded row of a single put, kept for the index's current row.
         let mut single_row = None;
         let written = match changes.as_slice() {
-            // One put: a plain single-row write, no batch.
-            [c] if !c.tombstone && extra.is_empty() => {
+            // One put without the copy: a plain single-row write, no batch.
+            [c] if !c.tombstone && extra.is_empty() && !self.config.key_ordered_copy => {
                 let key = Revision::new(rev, 0).to_bytes();
                 let row = c.kv.encode();
                 let written = self
                     .backend_put(Tree::Kv, &key, &row)
                     .map_err(MvccError::from);
+                single_row = Some(row);
+                written
+            }
+            // One put with the copy: its row and the copy of it in one batch.
+            [c] if !c.tombstone && extra.is_empty() => {
+                let key = Revision::new(rev, 0).to_bytes();
+                let row = c.kv.encode();
+                let mut batch = WriteBatch::with_capacity(3);
+                batch.put(Tree::Kv, key.to_vec(), row.clone());
+                batch.put(Tree::Index, copy_key(&c.kv.key), row.clone());
+                self.add_apply_meta(&mut batch);
+                let written = self.backend.write(&batch).map_err(MvccError::from);
                 single_row = Some(row);
                 written
             }
@@ -1427,6 +1631,9 @@ impl<B: Backend> MvccStore<B> {
         for (sub, change) in changes.iter().enumerate() {
             let r = Revision::new(rev, sub as i64);
             batch.put(Tree::Kv, r.to_key(change.tombstone), change.kv.encode());
+        }
+        if self.config.key_ordered_copy {
+            add_copy_ops(&mut batch, changes.iter().map(|c| (&c.kv, c.tombstone)));
         }
         for op in extra.into_ops() {
             match op {

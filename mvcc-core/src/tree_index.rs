@@ -498,8 +498,13 @@ pub(crate) struct RangeRows {
     pub(crate) kvs: Vec<KeyValue>,
     /// Slots to fill by decoding these rows (rows beyond [`DECODE_UNDER_LOCK`]).
     pub(crate) later: Vec<(usize, Arc<[u8]>)>,
-    /// Slots to fill with the row of a revision (not held by the index).
-    pub(crate) loads: Vec<(usize, Revision)>,
+    /// Slots to fill with the row of a revision (not held by the index): the slot, the
+    /// revision, and where the slot's key ends in [`load_keys`](Self::load_keys) (it starts
+    /// where the previous one ends).
+    pub(crate) loads: Vec<(usize, Revision, usize)>,
+    /// The keys of [`loads`](Self::loads), one after the other (one buffer, not one allocation
+    /// per key).
+    pub(crate) load_keys: Vec<u8>,
     /// Number of keys in the range at the read revision, regardless of the limit.
     pub(crate) count: usize,
 }
@@ -855,7 +860,7 @@ impl TreeIndex {
     ) -> MvccResult<RangeRows> {
         enum Src<'t> {
             Row(&'t Arc<[u8]>),
-            Rev(Revision),
+            Rev(Revision, &'t IndexKey),
         }
         let mut out = RangeRows::default();
         let tree = self.tree.read();
@@ -863,7 +868,7 @@ impl TreeIndex {
             return Ok(out);
         };
         let mut srcs: Vec<Src<'_>> = Vec::new();
-        for (_, s) in entries {
+        for (key, s) in entries {
             if let Some(row) = s.current_row(at_rev) {
                 if limit == 0 || srcs.len() < limit {
                     srcs.push(Src::Row(row));
@@ -871,7 +876,7 @@ impl TreeIndex {
                 out.count += 1;
             } else if let Ok((rev, _, _)) = s.get(at_rev) {
                 if limit == 0 || srcs.len() < limit {
-                    srcs.push(Src::Rev(rev));
+                    srcs.push(Src::Rev(rev, key));
                 }
                 out.count += 1;
             }
@@ -890,7 +895,10 @@ impl TreeIndex {
             match src {
                 Src::Row(row) if i < DECODE_UNDER_LOCK => KeyValue::decode_into(row, kv)?,
                 Src::Row(row) => out.later.push((i, Arc::clone(row))),
-                Src::Rev(rev) => out.loads.push((i, rev)),
+                Src::Rev(rev, key) => {
+                    out.load_keys.extend_from_slice(key.as_slice());
+                    out.loads.push((i, rev, out.load_keys.len()));
+                }
             }
         }
         Ok(out)
@@ -1361,7 +1369,9 @@ mod tests {
                 let overwritten = i % 5 == 0 && at >= late;
                 if i % 3 == 0 && !overwritten {
                     // Named by its visible revision, left for the caller.
-                    assert_eq!(loads.next(), Some(&(i, r(i as i64 + 2))));
+                    let &(slot, rev, end) = loads.next().unwrap();
+                    assert_eq!((slot, rev), (i, r(i as i64 + 2)));
+                    assert_eq!(got.load_keys[end - key(i).len()..end], key(i));
                     assert_eq!(kv, &KeyValue::default());
                     continue;
                 }
@@ -1369,7 +1379,9 @@ mod tests {
                     b"new".to_vec()
                 } else if i % 5 == 0 {
                     // Overwritten after `at`: the held row is too new.
-                    assert_eq!(loads.next(), Some(&(i, r(i as i64 + 2))));
+                    let &(slot, rev, end) = loads.next().unwrap();
+                    assert_eq!((slot, rev), (i, r(i as i64 + 2)));
+                    assert_eq!(got.load_keys[end - key(i).len()..end], key(i));
                     continue;
                 } else {
                     format!("v{i}").into_bytes()

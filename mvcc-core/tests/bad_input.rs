@@ -498,7 +498,7 @@ fn store_open_on_damaged_data_on_every_engine() {
     type Damage = (&'static str, fn(&AnyBackend));
     let damages: [Damage; 4] = [
         ("unknown mvcc format version", |b| {
-            b.put(Tree::Meta, META_FORMAT, &[2]).unwrap()
+            b.put(Tree::Meta, META_FORMAT, &[3]).unwrap()
         }),
         ("current revision not 8 bytes", |b| {
             b.put(Tree::Meta, META_CURRENT_REV, b"xyz").unwrap()

@@ -326,13 +326,16 @@ struct Engine {
     reopen: bool,
     /// The store's row budget (`StoreConfig::with_row_cache_bytes`).
     rows: usize,
+    /// Whether the store keeps the key-ordered copy of the current rows
+    /// (`StoreConfig::with_key_ordered_copy`).
+    copy: bool,
 }
 
 impl Engine {
-    fn new(kind: BackendKind, reopen: bool, rows: usize) -> Self {
+    fn new(kind: BackendKind, reopen: bool, rows: usize, copy: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = BackendConfig::new(dir.path().join("db"));
-        let store = Self::open(kind, &config, rows);
+        let store = Self::open(kind, &config, rows, copy);
         Engine {
             kind,
             _dir: dir,
@@ -340,11 +343,20 @@ impl Engine {
             store: Some(store),
             reopen,
             rows,
+            copy,
         }
     }
-    fn open(kind: BackendKind, config: &BackendConfig, rows: usize) -> MvccStore<AnyBackend> {
+    fn open(
+        kind: BackendKind,
+        config: &BackendConfig,
+        rows: usize,
+        copy: bool,
+    ) -> MvccStore<AnyBackend> {
         let backend = AnyBackend::open(kind, config.clone()).unwrap();
-        MvccStore::with_config(backend, StoreConfig::default().with_row_cache_bytes(rows)).unwrap()
+        let store = StoreConfig::default()
+            .with_row_cache_bytes(rows)
+            .with_key_ordered_copy(copy);
+        MvccStore::with_config(backend, store).unwrap()
     }
     fn store(&self) -> &MvccStore<AnyBackend> {
         self.store.as_ref().unwrap()
@@ -387,12 +399,19 @@ impl Engine {
                     let store = self.store.take().unwrap();
                     store.backend().close().unwrap();
                     drop(store);
-                    self.store = Some(Self::open(self.kind, &self.config, self.rows));
+                    self.store = Some(Self::open(self.kind, &self.config, self.rows, self.copy));
                 }
                 let s = self.store();
                 Outcome::Reopen(s.current_revision(), s.compact_revision())
             }
         }
+    }
+    /// The rows of the copy of the current rows (`index` tree).
+    fn copy(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.store()
+            .backend()
+            .scan(storage_api::Tree::Index, &[], &[], 0)
+            .unwrap()
     }
     /// Every readable revision of the whole key space.
     fn history(&self) -> Vec<Result<Vec<KeyValue>, String>> {
@@ -407,6 +426,13 @@ impl Engine {
     }
 }
 
+/// The copy of the current rows a store holding `live` must have.
+fn copy_of(live: &BTreeMap<Vec<u8>, KeyValue>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    live.values()
+        .map(|kv| (mvcc_core::store::copy_key(&kv.key), kv.encode()))
+        .collect()
+}
+
 /// Runs `ops` on the model and on every compiled engine (with and without reopening, and with
 /// a row budget whose index share holds two of the five keys' current rows, so writes evict
 /// them) and checks
@@ -417,9 +443,9 @@ fn check(ops: &[Op]) -> Result<(), TestCaseError> {
         .into_iter()
         .flat_map(|k| {
             [
-                Engine::new(k, false, 0),
-                Engine::new(k, true, 0),
-                Engine::new(k, true, 400),
+                Engine::new(k, false, 0, false),
+                Engine::new(k, true, 0, true),
+                Engine::new(k, true, 400, true),
             ]
         })
         .collect();
@@ -431,6 +457,23 @@ fn check(ops: &[Op]) -> Result<(), TestCaseError> {
                 &got,
                 &want,
                 "op #{} {:?} on {} (reopen={}, rows={})",
+                i,
+                op,
+                e.kind,
+                e.reopen,
+                e.rows
+            );
+            // The copy of the current rows in the engine: exactly the model's live keys (none
+            // without the copy).
+            let want_copy = if e.copy {
+                copy_of(model.cur())
+            } else {
+                Vec::new()
+            };
+            prop_assert_eq!(
+                e.copy(),
+                want_copy,
+                "copy of the current rows after op #{} {:?} on {} (reopen={}, rows={})",
                 i,
                 op,
                 e.kind,

@@ -12,15 +12,35 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::Env;
+use common::{assert_copy_is, rows, Env};
+use mvcc_core::store::{copy_key, FORMAT_VERSION, FORMAT_VERSION_WITHOUT_COPY, META_FORMAT};
 use mvcc_core::{
     CommitMode, Compare, CompareOp, KeyValue, MvccError, MvccStore, StoreConfig, TxnOp,
     CURRENT_ROW_OVERHEAD,
 };
 use storage_api::fault::{FaultKind, FaultOp, FaultyBackend};
-use storage_api::Backend;
+use storage_api::{Backend, Tree};
 
 /// The model: for each revision, the key-values alive at it.
+/// The configuration of most tests here: the key-ordered copy of the current rows kept.
+fn copy_on() -> StoreConfig {
+    StoreConfig::default().with_key_ordered_copy(true)
+}
+
+/// Asserts the copy of the current rows of `s`: exactly the key-values of `live` when the
+/// store keeps it, none at all when it does not.
+fn check_copy<'a, B: Backend>(
+    s: &MvccStore<B>,
+    live: impl IntoIterator<Item = &'a KeyValue>,
+    what: &str,
+) {
+    if s.config().key_ordered_copy {
+        assert_copy_is(&**s.backend(), live, what);
+    } else {
+        assert_copy_is(&**s.backend(), [], what);
+    }
+}
+
 type History = Vec<(i64, BTreeMap<Vec<u8>, KeyValue>)>;
 
 fn key(i: usize) -> Vec<u8> {
@@ -39,6 +59,7 @@ fn write_history<B: Backend>(s: &MvccStore<B>) -> History {
         let prev = live.get(&k);
         assert_eq!(kv.version, prev.map_or(1, |p| p.version + 1));
         live.insert(k, kv);
+        check_copy(s, live.values(), &format!("put at {rev}"));
         rev
     };
     for round in 0..3usize {
@@ -59,6 +80,7 @@ fn write_history<B: Backend>(s: &MvccStore<B>) -> History {
                 assert_eq!(deleted.len(), 1);
                 history.push((rev, live.clone()));
             }
+            check_copy(s, live.values(), &format!("delete at {rev}"));
         }
         // A transaction of three puts: three rows with one main revision, sub 0, 1, 2.
         let ks = [key(n - 1 - round), key(round), key(n / 2 + round)];
@@ -87,6 +109,7 @@ fn write_history<B: Backend>(s: &MvccStore<B>) -> History {
             };
             live.insert(k.clone(), kv);
         }
+        check_copy(s, live.values(), &format!("txn at {rev}"));
         history.push((rev, live.clone()));
     }
     history
@@ -148,7 +171,9 @@ fn reads_are_exact_with<B: Backend>(config: StoreConfig) {
     // The same answers from disk after a reopen (rows read back by the engine; recovery hands
     // the index the current rows that fit its three quarters of the budget).
     let s = env.reopen(s);
-    let held = current_rows_bytes(&history[history.len() - 1].1);
+    let last = &history[history.len() - 1].1;
+    check_copy(&s, last.values(), "after a reopen");
+    let held = current_rows_bytes(last);
     if budget == 0 {
         assert_eq!(s.row_cache_bytes(), 0);
     } else if held <= budget / 4 * 3 {
@@ -166,28 +191,77 @@ fn reads_are_exact_with<B: Backend>(config: StoreConfig) {
         Err(MvccError::Compacted)
     ));
     check_history(&s, &history, at);
+    check_copy(&s, last.values(), "after a compaction");
+    s.backend().close().unwrap();
+}
+
+/// Without the copy (the default): the `index` tree stays empty, every read is exact.
+fn point_in_time_reads_are_exact_without_the_copy<B: Backend>() {
+    reads_are_exact_with::<B>(StoreConfig::default());
+    reads_are_exact_with::<B>(StoreConfig::default().with_row_cache_bytes(16 * 250));
+}
+
+/// A store that kept the copy, opened without it, writes format 1 and deletes the copy
+/// before any write that would leave it stale; opened with it again, it builds it anew.
+fn the_copy_can_be_switched_off_and_on<B: Backend>() {
+    let on = Env::<B>::with_config(copy_on());
+    let s = on.open();
+    let history = write_history(&s);
+    let mut live = history[history.len() - 1].1.clone();
+    assert_eq!(
+        s.backend().get(Tree::Meta, META_FORMAT).unwrap(),
+        Some(vec![FORMAT_VERSION])
+    );
+    let backend = s.backend().clone();
+    drop(s);
+
+    let s = MvccStore::with_config(backend, StoreConfig::default()).unwrap();
+    assert_eq!(
+        s.backend().get(Tree::Meta, META_FORMAT).unwrap(),
+        Some(vec![FORMAT_VERSION_WITHOUT_COPY])
+    );
+    check_copy(&s, live.values(), "switched off");
+    check_history(&s, &history, 1);
+    // Writes without the copy: none appears.
+    let (_, kv) = s.put(&key(7), b"while off", 0).unwrap();
+    live.insert(key(7), kv);
+    let gone = live.keys().find(|k| **k != key(7)).unwrap().clone();
+    assert_eq!(s.delete_range(&gone, &[]).unwrap().1.len(), 1);
+    live.remove(&gone);
+    check_copy(&s, live.values(), "written while off");
+    let backend = s.backend().clone();
+    drop(s);
+
+    let s = MvccStore::with_config(backend, copy_on()).unwrap();
+    assert_eq!(
+        s.backend().get(Tree::Meta, META_FORMAT).unwrap(),
+        Some(vec![FORMAT_VERSION])
+    );
+    check_copy(&s, live.values(), "switched on again");
+    let all = s.range(b"key/", b"key0", 0, 0, false).unwrap();
+    assert_eq!(all.kvs, live.values().cloned().collect::<Vec<_>>());
     s.backend().close().unwrap();
 }
 
 fn point_in_time_reads_are_exact<B: Backend>() {
-    reads_are_exact_with::<B>(StoreConfig::default());
+    reads_are_exact_with::<B>(copy_on());
 }
 
 /// Every row fits: after the first pass every read is a cache hit.
 fn point_in_time_reads_are_exact_with_row_cache<B: Backend>() {
-    reads_are_exact_with::<B>(StoreConfig::default().with_row_cache_bytes(1 << 20));
+    reads_are_exact_with::<B>(copy_on().with_row_cache_bytes(1 << 20));
 }
 
 /// 16 shards of 250 bytes hold 16 rows at most (one per shard): a range of 10 or 100 keys
 /// evicts rows it has just cached.
 fn point_in_time_reads_are_exact_with_tiny_row_cache<B: Backend>() {
-    reads_are_exact_with::<B>(StoreConfig::default().with_row_cache_bytes(16 * 250));
+    reads_are_exact_with::<B>(copy_on().with_row_cache_bytes(16 * 250));
 }
 
 /// A snapshot restore replaces every row, reusing revision numbers with other contents: after
 /// `reload` no read answers a row cached before it.
 fn restore_replaces_cached_rows<B: Backend>() {
-    let config = StoreConfig::default().with_row_cache_bytes(1 << 20);
+    let config = copy_on().with_row_cache_bytes(1 << 20);
     let a_env = Env::<B>::with_config(config.clone());
     let a = a_env.open();
     let b_env = Env::<B>::with_config(config);
@@ -215,6 +289,7 @@ fn restore_replaces_cached_rows<B: Backend>() {
     let b_live: BTreeMap<Vec<u8>, KeyValue> =
         b_rows.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
     assert_eq!(a.row_cache_bytes(), current_rows_bytes(&b_live));
+    check_copy(&a, b_live.values(), "after a restore");
     let all = a.range(b"key/", b"key0", 0, 0, false).unwrap();
     let want: Vec<Vec<u8>> = (0..20).map(|i| format!("b{i}").into_bytes()).collect();
     let got: Vec<Vec<u8>> = all.kvs.iter().map(|kv| kv.value.clone()).collect();
@@ -247,7 +322,7 @@ fn reads_race_current_row_evictions<B: Backend>() {
 
 fn reads_race_writes_and_compactions<B: Backend>(budget: usize) {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let env = Env::<B>::with_config(StoreConfig::default().with_row_cache_bytes(budget));
+    let env = Env::<B>::with_config(copy_on().with_row_cache_bytes(budget));
     let s = env.open();
     let n = 40;
     let value = |k: usize, version: i64| format!("{k}:{version}").into_bytes();
@@ -302,36 +377,80 @@ fn value_at<B: Backend>(s: &MvccStore<B>, key: &[u8], at: i64) -> Option<Vec<u8>
 }
 
 /// A write that fails is not applied, and its revision number is reused by the next write:
-/// no read may show its row. One that is applied although it reported an error is read as
-/// applied; one whose outcome is unknown fails the store, which keeps serving what it had.
+/// no read may show its row, and neither its revision row nor its copy of the current row is
+/// stored. One that is applied although it reported an error is read as applied; one whose
+/// outcome is unknown fails the store, which keeps serving what it had (and a reopen reads
+/// what the engine holds, the copy included).
 fn failed_writes_leave_no_current_row<B: Backend>() {
-    let env = Env::<B>::with_config(StoreConfig::default().with_row_cache_bytes(1 << 20));
+    failed_writes_leave_no_row_with::<B>(copy_on().with_row_cache_bytes(1 << 20));
+}
+
+/// [`failed_writes_leave_no_current_row`] without a row budget: every range of two keys reads
+/// the copy of the current rows.
+fn failed_writes_leave_no_copy_row<B: Backend>() {
+    failed_writes_leave_no_row_with::<B>(copy_on());
+}
+
+/// The values of every key, in key order, at the current revision.
+fn range_values<B: Backend>(s: &MvccStore<B>) -> Vec<Vec<u8>> {
+    let all = s.range(b"a", b"z", 0, 0, false).unwrap();
+    all.kvs.into_iter().map(|kv| kv.value).collect()
+}
+
+fn failed_writes_leave_no_row_with<B: Backend>(config: StoreConfig) {
+    let env = Env::<B>::with_config(config);
     let b = FaultyBackend::wrap(env.open_backend());
     let s = MvccStore::with_config(b.clone(), env.config.clone()).unwrap();
-    let (r1, _) = s.put(b"k", b"v1", 0).unwrap();
+    let (r0, i1) = s.put(b"i", b"i1", 0).unwrap();
+    let (r1, k1) = s.put(b"k", b"v1", 0).unwrap();
+    assert_eq!(r1, r0 + 1);
+    let no_row_at = |rev: i64| {
+        for sub in 0..2 {
+            for tombstone in [false, true] {
+                let key = mvcc_core::Revision::new(rev, sub).to_key(tombstone);
+                assert_eq!(b.inner().get(Tree::Kv, &key).unwrap(), None, "row of {rev}");
+            }
+        }
+    };
     b.plan().fail_nth(FaultOp::Write, 1, FaultKind::Before);
     assert!(s.put(b"k", b"lost", 0).is_err());
     assert_eq!(value_at(&s, b"k", 0), Some(b"v1".to_vec()));
+    assert_copy_is(&**b.inner(), [&i1, &k1], "a put not applied");
+    no_row_at(r1 + 1);
     b.plan().fail_nth(FaultOp::Write, 1, FaultKind::Before);
     let ops = [TxnOp::put("k", "lost", 0), TxnOp::put("j", "lost", 0)];
     assert!(s.txn(&[], &ops, &[]).is_err());
     assert_eq!(value_at(&s, b"k", 0), Some(b"v1".to_vec()));
     assert_eq!(value_at(&s, b"j", 0), None);
+    assert_eq!(range_values(&s), vec![b"i1".to_vec(), b"v1".to_vec()]);
+    assert_copy_is(&**b.inner(), [&i1, &k1], "a txn not applied");
+    no_row_at(r1 + 1);
     b.plan().fail_nth(FaultOp::Write, 1, FaultKind::Before);
     assert!(s.delete_range(b"k", &[]).is_err());
     assert_eq!(value_at(&s, b"k", 0), Some(b"v1".to_vec()));
+    assert_copy_is(&**b.inner(), [&i1, &k1], "a delete not applied");
+    no_row_at(r1 + 1);
     // The next write takes the revision the failed ones would have had.
-    let (r2, _) = s.put(b"k", b"v2", 0).unwrap();
+    let (r2, k2) = s.put(b"k", b"v2", 0).unwrap();
     assert_eq!(r2, r1 + 1);
     assert_eq!(value_at(&s, b"k", 0), Some(b"v2".to_vec()));
     assert_eq!(value_at(&s, b"k", r1), Some(b"v1".to_vec()));
     assert_eq!(value_at(&s, b"j", 0), None);
+    assert_eq!(range_values(&s), vec![b"i1".to_vec(), b"v2".to_vec()]);
+    assert_copy_is(&**b.inner(), [&i1, &k2], "after a put");
     // Applied, acknowledgement lost: the store reads it back and applies it.
     b.plan().fail_nth(FaultOp::Write, 1, FaultKind::After);
     assert!(s.put(b"k", b"v3", 0).is_err());
     assert_eq!(s.failure(), None);
     assert_eq!(value_at(&s, b"k", 0), Some(b"v3".to_vec()));
     assert_eq!(value_at(&s, b"k", r2), Some(b"v2".to_vec()));
+    let k3 = s.range(b"k", &[], 0, 0, false).unwrap().kvs.remove(0);
+    assert_eq!(k3.mod_revision, r2 + 1);
+    assert_copy_is(
+        &**b.inner(),
+        [&i1, &k3],
+        "a put applied, acknowledgement lost",
+    );
     // Outcome unknown (the read-back fails too): the store fails, nothing of the write shows.
     let before = s.current_revision();
     b.plan()
@@ -341,52 +460,143 @@ fn failed_writes_leave_no_current_row<B: Backend>() {
     assert!(s.failure().is_some());
     assert_eq!(s.current_revision(), before);
     assert_eq!(value_at(&s, b"k", 0), Some(b"v3".to_vec()));
-    let all = s.range(b"a", b"z", 0, 0, false).unwrap();
-    let values: Vec<Vec<u8>> = all.kvs.into_iter().map(|kv| kv.value).collect();
-    assert_eq!(values, vec![b"v3".to_vec()]);
-    b.inner().close().unwrap();
+    assert_eq!(range_values(&s), vec![b"i1".to_vec(), b"v3".to_vec()]);
+    // The engine applied it, its copy row included: a reopen reads both.
+    let inner = b.inner().clone();
+    drop(s);
+    let s = env.reopen(MvccStore::with_config(inner, env.config.clone()).unwrap());
+    let k4 = s.range(b"k", &[], 0, 0, false).unwrap().kvs.remove(0);
+    assert_eq!(
+        (k4.value.as_slice(), k4.mod_revision),
+        (&b"v4"[..], before + 1)
+    );
+    assert_copy_is(
+        &**s.backend(),
+        [&i1, &k4],
+        "after the unknown outcome and a reopen",
+    );
+    assert_eq!(range_values(&s), vec![b"i1".to_vec(), b"v4".to_vec()]);
+    s.backend().close().unwrap();
 }
 
-/// Under group commit a write is in the index (with its current row) before its flush makes
-/// it visible: until then reads at the visible revision answer the previous row.
+/// Under group commit a write is in the index (with its current row) and in the engine (with
+/// its copy of the current row) before its flush makes it visible: until then reads at the
+/// visible revision answer the previous row.
 fn unpublished_rows_stay_invisible<B: Backend>() {
-    let env = Env::<B>::with_config(
-        StoreConfig::default()
-            .with_row_cache_bytes(1 << 20)
-            .with_commit_mode(CommitMode::GroupSync),
-    );
+    unpublished_rows_stay_invisible_with::<B>(copy_on().with_row_cache_bytes(1 << 20));
+}
+
+/// [`unpublished_rows_stay_invisible`] without a row budget: the range reads the copy, which
+/// already holds the unpublished row.
+fn unpublished_copy_rows_stay_invisible<B: Backend>() {
+    unpublished_rows_stay_invisible_with::<B>(copy_on());
+}
+
+fn unpublished_rows_stay_invisible_with<B: Backend>(config: StoreConfig) {
+    let env = Env::<B>::with_config(config.with_commit_mode(CommitMode::GroupSync));
     let b = FaultyBackend::wrap(env.open_backend());
     let s = std::sync::Arc::new(MvccStore::with_config(b.clone(), env.config.clone()).unwrap());
+    let (r0, _) = s.put(b"j", b"j1", 0).unwrap();
     let (r1, _) = s.put(b"k", b"v1", 0).unwrap();
+    assert_eq!(r1, r0 + 1);
     let hold = b.plan().hold_nth(FaultOp::Flush, 1);
     let writer = {
         let s = s.clone();
         std::thread::spawn(move || s.put(b"k", b"v2", 0).map(|(rev, _)| rev))
     };
     hold.wait_reached();
+    // The engine holds the new copy row already.
+    let copy = b
+        .inner()
+        .get(Tree::Index, &copy_key(b"k"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(KeyValue::decode(&copy).unwrap().mod_revision, r1 + 1);
     assert_eq!(s.current_revision(), r1);
     assert_eq!(value_at(&s, b"k", 0), Some(b"v1".to_vec()));
     let all = s.range(b"a", b"z", 0, 0, false).unwrap();
-    assert_eq!(all.kvs.len(), 1);
-    assert_eq!(
-        (all.kvs[0].value.as_slice(), all.kvs[0].mod_revision),
-        (&b"v1"[..], r1)
-    );
+    let got: Vec<(&[u8], i64)> = all
+        .kvs
+        .iter()
+        .map(|kv| (kv.value.as_slice(), kv.mod_revision))
+        .collect();
+    assert_eq!(got, vec![(&b"j1"[..], r0), (&b"v1"[..], r1)]);
     hold.release();
     let r2 = writer.join().unwrap().unwrap();
     assert_eq!(r2, r1 + 1);
     assert_eq!(value_at(&s, b"k", 0), Some(b"v2".to_vec()));
     assert_eq!(value_at(&s, b"k", r1), Some(b"v1".to_vec()));
+    let all = s.range(b"a", b"z", 0, 0, false).unwrap();
+    let got: Vec<&[u8]> = all.kvs.iter().map(|kv| kv.value.as_slice()).collect();
+    assert_eq!(got, vec![&b"j1"[..], &b"v2"[..]]);
     b.inner().close().unwrap();
+}
+
+/// A format-1 store (the `kv` rows and meta, no copy of the current rows) opens, builds the
+/// copy and writes format 2, and reads exactly as before. A build that fails part-way (a
+/// write of the copy refused, as a crash would stop it) leaves format 1 and part of the copy;
+/// the next open clears it (and a stale row planted there) and builds it again.
+fn format_1_stores_build_the_copy<B: Backend>() {
+    let env = Env::<B>::with_config(copy_on());
+    let s = env.open();
+    let history = write_history(&s);
+    let live = history[history.len() - 1].1.clone();
+    let stale = copy_key(b"key/999");
+    let make_format_1 = |b: &B| {
+        for (k, _) in rows(b, Tree::Index) {
+            b.delete(Tree::Index, &k).unwrap();
+        }
+        b.put(Tree::Meta, META_FORMAT, &[FORMAT_VERSION_WITHOUT_COPY])
+            .unwrap();
+        // What a build that stopped could have left: a row of a key that is gone.
+        b.put(Tree::Index, &stale, b"stale").unwrap();
+    };
+    make_format_1(s.backend());
+    s.backend().close().unwrap();
+    drop(s);
+
+    // The build fails at its third write (clear, first chunk of 16 rows, rest): part done.
+    let b = FaultyBackend::wrap(env.open_backend());
+    b.plan().fail_nth(FaultOp::Write, 3, FaultKind::Before);
+    assert!(MvccStore::with_config(b.clone(), env.config.clone()).is_err());
+    assert_eq!(
+        b.inner().get(Tree::Meta, META_FORMAT).unwrap(),
+        Some(vec![FORMAT_VERSION_WITHOUT_COPY])
+    );
+    let partial = rows(&**b.inner(), Tree::Index);
+    assert!(!partial.is_empty());
+    assert_ne!(partial, common::copy_of(live.values()));
+    assert!(!partial.iter().any(|(k, _)| *k == stale));
+    b.inner().put(Tree::Index, &stale, b"stale").unwrap();
+    b.inner().close().unwrap();
+    drop(b);
+
+    let s = env.open();
+    assert_eq!(
+        s.backend().get(Tree::Meta, META_FORMAT).unwrap(),
+        Some(vec![FORMAT_VERSION])
+    );
+    check_copy(&s, live.values(), "built on open");
+    check_history(&s, &history, 1);
+    // Format 2 from now on: a reopen keeps the copy as it is.
+    let s = env.reopen(s);
+    check_copy(&s, live.values(), "reopened");
+    check_history(&s, &history, 1);
+    s.backend().close().unwrap();
 }
 
 engine_tests!(
     point_in_time_reads_are_exact,
+    point_in_time_reads_are_exact_without_the_copy,
+    the_copy_can_be_switched_off_and_on,
     point_in_time_reads_are_exact_with_row_cache,
     point_in_time_reads_are_exact_with_tiny_row_cache,
     restore_replaces_cached_rows,
     cached_reads_race_writes_and_compactions,
     reads_race_current_row_evictions,
     failed_writes_leave_no_current_row,
+    failed_writes_leave_no_copy_row,
     unpublished_rows_stay_invisible,
+    unpublished_copy_rows_stay_invisible,
+    format_1_stores_build_the_copy,
 );

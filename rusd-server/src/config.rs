@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub backend: BackendKind,
     /// The engine's cache budget in MiB.
     pub cache_size_mb: u64,
+    /// Keep the key-ordered copy of the current rows in the engine (off by default; see
+    /// `mvcc_core::StoreConfig::with_key_ordered_copy`).
+    pub key_ordered_copy: bool,
     /// When acknowledged writes become durable.
     pub durability: Durability,
     /// Automatic compaction (`None` = disabled).
@@ -140,6 +143,7 @@ impl ServerConfig {
             listen_metrics_urls: Vec::new(),
             backend: mvcc_core::engine::DEFAULT_KIND,
             cache_size_mb: DEFAULT_CACHE_SIZE_MB,
+            key_ordered_copy: false,
             durability: Durability::Sync,
             auto_compaction: None,
             auto_compaction_check_interval: None,
@@ -243,6 +247,13 @@ impl ServerConfig {
     /// Sets the cache budget in MiB.
     pub fn with_cache_size_mb(mut self, mb: u64) -> Self {
         self.cache_size_mb = mb;
+        self
+    }
+    /// Keeps the key-ordered copy of the current rows in the engine: ranges over rows not
+    /// held in memory read them with one engine scan; every write stores its row twice
+    /// (`mvcc_core::StoreConfig::with_key_ordered_copy`).
+    pub fn with_key_ordered_copy(mut self, yes: bool) -> Self {
+        self.key_ordered_copy = yes;
         self
     }
     /// Sets the durability.

@@ -69,6 +69,12 @@ struct Cli {
     /// Cache budget of the storage engine in MiB.
     #[arg(long, default_value_t = storage_api::DEFAULT_CACHE_SIZE_MB, help_heading = "rusd (not in etcd)")]
     cache_size_mb: u64,
+    /// Keep a key-ordered copy of every key's current row in the engine: ranges over rows
+    /// that are not held in memory read them with one engine scan (1.5-4x faster at 1M keys),
+    /// while every write stores its row twice (puts 2-8x slower in the embedded benchmark,
+    /// a second copy of the live rows on disk). Switching it off drops the copy on restart.
+    #[arg(long, help_heading = "rusd (not in etcd)")]
+    key_ordered_copy: bool,
     /// When writes become durable. `sync` (the default, etcd's guarantee): a write is
     /// acknowledged, and visible to reads and watches, only once it is on stable storage
     /// (concurrent writes share one flush); nothing acknowledged is lost on a process crash or a
@@ -279,6 +285,7 @@ fn config_from(cli: Cli) -> Result<ServerConfig, ServerError> {
         .with_listen_metrics_urls(split_urls(&cli.listen_metrics_urls))
         .with_backend(backend)
         .with_cache_size_mb(cli.cache_size_mb)
+        .with_key_ordered_copy(cli.key_ordered_copy)
         .with_durability(durability)
         .with_auto_compaction(auto)
         .with_quota_backend_bytes(quota)

@@ -229,7 +229,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         .with_max_key_size(max_req.max(1))
         .with_max_value_size(max_req.max(1))
         .with_commit_mode(CommitMode::Backend)
-        .with_row_cache_bytes(row_cache_bytes);
+        .with_row_cache_bytes(row_cache_bytes)
+        .with_key_ordered_copy(cfg.key_ordered_copy);
     // Authentication: the `auth` tree of the same engine, changed by the raft state machine.
     let auth = {
         let (backend, settings) = (backend.clone(), cfg.auth.clone());

@@ -14,6 +14,10 @@ fn free_port() -> u16 {
 }
 
 fn spawn(dir: &Path, backend: &str, port: u16, metrics: u16) -> Child {
+    spawn_with(dir, backend, port, metrics, &[])
+}
+
+fn spawn_with(dir: &Path, backend: &str, port: u16, metrics: u16, extra: &[&str]) -> Child {
     Command::new(RUSD)
         .args([
             "--name",
@@ -29,6 +33,7 @@ fn spawn(dir: &Path, backend: &str, port: u16, metrics: u16) -> Child {
             "--durability",
             "sync",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -101,6 +106,67 @@ async fn sigterm_and_sigint_exit_zero_and_data_survives() {
         signal(&child, "-TERM");
         assert_eq!(wait_exit(&mut child).await.code(), Some(0));
     }
+}
+
+/// The engine's `mvccFormat` and its number of `index` rows (the key-ordered copy of the
+/// current rows), read with the member stopped.
+fn format_and_copy_rows(dir: &Path, backend: &str) -> (Option<Vec<u8>>, usize) {
+    use storage_api::{Backend, BackendConfig, Tree};
+    let kind = backend.parse::<storage_api::BackendKind>().unwrap();
+    let b = mvcc_core::AnyBackend::open(kind, BackendConfig::new(dir.join("member"))).unwrap();
+    let format = b.get(Tree::Meta, mvcc_core::store::META_FORMAT).unwrap();
+    let rows = b.scan(Tree::Index, &[], &[], 0).unwrap().len();
+    b.close().unwrap();
+    (format, rows)
+}
+
+/// `--key-ordered-copy` keeps the copy of the current rows in the engine (format 2, one row
+/// per live key); restarted without it, the member writes format 1, drops the copy and still
+/// serves every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_ordered_copy_flag_keeps_the_copy_and_drops_it_when_off() {
+    let backend = "redb";
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &'static [&'static str]| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            let (port, metrics) = (free_port(), free_port());
+            let mut child = spawn_with(&dir, backend, port, metrics, extra);
+            let mut c = connect(port).await;
+            if !extra.is_empty() {
+                for i in 0..20 {
+                    c.put(format!("k{i:02}"), format!("v{i}"), None)
+                        .await
+                        .unwrap();
+                }
+                c.delete("k07", None).await.unwrap();
+            }
+            let opts = etcd_client::GetOptions::new().with_prefix();
+            let r = c.get("k", Some(opts)).await.unwrap();
+            let keys: Vec<String> = r
+                .kvs()
+                .iter()
+                .map(|kv| kv.key_str().unwrap().into())
+                .collect();
+            signal(&child, "-TERM");
+            assert_eq!(wait_exit(&mut child).await.code(), Some(0));
+            keys
+        }
+    };
+    let want: Vec<String> = (0..20)
+        .filter(|i| *i != 7)
+        .map(|i| format!("k{i:02}"))
+        .collect();
+    assert_eq!(run(&["--key-ordered-copy"]).await, want);
+    assert_eq!(
+        format_and_copy_rows(dir.path(), backend),
+        (Some(vec![2]), 19)
+    );
+    assert_eq!(run(&[]).await, want);
+    assert_eq!(
+        format_and_copy_rows(dir.path(), backend),
+        (Some(vec![1]), 0)
+    );
 }
 
 #[test]

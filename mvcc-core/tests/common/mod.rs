@@ -71,6 +71,30 @@ pub fn rows<B: Backend>(b: &B, tree: Tree) -> Vec<(Vec<u8>, Vec<u8>)> {
     b.scan(tree, &[], &[], 0).unwrap()
 }
 
+/// The rows of the copy of the current rows (`index` tree) a store holding exactly `live`
+/// (its current key-values) must have: `copy_key(key) -> encoded row`, in key order.
+pub fn copy_of<'a>(live: impl IntoIterator<Item = &'a KeyValue>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut want: Vec<(Vec<u8>, Vec<u8>)> = live
+        .into_iter()
+        .map(|kv| (mvcc_core::store::copy_key(&kv.key), kv.encode()))
+        .collect();
+    want.sort();
+    want
+}
+
+/// Asserts that the copy of the current rows in `b` holds exactly the key-values of `live`.
+pub fn assert_copy_is<'a, B: Backend>(
+    b: &B,
+    live: impl IntoIterator<Item = &'a KeyValue>,
+    what: &str,
+) {
+    assert_eq!(
+        rows(b, Tree::Index),
+        copy_of(live),
+        "copy of the current rows: {what}"
+    );
+}
+
 /// Stamps `fn name<B: Backend>()` tests for every compiled engine.
 #[macro_export]
 macro_rules! engine_tests {
