@@ -343,7 +343,7 @@ struct ForwardSlot<'a, B: Backend>(&'a Core<B>);
 
 impl<B: Backend> Drop for ForwardSlot<'_, B> {
     fn drop(&mut self) {
-        self.0.forwards.lock().in_flight -= 1;
+        self.0.forwards.release();
         self.0.drain_forwards();
     }
 }
@@ -383,13 +383,6 @@ struct ForwardedWrite {
     reply: oneshot::Sender<RaftResult<Option<Applied>>>,
 }
 
-/// Writes waiting to be forwarded, and how many forwarding requests are in flight.
-#[derive(Default)]
-struct ForwardQueue {
-    waiting: Vec<ForwardedWrite>,
-    in_flight: usize,
-}
-
 /// The next forwarded batch: the first waiting write's leader, and the writes for that leader
 /// in their order, up to [`MAX_BATCH`] commands and [`MAX_FORWARD_BYTES`]; the others wait.
 fn take_forwards(waiting: &mut Vec<ForwardedWrite>) -> Vec<ForwardedWrite> {
@@ -421,11 +414,76 @@ fn take_forwards(waiting: &mut Vec<ForwardedWrite>) -> Vec<ForwardedWrite> {
     batch
 }
 
-/// Commands waiting to be proposed, and how many proposals are in flight.
-#[derive(Default)]
-struct Queue {
-    waiting: Vec<Proposal>,
+/// Group commit's queue, shared by the leader's proposals and a follower's forwarded writes:
+/// items waiting for one of [`BATCHES_IN_FLIGHT`] slots. A caller that finds a slot free and
+/// nothing waiting sends its own item at once; items that arrive while the slots are taken
+/// wait and go together, `take` choosing each batch when a slot frees.
+struct SlotQueue<T> {
+    state: parking_lot::Mutex<SlotState<T>>,
+    take: fn(&mut Vec<T>) -> Vec<T>,
+}
+
+/// The waiting items and how many slots are taken.
+struct SlotState<T> {
+    waiting: Vec<T>,
     in_flight: usize,
+}
+
+impl<T> SlotQueue<T> {
+    fn new(take: fn(&mut Vec<T>) -> Vec<T>) -> Self {
+        SlotQueue {
+            state: parking_lot::Mutex::new(SlotState {
+                waiting: Vec::new(),
+                in_flight: 0,
+            }),
+            take,
+        }
+    }
+
+    /// `Ok(x)`: a slot was free, nothing waited and `fits`: the caller holds the slot, sends
+    /// `x` itself and then [`release`](Self::release)s it. `Err(r)`: `queue` added `x` to the
+    /// waiting items (after those already waiting) and returned `r`.
+    fn enter<X, R>(
+        &self,
+        x: X,
+        fits: bool,
+        queue: impl FnOnce(X, &mut Vec<T>) -> R,
+    ) -> Result<X, R> {
+        let mut q = self.state.lock();
+        if fits && q.in_flight < BATCHES_IN_FLIGHT && q.waiting.is_empty() {
+            q.in_flight += 1;
+            Ok(x)
+        } else {
+            Err(queue(x, &mut q.waiting))
+        }
+    }
+
+    /// Gives back a slot taken by [`enter`](Self::enter) or [`next`](Self::next).
+    fn release(&self) {
+        self.state.lock().in_flight -= 1;
+    }
+
+    /// Takes a slot and the next batch, if a slot is free and items wait.
+    fn next(&self) -> Option<Vec<T>> {
+        let mut q = self.state.lock();
+        if q.in_flight >= BATCHES_IN_FLIGHT || q.waiting.is_empty() {
+            return None;
+        }
+        q.in_flight += 1;
+        Some((self.take)(&mut q.waiting))
+    }
+
+    /// For the holder of a slot that sent its batch: the next batch, keeping the slot, or
+    /// `None` (the slot given back) when nothing waits.
+    fn next_or_release(&self) -> Option<Vec<T>> {
+        let mut q = self.state.lock();
+        if q.waiting.is_empty() {
+            q.in_flight -= 1;
+            None
+        } else {
+            Some((self.take)(&mut q.waiting))
+        }
+    }
 }
 
 /// Group commit on the leader: openraft 0.9 appends and flushes every proposal on its own, so
@@ -436,26 +494,20 @@ struct Queue {
 struct Batcher {
     raft: Raft,
     timeout: Duration,
-    queue: parking_lot::Mutex<Queue>,
+    queue: SlotQueue<Proposal>,
 }
 
 impl Batcher {
     /// Proposes `cmd` and returns its result (`Ok(None)`: not the leader).
     async fn propose(self: &Arc<Self>, cmd: Command) -> RaftResult<Option<Applied>> {
-        let rx = {
-            let mut q = self.queue.lock();
-            if q.in_flight < BATCHES_IN_FLIGHT && q.waiting.is_empty() {
-                q.in_flight += 1;
-                Err(cmd)
-            } else {
-                let (reply, rx) = oneshot::channel();
-                q.waiting.push(Proposal { cmd, reply });
-                Ok(rx)
-            }
-        };
-        let rx = match rx {
-            Ok(rx) => rx,
-            Err(cmd) => {
+        let queued = self.queue.enter(cmd, true, |cmd, waiting| {
+            let (reply, rx) = oneshot::channel();
+            waiting.push(Proposal { cmd, reply });
+            rx
+        });
+        let rx = match queued {
+            Err(rx) => rx,
+            Ok(cmd) => {
                 // Proposed by this caller; the guard hands the slot on even if this future is
                 // dropped (a cancelled request): only this caller's command is in the entry.
                 let _slot = Slot(self.clone());
@@ -481,27 +533,18 @@ impl Batcher {
             proposals.push(Proposal { cmd, reply });
             receivers.push(rx);
         }
-        let own = {
-            let mut q = self.queue.lock();
-            if q.in_flight < BATCHES_IN_FLIGHT
-                && q.waiting.is_empty()
-                && proposals.len() <= MAX_BATCH
-            {
-                q.in_flight += 1;
-                Some(proposals)
-            } else {
-                q.waiting.append(&mut proposals);
-                None
-            }
-        };
+        let fits = proposals.len() <= MAX_BATCH;
+        let own = self.queue.enter(proposals, fits, |mut proposals, waiting| {
+            waiting.append(&mut proposals)
+        });
         match own {
-            Some(batch) => {
+            Ok(batch) => {
                 // As in `propose`: the guard hands the slot on even if this future is
                 // dropped; only this caller's commands are in the entry.
                 let _slot = Slot(self.clone());
                 propose_batch(&self.raft, batch, self.timeout).await;
             }
-            None => self.drain(),
+            Err(()) => self.drain(),
         }
         let mut results = Vec::with_capacity(receivers.len());
         for rx in receivers {
@@ -513,17 +556,12 @@ impl Batcher {
     /// Proposes the waiting commands if a slot is free (in a task of their own, so that no
     /// caller's cancellation can strand the others).
     fn drain(self: &Arc<Self>) {
-        let batch = {
-            let mut q = self.queue.lock();
-            if q.in_flight >= BATCHES_IN_FLIGHT || q.waiting.is_empty() {
-                return;
-            }
-            q.in_flight += 1;
-            take_batch(&mut q.waiting)
+        let Some(batch) = self.queue.next() else {
+            return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime (the member is being dropped): the waiting callers see `Stopped`.
-            self.queue.lock().in_flight -= 1;
+            self.queue.release();
             return;
         };
         let this = self.clone();
@@ -531,12 +569,10 @@ impl Batcher {
             let mut batch = batch;
             loop {
                 propose_batch(&this.raft, batch, this.timeout).await;
-                let mut q = this.queue.lock();
-                if q.waiting.is_empty() {
-                    q.in_flight -= 1;
-                    return;
+                match this.queue.next_or_release() {
+                    Some(next) => batch = next,
+                    None => return,
                 }
-                batch = take_batch(&mut q.waiting);
             }
         });
     }
@@ -547,7 +583,7 @@ struct Slot(Arc<Batcher>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.queue.lock().in_flight -= 1;
+        self.0.queue.release();
         self.0.drain();
     }
 }
@@ -713,7 +749,7 @@ struct Core<B: Backend> {
     raft: Raft,
     batcher: Arc<Batcher>,
     /// Writes of this member (a follower) waiting to be forwarded to the leader.
-    forwards: parking_lot::Mutex<ForwardQueue>,
+    forwards: SlotQueue<ForwardedWrite>,
     /// Forwarding requests of writes sent ([`RaftNodeMetrics::write_forwards`]).
     write_forwards: AtomicU64,
     /// Writes forwarded in them ([`RaftNodeMetrics::forwarded_writes`]).
@@ -831,25 +867,21 @@ impl<B: Backend> Core<B> {
         cmd: Command,
         deadline: Instant,
     ) -> RaftResult<Option<Applied>> {
-        let queued = {
-            let mut q = self.forwards.lock();
-            if q.in_flight < BATCHES_IN_FLIGHT && q.waiting.is_empty() {
-                q.in_flight += 1;
-                Err((member, cmd))
-            } else {
+        let queued = self
+            .forwards
+            .enter((member, cmd), true, |(member, cmd), waiting| {
                 let (reply, rx) = oneshot::channel();
-                q.waiting.push(ForwardedWrite {
+                waiting.push(ForwardedWrite {
                     peer,
                     member,
                     cmd,
                     reply,
                 });
-                Ok(rx)
-            }
-        };
+                rx
+            });
         let rx = match queued {
-            Ok(rx) => rx,
-            Err((member, cmd)) => {
+            Err(rx) => rx,
+            Ok((member, cmd)) => {
                 // The guard hands the slot on even if this future is dropped.
                 let _slot = ForwardSlot(self);
                 self.write_forwards.fetch_add(1, Ordering::Relaxed);
@@ -873,30 +905,23 @@ impl<B: Backend> Core<B> {
     /// Sends the waiting writes if a forwarding slot is free (in a task of their own, so that
     /// no caller's cancellation can strand the others).
     fn drain_forwards(&self) {
-        let batch = {
-            let mut q = self.forwards.lock();
-            if q.in_flight >= BATCHES_IN_FLIGHT || q.waiting.is_empty() {
-                return;
-            }
-            q.in_flight += 1;
-            take_forwards(&mut q.waiting)
+        let Some(batch) = self.forwards.next() else {
+            return;
         };
         let (Some(core), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current())
         else {
             // The member is being dropped: the batch's callers see `Stopped`.
-            self.forwards.lock().in_flight -= 1;
+            self.forwards.release();
             return;
         };
         runtime.spawn(async move {
             let mut batch = batch;
             loop {
                 core.send_forwards(batch).await;
-                let mut q = core.forwards.lock();
-                if q.waiting.is_empty() {
-                    q.in_flight -= 1;
-                    return;
+                match core.forwards.next_or_release() {
+                    Some(next) => batch = next,
+                    None => return,
                 }
-                batch = take_forwards(&mut q.waiting);
             }
         });
     }
@@ -1575,7 +1600,7 @@ impl<B: Backend> RaftNode<B> {
         let batcher = Arc::new(Batcher {
             raft: raft.clone(),
             timeout: request_timeout,
-            queue: parking_lot::Mutex::new(Queue::default()),
+            queue: SlotQueue::new(take_batch),
         });
         let core = Arc::new_cyclic(|me| Core {
             me: me.clone(),
@@ -1585,7 +1610,7 @@ impl<B: Backend> RaftNode<B> {
             cluster_id,
             raft: raft.clone(),
             batcher,
-            forwards: parking_lot::Mutex::new(ForwardQueue::default()),
+            forwards: SlotQueue::new(take_forwards),
             write_forwards: AtomicU64::new(0),
             forwarded_writes: AtomicU64::new(0),
             as_older_member: std::sync::atomic::AtomicBool::new(false),
