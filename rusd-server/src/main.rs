@@ -346,7 +346,31 @@ async fn run(config: ServerConfig) -> Result<(), ServerError> {
     server.wait().await
 }
 
+/// Caps glibc's malloc arenas at one per core (unless the operator set `MALLOC_ARENA_MAX`).
+///
+/// glibc gives a thread that finds the arenas' locks taken an arena of its own, up to 8 per
+/// core, and memory freed in one arena is reused by that arena only. Measured with one redb
+/// member under `rusd-bench load --clients 64 --ops 10000` (README "Server memory"): peak RSS
+/// 37.0-37.6 MiB with glibc's default, 34.4 MiB with 2 arenas, 33.4 MiB with 1, at the same
+/// put and range rates.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn cap_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cap = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `mallopt` sets one glibc allocator parameter and takes no pointer; it runs first
+    // thing in `main`, before this process has started any other thread. Its result (0 when
+    // glibc refuses the value) needs no handling: the default arenas then stay.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, cap);
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    cap_malloc_arenas();
     // Offline tools on a stopped member's data directory (like `etcdutl`): `rusd import`,
     // `rusd export`, `rusd snapshot save|restore|status`.
     let first = std::env::args_os().nth(1);
