@@ -809,6 +809,21 @@ async fn garbage_and_foreign_requests_get_typed_errors_not_panics() {
     .expect("test took longer than 60 s");
 }
 
+/// Runs `test` on three in-memory members ([`three_memory_members`]) within 60 s, then shuts
+/// them down.
+async fn on_three_memory_members(test: impl AsyncFnOnce(Vec<&Node>)) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let nodes = three_memory_members(tmp.path()).await;
+        test(nodes.iter().collect()).await;
+        for n in nodes {
+            n.shutdown().await.unwrap();
+        }
+    })
+    .await
+    .expect("test took longer than 60 s");
+}
+
 /// Three in-memory members with [`raft_config`] timings.
 async fn three_memory_members(tmp: &Path) -> Vec<Node> {
     let mut listeners = Vec::new();
@@ -845,10 +860,7 @@ async fn three_memory_members(tmp: &Path) -> Vec<Node> {
 /// about 4 s (a 3 s wait).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_answers_lease_time_to_live_and_leases_from_the_leader() {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        let tmp = tempfile::tempdir().unwrap();
-        let nodes = three_memory_members(tmp.path()).await;
-        let all: Vec<&Node> = nodes.iter().collect();
+    on_three_memory_members(async |all: Vec<&Node>| {
         let leader_id = leader_of(&all).await;
         let leader = all.iter().find(|n| n.id() == leader_id).unwrap();
         let follower = all.iter().find(|n| n.id() != leader_id).unwrap();
@@ -889,22 +901,15 @@ async fn a_follower_answers_lease_time_to_live_and_leases_from_the_leader() {
         assert_eq!(leader.lease_time_to_live(8, true).await.unwrap(), None);
         assert_eq!(follower.leases().await.unwrap(), vec![7]);
         assert_eq!(leader.leases().await.unwrap(), vec![7]);
-        for n in nodes {
-            n.shutdown().await.unwrap();
-        }
     })
-    .await
-    .expect("test took longer than 60 s");
+    .await;
 }
 
 /// etcd's MoveLeader: only on the leader, only to a voter; the transferee becomes leader and
 /// takes writes. Runs in about 2 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn move_leader_hands_leadership_to_the_transferee() {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        let tmp = tempfile::tempdir().unwrap();
-        let nodes = three_memory_members(tmp.path()).await;
-        let all: Vec<&Node> = nodes.iter().collect();
+    on_three_memory_members(async |all: Vec<&Node>| {
         let old = leader_of(&all).await;
         let leader = all.iter().find(|n| n.id() == old).unwrap();
         let target = all.iter().find(|n| n.id() != old).unwrap().id();
@@ -942,12 +947,8 @@ async fn move_leader_hands_leadership_to_the_transferee() {
                 BTreeMap::from([("after".to_string(), "2".to_string())])
             );
         }
-        for n in nodes {
-            n.shutdown().await.unwrap();
-        }
     })
-    .await
-    .expect("test took longer than 60 s");
+    .await;
 }
 
 /// A membership change while another is being committed (a MemberAdd right after another
@@ -1087,10 +1088,7 @@ fn own_results(results: Vec<Result<CommandResponse, RaftError>>) -> Vec<(usize, 
 /// or error. Runs in about 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writes_through_a_follower_share_requests_and_get_their_own_results() {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        let tmp = tempfile::tempdir().unwrap();
-        let nodes = three_memory_members(tmp.path()).await;
-        let all: Vec<&Node> = nodes.iter().collect();
+    on_three_memory_members(async |all: Vec<&Node>| {
         let leader_id = leader_of(&all).await;
         let follower = all.iter().find(|n| n.id() != leader_id).unwrap();
         let before = follower.metrics();
@@ -1149,12 +1147,8 @@ async fn concurrent_writes_through_a_follower_share_requests_and_get_their_own_r
                 );
             }
         }
-        for n in nodes {
-            n.shutdown().await.unwrap();
-        }
     })
-    .await
-    .expect("test took longer than 60 s");
+    .await;
 }
 
 /// A leader of a build older than batched forwards cannot decode a `Writes` request (it
@@ -1162,10 +1156,7 @@ async fn concurrent_writes_through_a_follower_share_requests_and_get_their_own_r
 /// rolling upgrade loses no write. Runs in about 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_through_a_follower_fall_back_to_one_request_each_for_an_older_leader() {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        let tmp = tempfile::tempdir().unwrap();
-        let nodes = three_memory_members(tmp.path()).await;
-        let all: Vec<&Node> = nodes.iter().collect();
+    on_three_memory_members(async |all: Vec<&Node>| {
         for n in &all {
             n.answer_writes_as_older_member(true);
         }
@@ -1188,12 +1179,8 @@ async fn writes_through_a_follower_fall_back_to_one_request_each_for_an_older_le
         // 30 puts, each its own revision, 2..=31.
         revisions.sort_unstable();
         assert_eq!(revisions, (2..=31).collect::<Vec<i64>>());
-        for n in nodes {
-            n.shutdown().await.unwrap();
-        }
     })
-    .await
-    .expect("test took longer than 60 s");
+    .await;
 }
 
 /// The leader answers a forwarded `Writes` request (postcard: variant 7, the commands) with
@@ -1206,10 +1193,7 @@ async fn the_leader_answers_forwarded_writes_each_with_its_own_result() {
     use rusd_raft::pb::PeerRequest;
     use rusd_raft::{Applied, WireError};
 
-    tokio::time::timeout(Duration::from_secs(60), async {
-        let tmp = tempfile::tempdir().unwrap();
-        let nodes = three_memory_members(tmp.path()).await;
-        let all: Vec<&Node> = nodes.iter().collect();
+    on_three_memory_members(async |all: Vec<&Node>| {
         let leader_id = leader_of(&all).await;
         let leader = all.iter().find(|n| n.id() == leader_id).unwrap();
         let follower = all.iter().find(|n| n.id() != leader_id).unwrap();
@@ -1264,10 +1248,6 @@ async fn the_leader_answers_forwarded_writes_each_with_its_own_result() {
             postcard::from_bytes::<WireError>(&bytes).unwrap(),
             WireError::NotLeader(Some(leader_id))
         );
-        for n in nodes {
-            n.shutdown().await.unwrap();
-        }
     })
-    .await
-    .expect("test took longer than 60 s");
+    .await;
 }
