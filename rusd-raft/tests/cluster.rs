@@ -9,7 +9,7 @@ use std::time::Duration;
 use mvcc_core::{AnyBackend, Compare, CompareOp, Put, RequestOp, StoreConfig, Txn};
 use rusd_raft::{
     Command, CommandError, CommandResponse, InitialState, Member, MembershipChange, NodeId,
-    RaftError, RaftNode, RaftNodeConfig,
+    RaftError, RaftNode, RaftNodeConfig, RaftNodeMetrics,
 };
 use storage_api::{Backend, BackendConfig, BackendKind, Durability, MemoryBackend};
 use tokio::net::TcpListener;
@@ -101,6 +101,18 @@ async fn leader_of(nodes: &[&Node]) -> NodeId {
         n.wait_for(WAIT, |m| m.leader == Some(first)).await.unwrap();
     }
     first
+}
+
+/// The leader the members agree on, and one of its followers.
+async fn leader_and_follower<'a>(nodes: &[&'a Node]) -> (&'a Node, &'a Node) {
+    let leader = leader_of(nodes).await;
+    let find = |is_leader: bool| {
+        *nodes
+            .iter()
+            .find(|n| (n.id() == leader) == is_leader)
+            .unwrap()
+    };
+    (find(true), find(false))
 }
 
 async fn converge(nodes: &[&Node]) {
@@ -861,9 +873,7 @@ async fn three_memory_members(tmp: &Path) -> Vec<Node> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_answers_lease_time_to_live_and_leases_from_the_leader() {
     on_three_memory_members(async |all: Vec<&Node>| {
-        let leader_id = leader_of(&all).await;
-        let leader = all.iter().find(|n| n.id() == leader_id).unwrap();
-        let follower = all.iter().find(|n| n.id() != leader_id).unwrap();
+        let (leader, follower) = leader_and_follower(&all).await;
         match leader
             .write(Command::LeaseGrant { id: 7, ttl: 10 })
             .await
@@ -1063,6 +1073,23 @@ fn forwarded_command(i: usize) -> Command {
     }
 }
 
+/// Sends commands `0..n` of [`forwarded_command`] through `follower` at once; checks that
+/// each was forwarded once and returns their results, in order, and the follower's metrics.
+async fn write_at_once_through(
+    follower: &Node,
+    n: usize,
+) -> (Vec<Result<CommandResponse, RaftError>>, RaftNodeMetrics) {
+    let results = join_all(
+        (0..n)
+            .map(|i| follower.write(forwarded_command(i)))
+            .collect(),
+    )
+    .await;
+    let after = follower.metrics();
+    assert_eq!(after.forwarded_writes, n as u64);
+    (results, after)
+}
+
 /// Checks that write `i` of [`forwarded_command`] got its own result (every fourth, a revoke
 /// of the unknown lease `1000 + i`, `LeaseNotFound` of that id) and returns the puts'
 /// `(i, revision)`.
@@ -1089,25 +1116,18 @@ fn own_results(results: Vec<Result<CommandResponse, RaftError>>) -> Vec<(usize, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writes_through_a_follower_share_requests_and_get_their_own_results() {
     on_three_memory_members(async |all: Vec<&Node>| {
-        let leader_id = leader_of(&all).await;
-        let follower = all.iter().find(|n| n.id() != leader_id).unwrap();
+        let (_, follower) = leader_and_follower(&all).await;
         let before = follower.metrics();
         assert_eq!((before.write_forwards, before.forwarded_writes), (0, 0));
 
         const N: usize = 200;
-        let results = join_all(
-            (0..N)
-                .map(|i| follower.write(forwarded_command(i)))
-                .collect(),
-        )
-        .await;
+        let (results, after) = write_at_once_through(follower, N).await;
 
-        // Every write was forwarded once. Usually the first two writes find free forwarding
-        // slots and go alone and the other 198, arriving meanwhile, go together in one request
-        // (3 requests); on a loaded machine a forward may come back while the writes are still
-        // arriving, which splits them into a few more requests. Without batching it is 200.
-        let after = follower.metrics();
-        assert_eq!(after.forwarded_writes, N as u64);
+        // Every write was forwarded once (checked above). Usually the first two find free
+        // forwarding slots and go alone and the other 198, arriving meanwhile, go together in
+        // one request (3 requests); on a loaded machine a forward may come back while the
+        // writes are still arriving, which splits them into a few more requests. Without
+        // batching it is 200.
         assert!(
             (3..=20).contains(&after.write_forwards),
             "{} forwarding requests for {N} writes",
@@ -1160,18 +1180,10 @@ async fn writes_through_a_follower_fall_back_to_one_request_each_for_an_older_le
         for n in &all {
             n.answer_writes_as_older_member(true);
         }
-        let leader_id = leader_of(&all).await;
-        let follower = all.iter().find(|n| n.id() != leader_id).unwrap();
+        let (_, follower) = leader_and_follower(&all).await;
 
         const N: usize = 40;
-        let results = join_all(
-            (0..N)
-                .map(|i| follower.write(forwarded_command(i)))
-                .collect(),
-        )
-        .await;
-        let after = follower.metrics();
-        assert_eq!(after.forwarded_writes, N as u64);
+        let (results, after) = write_at_once_through(follower, N).await;
         // Some writes went together (and were refused, then sent again one by one).
         assert!(after.write_forwards < N as u64, "{after:?}");
 
@@ -1194,9 +1206,7 @@ async fn the_leader_answers_forwarded_writes_each_with_its_own_result() {
     use rusd_raft::{Applied, WireError};
 
     on_three_memory_members(async |all: Vec<&Node>| {
-        let leader_id = leader_of(&all).await;
-        let leader = all.iter().find(|n| n.id() == leader_id).unwrap();
-        let follower = all.iter().find(|n| n.id() != leader_id).unwrap();
+        let (leader, follower) = leader_and_follower(&all).await;
         let url_of = |n: &Node| n.metrics().members[&n.id()].peer_urls[0].clone();
         let cmds: Vec<Command> = vec![
             put("a", "1"),
@@ -1246,7 +1256,7 @@ async fn the_leader_answers_forwarded_writes_each_with_its_own_result() {
         };
         assert_eq!(
             postcard::from_bytes::<WireError>(&bytes).unwrap(),
-            WireError::NotLeader(Some(leader_id))
+            WireError::NotLeader(Some(leader.id()))
         );
     })
     .await;
