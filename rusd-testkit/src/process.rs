@@ -313,7 +313,7 @@ fn read_lossy(path: &Path) -> Result<String> {
 /// Where [`free_port`] looks first: below Linux's default ephemeral range (32768-60999), so
 /// that no outgoing connection (of a test's members talking to each other, say) can be given
 /// the port as its source port between the check and the bind of the process it is for.
-const QUIET_PORTS: std::ops::Range<u16> = 10_000..32_000;
+pub const QUIET_PORTS: std::ops::Range<u16> = 10_000..32_000;
 
 /// A loopback port that was free a moment ago (bound, then released), never handed out before
 /// by this process. It is picked at random in [`QUIET_PORTS`] (outside the ephemeral range,
