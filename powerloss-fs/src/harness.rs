@@ -366,8 +366,11 @@ pub struct Cycles {
 /// Runs up to `cycles` power cuts of `driver`'s child on a mount in `work` (an empty
 /// directory); stops at the first cycle whose checks find problems. `seed` drives every
 /// choice ([`SEED_ENV`] replays it). With `RUSD_POWER_DEBUG` set, prints the durable tree after
-/// each cut; with `RUSD_POWER_NO_FREEZE` set (an experiment, not a test), cuts while the child
-/// runs, so it lives on for a moment after the cut and sees its `fsync`s fail with `EIO`.
+/// each cut; with `RUSD_POWER_KEEP=<dir>`, writes the durable image of the first cycle with
+/// problems under `<dir>` (to open it with the engine's own tools); a panic inside
+/// [`PowerLossDriver::check`] is a problem of its cycle; with `RUSD_POWER_NO_FREEZE` set (an
+/// experiment, not a test), cuts while the child runs, so it lives on for a moment after the
+/// cut and sees its `fsync`s fail with `EIO`.
 pub fn power_cycles<D: PowerLossDriver>(
     driver: &mut D,
     work: &Path,
@@ -405,13 +408,28 @@ pub fn power_cycles<D: PowerLossDriver>(
                 eprintln!("{ctx}: image {}: {size}", path.display());
             }
         }
+        let kept = std::env::var_os("RUSD_POWER_KEEP").map(|to| (to, image.clone()));
         mount = Mount::mount(&mountpoint, image, driver.mount_options()).expect("remount");
-        let mut problems = driver.check(&dir, &run, cycle, &ctx);
+        // An engine that panics while recovering the image (sled 0.34.7 did, see
+        // vendor/sled/RUSD-PATCH.md) is a finding of this cycle, reported with its seed.
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            driver.check(&dir, &run, cycle, &ctx)
+        }));
+        let mut problems = checked.unwrap_or_else(|panic| {
+            vec![format!(
+                "{ctx}: the check panicked (recovery or a read of the recovered store): {}",
+                panic_message(panic.as_ref())
+            )]
+        });
         out.cycles = cycle + 1;
         let errors = driver.errors(&run);
         if !problems.is_empty() {
             if !errors.is_empty() {
                 problems.push(format!("child errors: {errors:?}"));
+            }
+            if let Some((to, image)) = kept {
+                save_image(&image, Path::new(&to));
+                eprintln!("{ctx}: durable image saved in {}", Path::new(&to).display());
             }
             out.losses = problems;
             break;
@@ -422,6 +440,33 @@ pub fn power_cycles<D: PowerLossDriver>(
     }
     mount.unmount().expect("unmount");
     out
+}
+
+/// Writes `image` under `to` (a debugging aid: `RUSD_POWER_KEEP=<dir>` saves the durable image
+/// of the first cycle with problems).
+fn save_image(image: &Image, to: &Path) {
+    for (path, entry) in image.tree() {
+        let target = to.join(path.strip_prefix("/").unwrap_or(&path));
+        let written = match entry {
+            crate::Entry::Dir => std::fs::create_dir_all(&target),
+            crate::Entry::File(data) => target
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&target, &data)),
+        };
+        if let Err(e) = written {
+            eprintln!("saving the image: {}: {e}", target.display());
+        }
+    }
+}
+
+/// The text of a panic payload (`&str` or `String`), else a placeholder.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic without a message)".to_owned())
 }
 
 /// Runs one child on `dir` and cuts the power as `target` says; returns what it printed and
