@@ -101,6 +101,28 @@ fn sled_err(context: impl Into<String>, e: sled::Error) -> StorageError {
     }
 }
 
+/// Runs `f`, turning a panic inside sled into [`StorageError::Corruption`].
+///
+/// sled 0.34.7 asserts its own invariants with panics. The one seen in practice is a tree that
+/// its recovery rebuilt with a page missing ("cannot find pid N in view_for_key", upstream
+/// issue spacejam/sled#1039), which every later read of that tree hits. A panic must not reach
+/// an embedder or take a server down, so each call into sled runs through here. sled's locks
+/// (`parking_lot`) are not poisoned by a panic and the backend's own are released while the
+/// panic unwinds; the next call simply tries again.
+fn contain_panic<T>(dir: &Path, f: impl FnOnce() -> StorageResult<T>) -> StorageResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        Err(StorageError::Corruption(format!(
+            "sled panicked on the database in {}: {what}",
+            dir.display()
+        )))
+    })
+}
+
 fn tx_err(context: &str, e: TransactionError<()>) -> StorageError {
     match e {
         TransactionError::Storage(e) => sled_err(context, e),
@@ -214,12 +236,24 @@ struct Inner {
     trees: [sled::Tree; 5],
     /// `<dir>/db`, kept open to fsync it (sled itself only uses `sync_file_range`).
     db_file: File,
-    /// Names of files in `<dir>/blobs` already fsynced (sled never fsyncs blob files).
+    /// Names of files in `<dir>/blobs` already fsynced, with their length then (upstream sled
+    /// never fsyncs blob files; the vendored copy does, see the type docs).
     synced_blobs: Mutex<HashMap<OsString, u64>>,
 }
 
 impl Inner {
+    /// Opens (recovers) the sled database in `dir`; a panic of sled's recovery is a
+    /// [`StorageError::Corruption`].
     fn open(dir: PathBuf, generation: u64, config: &BackendConfig) -> StorageResult<Inner> {
+        let shown = dir.clone();
+        contain_panic(&shown, || Self::open_unguarded(dir, generation, config))
+    }
+
+    fn open_unguarded(
+        dir: PathBuf,
+        generation: u64,
+        config: &BackendConfig,
+    ) -> StorageResult<Inner> {
         let flush_every_ms = SledBackend::flush_every_ms(config.durability);
         let deadline = Instant::now() + OPEN_LOCK_RETRY;
         let db = loop {
@@ -503,14 +537,19 @@ impl Inner {
 /// # Durability guarantees
 /// * [`Durability::Sync`]: every mutating call (`put`, `delete`, `write`, `batch_*`,
 ///   `restore*`) returns only after (1) every new blob file (sled stores values too large
-///   for its log as separate files in `blobs/` and never fsyncs them) and the blob
+///   for its log as separate files in `blobs/`; upstream never fsyncs them) and the blob
 ///   directory were `fsync`ed, (2) `Db::flush` wrote sled's log buffers with `pwrite` +
 ///   `sync_file_range(WAIT_BEFORE|WRITE|WAIT_AFTER)`, and (3) the log file `db` was
 ///   `fdatasync`ed (`File::sync_data`). Step (3) is what makes the data survive power loss:
 ///   `sync_file_range` alone neither flushes the drive's volatile write cache nor the file
-///   size. The write is visible to other threads slightly before it is durable (the flush
-///   happens after the write gate is released, so concurrent writers share flushes), exactly
-///   as with the reference backend. sled's background thread still runs every
+///   size. Blobs are also durable before the log message that points at them is written:
+///   the workspace builds sled from `vendor/sled`, whose one code change syncs each blob
+///   file and the blob directory as sled writes it (`vendor/sled/RUSD-PATCH.md`; upstream
+///   never syncs them, and a power cut that kept the message but not the blob left a tree
+///   sled's recovery could not read). Step (1) stays as a second line of defence. The
+///   write is visible to other threads slightly before it is durable (the flush happens
+///   after the write gate is released, so concurrent writers share flushes), exactly as
+///   with the reference backend. sled's background thread still runs every
 ///   [`SYNC_MAINTENANCE_INTERVAL_MS`] for log garbage collection.
 /// * [`Durability::Buffered`]: writes are acknowledged from sled's in-memory log buffers;
 ///   sled's flusher thread (`flush_every_ms(interval)`, at least 1 ms) writes them out every
@@ -622,7 +661,7 @@ impl SledBackend {
     fn with_inner<T>(&self, f: impl FnOnce(&Inner) -> StorageResult<T>) -> StorageResult<T> {
         let guard = self.state.read();
         let inner = guard.as_ref().ok_or(StorageError::Closed)?;
-        f(inner)
+        contain_panic(&inner.dir, || f(inner))
     }
 
     /// Runs a mutation under the exclusive write gate, then (in `Sync` mode) makes it durable.
@@ -861,19 +900,7 @@ impl Backend for SledBackend {
     /// Builds a new generation from the snapshot and switches to it atomically (see the
     /// [type docs](SledBackend)); durable before it returns, in every durability mode.
     fn restore_validated(&self, snapshot: ValidatedSnapshot) -> StorageResult<()> {
-        let _maintenance = self.maintenance.lock();
-        let mut state = self.state.write();
-        state.as_ref().ok_or(StorageError::Closed)?;
-        let old = self.replace_generation(&mut state, |_, fresh| {
-            fresh.import(
-                snapshot
-                    .entries()?
-                    .map(|e| e.map(|e| (e.tree, e.key, e.value))),
-            )
-        })?;
-        drop(state);
-        Self::retire(old);
-        Ok(())
+        contain_panic(&self.config.path, || self.restore_inner(snapshot))
     }
 
     /// No-op (sled has no compaction API; see the [type docs](SledBackend)).
@@ -889,6 +916,61 @@ impl Backend for SledBackend {
     /// Online rebuild into a fresh generation (see the [type docs](SledBackend)): every
     /// other call keeps running except during the short final round.
     fn defragment(&self) -> StorageResult<()> {
+        let result = contain_panic(&self.config.path, || self.defragment_inner());
+        if result.is_err() {
+            // Stop recording keys for a rebuild that is over (already done unless it panicked).
+            *self.dirty.lock() = None;
+        }
+        result
+    }
+
+    fn flush(&self) -> StorageResult<()> {
+        self.with_inner(|inner| {
+            {
+                let _gate = self.gate.read();
+                inner.sync_new_blobs()?;
+            }
+            inner.flush_log()
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.state.read().is_none()
+    }
+
+    fn durability(&self) -> Durability {
+        self.config.durability
+    }
+
+    fn close(&self) -> StorageResult<()> {
+        let mut state = self.state.write();
+        let inner = state.take().ok_or(StorageError::Closed)?;
+        let result = contain_panic(&inner.dir, || inner.make_durable());
+        drop(inner);
+        result
+    }
+}
+
+impl SledBackend {
+    /// [`Backend::restore_validated`] without the panic guard.
+    fn restore_inner(&self, snapshot: ValidatedSnapshot) -> StorageResult<()> {
+        let _maintenance = self.maintenance.lock();
+        let mut state = self.state.write();
+        state.as_ref().ok_or(StorageError::Closed)?;
+        let old = self.replace_generation(&mut state, |_, fresh| {
+            fresh.import(
+                snapshot
+                    .entries()?
+                    .map(|e| e.map(|e| (e.tree, e.key, e.value))),
+            )
+        })?;
+        drop(state);
+        Self::retire(old);
+        Ok(())
+    }
+
+    /// [`Backend::defragment`] without the panic guard.
+    fn defragment_inner(&self) -> StorageResult<()> {
         let _maintenance = self.maintenance.lock();
         // Shared with every other call; only `close` (and this call's final round) need more.
         let state = self.state.upgradable_read();
@@ -939,38 +1021,12 @@ impl Backend for SledBackend {
         Self::retire(old);
         Ok(())
     }
-
-    fn flush(&self) -> StorageResult<()> {
-        self.with_inner(|inner| {
-            {
-                let _gate = self.gate.read();
-                inner.sync_new_blobs()?;
-            }
-            inner.flush_log()
-        })
-    }
-
-    fn is_closed(&self) -> bool {
-        self.state.read().is_none()
-    }
-
-    fn durability(&self) -> Durability {
-        self.config.durability
-    }
-
-    fn close(&self) -> StorageResult<()> {
-        let mut state = self.state.write();
-        let inner = state.take().ok_or(StorageError::Closed)?;
-        let result = inner.make_durable();
-        drop(inner);
-        result
-    }
 }
 
 impl Drop for SledBackend {
     fn drop(&mut self) {
         if let Some(inner) = self.state.get_mut().as_ref() {
-            if let Err(e) = inner.make_durable() {
+            if let Err(e) = contain_panic(&inner.dir, || inner.make_durable()) {
                 tracing::warn!(error = %e, "sled backend: flushing on drop failed");
             }
         }
@@ -980,6 +1036,64 @@ impl Drop for SledBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A panic inside a call (here the defragment's test hook, standing in for one of sled's
+    /// invariant panics such as "cannot find pid N in view_for_key") comes back as
+    /// `StorageError::Corruption` naming the data directory and the panic's message; the
+    /// backend keeps serving, and the next defragment works.
+    #[test]
+    fn a_panic_inside_a_call_is_a_corruption_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BackendConfig::new(dir.path().join("store")).with_durability(Durability::Sync);
+        let db = SledBackend::new(config.clone()).unwrap();
+        db.put(Tree::Kv, b"a", b"1").unwrap();
+        *db.defrag_hook.lock() = Some(Box::new(|| panic!("cannot find pid 5 in view_for_key")));
+        let err = db.defragment().unwrap_err();
+        let StorageError::Corruption(message) = &err else {
+            panic!("expected a corruption error, got {err:?}");
+        };
+        assert_eq!(
+            message,
+            &format!(
+                "sled panicked on the database in {}: cannot find pid 5 in view_for_key",
+                config.path.display()
+            )
+        );
+        assert!(
+            db.dirty.lock().is_none(),
+            "keys still recorded after the failed rebuild"
+        );
+        *db.defrag_hook.lock() = None;
+        db.put(Tree::Kv, b"b", b"2").unwrap();
+        db.defragment().unwrap();
+        assert_eq!(
+            db.scan(Tree::Kv, b"", b"", 0).unwrap(),
+            vec![
+                (b"a".to_vec(), b"1".to_vec()),
+                (b"b".to_vec(), b"2".to_vec())
+            ]
+        );
+    }
+
+    /// A panic with a `String` payload keeps its text; any other payload is named as such.
+    #[test]
+    fn contain_panic_payloads() {
+        let dir = Path::new("/data/x");
+        let owned = contain_panic::<()>(dir, || panic!("{} {}", "formatted", 7)).unwrap_err();
+        assert_eq!(
+            owned.to_string(),
+            StorageError::Corruption(
+                "sled panicked on the database in /data/x: formatted 7".into()
+            )
+            .to_string()
+        );
+        let other = contain_panic::<()>(dir, || std::panic::panic_any(42_u32)).unwrap_err();
+        assert!(
+            matches!(&other, StorageError::Corruption(m) if m == "sled panicked on the database in /data/x: a panic without a message"),
+            "{other:?}"
+        );
+        assert_eq!(contain_panic(dir, || Ok(5)).unwrap(), 5);
+    }
 
     /// Writes complete while a defragment is inside its copy (the shared scenario, paused by
     /// this engine's test hook), then the new generation is in use and survives a reopen.
