@@ -386,6 +386,18 @@ impl Inner {
             .map_err(|e| StorageError::io(format!("syncing {}", self.dir.join("db").display()), e))
     }
 
+    /// Makes everything durable, then drops the database. sled's own `Drop` syncs its file
+    /// again and panics when that fails (after an I/O error, or on a disk that is gone), so
+    /// the drop runs inside [`contain_panic`] too.
+    fn close(self) -> StorageResult<()> {
+        let dir = self.dir.clone();
+        contain_panic(&dir, move || {
+            let result = self.make_durable();
+            drop(self);
+            result
+        })
+    }
+
     /// Blob fsync + log flush + log fsync. Requires the same exclusion as
     /// [`sync_new_blobs`](Inner::sync_new_blobs).
     fn make_durable(&self) -> StorageResult<()> {
@@ -724,7 +736,11 @@ impl SledBackend {
     /// Drops a generation that will not become live and removes its directory.
     fn discard(fresh: Inner) {
         let dir = fresh.dir.clone();
-        drop(fresh);
+        // A failed sync in sled's own `Drop` panics; the generation is being thrown away.
+        let _ = contain_panic(&dir, move || {
+            drop(fresh);
+            Ok(())
+        });
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -778,7 +794,12 @@ impl SledBackend {
     fn retire(old: Option<Inner>) {
         let Some(old) = old else { return };
         let old_dir = old.dir.clone();
-        drop(old);
+        if let Err(e) = contain_panic(&old_dir, move || {
+            drop(old);
+            Ok(())
+        }) {
+            tracing::warn!(error = %e, "sled backend: closing the previous generation failed");
+        }
         if let Err(e) = fs::remove_dir_all(&old_dir) {
             tracing::warn!(error = %e, path = %old_dir.display(),
                 "sled backend: cannot remove the previous generation; it will be removed on next open");
@@ -945,9 +966,7 @@ impl Backend for SledBackend {
     fn close(&self) -> StorageResult<()> {
         let mut state = self.state.write();
         let inner = state.take().ok_or(StorageError::Closed)?;
-        let result = contain_panic(&inner.dir, || inner.make_durable());
-        drop(inner);
-        result
+        inner.close()
     }
 }
 
@@ -1025,8 +1044,8 @@ impl SledBackend {
 
 impl Drop for SledBackend {
     fn drop(&mut self) {
-        if let Some(inner) = self.state.get_mut().as_ref() {
-            if let Err(e) = contain_panic(&inner.dir, || inner.make_durable()) {
+        if let Some(inner) = self.state.get_mut().take() {
+            if let Err(e) = inner.close() {
                 tracing::warn!(error = %e, "sled backend: flushing on drop failed");
             }
         }
