@@ -18,11 +18,12 @@ use serde::{Deserialize, Serialize};
 use crate::measure::Latencies;
 use crate::report::{human_bytes, human_rate};
 
-/// Target of the issue: rusd's puts/s at least this many times etcd's.
-pub const PUT_TARGET: f64 = 5.0;
-/// Target of the issue: rusd's single-key ranges/s at least this many times etcd's.
+/// Target of issue #13 (item 3): rusd's puts/s at least this many times etcd's (an earlier
+/// issue asked for 5×; runs before session 9 print that figure).
+pub const PUT_TARGET: f64 = 2.0;
+/// Target of issue #13: rusd's single-key ranges/s at least this many times etcd's.
 pub const RANGE_TARGET: f64 = 3.0;
-/// Target of the issue: rusd's peak RSS at most this fraction of etcd's.
+/// Target of issue #13: rusd's peak RSS at most this fraction of etcd's.
 pub const MEMORY_TARGET: f64 = 0.5;
 
 /// One measured phase (all puts, or all ranges) of a load run, over every client.
@@ -791,7 +792,7 @@ mod tests {
             run("etcd 3.4.23", None, 16, 1000.0, 10_000.0),
             run("etcd 3.4.23", None, 64, 2000.0, 20_000.0),
             run("rusd sled (sync)", Some("sled"), 16, 6000.0, 20_000.0),
-            run("rusd sled (sync)", Some("sled"), 64, 8000.0, 70_000.0),
+            run("rusd sled (sync)", Some("sled"), 64, 3000.0, 70_000.0),
             run("rusd redb (sync)", Some("redb"), 128, 8000.0, 70_000.0),
         ];
         let t = targets(&runs);
@@ -801,7 +802,7 @@ mod tests {
         assert!(t[0].puts_met && !t[0].ranges_met);
         assert_eq!(t[0].memory_ratio, Some(0.2));
         assert_eq!(t[0].memory_met, Some(true));
-        assert_eq!(t[1].put_ratio, 4.0);
+        assert_eq!(t[1].put_ratio, 1.5);
         assert!(!t[1].puts_met && t[1].ranges_met);
         assert!(targets(&runs[2..]).is_empty(), "no etcd, no targets");
     }
@@ -810,7 +811,7 @@ mod tests {
     fn unknown_memory_is_not_judged() {
         let mut runs = vec![
             run("etcd 3.4.23", None, 16, 1000.0, 1000.0),
-            run("rusd memory (sync)", Some("memory"), 16, 5000.0, 3000.0),
+            run("rusd memory (sync)", Some("memory"), 16, 2000.0, 3000.0),
         ];
         runs[0].peak_rss = None;
         let t = targets(&runs);
@@ -822,7 +823,7 @@ mod tests {
     fn table_groups_by_clients_with_etcd_first() {
         let runs = vec![
             run("rusd sled (sync)", Some("sled"), 16, 6000.0, 20_000.0),
-            run("rusd sled (sync)", Some("sled"), 64, 8000.0, 70_000.0),
+            run("rusd sled (sync)", Some("sled"), 64, 3000.0, 70_000.0),
             run("etcd 3.4.23", None, 64, 2000.0, 20_000.0),
             run("etcd 3.4.23", None, 16, 1000.0, 10_000.0),
         ];
@@ -837,7 +838,8 @@ mod tests {
         assert!(rows[2].starts_with("| etcd 3.4.23 | 64 |"));
         assert!(rows[3].ends_with("| 20.0 MiB | 40 / –, 40 / – |"));
         assert!(md.contains("| sled | 16 | 6.00× ✓ met | 2.00× ✗ not met | 0.20× ✓ met |"));
-        assert!(md.contains("| sled | 64 | 4.00× ✗ not met | 3.50× ✓ met | 0.20× ✓ met |"));
+        assert!(md.contains("| sled | 64 | 1.50× ✗ not met | 3.50× ✓ met | 0.20× ✓ met |"));
+        assert!(md.contains("puts/s vs etcd (target ≥ 2×)"));
         let alone = markdown(&runs[..2], &targets(&runs[..2]));
         assert!(!alone.contains("vs etcd"), "no targets table without etcd");
         assert_eq!(markdown(&[], &[]), "no load run completed\n");
